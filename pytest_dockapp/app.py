@@ -1,0 +1,293 @@
+"""Running an image as a ready service: publish ports, wait, hand out, tear down."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from . import cleanup
+from .errors import ContainerError, ContainerGoneError, PortError, tail
+from .readiness import Readiness, wait_ready
+
+if TYPE_CHECKING:
+    import docker
+    import requests
+    from docker.models.containers import Container
+
+    from .build import BuildRecord
+
+_counter = itertools.count(1)
+
+
+def parse_port(value: int | str) -> tuple[int, str]:
+    """``80``, ``"80"`` or ``"80/tcp"`` as ``(80, "tcp")``."""
+    text = str(value).strip().lower()
+    m = re.fullmatch(r"(\d{1,5})(?:/(tcp|udp|sctp))?", text)
+    if not m or not 0 < int(m.group(1)) < 65536:
+        raise PortError(f"invalid port {value!r}", hint="give a port as 8080 or 8080/tcp")
+    return int(m.group(1)), m.group(2) or "tcp"
+
+
+def _network_name(network: Any) -> str:
+    """Accepts a name, a docker SDK network or a testcontainers ``Network``."""
+    return network if isinstance(network, str) else str(network.name)
+
+
+@dataclass
+class DockApp:
+    """A running, ready container and easy ways to talk to it."""
+
+    container: Container
+    image: str
+    host: str
+    ports: dict[int, int]
+    port: int | None
+    container_port: int | None
+    name: str
+    readiness: Readiness
+    build: BuildRecord | None = None
+    _session: requests.Session | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` for the main port."""
+        if self.port is None:
+            raise PortError(f"{self.name} publishes no port, so it has no URL")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def session(self) -> requests.Session:
+        """A ``requests.Session`` whose relative URLs resolve against :attr:`url`."""
+        if self._session is None:
+            self._session = _base_url_session(self.url)
+        return self._session
+
+    def request(self, method: str, path: str = "/", **kwargs: Any) -> requests.Response:
+        self._check_alive()
+        kwargs.setdefault("timeout", 30)
+        return self.session.request(method, path, **kwargs)
+
+    def get(self, path: str = "/", **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str = "/", **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str = "/", **kwargs: Any) -> requests.Response:
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str = "/", **kwargs: Any) -> requests.Response:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str = "/", **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def head(self, path: str = "/", **kwargs: Any) -> requests.Response:
+        return self.request("HEAD", path, **kwargs)
+
+    def logs(self, tail: int | None = None, since: float | None = None) -> str:
+        """The container's stdout and stderr as text."""
+        kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "tail": "all" if tail is None else tail}
+        if since is not None:
+            kwargs["since"] = int(since)
+        raw = self.container.client.api.logs(self.container.id, **kwargs)
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+    def exec(self, cmd: str | Sequence[str]) -> tuple[int, str]:
+        """Run ``cmd`` in the container: ``(exit code, combined output)``."""
+        self._check_alive()
+        code, out = self.container.exec_run(cmd)
+        return int(code), out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
+
+    def _check_alive(self) -> None:
+        import docker.errors
+
+        try:
+            state = self.container.client.api.inspect_container(self.container.id)["State"]
+        except docker.errors.NotFound:
+            raise ContainerGoneError(
+                f"container {self.name} no longer exists: it was removed outside this test session",
+                hint="something removed it (docker rm, a cleanup job, an engine restart); rerun the tests",
+            ) from None
+        if not state.get("Running"):
+            raise ContainerGoneError(
+                f"container {self.name} is not running any more (status {state.get('Status')}, "
+                f"exit code {state.get('ExitCode')})",
+                evidence=tail(self.logs(tail=30), 30),
+                evidence_title="container log (last lines)",
+                hint="it stopped after it became ready: it crashed, or was killed outside the session",
+            )
+
+
+def _base_url_session(base: str) -> requests.Session:
+    import requests
+
+    class BaseUrlSession(requests.Session):
+        def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+            if isinstance(url, str) and not re.match(r"^[a-z][a-z0-9+.-]*://", url, re.I):
+                url = base.rstrip("/") + "/" + url.lstrip("/")
+            return super().request(method, url, *args, **kwargs)
+
+    return BaseUrlSession()
+
+
+class AppRunner:
+    """Context manager: start a container from ``image``, wait until ready, remove it on exit.
+
+    >>> with AppRunner(client, "my-image", health_path="/health") as app:
+    ...     assert app.get("/").ok
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        image: str,
+        *,
+        session: cleanup.Session | None = None,
+        port: int | str | None = None,
+        host_ports: Mapping[int, int] | None = None,
+        host_ip: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
+        command: str | Sequence[str] | None = None,
+        network: Any = None,
+        aliases: Sequence[str] = (),
+        health_path: str | None = None,
+        timeout: float = 60.0,
+        name: str | None = None,
+        build: BuildRecord | None = None,
+    ):
+        self.client = client
+        self.image = image
+        self.session = session or cleanup.Session()
+        self.port = port
+        self.host_ports = dict(host_ports or {})
+        self.host_ip = host_ip
+        self.env = dict(env or {})
+        self.command = command
+        self.network = network
+        self.aliases = list(aliases)
+        self.health_path = health_path
+        self.timeout = timeout
+        self.build = build
+        slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", image.split("/")[-1].split(":")[0])[:30] or "app"
+        self.name = name or f"dockapp-{slug}-{self.session.id[:8]}-{next(_counter)}"
+        self.container_id: str | None = None
+        self.app: DockApp | None = None
+        self.teardown_seconds: float | None = None
+
+    def __enter__(self) -> DockApp:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _main_port(self, exposed: list[tuple[int, str]]) -> tuple[int, str] | None:
+        if self.port is not None:
+            wanted = parse_port(self.port)
+            if exposed and wanted not in exposed:
+                raise PortError(
+                    f"port {self.port} is not EXPOSEd by image {self.image}",
+                    hint="the image exposes "
+                    + ", ".join(f"{p}/{proto}" for p, proto in exposed)
+                    + "; set dockapp_port to one of them",
+                )
+            return wanted
+        tcp = sorted(p for p in exposed if p[1] == "tcp")
+        return tcp[0] if tcp else None
+
+    def start(self) -> DockApp:
+        """Create, start and wait; on any failure (Ctrl-C too) the container is removed."""
+        import docker.errors
+
+        attrs = self.client.api.inspect_image(self.image)
+        exposed = [parse_port(p) for p in (attrs.get("Config") or {}).get("ExposedPorts") or {}]
+        main = self._main_port(exposed)
+        if main is None:
+            raise PortError(
+                f"image {self.image} EXPOSEs no TCP port, so there is nothing to wait for or connect to",
+                hint="add `EXPOSE <port>` to the Dockerfile, or set dockapp_port = <port> "
+                "(ini, --dockapp-port, or port= on dockapp_factory)",
+            )
+        publish = set(exposed) | {main}
+        ports: dict[str, Any] = {f"{p}/{proto}": (self.host_ip, self.host_ports.get(p)) for p, proto in sorted(publish)}
+        begin = time.perf_counter()
+        create_kwargs: dict[str, Any] = dict(
+            image=self.image,
+            name=self.name,
+            detach=True,
+            ports=ports,
+            environment=self.env,
+            labels=self.session.labels("container"),
+            privileged=False,
+        )
+        if self.command is not None:
+            create_kwargs["command"] = self.command
+        try:
+            container = self.client.containers.create(**create_kwargs)
+            self.container_id = container.id
+            if self.network is not None:
+                self.client.networks.get(_network_name(self.network)).connect(container, aliases=self.aliases or None)
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                text = str(exc.explanation or exc)
+                if "port is already allocated" in text or "address already in use" in text:
+                    raise PortError(
+                        f"cannot publish {self.name}'s ports: a fixed host port is already in use",
+                        evidence=text,
+                        evidence_title="engine said",
+                        hint="free that port, or let the plugin pick a random host port (drop host_ports)",
+                    ) from None
+                raise ContainerError(
+                    f"container {self.name} from {self.image} failed to start",
+                    evidence=text,
+                    evidence_title="engine said",
+                    hint="check the image's CMD/ENTRYPOINT and the command= you passed",
+                ) from None
+            container.reload()
+            host_map: dict[int, int] = {}
+            for key, bindings in (container.attrs["NetworkSettings"].get("Ports") or {}).items():
+                if bindings:
+                    host_map[int(key.split("/")[0])] = int(bindings[0]["HostPort"])
+            host = "127.0.0.1" if self.host_ip in ("0.0.0.0", "", "127.0.0.1") else self.host_ip
+            readiness = wait_ready(
+                self.client,
+                container.id,
+                host=host,
+                host_port=host_map.get(main[0]),
+                container_port=main[0],
+                health_path=self.health_path,
+                timeout=self.timeout,
+                name=self.name,
+            )
+            readiness.seconds = time.perf_counter() - begin
+        except BaseException:
+            self.close()
+            raise
+        self.app = DockApp(
+            container=container,
+            image=self.image,
+            host=host,
+            ports=host_map,
+            port=host_map.get(main[0]),
+            container_port=main[0],
+            name=self.name,
+            readiness=readiness,
+            build=self.build,
+        )
+        return self.app
+
+    def close(self) -> None:
+        """Remove the container and its anonymous volumes (idempotent)."""
+        if self.container_id is not None:
+            self.teardown_seconds = cleanup.remove_container(self.client, self.container_id)
+            self.container_id = None
+        if self.app is not None and self.app._session is not None:
+            self.app._session.close()

@@ -1,0 +1,621 @@
+"""Building images with either builder, and the per-step build record.
+
+The classic builder is driven through the engine API (docker SDK); BuildKit
+through the docker CLI, whose ``--progress=plain`` or ``--progress=rawjson``
+output is parsed. Both produce the same :class:`BuildRecord`: one
+:class:`BuildStep` per instruction the builder ran, mapped to its Dockerfile line.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .dockerfile import VERTEX_INSTRUCTIONS, Dockerfile, Instruction, Stage, normalize
+from .engine import Builder
+from .errors import BaseImageUnavailableError, BuildError, ConfigurationError, tail
+from .redact import redact, redact_text
+
+if TYPE_CHECKING:
+    import docker
+
+
+@dataclass
+class BuildStep:
+    """One instruction as the builder ran it."""
+
+    index: int
+    text: str
+    instruction: Instruction | None = None
+    stage: str | None = None
+    cached: bool | None = None
+    seconds: float = 0.0
+    output: list[str] = field(default_factory=list)
+    failed: bool = False
+
+    @property
+    def line(self) -> int | None:
+        """The Dockerfile line the instruction starts on."""
+        return self.instruction.line if self.instruction else None
+
+    @property
+    def keyword(self) -> str:
+        return self.text.split(" ", 1)[0].upper()
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether a cache hit or miss means anything for this step (FROM has no cache)."""
+        return self.keyword != "FROM" and not (
+            self.keyword == "ARG" and self.instruction is not None and self.instruction.stage < 0
+        )
+
+
+@dataclass
+class BuildRecord:
+    """What one build did, step by step."""
+
+    image_id: str
+    tag: str | None
+    builder: str
+    steps: list[BuildStep]
+    seconds: float
+    context: Path
+    dockerfile: Path
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def cacheable_steps(self) -> list[BuildStep]:
+        return [s for s in self.steps if s.cacheable and s.cached is not None]
+
+    @property
+    def hits(self) -> list[BuildStep]:
+        return [s for s in self.cacheable_steps if s.cached]
+
+    @property
+    def misses(self) -> list[BuildStep]:
+        return [s for s in self.cacheable_steps if not s.cached]
+
+    @property
+    def fully_cached(self) -> bool:
+        return not self.misses
+
+    def summary(self) -> str:
+        """``"3.21s, 4/6 steps cached"``."""
+        return f"{self.seconds:.2f}s, {len(self.hits)}/{len(self.cacheable_steps)} steps cached"
+
+    def table(self, mark: Mapping[int, str] | None = None) -> str:
+        """The steps as a fixed-width table; ``mark`` adds a note per step index."""
+        rows = [("#", "stage", "line", "instruction", "cache", "secs", "")]
+        for s in self.steps:
+            cache = {True: "HIT", False: "MISS", None: "(dedup)"}[s.cached] if s.cacheable else "-"
+            text = s.text if len(s.text) <= 60 else s.text[:57] + "..."
+            rows.append(
+                (
+                    str(s.index),
+                    s.stage or "",
+                    str(s.line or "?"),
+                    text,
+                    cache,
+                    f"{s.seconds:.2f}",
+                    (mark or {}).get(s.index, ""),
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        return "\n".join(
+            "  ".join(cell.ljust(widths[i]) if i < 6 else cell for i, cell in enumerate(r)).rstrip() for r in rows
+        )
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """A step started: for progress display."""
+
+    text: str
+    position: str
+    elapsed: float
+
+
+ProgressCallback = Callable[[BuildEvent], None]
+
+
+# -- step mapping -------------------------------------------------------------------------------
+
+
+class _StepMapper:
+    """Maps builder step names back to parsed instructions."""
+
+    def __init__(self, dockerfile: Dockerfile, target: str | None):
+        self.df = dockerfile
+        self.target = target
+        self._cursor = 0
+
+    def classic(self, number: int, text: str) -> Instruction | None:
+        # The classic builder counts every instruction in file order; confirm by text in case
+        # the builder skipped or reordered (it prints instructions as written).
+        want = normalize(text)
+        instructions = self.df.instructions
+        if 0 < number <= len(instructions) and instructions[number - 1].text == want:
+            return instructions[number - 1]
+        for ins in instructions[self._cursor :]:
+            if ins.text == want:
+                self._cursor = instructions.index(ins) + 1
+                return ins
+        return None
+
+    def buildkit(self, stage_label: str | None, position: int, text: str) -> tuple[Stage | None, Instruction | None]:
+        stage = self._stage_for(stage_label)
+        if stage is None:
+            return None, None
+        vertices = [i for i in stage.instructions if i.keyword in VERTEX_INSTRUCTIONS]
+        if 0 < position <= len(vertices):
+            ins = vertices[position - 1]
+            if ins.keyword == text.split(" ", 1)[0].upper():
+                return stage, ins
+        want = normalize(text)
+        for ins in vertices:
+            if ins.text == want:
+                return stage, ins
+        return stage, None
+
+    def _stage_for(self, label: str | None) -> Stage | None:
+        if label is None:
+            return self.df.target_stage(self.target)
+        for st in self.df.stages:
+            if st.label.lower() == label.lower():
+                return st
+        return None
+
+
+# -- classic builder (engine API stream) --------------------------------------------------------
+
+_CLASSIC_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$", re.DOTALL)
+_CLASSIC_CACHE = " ---> Using cache"
+_CLASSIC_META = re.compile(r"^ ---> (?:Running in [0-9a-f]+|[0-9a-f]{12})$|^Removing intermediate container")
+
+
+class ClassicParser:
+    """Folds the classic builder's JSON stream into steps.
+
+    A hit is the builder's own ``---> Using cache`` line, matched exactly: a
+    step's output can say "Using cache" too (pip prints "Using cached ...").
+    """
+
+    def __init__(self, dockerfile: Dockerfile, target: str | None = None, on_event: ProgressCallback | None = None):
+        self.mapper = _StepMapper(dockerfile, target)
+        self.steps: list[BuildStep] = []
+        self.log: list[str] = []
+        self.image_id = ""
+        self.error: str | None = None
+        self._on_event = on_event
+        self._started = time.perf_counter()
+        self._step_started = self._started
+        self._partial = ""
+
+    def feed(self, chunk: Mapping[str, Any]) -> None:
+        if "error" in chunk or "errorDetail" in chunk:
+            detail = chunk.get("errorDetail") or {}
+            self.error = str(chunk.get("error") or detail.get("message") or "build failed")
+            if self.steps:
+                self.steps[-1].failed = True
+            self.log.append(self.error)
+            return
+        aux = chunk.get("aux")
+        if isinstance(aux, dict) and "ID" in aux:
+            self.image_id = str(aux["ID"])
+        stream = chunk.get("stream")
+        if not isinstance(stream, str):
+            return
+        self._partial += stream
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        if not line:
+            return
+        self.log.append(line)
+        m = _CLASSIC_STEP.match(line)
+        now = time.perf_counter()
+        if m:
+            self._close(now)
+            number, text = int(m.group(1)), m.group(3).strip()
+            ins = self.mapper.classic(number, text)
+            stage = None
+            if ins is not None and ins.stage >= 0:
+                stage = self.mapper.df.stages[ins.stage].label
+            step = BuildStep(index=number, text=normalize(text), instruction=ins, stage=stage)
+            # The classic builder reports no outcome for FROM or meta ARGs; a step counts as a
+            # miss until the builder says it used the cache.
+            step.cached = None if not step.cacheable else False
+            self.steps.append(step)
+            self._step_started = now
+            if self._on_event:
+                self._on_event(BuildEvent(step.text, f"{m.group(1)}/{m.group(2)}", now - self._started))
+            return
+        if not self.steps:
+            return
+        step = self.steps[-1]
+        if line == _CLASSIC_CACHE:
+            step.cached = True
+        elif not _CLASSIC_META.match(line) and not line.startswith(("Successfully built", "Successfully tagged")):
+            step.output.append(line)
+
+    def result(self) -> list[BuildStep]:
+        return self.steps
+
+    def _close(self, now: float) -> None:
+        if self.steps:
+            self.steps[-1].seconds = now - self._step_started
+
+    def finish(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
+        self._close(time.perf_counter())
+
+
+# -- BuildKit (CLI --progress=plain) ------------------------------------------------------------
+
+_PLAIN = re.compile(r"^#(\d+) (.*)$")
+_PLAIN_NAME = re.compile(r"^\[(?:(\S+) )?(\d+)/(\d+)\] (.*)$")
+_PLAIN_DONE = re.compile(r"^DONE (\d+(?:\.\d+)?)s$")
+_PLAIN_OUTPUT = re.compile(r"^\d+(?:\.\d+)? (.*)$")
+
+
+class _VertexFolder:
+    """Shared by both BuildKit parsers: vertices folded into steps by name."""
+
+    def __init__(self, dockerfile: Dockerfile, target: str | None, on_event: ProgressCallback | None):
+        self.mapper = _StepMapper(dockerfile, target)
+        self.by_key: dict[str, BuildStep] = {}
+        self.order: list[str] = []
+        self.log: list[str] = []
+        self.error: str | None = None
+        self._on_event = on_event
+        self._started = time.perf_counter()
+
+    def vertex(self, key: str, name: str) -> BuildStep | None:
+        """The step for vertex ``key`` named ``name`` (None for internal vertices)."""
+        if key in self.by_key:
+            return self.by_key[key]
+        m = _PLAIN_NAME.match(name)
+        if not m:
+            return None
+        stage_label, pos, total, text = m.group(1), int(m.group(2)), m.group(3), m.group(4)
+        stage, ins = self.mapper.buildkit(stage_label, pos, text)
+        step = BuildStep(index=0, text=normalize(text), instruction=ins, stage=stage.label if stage else stage_label)
+        self.by_key[key] = step
+        self.order.append(key)
+        if self._on_event:
+            where = f"{stage_label + ' ' if stage_label else ''}{pos}/{total}"
+            self._on_event(BuildEvent(step.text, where, time.perf_counter() - self._started))
+        return step
+
+    def result(self) -> list[BuildStep]:
+        """Steps in Dockerfile order; instructions BuildKit merged with an identical one
+        (same vertex digest, e.g. the same WORKDIR in two stages) appear with cached=None."""
+        seen = {
+            id(self.by_key[k].instruction): self.by_key[k] for k in self.order if self.by_key[k].instruction is not None
+        }
+        out: list[BuildStep] = []
+        for ins in self.mapper.df.instructions:
+            if ins.keyword not in VERTEX_INSTRUCTIONS or ins.stage < 0:
+                continue
+            step = seen.get(id(ins))
+            if step is None:
+                stage_indexes = self.mapper.df.stage_dependencies(self.mapper.df.target_stage(self.mapper.target))
+                if ins.stage not in stage_indexes:
+                    continue  # BuildKit skips stages the target does not need
+                step = BuildStep(
+                    index=0, text=ins.text, instruction=ins, stage=self.mapper.df.stages[ins.stage].label, cached=None
+                )
+            out.append(step)
+        out += [self.by_key[k] for k in self.order if self.by_key[k].instruction is None]
+        for n, step in enumerate(out, 1):
+            step.index = n
+            if step.keyword == "FROM":
+                step.cached = None
+        return out
+
+
+class PlainParser(_VertexFolder):
+    """Parses ``docker build --progress=plain`` (``#N [i/n] INSTR``, ``#N CACHED``)."""
+
+    def feed(self, line: str) -> None:
+        line = line.rstrip("\n")
+        if not line:
+            return
+        self.log.append(line)
+        m = _PLAIN.match(line)
+        if not m:
+            if line.startswith(("error:", "ERROR:", "failed to solve")):
+                self.error = line
+            return
+        key, rest = m.group(1), m.group(2)
+        if key not in self.by_key:
+            if rest.startswith("["):
+                self.vertex(key, rest)
+            return
+        step = self.by_key[key]
+        if rest == "CACHED":
+            step.cached = True
+            return
+        done = _PLAIN_DONE.match(rest)
+        if done:
+            step.seconds = float(done.group(1))
+            if step.cached is None:
+                step.cached = False
+            return
+        if rest.startswith("ERROR"):
+            step.failed = True
+            step.cached = False
+            step.output.append(rest)
+            self.error = rest
+            return
+        out = _PLAIN_OUTPUT.match(rest)
+        if out:
+            step.output.append(out.group(1))
+
+    def finish(self) -> None:
+        pass
+
+
+class RawJsonParser(_VertexFolder):
+    """Parses ``--progress=rawjson`` (buildx >= 0.12): vertices folded by digest, last wins."""
+
+    def feed(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        try:
+            status = json.loads(line)
+        except ValueError:
+            self.log.append(line)
+            if line.startswith(("error:", "ERROR:")):
+                self.error = line
+            return
+        for v in status.get("vertexes") or []:
+            step = self.vertex(v.get("digest", ""), v.get("name", ""))
+            if step is None:
+                continue
+            if v.get("cached"):
+                step.cached = True
+            elif v.get("completed") and step.cached is None:
+                step.cached = False
+            if v.get("started") and v.get("completed"):
+                step.seconds = _rfc3339_delta(v["started"], v["completed"])
+            if v.get("error"):
+                step.failed, step.cached = True, False
+                step.output.append(str(v["error"]))
+                self.error = str(v["error"])
+        for entry in status.get("logs") or []:
+            step = self.by_key.get(entry.get("vertex", ""))
+            data = base64.b64decode(entry.get("data", "")).decode("utf-8", "replace")
+            self.log.extend(data.splitlines())
+            if step is not None:
+                step.output.extend(data.splitlines())
+
+    def finish(self) -> None:
+        pass
+
+
+def _rfc3339_delta(start: str, end: str) -> float:
+    from datetime import datetime
+
+    def parse(ts: str) -> datetime:
+        ts = re.sub(r"(\.\d{6})\d*", r"\1", ts.replace("Z", "+00:00"))
+        return datetime.fromisoformat(ts)
+
+    try:
+        return max(0.0, (parse(end) - parse(start)).total_seconds())
+    except ValueError:
+        return 0.0
+
+
+# -- the build ----------------------------------------------------------------------------------
+
+
+def default_tag(context: Path, dockerfile: Path, target: str | None) -> str:
+    """A stable tag per (context, Dockerfile, target): reruns reuse and replace it."""
+    digest = hashlib.sha1(f"{context}\0{dockerfile}\0{target}".encode()).hexdigest()[:12]
+    slug = re.sub(r"[^a-z0-9]+", "-", context.name.lower()).strip("-") or "app"
+    return f"pytest-dockapp/{slug}:{digest}"
+
+
+def resolve_paths(context: str | os.PathLike[str], dockerfile: str | os.PathLike[str] | None) -> tuple[Path, Path]:
+    """Absolute context folder and Dockerfile, or a :class:`ConfigurationError` naming the fix."""
+    ctx = Path(context).expanduser().resolve()
+    if not ctx.is_dir():
+        raise ConfigurationError(
+            f"build context {ctx} is not a directory" + ("" if ctx.exists() else " (it does not exist)"),
+            hint="set dockapp_context (ini, --dockapp-context or a dockapp_context fixture) to your app's folder",
+        )
+    df = Path(dockerfile) if dockerfile else Path("Dockerfile")
+    df = (df if df.is_absolute() else ctx / df).resolve()
+    return ctx, df
+
+
+def build_image(
+    client: docker.DockerClient,
+    context: str | os.PathLike[str],
+    dockerfile: str | os.PathLike[str] | None = None,
+    *,
+    builder: Builder,
+    build_args: Mapping[str, str] | None = None,
+    target: str | None = None,
+    tag: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    on_event: ProgressCallback | None = None,
+) -> BuildRecord:
+    """Build an image and return its :class:`BuildRecord`.
+
+    Raises :class:`BuildError` (or :class:`BaseImageUnavailableError`) with the
+    failing step, its Dockerfile line and output tail.
+    """
+    ctx, df_path = resolve_paths(context, dockerfile)
+    df = Dockerfile.read(df_path)
+    if target:
+        df.stage(target)  # fails early, naming the stages there are
+    args = dict(build_args or {})
+    tag = tag or default_tag(ctx, df_path, target)
+    start = time.perf_counter()
+    parser: ClassicParser | PlainParser | RawJsonParser
+    if builder.name == "classic":
+        parser = ClassicParser(df, target, on_event)
+        _classic(client, ctx, df_path, args, target, tag, labels or {}, parser)
+        image_id = parser.image_id
+    else:
+        parser = (RawJsonParser if builder.rawjson else PlainParser)(df, target, on_event)
+        image_id = _buildkit(builder, ctx, df_path, args, target, tag, labels or {}, parser)
+    parser.finish()
+    steps = parser.result()
+    log = [redact_text(line, args) for line in parser.log]
+    record = BuildRecord(
+        image_id=image_id,
+        tag=tag,
+        builder=builder.name,
+        steps=steps,
+        seconds=time.perf_counter() - start,
+        context=ctx,
+        dockerfile=df_path,
+        build_args=redact(args),
+        target=target,
+        log=log,
+    )
+    if parser.error is not None or not image_id:
+        raise _build_failure(client, df, record, parser.error or "the builder reported no image", args)
+    return record
+
+
+def _classic(
+    client: docker.DockerClient,
+    ctx: Path,
+    df_path: Path,
+    args: dict[str, str],
+    target: str | None,
+    tag: str,
+    labels: Mapping[str, str],
+    parser: ClassicParser,
+) -> None:
+    import docker.errors
+
+    try:
+        rel = str(df_path.relative_to(ctx))
+    except ValueError:
+        rel = str(df_path)  # the SDK adds a Dockerfile from outside the context to the tarball
+    try:
+        stream: Iterable[Mapping[str, Any]] = client.api.build(
+            path=str(ctx),
+            dockerfile=rel,
+            buildargs=args,
+            target=target,
+            tag=tag,
+            labels=dict(labels),
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        for chunk in stream:
+            parser.feed(chunk)
+    except docker.errors.APIError as exc:
+        parser.error = str(exc.explanation or exc)
+
+
+def _buildkit(
+    builder: Builder,
+    ctx: Path,
+    df_path: Path,
+    args: dict[str, str],
+    target: str | None,
+    tag: str,
+    labels: Mapping[str, str],
+    parser: PlainParser | RawJsonParser,
+) -> str:
+    assert builder.cli is not None
+    with tempfile.TemporaryDirectory(prefix="dockapp-iid-") as tmp:
+        iidfile = Path(tmp) / "iid"
+        cmd = [
+            builder.cli,
+            "build",
+            "--progress=" + ("rawjson" if builder.rawjson else "plain"),
+            "-f",
+            str(df_path),
+            "-t",
+            tag,
+            "--iidfile",
+            str(iidfile),
+        ]
+        for key, value in args.items():
+            cmd += ["--build-arg", f"{key}={value}"]
+        for key, value in labels.items():
+            cmd += ["--label", f"{key}={value}"]
+        if target:
+            cmd += ["--target", target]
+        if builder.buildx:
+            cmd.append("--load")
+        cmd.append(str(ctx))
+        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace", bufsize=1
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                parser.feed(line)
+        finally:
+            code = proc.wait()
+        if code != 0 and parser.error is None:
+            parser.error = f"docker build exited with code {code}"
+        return iidfile.read_text().strip() if iidfile.exists() else ""
+
+
+def _build_failure(
+    client: docker.DockerClient, df: Dockerfile, record: BuildRecord, error: str, args: Mapping[str, str]
+) -> BuildError:
+    import docker.errors
+
+    missing = []
+    for stage, image in df.base_images(args):
+        try:
+            client.api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            missing.append((stage, image))
+        except docker.errors.APIError:
+            pass
+    failed = next((s for s in record.steps if s.failed), None)
+    if missing and (failed is None or failed.keyword == "FROM"):
+        stage, image = missing[0]
+        return BaseImageUnavailableError(
+            f"base image {image!r} (FROM at {df.path}:{stage.line}) is not on the engine and could not be pulled",
+            evidence=tail(record.log, 8),
+            evidence_title="build output",
+            hint="build or load the base locally (docker build / docker load / docker import), "
+            "or make the Dockerfile take `ARG BASE_IMAGE=...` before `FROM ${BASE_IMAGE}` and pass "
+            "--dockapp-build-arg BASE_IMAGE=<a local image>",
+        )
+    step = failed or (record.steps[-1] if record.steps else None)
+    if step is not None:
+        where = f"{df.path}:{step.line}" if step.line else str(df.path)
+        what = f"build failed at step {step.index} ({where}): {step.text}\n{error}"
+        evidence = tail(step.output or record.log, 20)
+    else:
+        what = f"build of {record.context} failed: {error}"
+        evidence = tail(record.log, 20)
+    return BuildError(
+        what,
+        evidence=evidence,
+        evidence_title="step output",
+        hint="fix the failing instruction; rerun with -s to see the whole build log live",
+    )

@@ -1,0 +1,171 @@
+"""Labels on everything we create, and the sweep that removes what a killed run left.
+
+No reaper container is needed (Ryuk cannot be pulled in air-gapped CI): every
+resource carries its creator's host, pid and process start time, so the next
+session can tell a dead owner from a live one and remove only the dead one's
+resources. Resources of another host are removed only past a maximum age.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import docker
+
+PREFIX = "org.pytest-dockapp."
+OWNER = PREFIX + "owner"
+SESSION = PREFIX + "session"
+HOST = PREFIX + "host"
+PID = PREFIX + "pid"
+PID_START = PREFIX + "pid-start"
+CREATED = PREFIX + "created"
+KIND = PREFIX + "kind"
+OWNER_VALUE = "pytest-dockapp"
+
+#: Default age past which resources of another host (or an unknown owner) are swept.
+DEFAULT_SWEEP_AGE = 6 * 3600.0
+
+
+def process_start(pid: int) -> str:
+    """The kernel's start time of ``pid`` (guards against pid reuse), or "" if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return ""
+    # The command name may contain spaces and parentheses: fields start after the last ')'.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def process_alive(pid: int, start: str = "") -> bool:
+    """Whether ``pid`` is alive and, when ``start`` is known, is the same process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except OSError:
+        return False
+    return not start or not process_start(pid) or process_start(pid) == start
+
+
+@dataclass
+class Session:
+    """Identity of one test session on one engine: what its labels say."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+    def labels(self, kind: str) -> dict[str, str]:
+        """Labels for a resource of ``kind`` (container, network, volume, image)."""
+        return {
+            OWNER: OWNER_VALUE,
+            SESSION: self.id,
+            HOST: self.host,
+            PID: str(self.pid),
+            PID_START: process_start(self.pid),
+            CREATED: f"{time.time():.0f}",
+            KIND: kind,
+        }
+
+
+@dataclass
+class SweepReport:
+    """What a sweep removed, by kind."""
+
+    containers: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.containers) + len(self.networks) + len(self.volumes) + len(self.images)
+
+
+def is_orphan(labels: dict[str, str], session: Session, max_age: float) -> bool:
+    """Whether a resource with ``labels`` belongs to a dead session and may be removed."""
+    if labels.get(OWNER) != OWNER_VALUE or labels.get(SESSION) == session.id:
+        return False
+    try:
+        age = time.time() - float(labels.get(CREATED, "0"))
+    except ValueError:
+        age = float("inf")
+    if labels.get(HOST) == session.host:
+        try:
+            pid = int(labels.get(PID, ""))
+        except ValueError:
+            return age > max_age
+        return not process_alive(pid, labels.get(PID_START, ""))
+    return age > max_age
+
+
+def sweep(client: docker.DockerClient, session: Session, max_age: float = DEFAULT_SWEEP_AGE) -> SweepReport:
+    """Remove containers, networks, volumes and temporary images of dead sessions."""
+    import docker.errors
+
+    report = SweepReport()
+    flt: dict[str, Any] = {"label": f"{OWNER}={OWNER_VALUE}"}
+
+    def attempt(bucket: list[str], name: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+            bucket.append(name)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            report.errors.append(f"{name}: {exc}")
+
+    for c in client.api.containers(all=True, filters=flt):
+        if is_orphan(c.get("Labels") or {}, session, max_age):
+            attempt(
+                report.containers, c["Names"][0].lstrip("/"), client.api.remove_container, c["Id"], force=True, v=True
+            )
+    for n in client.api.networks(filters=flt):
+        if is_orphan(n.get("Labels") or {}, session, max_age):
+            attempt(report.networks, n["Name"], client.api.remove_network, n["Id"])
+    for v in (client.api.volumes(filters=flt) or {}).get("Volumes") or []:
+        if is_orphan(v.get("Labels") or {}, session, max_age):
+            attempt(report.volumes, v["Name"], client.api.remove_volume, v["Name"])
+    for img in client.api.images(filters={"label": f"{KIND}=cache-check"}):
+        if is_orphan(img.get("Labels") or {}, session, max_age):
+            attempt(report.images, img["Id"][7:19], client.api.remove_image, img["Id"], force=True)
+    return report
+
+
+def remove_container(client: docker.DockerClient, container_id: str) -> float:
+    """Kill and remove a container with its anonymous volumes; returns the seconds it took.
+
+    A forced remove sends SIGKILL: a test container holds nothing worth a graceful
+    stop, and a PID 1 that ignores SIGTERM would otherwise cost the full stop timeout.
+    """
+    import docker.errors
+
+    start = time.perf_counter()
+    try:
+        client.api.remove_container(container_id, force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        # "removal already in progress" is someone else finishing the job for us.
+        if "already in progress" not in str(exc):
+            raise
+    return time.perf_counter() - start
+
+
+def leftovers(client: docker.DockerClient, session_id: str | None = None) -> list[str]:
+    """Names of containers and networks carrying our labels (of one session, if given)."""
+    label = f"{SESSION}={session_id}" if session_id else f"{OWNER}={OWNER_VALUE}"
+    names = [c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters={"label": label})]
+    names += [n["Name"] for n in client.api.networks(filters={"label": label})]
+    return names

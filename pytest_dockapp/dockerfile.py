@@ -1,0 +1,371 @@
+"""A Dockerfile parser that keeps line numbers.
+
+Neither builder reports Dockerfile lines (BuildKit names carry none and the
+classic ``Step N/M`` counts every instruction), so build steps are mapped back to
+the file with this parse. It follows the reference grammar: parser directives,
+the escape character, line continuations, comments inside continuations, JSON
+and shell forms, leading ``--flags`` and heredocs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DockerfileError
+
+KNOWN_INSTRUCTIONS = frozenset(
+    {
+        "ADD",
+        "ARG",
+        "CMD",
+        "COPY",
+        "ENTRYPOINT",
+        "ENV",
+        "EXPOSE",
+        "FROM",
+        "HEALTHCHECK",
+        "LABEL",
+        "MAINTAINER",
+        "ONBUILD",
+        "RUN",
+        "SHELL",
+        "STOPSIGNAL",
+        "USER",
+        "VOLUME",
+        "WORKDIR",
+    }
+)
+
+#: Instructions that BuildKit turns into a build vertex (``[stage i/n]``).
+VERTEX_INSTRUCTIONS = frozenset({"FROM", "RUN", "COPY", "ADD", "WORKDIR"})
+
+_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9_-]*)\s*=\s*(.+?)\s*$")
+_HEREDOC = re.compile(r"<<(-?)(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\2")
+_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One instruction, with the 1-based lines it spans in the file."""
+
+    keyword: str
+    value: str
+    line: int
+    end_line: int
+    stage: int
+    flags: Mapping[str, str] = field(default_factory=dict)
+    args: str = ""
+    heredocs: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The instruction as written, continuations joined, whitespace folded."""
+        return normalize(f"{self.keyword} {self.value}")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass
+class Stage:
+    """A build stage: its ``FROM`` and the instructions that follow it."""
+
+    index: int
+    name: str | None
+    base: str
+    line: int
+    instructions: list[Instruction] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The name BuildKit prints for this stage (``stage-N`` when unnamed)."""
+        return self.name or f"stage-{self.index}"
+
+
+def normalize(text: str) -> str:
+    """Fold runs of whitespace so instruction texts compare reliably."""
+    return " ".join(text.split())
+
+
+def expand(text: str, variables: Mapping[str, str | None]) -> str:
+    """Expand ``$VAR``, ``${VAR}``, ``${VAR:-default}`` and ``${VAR:+alt}``."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(4)
+        value = variables.get(name)
+        op, word = m.group(2), m.group(3)
+        if op in (":-", "-"):
+            return value if value else expand(word or "", variables)
+        if op in (":+", "+"):
+            return expand(word or "", variables) if value else ""
+        return value or ""
+
+    return _VAR.sub(sub, text)
+
+
+def split_flags(value: str) -> tuple[dict[str, str], str]:
+    """Split leading ``--name=value`` flags from an instruction's arguments."""
+    flags: dict[str, str] = {}
+    rest = value.lstrip()
+    while rest.startswith("--"):
+        token, _, remainder = rest.partition(" ")
+        name, eq, flag_value = token[2:].partition("=")
+        if not name:
+            break
+        flags[name.lower()] = flag_value if eq else "true"
+        rest = remainder.lstrip()
+    return flags, rest
+
+
+def split_words(args: str) -> list[str]:
+    """Arguments of a JSON-form or shell-form instruction, as a list."""
+    stripped = args.strip()
+    if stripped.startswith("["):
+        try:
+            parsed = json.loads(stripped)
+        except ValueError:
+            pass
+        else:
+            if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed):
+                return parsed
+    try:
+        return shlex.split(stripped, posix=True)
+    except ValueError:
+        return stripped.split()
+
+
+class Dockerfile:
+    """A parsed Dockerfile."""
+
+    def __init__(self, instructions: list[Instruction], path: Path | None = None, escape: str = "\\"):
+        self.path = path
+        self.escape = escape
+        self.instructions = instructions
+        self.stages: list[Stage] = []
+        self.meta_args: dict[str, str | None] = {}
+        for ins in instructions:
+            if ins.keyword == "FROM":
+                words = ins.args.split()
+                name = words[2] if len(words) >= 3 and words[1].lower() == "as" else None
+                self.stages.append(Stage(len(self.stages), name, words[0] if words else "", ins.line))
+            if ins.stage < 0:
+                if ins.keyword == "ARG":
+                    self.meta_args.update(_arg_defaults(ins.args))
+            else:
+                self.stages[ins.stage].instructions.append(ins)
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def read(cls, path: str | Path) -> Dockerfile:
+        """Read and parse ``path``, raising :class:`DockerfileError` with the fix."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DockerfileError(
+                f"Dockerfile not found: {p}",
+                hint="set dockapp_dockerfile (ini or --dockapp-dockerfile) or dockapp_context "
+                "to the folder that holds your Dockerfile",
+            ) from None
+        except OSError as exc:
+            raise DockerfileError(f"cannot read Dockerfile {p}: {exc}") from None
+        return cls.parse(text, p)
+
+    @classmethod
+    def parse(cls, text: str, path: Path | None = None) -> Dockerfile:
+        """Parse Dockerfile source ``text``."""
+        lines = text.splitlines()
+        escape = "\\"
+        i = 0
+        # Parser directives are only honoured before the first comment, blank line or instruction.
+        while i < len(lines):
+            m = _DIRECTIVE.match(lines[i].strip())
+            if not m:
+                break
+            if m.group(1).lower() == "escape":
+                escape = m.group(2)
+            i += 1
+        where = str(path) if path else "Dockerfile"
+        instructions: list[Instruction] = []
+        stage = -1
+        while i < len(lines):
+            raw = lines[i].strip()
+            if not raw or raw.startswith("#"):
+                i += 1
+                continue
+            start = i
+            parts: list[str] = []
+            line = lines[i].rstrip()
+            # Join continuation lines; comment and blank lines inside a continuation are dropped.
+            while line.endswith(escape) and i + 1 < len(lines):
+                parts.append(line[: -len(escape)])
+                i += 1
+                while i < len(lines) and (not lines[i].strip() or lines[i].lstrip().startswith("#")):
+                    i += 1
+                line = lines[i].rstrip() if i < len(lines) else ""
+            parts.append(line[: -len(escape)] if line.endswith(escape) else line)
+            joined = " ".join(p.strip() for p in parts)
+            keyword, _, value = joined.partition(" ")
+            keyword = keyword.upper()
+            if keyword not in KNOWN_INSTRUCTIONS:
+                raise DockerfileError(
+                    f"{where}:{start + 1}: unknown instruction {keyword!r}",
+                    evidence=lines[start],
+                    evidence_title="line",
+                    hint="check the spelling; valid instructions are " + ", ".join(sorted(KNOWN_INSTRUCTIONS)),
+                )
+            heredocs: list[str] = []
+            if keyword in ("RUN", "COPY", "ADD"):
+                for m in _HEREDOC.finditer(value):
+                    strip_tabs, terminator = m.group(1) == "-", m.group(3)
+                    body: list[str] = []
+                    i += 1
+                    while i < len(lines):
+                        candidate = lines[i].lstrip("\t") if strip_tabs else lines[i]
+                        if candidate == terminator:
+                            break
+                        body.append(lines[i])
+                        i += 1
+                    heredocs.append("\n".join(body))
+            if keyword == "FROM":
+                stage += 1
+            flags, args = split_flags(value)
+            instructions.append(
+                Instruction(
+                    keyword=keyword,
+                    value=value.strip(),
+                    line=start + 1,
+                    end_line=i + 1,
+                    stage=stage,
+                    flags=flags,
+                    args=args,
+                    heredocs=tuple(heredocs),
+                )
+            )
+            i += 1
+        if not any(ins.keyword == "FROM" for ins in instructions):
+            raise DockerfileError(
+                f"{where} has no FROM instruction" + ("" if instructions else " (it is empty)"),
+                hint="a Dockerfile starts with FROM <image> (or FROM scratch)",
+            )
+        if instructions[0].keyword not in ("FROM", "ARG"):
+            first = instructions[0]
+            raise DockerfileError(
+                f"{where}:{first.line}: {first.keyword} comes before the first FROM",
+                hint="only ARG may come before FROM",
+            )
+        return cls(instructions, path, escape)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def stage(self, ref: str | int) -> Stage:
+        """The stage named ``ref`` or numbered ``ref``."""
+        for st in self.stages:
+            if st.name is not None and st.name.lower() == str(ref).lower():
+                return st
+        if isinstance(ref, int) or str(ref).isdigit():
+            idx = int(ref)
+            if 0 <= idx < len(self.stages):
+                return self.stages[idx]
+        names = ", ".join(s.label for s in self.stages)
+        raise DockerfileError(
+            f"{self.path or 'Dockerfile'} has no stage {ref!r}",
+            hint=f"the stages are: {names}",
+        )
+
+    def target_stage(self, target: str | None) -> Stage:
+        """The stage a build with ``--target target`` ends at (the last one by default)."""
+        return self.stage(target) if target else self.stages[-1]
+
+    def stage_dependencies(self, stage: Stage) -> set[int]:
+        """Indexes of the stages ``stage`` needs, itself included, transitively."""
+        needed: set[int] = set()
+        todo = [stage.index]
+        while todo:
+            idx = todo.pop()
+            if idx in needed:
+                continue
+            needed.add(idx)
+            for ref in self.direct_stage_refs(self.stages[idx]):
+                todo.append(ref)
+        return needed
+
+    def direct_stage_refs(self, stage: Stage) -> set[int]:
+        """Earlier stages that ``stage`` uses through FROM, COPY --from or RUN --mount from=."""
+        refs: set[int] = set()
+        candidates = [stage.base]
+        for ins in stage.instructions:
+            if "from" in ins.flags:
+                candidates.append(ins.flags["from"])
+            if ins.keyword == "RUN":
+                for mount in mount_specs(ins):
+                    if "from" in mount:
+                        candidates.append(mount["from"])
+        for ref in candidates:
+            for other in self.stages[: stage.index]:
+                if (other.name and other.name.lower() == ref.lower()) or ref == str(other.index):
+                    refs.add(other.index)
+        return refs
+
+    def base_images(self, build_args: Mapping[str, str] | None = None) -> list[tuple[Stage, str]]:
+        """External base images (not earlier stages, not scratch), ARGs expanded."""
+        variables = self.arg_values(build_args)
+        out = []
+        for st in self.stages:
+            image = expand(st.base, variables)
+            earlier = {s.name.lower() for s in self.stages[: st.index] if s.name}
+            if image.lower() != "scratch" and image.lower() not in earlier:
+                out.append((st, image))
+        return out
+
+    def arg_values(self, build_args: Mapping[str, str] | None = None) -> dict[str, str | None]:
+        """Meta ARG values after applying ``build_args``."""
+        values = dict(self.meta_args)
+        for key, value in (build_args or {}).items():
+            if key in values:
+                values[key] = value
+        return values
+
+    def exposed_ports(self, target: str | None = None) -> list[str]:
+        """Ports EXPOSEd by the target stage itself, as ``"80/tcp"`` strings."""
+        ports: list[str] = []
+        for ins in self.target_stage(target).instructions:
+            if ins.keyword == "EXPOSE":
+                for word in ins.args.split():
+                    ports.append(word if "/" in word else f"{word}/tcp")
+        return ports
+
+
+def _arg_defaults(args: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for word in split_words(args):
+        name, eq, default = word.partition("=")
+        out[name] = default if eq else None
+    return out
+
+
+def mount_specs(ins: Instruction) -> list[dict[str, str]]:
+    """The ``--mount=`` specs of a RUN instruction, each as a dict."""
+    specs = []
+    for m in re.finditer(r"--mount=(\S+)", ins.value):
+        spec: dict[str, str] = {}
+        for item in m.group(1).split(","):
+            key, eq, value = item.partition("=")
+            spec[key.lower()] = value if eq else "true"
+        specs.append(spec)
+    return specs
+
+
+def copy_sources(ins: Instruction) -> list[str]:
+    """Context sources of a COPY/ADD (empty for ``--from`` copies and heredocs)."""
+    if ins.keyword not in ("COPY", "ADD") or "from" in ins.flags:
+        return []
+    words = split_words(ins.args)
+    sources = words[:-1]
+    return [s for s in sources if not s.startswith("<<") and "://" not in s]

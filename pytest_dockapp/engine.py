@@ -1,0 +1,128 @@
+"""Reaching the Docker engine and finding out which builder can be used."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Literal
+
+from .errors import ConfigurationError, EngineUnavailableError
+
+if TYPE_CHECKING:
+    import docker
+
+BuilderName = Literal["classic", "buildkit"]
+BUILDER_CHOICES = ("auto", "classic", "buildkit")
+
+
+def describe_endpoint() -> str:
+    """Which engine endpoint the docker SDK and CLI will try, for error messages."""
+    host = os.environ.get("DOCKER_HOST")
+    if host:
+        return f"DOCKER_HOST={host}"
+    context = os.environ.get("DOCKER_CONTEXT")
+    if context:
+        return f"DOCKER_CONTEXT={context}"
+    return "the default socket unix:///var/run/docker.sock (DOCKER_HOST is not set)"
+
+
+def connect(timeout: float = 120) -> docker.DockerClient:
+    """A docker SDK client that has answered a ping, or :class:`EngineUnavailableError`."""
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.from_env(timeout=int(timeout))
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise EngineUnavailableError(
+            f"no Docker engine answered at {describe_endpoint()}",
+            evidence=str(exc),
+            evidence_title="docker SDK said",
+            hint="start the engine (dockerd / Docker Desktop) or point DOCKER_HOST at a running one",
+        ) from None
+    return client
+
+
+@dataclass(frozen=True)
+class Builder:
+    """The builder a build will use, and how it is reached."""
+
+    name: BuilderName
+    cli: str | None = None
+    buildx: bool = False
+    rawjson: bool = False
+
+    def describe(self) -> str:
+        if self.name == "classic":
+            return "classic (engine API)"
+        via = "buildx" if self.buildx else "DOCKER_BUILDKIT=1"
+        progress = "rawjson" if self.rawjson else "plain"
+        return f"buildkit ({self.cli} via {via}, --progress={progress})"
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    nums = []
+    for part in text.lstrip("v").split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        nums.append(int(digits))
+        if len(nums) == 3:
+            break
+    return tuple(nums)
+
+
+@cache
+def cli_capabilities(cli: str) -> tuple[bool, bool, bool]:
+    """(buildkit possible, via buildx, buildx supports rawjson) for the CLI at ``cli``."""
+    buildx = _run([cli, "buildx", "version"])
+    if buildx:
+        # "github.com/docker/buildx v0.12.1 abcdef": rawjson progress arrived in 0.12.
+        words = buildx.split()
+        version = _version_tuple(words[1]) if len(words) > 1 else ()
+        return True, True, version >= (0, 12)
+    client = _run([cli, "version", "--format", "{{.Client.Version}}"])
+    # CLIs before 23.0 carry their own BuildKit client, enabled by DOCKER_BUILDKIT=1.
+    if client and _version_tuple(client) and _version_tuple(client) < (23,):
+        return True, False, False
+    return False, False, False
+
+
+def resolve_builder(choice: str = "auto", cli: str | None = None) -> Builder:
+    """Pick the builder for ``choice`` (auto, classic or buildkit) and the CLI ``cli``."""
+    if choice not in BUILDER_CHOICES:
+        raise ConfigurationError(f"unknown builder {choice!r}", hint="use one of: " + ", ".join(BUILDER_CHOICES))
+    if choice == "classic":
+        return Builder("classic")
+    path = shutil.which(cli or "docker")
+    capable, buildx, rawjson = cli_capabilities(path) if path else (False, False, False)
+    if capable and path:
+        return Builder("buildkit", path, buildx, rawjson)
+    if choice == "buildkit":
+        raise ConfigurationError(
+            f"BuildKit was asked for, but the docker CLI {path or cli or 'docker'!r} cannot run it",
+            hint="install the buildx plugin, point dockapp_docker_cli at a CLI that has it "
+            "(or a CLI older than 23.0, which has BuildKit built in), or use --dockapp-builder classic",
+        )
+    return Builder("classic")
+
+
+def engine_version(client: docker.DockerClient) -> str:
+    """``"Docker 20.10.24 (linux/amd64)"`` or what the engine says of itself."""
+    try:
+        v = client.version()
+    except Exception:  # the header must never fail a run
+        return "unknown engine"
+    return f"Docker {v.get('Version', '?')} ({v.get('Os', '?')}/{v.get('Arch', '?')})"

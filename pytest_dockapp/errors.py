@@ -1,0 +1,96 @@
+"""The one exception tree of pytest-dockapp.
+
+Every error says what happened, shows the evidence (build output, container log
+or health log tail) and says what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def tail(text: str | Iterable[str], lines: int = 20) -> str:
+    """Last ``lines`` lines of ``text`` (a string or an iterable of lines)."""
+    items = text.splitlines() if isinstance(text, str) else [s.rstrip("\n") for s in text]
+    shown = items[-lines:]
+    prefix = [f"... ({len(items) - lines} earlier lines)"] if len(items) > lines else []
+    return "\n".join(prefix + shown)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line if line else line for line in text.splitlines())
+
+
+class DockappError(Exception):
+    """Base of every pytest-dockapp error.
+
+    ``what`` says what happened, ``evidence`` holds log or output lines, and
+    ``hint`` says what to do next.
+    """
+
+    def __init__(self, what: str, *, evidence: str = "", evidence_title: str = "", hint: str = ""):
+        self.what = what
+        self.evidence = evidence
+        self.evidence_title = evidence_title
+        self.hint = hint
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        parts = [self.what]
+        if self.evidence.strip():
+            parts.append(f"{self.evidence_title or 'output'}:\n{_indent(self.evidence)}")
+        if self.hint:
+            parts.append(f"hint: {self.hint}")
+        return "\n".join(parts)
+
+
+class EngineUnavailableError(DockappError):
+    """No Docker engine answered."""
+
+
+class ConfigurationError(DockappError):
+    """A setting, option or marker argument is wrong (missing context, bad port, ...)."""
+
+
+class DockerfileError(ConfigurationError):
+    """The Dockerfile cannot be read or parsed."""
+
+
+class BuildError(DockappError):
+    """The image build failed."""
+
+
+class BaseImageUnavailableError(BuildError):
+    """A FROM image is not on the engine and cannot be pulled."""
+
+
+class PortError(ConfigurationError):
+    """No usable port: nothing EXPOSEd, an unknown main port, or a host port in use."""
+
+
+class ContainerError(DockappError):
+    """The container could not start, exited, or went away."""
+
+
+class ContainerExitedError(ContainerError):
+    """The container stopped while we waited for it to become ready."""
+
+
+class ContainerGoneError(ContainerError):
+    """The container was removed or killed from outside the test session."""
+
+
+class UnhealthyError(ContainerError):
+    """The image's HEALTHCHECK reported ``unhealthy``."""
+
+
+class ReadinessTimeoutError(ContainerError):
+    """The service did not become ready within the timeout."""
+
+
+class CacheRegressionError(DockappError):
+    """A rebuild missed the layer cache where it should have hit."""
+
+
+class CacheMarkerUsageError(ConfigurationError):
+    """The ``dockapp_cache`` marker was given arguments that cannot be checked."""

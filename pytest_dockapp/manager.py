@@ -1,0 +1,219 @@
+"""The builds and apps of one test session, usable without pytest.
+
+>>> with Dockapps.connect() as apps:
+...     image = apps.image(BuildSpec("./my-app"))
+...     with apps.run(image, health_path="/health") as app:
+...         assert app.get("/").ok
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from . import cleanup
+from .app import AppRunner, DockApp
+from .build import BuildRecord, ProgressCallback, build_image, resolve_paths
+from .engine import Builder, connect, resolve_builder
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import docker
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build: context folder, Dockerfile, build args and target stage."""
+
+    context: str | os.PathLike[str]
+    dockerfile: str | os.PathLike[str] | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+
+    def key(self) -> str:
+        ctx, df = resolve_paths(self.context, self.dockerfile)
+        raw = json.dumps([str(ctx), str(df), sorted(self.build_args.items()), self.target])
+        return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Image:
+    """A built or prebuilt image, with its build record when this session built it."""
+
+    id: str
+    tag: str | None
+    record: BuildRecord | None = None
+    built_by_other_process: bool = False
+
+    @property
+    def ref(self) -> str:
+        """What to run: the tag when there is one (readable in ``docker ps``), else the id."""
+        return self.tag or self.id
+
+
+@dataclass
+class AppStat:
+    name: str
+    image: str
+    ready_seconds: float
+    checks: str
+    teardown_seconds: float | None = None
+
+
+class Dockapps:
+    """Builds images once per spec, runs apps, and removes every container it started."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        builder: str = "auto",
+        docker_cli: str | None = None,
+        session: cleanup.Session | None = None,
+        host_ip: str = "127.0.0.1",
+        shared_dir: Path | None = None,
+        on_event: ProgressCallback | None = None,
+    ):
+        self.client = client
+        self.session = session or cleanup.Session()
+        self.host_ip = host_ip
+        self.shared_dir = shared_dir
+        self.on_event = on_event
+        self._builder_choice = builder
+        self._docker_cli = docker_cli
+        self._builder: Builder | None = None
+        self._images: dict[str, Image] = {}
+        self._runners: list[AppRunner] = []
+        self.apps: list[AppStat] = []
+        self.builds: list[BuildRecord] = []
+        self.sweep_report: cleanup.SweepReport | None = None
+
+    @classmethod
+    def connect(cls, *, sweep_age: float | None = cleanup.DEFAULT_SWEEP_AGE, **kwargs: Any) -> Dockapps:
+        """Connect to the engine, then sweep what killed sessions left (unless ``sweep_age`` is None)."""
+        apps = cls(connect(), **kwargs)
+        if sweep_age is not None:
+            apps.sweep_report = cleanup.sweep(apps.client, apps.session, sweep_age)
+        return apps
+
+    @property
+    def builder(self) -> Builder:
+        if self._builder is None:
+            self._builder = resolve_builder(self._builder_choice, self._docker_cli)
+        return self._builder
+
+    def image(self, spec: BuildSpec) -> Image:
+        """Build ``spec`` (once per session, and once across pytest-xdist workers)."""
+        key = spec.key()
+        if key in self._images:
+            return self._images[key]
+        image = self._build(spec) if self.shared_dir is None else self._build_shared(spec, key)
+        self._images[key] = image
+        return image
+
+    def _build(self, spec: BuildSpec) -> Image:
+        record = build_image(
+            self.client,
+            spec.context,
+            spec.dockerfile,
+            builder=self.builder,
+            build_args=spec.build_args,
+            target=spec.target,
+            labels={cleanup.OWNER: cleanup.OWNER_VALUE, cleanup.KIND: "image"},
+            on_event=self.on_event,
+        )
+        self.builds.append(record)
+        return Image(record.image_id, record.tag, record)
+
+    def _build_shared(self, spec: BuildSpec, key: str) -> Image:
+        import docker.errors
+        from filelock import FileLock
+
+        assert self.shared_dir is not None
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        result = self.shared_dir / f"build-{key}.json"
+        with FileLock(str(self.shared_dir / f"build-{key}.lock")):
+            if result.exists():
+                data = json.loads(result.read_text())
+                try:
+                    self.client.api.inspect_image(data["id"])
+                except docker.errors.ImageNotFound:
+                    pass  # removed since: build again
+                else:
+                    return Image(data["id"], data["tag"], None, built_by_other_process=True)
+            image = self._build(spec)
+            result.write_text(json.dumps({"id": image.id, "tag": image.tag}))
+            return image
+
+    def prebuilt(self, ref: str) -> Image:
+        """An image that was built elsewhere (an earlier CI stage); it must be on the engine."""
+        import docker.errors
+
+        try:
+            attrs = self.client.api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            raise ConfigurationError(
+                f"image {ref!r} is not on the engine",
+                hint="build or load it first (docker build -t / docker load), or drop --dockapp-image "
+                "to let the plugin build the Dockerfile",
+            ) from None
+        return Image(attrs["Id"], ref)
+
+    def run(self, image: Image | str, **kwargs: Any) -> AppRunner:
+        """An :class:`AppRunner` for ``image`` that this manager will also close."""
+        ref = image.ref if isinstance(image, Image) else image
+        record = image.record if isinstance(image, Image) else None
+        kwargs.setdefault("host_ip", self.host_ip)
+        runner = AppRunner(self.client, ref, session=self.session, build=record, **kwargs)
+        self._runners.append(runner)
+        return runner
+
+    def start(self, image: Image | str, **kwargs: Any) -> DockApp:
+        """Start an app and wait until it is ready; it stays up until :meth:`stop` or :meth:`close`."""
+        runner = self.run(image, **kwargs)
+        app = runner.start()
+        self.apps.append(AppStat(app.name, runner.image, app.readiness.seconds, app.readiness.checks))
+        return app
+
+    def stop(self, app: DockApp) -> None:
+        for runner in list(self._runners):
+            if runner.app is app:
+                self._close(runner)
+
+    def _close(self, runner: AppRunner) -> None:
+        name = runner.name
+        runner.close()
+        self._runners.remove(runner)
+        for stat in self.apps:
+            if stat.name == name:
+                stat.teardown_seconds = runner.teardown_seconds
+
+    def close(self, keep: bool = False) -> list[DockApp]:
+        """Remove every container still running; with ``keep`` leave them up and return them."""
+        if keep:
+            kept = [r.app for r in self._runners if r.app is not None]
+            self._runners.clear()
+            return kept
+        errors = []
+        for runner in list(self._runners):
+            try:
+                self._close(runner)
+            except Exception as exc:  # one failed removal must not leak the rest
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return []
+
+    def __enter__(self) -> Dockapps:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

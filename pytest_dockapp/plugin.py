@@ -1,0 +1,613 @@
+"""pytest glue: options, fixtures, markers and report hooks.
+
+Everything that talks to Docker lives in the library modules; they are imported
+lazily so that a pytest run that uses no dockapp fixture pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .app import DockApp
+    from .build import BuildEvent
+    from .errors import DockappError
+    from .manager import Dockapps, Image
+
+BUILDERS = ("auto", "classic", "buildkit")
+STRICT_ENV = "DOCKAPP_STRICT"
+
+
+# -- option parsers: each raises pytest.UsageError naming the valid forms ------------------------
+
+
+def parse_build_arg(value: str) -> tuple[str, str]:
+    key, eq, val = value.partition("=")
+    if not eq or not key.strip():
+        raise pytest.UsageError(
+            f"dockapp build arg {value!r} is not KEY=VALUE; e.g. --dockapp-build-arg BASE_IMAGE=node:20"
+        )
+    return key.strip(), val
+
+
+def parse_timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise pytest.UsageError(f"dockapp timeout {value!r} is not a positive number of seconds, e.g. 60 or 2.5")
+    return seconds
+
+
+def parse_builder(value: str) -> str:
+    if value not in BUILDERS:
+        raise pytest.UsageError(f"dockapp builder {value!r} is unknown; valid: {', '.join(BUILDERS)}")
+    return value
+
+
+def parse_port(value: str) -> str:
+    head, _, proto = str(value).partition("/")
+    if not head.isdigit() or not 0 < int(head) < 65536 or proto not in ("", "tcp", "udp"):
+        raise pytest.UsageError(f"dockapp port {value!r} is not a port; valid forms: 8080, 8080/tcp")
+    return str(value)
+
+
+def parse_health_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise pytest.UsageError(f"dockapp health path {value!r} must start with '/', e.g. /health")
+    return value
+
+
+def parse_bool(value: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise pytest.UsageError(f"dockapp flag value {value!r} is not a boolean; valid: true, false, 1, 0")
+
+
+# (name, CLI flags, help, ini type, parser)
+_OPTIONS: list[tuple[str, str, str, str, Callable[[str], Any] | None]] = [
+    ("context", "--dockapp-context", "build context folder (default: rootdir)", "string", None),
+    (
+        "dockerfile",
+        "--dockapp-dockerfile",
+        "Dockerfile path, relative to the context (default: Dockerfile)",
+        "string",
+        None,
+    ),
+    ("target", "--dockapp-target", "target stage to build", "string", None),
+    ("port", "--dockapp-port", "main container port when the image EXPOSEs several, or none", "string", parse_port),
+    (
+        "health_path",
+        "--dockapp-health-path",
+        "HTTP path that answers 2xx/3xx once the app is ready",
+        "string",
+        parse_health_path,
+    ),
+    (
+        "timeout",
+        "--dockapp-timeout",
+        "seconds to wait for the app to become ready (default 60)",
+        "string",
+        parse_timeout,
+    ),
+    ("builder", "--dockapp-builder", "auto, classic or buildkit (default auto)", "string", parse_builder),
+    (
+        "docker_cli",
+        "--dockapp-docker-cli",
+        "docker CLI used for BuildKit builds (default: docker on PATH)",
+        "string",
+        None,
+    ),
+    ("host_ip", "--dockapp-host-ip", "host address to publish ports on (default 127.0.0.1)", "string", None),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dockapp", "build, run and test a Dockerfile's service (pytest-dockapp)")
+    for name, flag, help_text, ini_type, parse in _OPTIONS:
+        group.addoption(
+            flag,
+            dest=f"dockapp_{name}",
+            default=None,
+            type=parse,
+            metavar=name.upper(),
+            help=help_text + f" [ini: dockapp_{name}]",
+        )
+        parser.addini(f"dockapp_{name}", help_text, type=ini_type, default=None)  # type: ignore[arg-type]
+    group.addoption(
+        "--dockapp-build-arg",
+        dest="dockapp_build_arg",
+        action="append",
+        default=[],
+        type=parse_build_arg,
+        metavar="KEY=VALUE",
+        help="build arg, repeatable; adds to and overrides dockapp_build_args",
+    )
+    parser.addini("dockapp_build_args", "build args, one KEY=VALUE per line", type="linelist", default=[])
+    group.addoption(
+        "--dockapp-image",
+        dest="dockapp_image",
+        default=None,
+        metavar="IMAGE",
+        help="test this prebuilt image instead of building the Dockerfile (CI stages)",
+    )
+    group.addoption(
+        "--dockapp-keep",
+        dest="dockapp_keep",
+        action="store_true",
+        default=False,
+        help="after a failure, leave containers running and print how to reach and remove them",
+    )
+    group.addoption(
+        "--dockapp-strict",
+        dest="dockapp_strict",
+        action="store_true",
+        default=False,
+        help=f"no Docker engine is an error, not a skip (also: {STRICT_ENV}=1, ini dockapp_strict)",
+    )
+    parser.addini("dockapp_strict", "no Docker engine is an error, not a skip", type="bool", default=False)
+
+
+@dataclass
+class Settings:
+    """Options resolved once: CLI over ini over defaults."""
+
+    context: Path
+    dockerfile: str | None = None
+    build_args: dict[str, str] = field(default_factory=dict)
+    cli_build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    port: str | None = None
+    health_path: str | None = None
+    timeout: float = 60.0
+    builder: str = "auto"
+    docker_cli: str | None = None
+    host_ip: str = "127.0.0.1"
+    image: str | None = None
+    keep: bool = False
+    strict: bool = False
+
+
+def _settings(config: pytest.Config) -> Settings:
+    def value(name: str, parse: Callable[[str], Any] | None = None) -> Any:
+        cli = config.getoption(f"dockapp_{name}")
+        if cli is not None:
+            return cli
+        ini = config.getini(f"dockapp_{name}")
+        if ini in (None, ""):
+            return None
+        return parse(ini) if parse else ini
+
+    parsers = {name: parse for name, _, _, _, parse in _OPTIONS}
+    vals = {name: value(name, parsers[name]) for name in parsers}
+    ini_dir = config.inipath.parent if config.inipath else config.rootpath
+    ctx = vals["context"]
+    if ctx is None:
+        context = config.rootpath
+    elif config.getoption("dockapp_context") is not None:
+        context = config.invocation_params.dir / ctx
+    else:
+        context = ini_dir / ctx
+    env_strict = os.environ.get(STRICT_ENV, "")
+    return Settings(
+        context=context,
+        dockerfile=vals["dockerfile"],
+        build_args=dict(parse_build_arg(line) for line in config.getini("dockapp_build_args")),
+        cli_build_args=dict(config.getoption("dockapp_build_arg")),
+        target=vals["target"],
+        port=vals["port"],
+        health_path=vals["health_path"],
+        timeout=vals["timeout"] or 60.0,
+        builder=vals["builder"] or "auto",
+        docker_cli=vals["docker_cli"],
+        host_ip=vals["host_ip"] or "127.0.0.1",
+        image=config.getoption("dockapp_image"),
+        keep=config.getoption("dockapp_keep"),
+        strict=bool(
+            config.getoption("dockapp_strict")
+            or config.getini("dockapp_strict")
+            or (env_strict and parse_bool(env_strict))
+        ),
+    )
+
+
+class _State:
+    """Per-run plugin state: settings, the engine connection, what to report."""
+
+    def __init__(self, config: pytest.Config, settings: Settings):
+        self.config = config
+        self.settings = settings
+        self._apps: Dockapps | None = None
+        self.error: DockappError | None = None
+        self.kept: list[DockApp] = []
+        self.progress = _Progress(config)
+
+    def apps(self) -> Dockapps:
+        """The session's manager; skips (or fails, in strict mode) without an engine."""
+        from .errors import DockappError
+        from .manager import Dockapps
+
+        if self._apps is None and self.error is None:
+            s = self.settings
+            try:
+                self._apps = Dockapps.connect(
+                    builder=s.builder, docker_cli=s.docker_cli, host_ip=s.host_ip, on_event=self.progress
+                )
+            except DockappError as exc:
+                self.error = exc
+        if self.error is not None:
+            if self.settings.strict:
+                pytest.fail(f"{self.error}\n(strict mode: no engine is an error)", pytrace=False)
+            pytest.skip(f"pytest-dockapp: {self.error.what} (use --dockapp-strict to make this an error)")
+        assert self._apps is not None
+        return self._apps
+
+    @property
+    def started(self) -> Dockapps | None:
+        return self._apps
+
+
+class _Progress:
+    """Live build progress; silent for builds that finish within a second."""
+
+    threshold = 1.0
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.shown = False
+
+    def __call__(self, event: BuildEvent) -> None:
+        if event.elapsed < self.threshold:
+            return
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None or self.config.getoption("verbose") < 0:
+            return
+        line = f"dockapp: building [{event.position}] {event.text}"[:120]
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            if reporter.isatty():
+                reporter.rewrite(line, erase=True)
+            else:
+                reporter.write_line(line)
+        self.shown = True
+
+    def done(self, message: str) -> None:
+        if not self.shown:
+            return
+        self.shown = False
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None:
+            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+                if reporter.isatty():
+                    reporter.rewrite(message, erase=True)
+                reporter.write_line("" if reporter.isatty() else message)
+
+
+_STATE = pytest.StashKey[_State]()
+_ITEM_START = pytest.StashKey[float]()
+_ITEM_APPS = pytest.StashKey[list["DockApp"]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "dockapp_cache(change=None, cached=None, context=None, dockerfile=None, build_args=None, "
+        "target=None): fail when a rebuild after `change` misses the layer cache unexpectedly",
+    )
+    config.stash[_STATE] = _State(config, _settings(config))
+
+
+def _state(config: pytest.Config) -> _State:
+    return config.stash[_STATE]
+
+
+def _fail_on(exc: Exception) -> None:
+    """Report a library error as a clean fixture failure: the message is the whole story."""
+    pytest.fail(str(exc), pytrace=False)
+
+
+# -- settings fixtures: override any of them in a conftest.py ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dockapp_context(pytestconfig: pytest.Config) -> str:
+    """Build context folder."""
+    return str(_state(pytestconfig).settings.context)
+
+
+@pytest.fixture(scope="session")
+def dockapp_dockerfile(pytestconfig: pytest.Config) -> str | None:
+    """Dockerfile path, relative to the context."""
+    return _state(pytestconfig).settings.dockerfile
+
+
+@pytest.fixture(scope="session")
+def dockapp_build_args(pytestconfig: pytest.Config) -> dict[str, str]:
+    """Build args (ini); ``--dockapp-build-arg`` values are applied on top of these."""
+    return dict(_state(pytestconfig).settings.build_args)
+
+
+@pytest.fixture(scope="session")
+def dockapp_target(pytestconfig: pytest.Config) -> str | None:
+    """Target stage."""
+    return _state(pytestconfig).settings.target
+
+
+@pytest.fixture(scope="session")
+def dockapp_port(pytestconfig: pytest.Config) -> str | None:
+    """Main container port."""
+    return _state(pytestconfig).settings.port
+
+
+@pytest.fixture(scope="session")
+def dockapp_health_path(pytestconfig: pytest.Config) -> str | None:
+    """HTTP readiness path."""
+    return _state(pytestconfig).settings.health_path
+
+
+@pytest.fixture(scope="session")
+def dockapp_timeout(pytestconfig: pytest.Config) -> float:
+    """Readiness timeout in seconds."""
+    return _state(pytestconfig).settings.timeout
+
+
+# -- the fixtures users call ---------------------------------------------------------------------
+
+
+def _build(
+    state: _State, context: str, dockerfile: str | None, build_args: Mapping[str, str], target: str | None
+) -> Image:
+    from .errors import DockappError
+    from .manager import BuildSpec
+
+    apps = state.apps()
+    args = {**build_args, **state.settings.cli_build_args}
+    try:
+        image = apps.image(BuildSpec(context, dockerfile, args, target))
+    except DockappError as exc:
+        state.progress.done("dockapp: build failed")
+        _fail_on(exc)
+        raise
+    if image.record is not None:
+        state.progress.done(f"dockapp: built {image.tag} in {image.record.summary()}")
+    return image
+
+
+@pytest.fixture(scope="session")
+def dockapp_image(
+    pytestconfig: pytest.Config,
+    dockapp_context: str,
+    dockapp_dockerfile: str | None,
+    dockapp_build_args: dict[str, str],
+    dockapp_target: str | None,
+) -> Image:
+    """The session's image: built from the configured Dockerfile, or ``--dockapp-image``."""
+    from .errors import DockappError
+
+    state = _state(pytestconfig)
+    if state.settings.image:
+        try:
+            return state.apps().prebuilt(state.settings.image)
+        except DockappError as exc:
+            _fail_on(exc)
+    return _build(state, dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target)
+
+
+def _start(state: _State, image: Image | str, **kwargs: Any) -> DockApp:
+    from .errors import DockappError
+
+    try:
+        return state.apps().start(image, **kwargs)
+    except DockappError as exc:
+        _fail_on(exc)
+        raise
+
+
+def _release(state: _State, session: pytest.Session, app: DockApp) -> None:
+    if state.settings.keep and session.testsfailed:
+        return  # left running on purpose; listed in the terminal summary
+    if state.started is not None:
+        state.started.stop(app)
+
+
+@pytest.fixture(scope="session")
+def dockapp(
+    request: pytest.FixtureRequest,
+    dockapp_image: Image,
+    dockapp_port: str | None,
+    dockapp_health_path: str | None,
+    dockapp_timeout: float,
+) -> Iterator[DockApp]:
+    """The app from the configured Dockerfile, running and ready, shared by the session."""
+    state = _state(request.config)
+    app = _start(state, dockapp_image, port=dockapp_port, health_path=dockapp_health_path, timeout=dockapp_timeout)
+    yield app
+    _release(state, request.session, app)
+
+
+@pytest.fixture
+def dockapp_factory(
+    request: pytest.FixtureRequest,
+    dockapp_context: str,
+    dockapp_dockerfile: str | None,
+    dockapp_build_args: dict[str, str],
+    dockapp_target: str | None,
+    dockapp_port: str | None,
+    dockapp_health_path: str | None,
+    dockapp_timeout: float,
+) -> Iterator[Callable[..., DockApp]]:
+    """Build and start more apps with per-call settings; each is removed after the test.
+
+    ``dockapp_factory(context=None, *, dockerfile=None, build_args=None, target=None, image=None,
+    port=None, health_path=None, timeout=None, env=None, command=None, network=None, aliases=(),
+    host_ports=None, name=None)``. Without ``context`` or ``image`` it uses the session's settings.
+    """
+    state = _state(request.config)
+    started: list[DockApp] = []
+
+    def factory(
+        context: str | os.PathLike[str] | None = None,
+        *,
+        dockerfile: str | None = None,
+        build_args: Mapping[str, str] | None = None,
+        target: str | None = None,
+        image: str | None = None,
+        port: int | str | None = None,
+        health_path: str | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        command: str | Sequence[str] | None = None,
+        network: Any = None,
+        aliases: Sequence[str] = (),
+        host_ports: Mapping[int, int] | None = None,
+        name: str | None = None,
+    ) -> DockApp:
+        default = context is None and image is None
+        ref: Image | str
+        if image is not None:
+            ref = image
+        elif default:
+            ref = _build(
+                state,
+                dockapp_context,
+                dockerfile or dockapp_dockerfile,
+                {**dockapp_build_args, **(build_args or {})},
+                target or dockapp_target,
+            )
+        else:
+            ctx = Path(context)  # type: ignore[arg-type]
+            ref = _build(
+                state,
+                str(ctx if ctx.is_absolute() else request.config.invocation_params.dir / ctx),
+                dockerfile,
+                dict(build_args or {}),
+                target,
+            )
+        app = state.apps().start(
+            ref,
+            port=port if port is not None else (dockapp_port if default else None),
+            health_path=health_path if health_path is not None else (dockapp_health_path if default else None),
+            timeout=timeout or dockapp_timeout,
+            env=env,
+            command=command,
+            network=network,
+            aliases=aliases,
+            host_ports=host_ports,
+            name=name,
+        )
+        started.append(app)
+        request.node.stash.setdefault(_ITEM_APPS, []).append(app)
+        return app
+
+    yield factory
+    for app in started:
+        _release(state, request.session, app)
+
+
+@pytest.fixture
+def dockapp_network(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh Docker network as a testcontainers ``Network``, removed after the test.
+
+    Pass it to ``dockapp_factory(network=...)`` and to testcontainers'
+    ``DockerContainer(...).with_network(...)`` to put both on one network.
+    """
+    from testcontainers.core.network import Network
+
+    state = _state(request.config)
+    apps = state.apps()
+    network = Network(docker_network_kw={"labels": apps.session.labels("network")})
+    network.create()
+    yield network
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.NotFound):
+        network.remove()
+
+
+# -- reporting -----------------------------------------------------------------------------------
+
+
+def _uses_dockapp(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return any(n.startswith("dockapp") for n in names) or item.get_closest_marker("dockapp_cache") is not None
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: Sequence[pytest.Item]) -> list[str]:
+    if not any(_uses_dockapp(item) for item in items):
+        return []
+    state = _state(config)
+    try:
+        apps = state.apps()
+    except (pytest.skip.Exception, pytest.fail.Exception):
+        return [f"dockapp: no engine ({state.error.what if state.error else 'unreachable'})"]
+    from .engine import engine_version
+    from .errors import DockappError
+
+    try:
+        builder = apps.builder.describe()
+    except DockappError as exc:
+        builder = f"unavailable ({exc.what})"
+    lines = [f"dockapp: engine {engine_version(apps.client)}, builder {builder}"]
+    if apps.sweep_report is not None and apps.sweep_report.total:
+        lines.append(f"dockapp: swept {apps.sweep_report.total} resources left by killed sessions")
+    return lines
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_ITEM_START] = time.time()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        apps: list[DockApp] = item.stash.get(_ITEM_APPS, [])
+        funcargs = getattr(item, "funcargs", {})
+        from_fixtures = [v for v in funcargs.values() if type(v).__name__ == "DockApp"]
+        since = item.stash.get(_ITEM_START, None)
+        for app in from_fixtures + [a for a in apps if a not in from_fixtures]:
+            try:
+                text = app.logs(tail=200, since=since)
+            except Exception as exc:  # the container may be gone; say so instead of failing the report
+                text = f"(no logs: {exc})"
+            report.sections.append((f"dockapp logs: {app.name} (since this test started)", text or "(empty)"))
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = _state(session.config)
+    if state.started is not None:
+        state.kept = state.started.close(keep=state.settings.keep and bool(session.testsfailed))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    state = _state(terminalreporter.config)
+    apps = state.started
+    if apps is None:
+        return
+    lines = []
+    for record in apps.builds:
+        lines.append(f"built {record.tag} ({record.builder}) in {record.summary()}")
+    for stat in apps.apps:
+        down = f", removed in {stat.teardown_seconds:.2f}s" if stat.teardown_seconds is not None else ""
+        lines.append(f"{stat.name}: ready in {stat.ready_seconds:.2f}s ({stat.checks}){down}")
+    for app in state.kept:
+        lines.append(f"kept {app.name} at {app.url if app.port else '(no port)'}; remove: docker rm -f {app.name}")
+    if lines:
+        terminalreporter.write_sep("-", "dockapp")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,0 +1,285 @@
+"""Waiting until a container's service really answers.
+
+Three traps shape this module:
+
+* A published port accepts TCP before the app listens: the port publisher
+  (docker-proxy) takes the connection and only then finds nobody behind it. So
+  "connect succeeded" proves nothing. Where the engine is local we read the
+  container's own socket table (``/proc/<pid>/net/tcp``) and see the app's LISTEN
+  socket; elsewhere we connect and treat an immediate EOF as "not yet".
+* The engine runs an image's first HEALTHCHECK one interval after start (30 s by
+  default). We run the same check ourselves with ``exec`` while we wait, and
+  still honour the engine's verdict when it says ``unhealthy``.
+* A container that exits while we wait must fail the wait at once, not at the
+  timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ContainerExitedError,
+    ContainerGoneError,
+    ReadinessTimeoutError,
+    UnhealthyError,
+    tail,
+)
+
+if TYPE_CHECKING:
+    import docker
+
+_LISTEN = "0A"
+_LOOPBACK4 = "7F"  # last byte of a little-endian 127.x.x.x address in /proc/net/tcp
+_LOOPBACK6 = "00000000000000000000000001000000"
+
+
+class ListenProbe:
+    """Reads a container's socket table through ``/proc/<pid>/net`` on the engine's host."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    @classmethod
+    def for_container(cls, attrs: dict[str, Any]) -> ListenProbe | None:
+        """A probe if the container's PID 1 is visible here (local engine), else None."""
+        pid = int((attrs.get("State") or {}).get("Pid") or 0)
+        if pid <= 0:
+            return None
+        try:
+            with open(f"/proc/{pid}/cgroup", encoding="utf-8") as fh:
+                cgroup = fh.read()
+        except OSError:
+            return None
+        # The pid must be this container's: with a remote engine or another pid namespace the
+        # same number can belong to an unrelated process.
+        return cls(pid) if attrs.get("Id", "")[:12] in cgroup else None
+
+    def listening(self, port: int) -> str | None:
+        """``"any"`` if something listens on ``port`` reachable from outside, ``"loopback"`` if
+        only on the container's loopback, ``None`` if nothing listens (or unreadable)."""
+        found: str | None = None
+        hex_port = f"{port:04X}"
+        for name in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/{self.pid}/net/{name}", encoding="ascii") as fh:
+                    next(fh, None)
+                    for line in fh:
+                        fields = line.split()
+                        if len(fields) < 4 or fields[3] != _LISTEN:
+                            continue
+                        addr, _, lport = fields[1].partition(":")
+                        if lport != hex_port:
+                            continue
+                        if (addr.endswith(_LOOPBACK4) and len(addr) == 8) or addr == _LOOPBACK6:
+                            found = found or "loopback"
+                        else:
+                            return "any"
+            except OSError:
+                continue
+        return found
+
+
+def probe_connect(host: str, port: int, grace: float = 0.05) -> str | None:
+    """Connect through the published port; None when the app holds the connection open.
+
+    docker-proxy accepts first and closes at once when nothing listens behind it, so an
+    immediate EOF or reset means "not yet". Data or silence for ``grace`` means an app.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.settimeout(grace)
+            try:
+                data = sock.recv(1)
+            except socket.timeout:
+                return None
+            return None if data else "connection accepted and closed at once (nothing listens yet)"
+    except OSError as exc:
+        return f"connect to {host}:{port}: {exc}"
+
+
+def probe_http(host: str, port: int, path: str, timeout: float = 2.0) -> str | None:
+    """GET ``path``; None on a 2xx or 3xx answer, else what went wrong."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "pytest-dockapp-probe"})
+        resp = conn.getresponse()
+        resp.read()
+        if 200 <= resp.status < 400:
+            return None
+        return f"GET {path} answered HTTP {resp.status}"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"GET {path}: {exc.__class__.__name__}: {exc}"
+    finally:
+        conn.close()
+
+
+def healthcheck_command(config: dict[str, Any] | None) -> list[str] | None:
+    """The exec form of an image's HEALTHCHECK test, or None when it has none."""
+    test = (config or {}).get("Test") or []
+    if not test or test[0] == "NONE":
+        return None
+    if test[0] == "CMD-SHELL":
+        return ["/bin/sh", "-c", " ".join(test[1:])]
+    if test[0] == "CMD":
+        return list(test[1:])
+    return list(test)
+
+
+@dataclass
+class Readiness:
+    """How the wait ended."""
+
+    seconds: float
+    checks: str
+
+
+def _health_log(state: dict[str, Any]) -> str:
+    entries = ((state.get("Health") or {}).get("Log")) or []
+    return "\n".join(f"exit {e.get('ExitCode')}: {str(e.get('Output', '')).strip()}" for e in entries[-5:])
+
+
+def _logs(client: docker.DockerClient, container_id: str, lines: int = 30) -> str:
+    try:
+        raw = client.api.logs(container_id, stdout=True, stderr=True, tail=lines)
+    except Exception:
+        return "(logs unavailable)"
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def wait_ready(
+    client: docker.DockerClient,
+    container_id: str,
+    *,
+    host: str,
+    host_port: int | None,
+    container_port: int | None,
+    health_path: str | None = None,
+    timeout: float = 60.0,
+    interval: float = 0.005,
+    name: str = "",
+) -> Readiness:
+    """Block until the container's service answers; raise a precise error otherwise."""
+    import docker.errors
+
+    start = time.perf_counter()
+    deadline = start + timeout
+    label = name or container_id[:12]
+    try:
+        attrs = client.api.inspect_container(container_id)
+    except docker.errors.NotFound:
+        raise ContainerGoneError(f"container {label} disappeared before it could be probed") from None
+    health_cmd = healthcheck_command(attrs["Config"].get("Healthcheck"))
+    listen = ListenProbe.for_container(attrs)
+    checks = []
+    if health_cmd:
+        checks.append("HEALTHCHECK")
+    if host_port is not None:
+        checks.append(f"GET {health_path}" if health_path else "port accepts")
+    last_error = "no check has run yet"
+    health_ok = health_cmd is None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-health") if health_cmd else None
+    pending: Future[tuple[int, str]] | None = None
+    next_exec = start
+
+    def run_health() -> tuple[int, str]:
+        exec_id = client.api.exec_create(container_id, health_cmd, stdout=True, stderr=True)["Id"]
+        out = client.api.exec_start(exec_id)
+        code = client.api.exec_inspect(exec_id).get("ExitCode")
+        text = out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
+        return (code if code is not None else -1), text
+
+    try:
+        while True:
+            try:
+                state = client.api.inspect_container(container_id)["State"]
+            except docker.errors.NotFound:
+                raise ContainerGoneError(
+                    f"container {label} was removed while waiting for it to become ready",
+                    hint="something outside this test session removed it (docker rm, a cleanup job)",
+                ) from None
+            if not state.get("Running") or state.get("Status") in ("exited", "dead"):
+                oom = " (killed: out of memory)" if state.get("OOMKilled") else ""
+                raise ContainerExitedError(
+                    f"container {label} exited with code {state.get('ExitCode')}{oom} "
+                    f"{time.perf_counter() - start:.2f}s after start, before it became ready"
+                    + (f"; engine error: {state['Error']}" if state.get("Error") else ""),
+                    evidence=tail(_logs(client, container_id), 30),
+                    evidence_title="container log (last lines)",
+                    hint="run the image by hand (docker run --rm -it <image>) to see why its command stops",
+                )
+            health = state.get("Health") or {}
+            if health.get("Status") == "unhealthy":
+                raise UnhealthyError(
+                    f"container {label} is unhealthy: its HEALTHCHECK failed "
+                    f"{health.get('FailingStreak', '?')} times in a row",
+                    evidence=_health_log(state) + "\n--- container log ---\n" + tail(_logs(client, container_id), 20),
+                    evidence_title="health log",
+                    hint="run the HEALTHCHECK command in the container (docker exec) to see why it fails",
+                )
+            if health.get("Status") == "healthy":
+                health_ok = True
+            port_error = None
+            if host_port is not None and container_port is not None:
+                port_error = _probe_port(listen, host, host_port, container_port, health_path)
+            if port_error is None and not health_ok and pool is not None:
+                if pending is not None and pending.done():
+                    try:
+                        code, output = pending.result()
+                    except docker.errors.APIError as exc:
+                        code, output = -1, str(exc)
+                    pending = None
+                    if code == 0:
+                        health_ok = True
+                    else:
+                        last_error = f"HEALTHCHECK exited {code}: {output.strip()[-300:]}"
+                if not health_ok and pending is None and time.perf_counter() >= next_exec:
+                    pending = pool.submit(run_health)
+                    next_exec = time.perf_counter() + 0.1
+            elif port_error is not None:
+                last_error = port_error
+            if port_error is None and health_ok:
+                return Readiness(time.perf_counter() - start, " + ".join(checks) or "running")
+            if time.perf_counter() >= deadline:
+                raise ReadinessTimeoutError(
+                    f"container {label} did not become ready within {timeout:g}s "
+                    f"(status {state.get('Status')}, health {health.get('Status', 'none')}; "
+                    f"waited for: {', '.join(checks)})\nlast probe error: {last_error}",
+                    evidence=tail(_logs(client, container_id), 30),
+                    evidence_title="container log (last lines)",
+                    hint="raise dockapp_timeout if the app is just slow; check that it listens on "
+                    f"0.0.0.0:{container_port}" + (f" and that {health_path} answers 2xx" if health_path else ""),
+                )
+            time.sleep(interval)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+
+def _probe_port(
+    listen: ListenProbe | None, host: str, host_port: int, container_port: int, health_path: str | None
+) -> str | None:
+    if listen is not None:
+        where = listen.listening(container_port)
+        if where is None:
+            return f"nothing listens on port {container_port} inside the container yet"
+        if where == "loopback":
+            return (
+                f"the app listens on 127.0.0.1:{container_port} inside the container, which the "
+                f"published port cannot reach: make it listen on 0.0.0.0:{container_port}"
+            )
+        if health_path:
+            return probe_http(host, host_port, health_path)
+        try:
+            socket.create_connection((host, host_port), timeout=1.0).close()
+        except OSError as exc:
+            return f"connect to {host}:{host_port}: {exc}"
+        return None
+    if health_path:
+        return probe_http(host, host_port, health_path)
+    return probe_connect(host, host_port)
