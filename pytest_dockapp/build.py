@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .dockerfile import VERTEX_INSTRUCTIONS, Dockerfile, Instruction, Stage, normalize
+from .cleanup import PREFIX as LABEL_PREFIX
 from .engine import Builder
 from .errors import BaseImageUnavailableError, BuildError, ConfigurationError, tail
 from .redact import redact, redact_text
@@ -202,6 +203,7 @@ class ClassicParser:
         self._started = time.perf_counter()
         self._step_started = self._started
         self._partial = ""
+        self._ignore = False
 
     def feed(self, chunk: Mapping[str, Any]) -> None:
         if "error" in chunk or "errorDetail" in chunk:
@@ -232,6 +234,11 @@ class ClassicParser:
             self._close(now)
             number, text = int(m.group(1)), m.group(3).strip()
             ins = self.mapper.classic(number, text)
+            if ins is None and text.startswith("LABEL " + LABEL_PREFIX):
+                # The engine API appends one LABEL step per build label: not the user's Dockerfile.
+                self._ignore = True
+                return
+            self._ignore = False
             stage = None
             if ins is not None and ins.stage >= 0:
                 stage = self.mapper.df.stages[ins.stage].label
@@ -244,7 +251,7 @@ class ClassicParser:
             if self._on_event:
                 self._on_event(BuildEvent(step.text, f"{m.group(1)}/{m.group(2)}", now - self._started))
             return
-        if not self.steps:
+        if not self.steps or self._ignore:
             return
         step = self.steps[-1]
         if line == _CLASSIC_CACHE:
@@ -256,7 +263,7 @@ class ClassicParser:
         return self.steps
 
     def _close(self, now: float) -> None:
-        if self.steps:
+        if self.steps and not self._ignore:
             self.steps[-1].seconds = now - self._step_started
 
     def finish(self) -> None:

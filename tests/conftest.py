@@ -1,0 +1,135 @@
+"""Shared helpers for pytest-dockapp's own tests.
+
+Integration tests use the real engine and local bases only (no registry):
+``dockapp-test/busybox:1`` (FROM scratch + static busybox) and, for the example
+app, ``dockapp-test/node:bookworm``; ``.ci/make-bases`` builds both when missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_dockapp import cleanup
+from pytest_dockapp.engine import cli_capabilities
+
+ROOT = Path(__file__).resolve().parent.parent
+BUSYBOX = "dockapp-test/busybox:1"
+NODE_BASE = os.environ.get("DOCKAPP_TEST_NODE_BASE", "dockapp-test/node:bookworm")
+
+
+def _docker_client() -> Any:
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        if os.environ.get("DOCKAPP_STRICT") or os.environ.get("CI"):
+            pytest.fail(f"no Docker engine for the integration tests: {exc}", pytrace=False)
+        pytest.skip(f"no Docker engine: {exc}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Any:
+    return _docker_client()
+
+
+def _make_base(name: str, which: str) -> None:
+    subprocess.run([str(ROOT / ".ci" / "make-bases"), which], check=True)
+
+
+@pytest.fixture(scope="session")
+def busybox(docker_client: Any) -> str:
+    """The tiny local base image most test Dockerfiles start FROM."""
+    import docker.errors
+
+    try:
+        docker_client.images.get(BUSYBOX)
+    except docker.errors.ImageNotFound:
+        _make_base(BUSYBOX, "busybox")
+    return BUSYBOX
+
+
+@pytest.fixture(scope="session")
+def node_base(docker_client: Any) -> str:
+    """A local nodejs+npm base (mmdebstrap, built once when missing)."""
+    import docker.errors
+
+    try:
+        docker_client.images.get(NODE_BASE)
+    except docker.errors.ImageNotFound:
+        _make_base(NODE_BASE, "node")
+    return NODE_BASE
+
+
+def find_buildkit_cli() -> str | None:
+    """A docker CLI that can run BuildKit builds here, if any."""
+    for candidate in (shutil.which("docker"), "/usr/bin/docker", "/usr/local/bin/docker"):
+        if candidate and os.path.exists(candidate) and cli_capabilities(candidate)[0]:
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def buildkit_cli() -> str:
+    cli = find_buildkit_cli()
+    if cli is None:
+        if os.environ.get("CI"):
+            pytest.fail("no docker CLI here can run BuildKit (no buildx, no CLI < 23.0)", pytrace=False)
+        pytest.skip("no docker CLI here can run BuildKit")
+    return cli
+
+
+def leftover_names(client: Any) -> list[str]:
+    return cleanup.leftovers(client)
+
+
+@pytest.fixture
+def no_leaks(docker_client: Any) -> Iterator[None]:
+    """Fails the test if anything carrying the plugin's labels is left on the engine."""
+    before = set(leftover_names(docker_client))
+    yield
+    after = set(leftover_names(docker_client)) - before
+    assert not after, f"leaked containers/networks: {sorted(after)}"
+
+
+class App:
+    """Writes a small app project (Dockerfile + files) into a pytester dir."""
+
+    def __init__(self, pytester: pytest.Pytester, busybox: str):
+        self.pytester = pytester
+        self.busybox = busybox
+
+    def dockerfile(self, body: str, name: str = "Dockerfile", path: Path | None = None) -> Path:
+        target = (path or self.pytester.path) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(textwrap.dedent(body).lstrip().replace("{BUSYBOX}", self.busybox))
+        return target
+
+    def httpd(
+        self, extra: str = "", cmd: str = '["httpd", "-f", "-p", "80", "-h", "/www"]', expose: str = "EXPOSE 80"
+    ) -> Path:
+        """A busybox httpd that serves /www/index.html ("hello")."""
+        return self.dockerfile(
+            f"""
+            FROM {{BUSYBOX}}
+            RUN mkdir -p /www && echo hello > /www/index.html
+            {extra}
+            {expose}
+            CMD {cmd}
+            """
+        )
+
+
+@pytest.fixture
+def app(pytester: pytest.Pytester, busybox: str, no_leaks: None) -> App:
+    return App(pytester, busybox)

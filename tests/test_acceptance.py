@@ -1,0 +1,419 @@
+"""Users' view: a Dockerfile, a conftest, a test file, and a real pytest run."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+from .conftest import App
+
+HOME_TEST = """
+def test_home(dockapp):
+    r = dockapp.get("/")
+    assert r.status_code == 200
+    assert r.text == "hello\\n"
+"""
+
+
+def test_happy_path(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "dockapp: engine Docker *, builder *",
+            "*- dockapp -*",
+            "built pytest-dockapp/* in *s, */* steps cached",
+            "dockapp-*: ready in *s (port accepts), removed in *s",
+        ]
+    )
+
+
+def test_app_object(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(extra="ENV GREETING=hi")
+    pytester.makepyfile(
+        """
+        import requests
+
+        def test_object(dockapp, dockapp_image):
+            assert dockapp.url == f"http://127.0.0.1:{dockapp.port}"
+            assert dockapp.host == "127.0.0.1"
+            assert dockapp.ports == {80: dockapp.port}
+            assert isinstance(dockapp.session, requests.Session)
+            assert dockapp.session.get("/").text == "hello\\n"
+            assert dockapp.head("/").status_code == 200
+            assert dockapp.get("/missing").status_code == 404
+            assert dockapp.container.status in ("created", "running")
+            assert dockapp.image == dockapp_image.ref
+            assert dockapp_image.record.steps[-1].text.startswith(("CMD", "LABEL"))
+            assert dockapp.exec("sh -c 'echo $GREETING'") == (0, "hi\\n")
+            assert isinstance(dockapp.logs(), str)
+            labels = dockapp.container.labels
+            assert labels["org.pytest-dockapp.owner"] == "pytest-dockapp"
+            assert labels["org.pytest-dockapp.session"]
+            binding = dockapp.container.attrs["HostConfig"]["PortBindings"]["80/tcp"][0]
+            assert binding["HostIp"] == "127.0.0.1"
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_healthcheck_healthy_does_not_wait_for_the_engine_interval(app: App, pytester: pytest.Pytester) -> None:
+    # The engine's first check would run only after 30 s; the timeout is 15 s, so passing
+    # proves the plugin ran the HEALTHCHECK itself.
+    app.httpd(extra="HEALTHCHECK --interval=30s CMD wget -q -O /dev/null http://127.0.0.1/ || exit 1")
+    pytester.makeini("[pytest]\ndockapp_timeout = 15\n")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["dockapp-*: ready in *s (HEALTHCHECK + port accepts)*"])
+
+
+def test_healthcheck_unhealthy_fails_with_health_log(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(extra="HEALTHCHECK --interval=1s --retries=1 CMD echo db-down-marker && exit 1")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*container dockapp-* is unhealthy*", "*health log:*", "*db-down-marker*"])
+
+
+def test_app_that_listens_late_is_not_reported_ready_early(app: App, pytester: pytest.Pytester) -> None:
+    # docker-proxy accepts on the published port from the start; the probe must see through it.
+    app.httpd(cmd='["sh", "-c", "sleep 2; exec httpd -f -p 80 -h /www"]')
+    pytester.makepyfile(
+        """
+        import requests
+
+        def test_first_request_succeeds(dockapp):
+            # a plain request, no retries: the app must already listen
+            assert requests.get(dockapp.url, timeout=5).text == "hello\\n"
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_http_health_path(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(
+        cmd='["sh", "-c", "sleep 1; mkdir -p /www/ok && echo ok > /www/ok/index.html; exec httpd -f -p 80 -h /www"]'
+    )
+    pytester.makeini("[pytest]\ndockapp_health_path = /ok/\n")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["dockapp-*: ready in *s (GET /ok/)*"])
+
+
+def test_container_that_exits_fails_at_once(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["sh", "-c", "echo config-missing-marker >&2; exit 3"]')
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*exited with code 3*before it became ready*", "*config-missing-marker*"])
+    result.stdout.no_fnmatch_line("*did not become ready within*")
+
+
+def test_timeout_names_last_probe_error_and_logs(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["sh", "-c", "echo still-booting-marker; exec sleep 600"]')
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-timeout", "1.5")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*did not become ready within 1.5s*",
+            "*last probe error: nothing listens on port 80 inside the container yet*",
+            "*still-booting-marker*",
+            "*hint: raise dockapp_timeout*",
+        ]
+    )
+
+
+def test_app_listening_on_container_loopback_is_explained(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["httpd", "-f", "-p", "127.0.0.1:80", "-h", "/www"]')
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-timeout", "1")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*listens on 127.0.0.1:80 inside the container*make it listen on 0.0.0.0:80*"])
+
+
+def test_build_failure_shows_step_line_and_output(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile(
+        """
+        FROM {BUSYBOX}
+        RUN echo compiling-marker && exit 7
+        EXPOSE 80
+        """
+    )
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*build failed at step 2 (*Dockerfile:2): RUN echo compiling-marker && exit 7*",
+            "*returned a non-zero code: 7*",
+            "*compiling-marker*",
+        ]
+    )
+
+
+def test_missing_dockerfile(app: App, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*Dockerfile not found: *Dockerfile*", "*hint: set dockapp_dockerfile*"])
+
+
+def test_no_expose_is_a_clear_error(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(expose="")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*EXPOSEs no TCP port*", "*hint: add `EXPOSE <port>`*dockapp_port*"])
+
+
+def test_no_expose_with_user_given_port(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(expose="")
+    pytester.makepyfile(HOME_TEST)
+    pytester.runpytest("--dockapp-port", "80").assert_outcomes(passed=1)
+
+
+def test_several_exposed_ports(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(
+        expose="EXPOSE 80 8080",
+        cmd='["sh", "-c", "httpd -p 8080 -h /www && exec httpd -f -p 80 -h /www"]',
+    )
+    pytester.makeini("[pytest]\ndockapp_port = 8080\n")
+    pytester.makepyfile(
+        """
+        def test_ports(dockapp):
+            assert set(dockapp.ports) == {80, 8080}
+            assert dockapp.port == dockapp.ports[8080]
+            assert dockapp.get("/").status_code == 200
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_port_not_exposed_is_an_error(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-port", "9999")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*port 9999 is not EXPOSEd by image*", "*the image exposes 80/tcp*"])
+
+
+def test_prebuilt_image(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
+    app.httpd()
+    docker_client.images.build(path=str(pytester.path), tag="dockapp-test/prebuilt:ci", rm=True)
+    (pytester.path / "Dockerfile").unlink()  # prove nothing is built
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-image", "dockapp-test/prebuilt:ci")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("built *")
+
+
+def test_prebuilt_image_missing(app: App, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-image", "dockapp-test/not-there:1")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*image 'dockapp-test/not-there:1' is not on the engine*"])
+
+
+def test_build_args_and_target(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile(
+        """
+        FROM {BUSYBOX} AS base
+        ARG WORD=default
+        RUN mkdir -p /www && echo "$WORD" > /www/index.html
+
+        FROM base AS web
+        EXPOSE 80
+        CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+
+        FROM base AS broken
+        RUN exit 1
+        """
+    )
+    pytester.makeini("[pytest]\ndockapp_target = web\ndockapp_build_args =\n    WORD=from-ini\n")
+    pytester.makepyfile(
+        """
+        def test_word(dockapp):
+            assert dockapp.get("/").text == "from-cli\\n"
+        """
+    )
+    pytester.runpytest("--dockapp-build-arg", "WORD=from-cli").assert_outcomes(passed=1)
+
+
+def test_dockerignore_is_respected(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile(
+        """
+        FROM {BUSYBOX}
+        COPY . /www
+        EXPOSE 80
+        CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+        """
+    )
+    (pytester.path / "index.html").write_text("hello\n")
+    (pytester.path / "secret.txt").write_text("do not ship\n")
+    (pytester.path / ".dockerignore").write_text("secret.txt\n*.py\n")
+    pytester.makepyfile(
+        """
+        def test_ignored(dockapp):
+            assert dockapp.get("/index.html").status_code == 200
+            assert dockapp.get("/secret.txt").status_code == 404
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_factory_with_two_apps(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    other = pytester.mkdir("other")
+    app.dockerfile(
+        """
+        FROM {BUSYBOX}
+        RUN mkdir -p /www && echo other > /www/index.html
+        EXPOSE 8000
+        CMD ["httpd", "-f", "-p", "8000", "-h", "/www"]
+        """,
+        path=other,
+    )
+    pytester.makepyfile(
+        """
+        def test_two(dockapp_factory):
+            a = dockapp_factory()
+            b = dockapp_factory("other", env={"X": "1"})
+            assert a.get("/").text == "hello\\n"
+            assert b.get("/").text == "other\\n"
+            assert a.port != b.port and a.name != b.name
+            assert b.exec("sh -c 'echo $X'")[1] == "1\\n"
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_failing_test_gets_container_logs(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["sh", "-c", "echo app-log-marker; exec httpd -f -vv -p 80 -h /www"]')
+    pytester.makepyfile(
+        """
+        def test_fails(dockapp):
+            dockapp.get("/")
+            assert False
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*- dockapp logs: dockapp-* (since this test started) -*", "app-log-marker"])
+
+
+def test_keep_leaves_container_after_failure(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
+    app.httpd()
+    pytester.makepyfile("def test_fails(dockapp):\n    assert False\n")
+    result = pytester.runpytest("--dockapp-keep")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["kept dockapp-* at http://127.0.0.1:*; remove: docker rm -f dockapp-*"])
+    name = re.search(r"remove: docker rm -f (\S+)", result.stdout.str()).group(1)  # type: ignore[union-attr]
+    container = docker_client.containers.get(name)
+    assert container.status == "running"
+    container.remove(force=True)
+
+
+def test_conftest_fixture_overrides_configure_a_subproject(app: App, pytester: pytest.Pytester) -> None:
+    sub = pytester.mkdir("service")
+    app.dockerfile(
+        """
+        FROM {BUSYBOX}
+        RUN mkdir -p /www/status && echo up > /www/status/index.html && echo sub > /www/index.html
+        EXPOSE 80
+        CMD ["sh", "-c", "sleep 1; exec httpd -f -p 80 -h /www"]
+        """,
+        path=sub,
+    )
+    (sub / "conftest.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            import pytest
+
+            @pytest.fixture(scope="session")
+            def dockapp_context():
+                return os.path.dirname(__file__)
+
+            @pytest.fixture(scope="session")
+            def dockapp_health_path():
+                return "/status/"
+            """
+        )
+    )
+    (sub / "test_sub.py").write_text("def test_sub(dockapp):\n    assert dockapp.get('/').text == 'sub\\n'\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*ready in *s (GET /status/)*"])
+
+
+def test_interrupt_leaves_nothing_running(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
+    app.httpd()
+    pytester.makepyfile(
+        """
+        import os, signal
+
+        def test_interrupted(dockapp, dockapp_factory):
+            dockapp_factory()
+            with open("pid", "w") as fh:
+                fh.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the test
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    pid = (pytester.path / "pid").read_text()
+    left = docker_client.containers.list(all=True, filters={"label": f"org.pytest-dockapp.pid={pid}"})
+    assert left == []
+
+
+def test_engine_unreachable_skips_or_fails_in_strict_mode(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(HOME_TEST)
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    env.pop("DOCKAPP_STRICT", None)
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs"]
+    out = subprocess.run(cmd, cwd=pytester.path, env=env, capture_output=True, text=True)
+    assert "1 skipped" in out.stdout
+    assert "no Docker engine answered at DOCKER_HOST=unix:///nonexistent/docker.sock" in out.stdout
+    strict = subprocess.run(cmd, cwd=pytester.path, env={**env, "DOCKAPP_STRICT": "1"}, capture_output=True, text=True)
+    assert "1 error" in strict.stdout, strict.stdout
+    assert "strict mode: no engine is an error" in strict.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dockapp-build-arg", "NOEQUALS"], "*dockapp build arg 'NOEQUALS' is not KEY=VALUE*"),
+        (["--dockapp-timeout", "soon"], "*dockapp timeout 'soon' is not a positive number*"),
+        (["--dockapp-builder", "kaniko"], "*dockapp builder 'kaniko' is unknown; valid: auto, classic, buildkit*"),
+        (["--dockapp-port", "http"], "*dockapp port 'http' is not a port; valid forms: 8080, 8080/tcp*"),
+    ],
+)
+def test_invalid_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_invalid_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ndockapp_timeout = later\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*dockapp timeout 'later' is not a positive number*"])
+
+
+def test_plugin_adds_no_header_when_unused(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("dockapp:*")
