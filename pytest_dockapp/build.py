@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .dockerfile import VERTEX_INSTRUCTIONS, Dockerfile, Instruction, Stage, normalize
 from .cleanup import PREFIX as LABEL_PREFIX
+from .dockerfile import VERTEX_INSTRUCTIONS, Dockerfile, Instruction, Stage, normalize
 from .engine import Builder
 from .errors import BaseImageUnavailableError, BuildError, ConfigurationError, tail
 from .redact import redact, redact_text
@@ -284,7 +284,7 @@ _PLAIN_OUTPUT = re.compile(r"^\d+(?:\.\d+)? (.*)$")
 class _VertexFolder:
     """Shared by both BuildKit parsers: vertices folded into steps by name."""
 
-    def __init__(self, dockerfile: Dockerfile, target: str | None, on_event: ProgressCallback | None):
+    def __init__(self, dockerfile: Dockerfile, target: str | None = None, on_event: ProgressCallback | None = None):
         self.mapper = _StepMapper(dockerfile, target)
         self.by_key: dict[str, BuildStep] = {}
         self.order: list[str] = []
