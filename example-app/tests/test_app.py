@@ -1,0 +1,22 @@
+"""The example service, tested through pytest-dockapp's public fixtures only."""
+
+
+def test_home(dockapp):
+    assert dockapp.get("/").status_code == 200
+
+
+def test_greeting(dockapp):
+    assert dockapp.get("/").text == "Hello from the dockapp example!\n"
+
+
+def test_health_reports_ok(dockapp):
+    body = dockapp.get("/health").json()
+    assert body["status"] == "ok"
+
+
+def test_unknown_path_is_404(dockapp):
+    assert dockapp.get("/nope").status_code == 404
+
+
+def test_logs_show_the_listen_line(dockapp):
+    assert "listening on 80" in dockapp.logs()
