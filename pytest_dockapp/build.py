@@ -204,6 +204,7 @@ class ClassicParser:
         self._step_started = self._started
         self._partial = ""
         self._ignore = False
+        self._running = False
 
     def feed(self, chunk: Mapping[str, Any]) -> None:
         if "error" in chunk or "errorDetail" in chunk:
@@ -248,13 +249,16 @@ class ClassicParser:
             step.cached = None if not step.cacheable else False
             self.steps.append(step)
             self._step_started = now
+            self._running = False
             if self._on_event:
                 self._on_event(BuildEvent(step.text, f"{m.group(1)}/{m.group(2)}", now - self._started))
             return
         if not self.steps or self._ignore:
             return
         step = self.steps[-1]
-        if line == _CLASSIC_CACHE:
+        if line.startswith(" ---> Running in "):
+            self._running = True  # the step executes: whatever it prints cannot be the builder's cache line
+        if line == _CLASSIC_CACHE and not self._running:
             step.cached = True
         elif not _CLASSIC_META.match(line) and not line.startswith(("Successfully built", "Successfully tagged")):
             step.output.append(line)

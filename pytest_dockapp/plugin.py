@@ -12,13 +12,14 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
 if TYPE_CHECKING:
     from .app import DockApp
     from .build import BuildEvent
+    from .cache import CacheReport
     from .errors import DockappError
     from .manager import Dockapps, Image
 
@@ -158,6 +159,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"no Docker engine is an error, not a skip (also: {STRICT_ENV}=1, ini dockapp_strict)",
     )
     parser.addini("dockapp_strict", "no Docker engine is an error, not a skip", type="bool", default=False)
+    group.addoption(
+        "--dockapp-expect-cached",
+        dest="dockapp_expect_cached",
+        action="store_true",
+        default=False,
+        help="fail the session build if any step misses the layer cache (CI test stages)",
+    )
+    parser.addini(
+        "dockapp_expect_cached", "fail the session build if any step misses the cache", type="bool", default=False
+    )
+    group.addoption(
+        "--dockapp-lint",
+        dest="dockapp_lint",
+        action="store_true",
+        default=False,
+        help="also check Dockerfiles for cache-hostile layer order (no build)",
+    )
 
 
 @dataclass
@@ -178,6 +196,7 @@ class Settings:
     image: str | None = None
     keep: bool = False
     strict: bool = False
+    expect_cached: bool = False
 
 
 def _settings(config: pytest.Config) -> Settings:
@@ -215,6 +234,7 @@ def _settings(config: pytest.Config) -> Settings:
         host_ip=vals["host_ip"] or "127.0.0.1",
         image=config.getoption("dockapp_image"),
         keep=config.getoption("dockapp_keep"),
+        expect_cached=bool(config.getoption("dockapp_expect_cached") or config.getini("dockapp_expect_cached")),
         strict=bool(
             config.getoption("dockapp_strict")
             or config.getini("dockapp_strict")
@@ -232,6 +252,7 @@ class _State:
         self._apps: Dockapps | None = None
         self.error: DockappError | None = None
         self.kept: list[DockApp] = []
+        self.cache_reports: list[tuple[str, CacheReport]] = []
         self.progress = _Progress(config)
 
     def apps(self) -> Dockapps:
@@ -314,9 +335,9 @@ def _state(config: pytest.Config) -> _State:
     return config.stash[_STATE]
 
 
-def _fail_on(exc: Exception) -> None:
+def _fail_on(exc: Exception) -> NoReturn:
     """Report a library error as a clean fixture failure: the message is the whole story."""
-    pytest.fail(str(exc), pytrace=False)
+    raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
 # -- settings fixtures: override any of them in a conftest.py ------------------------------------
@@ -380,7 +401,6 @@ def _build(
     except DockappError as exc:
         state.progress.done("dockapp: build failed")
         _fail_on(exc)
-        raise
     if image.record is not None:
         state.progress.done(f"dockapp: built {image.tag} in {image.record.summary()}")
     return image
@@ -403,7 +423,18 @@ def dockapp_image(
             return state.apps().prebuilt(state.settings.image)
         except DockappError as exc:
             _fail_on(exc)
-    return _build(state, dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target)
+    image = _build(state, dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target)
+    record = image.record
+    if state.settings.expect_cached and record is not None and record.misses:
+        marks = {s.index: "<-- MISS" for s in record.misses}
+        pytest.fail(
+            f"--dockapp-expect-cached: the session build of {record.dockerfile} missed the layer cache at "
+            f"{len(record.misses)} step(s); the image was expected to come from an earlier build "
+            f"(a CI build stage) with the same context, Dockerfile and build args\n\n{record.table(marks)}\n"
+            "hint: build with the same builder and settings before the test stage, or drop --dockapp-expect-cached",
+            pytrace=False,
+        )
+    return image
 
 
 def _start(state: _State, image: Image | str, **kwargs: Any) -> DockApp:
@@ -413,7 +444,6 @@ def _start(state: _State, image: Image | str, **kwargs: Any) -> DockApp:
         return state.apps().start(image, **kwargs)
     except DockappError as exc:
         _fail_on(exc)
-        raise
 
 
 def _release(state: _State, session: pytest.Session, app: DockApp) -> None:
@@ -537,6 +567,97 @@ def dockapp_network(request: pytest.FixtureRequest) -> Iterator[Any]:
         network.remove()
 
 
+# -- the cache-regression marker ----------------------------------------------------------------
+
+_MARKER_KEYS = ("change", "cached", "context", "dockerfile", "build_args", "target")
+_CACHE_REPORT = pytest.StashKey["CacheReport"]()
+
+
+@pytest.fixture
+def dockapp_cache_report(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    dockapp_context: str,
+    dockapp_dockerfile: str | None,
+    dockapp_build_args: dict[str, str],
+    dockapp_target: str | None,
+) -> CacheReport:
+    """The ``dockapp_cache`` marker's report: both builds, hits, misses, the verdict."""
+    from .cache import check_cache
+    from .errors import DockappError
+
+    marker = request.node.get_closest_marker("dockapp_cache")
+    if marker is None:
+        raise pytest.UsageError("dockapp_cache_report needs the test to carry @pytest.mark.dockapp_cache(...)")
+    unknown = sorted(set(marker.kwargs) - set(_MARKER_KEYS))
+    if marker.args or unknown:
+        pytest.fail(
+            f"dockapp_cache marker on {request.node.nodeid}: "
+            + (f"unknown keyword(s) {', '.join(unknown)}" if unknown else "takes keywords only")
+            + f"; valid keywords: {', '.join(_MARKER_KEYS)}",
+            pytrace=False,
+        )
+    kw = marker.kwargs
+    state = _state(request.config)
+    apps = state.apps()
+    context = kw.get("context") or dockapp_context
+    ctx = Path(context)
+    if not ctx.is_absolute():
+        ctx = Path(str(request.node.path)).parent / ctx
+    default = kw.get("context") is None
+    args = {**(dockapp_build_args if default else {}), **state.settings.cli_build_args, **(kw.get("build_args") or {})}
+    try:
+        report = check_cache(
+            apps.client,
+            ctx,
+            kw.get("dockerfile") or (dockapp_dockerfile if default else None),
+            builder=apps.builder,
+            change=kw.get("change"),
+            cached=kw.get("cached") or (),
+            build_args=args,
+            target=kw.get("target") or (dockapp_target if default else None),
+            session=apps.session,
+            workdir=tmp_path_factory.getbasetemp(),
+        )
+    except DockappError as exc:
+        _fail_on(exc)
+    state.cache_reports.append((request.node.nodeid, report))
+    request.node.stash[_CACHE_REPORT] = report
+    return report
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names: list[str] | None = getattr(item, "fixturenames", None)
+        if names is not None and item.get_closest_marker("dockapp_cache") and "dockapp_cache_report" not in names:
+            names.append("dockapp_cache_report")
+    if config.getoption("dockapp_lint"):
+        from .lint import DockerfileLintItem
+
+        settings = _state(config).settings
+        path = (settings.context / (settings.dockerfile or "Dockerfile")).resolve()
+        if path.is_file() and not any(getattr(i, "path", None) == path for i in items):
+            items.append(DockerfileLintItem.from_parent(session, name=f"{path.name}::dockapp-lint", path=path))
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if not parent.config.getoption("dockapp_lint"):
+        return None
+    name = file_path.name
+    if name == "Dockerfile" or name.startswith("Dockerfile.") or name.endswith(".Dockerfile"):
+        from .lint import DockerfileLintFile
+
+        return DockerfileLintFile.from_parent(parent, path=file_path)
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    report = item.stash.get(_CACHE_REPORT, None)
+    if report is not None and not report.ok:
+        pytest.fail(report.explain(), pytrace=False)
+
+
 # -- reporting -----------------------------------------------------------------------------------
 
 
@@ -605,6 +726,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for stat in apps.apps:
         down = f", removed in {stat.teardown_seconds:.2f}s" if stat.teardown_seconds is not None else ""
         lines.append(f"{stat.name}: ready in {stat.ready_seconds:.2f}s ({stat.checks}){down}")
+    for nodeid, report in state.cache_reports:
+        verdict = "ok" if report.ok else f"{len(report.unexpected)} unexpected miss(es)"
+        lines.append(
+            f"cache check {nodeid}: warm build {report.warm.seconds:.2f}s, "
+            f"rebuild {report.rebuild.summary()}: {verdict}"
+        )
     for app in state.kept:
         lines.append(f"kept {app.name} at {app.url if app.port else '(no port)'}; remove: docker rm -f {app.name}")
     if lines:

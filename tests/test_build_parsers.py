@@ -31,6 +31,7 @@ def test_classic_hits_misses_and_lines() -> None:
         "Step 4/9 : RUN pip install -r req.txt",
         " ---> Running in 333333333333",
         "Using cached requests-2.0.whl",
+        " ---> Using cache",
         "Installing",
         " ---> 444444444444",
         "Step 5/9 : LABEL org.pytest-dockapp.owner=pytest-dockapp",
@@ -42,7 +43,7 @@ def test_classic_hits_misses_and_lines() -> None:
     steps = p.result()
     assert [(s.index, s.line, s.cached) for s in steps] == [(1, 1, None), (2, 2, True), (3, 3, False), (4, 4, False)]
     # pip's "Using cached ..." is step output, not the builder's cache line
-    assert steps[3].output == ["Using cached requests-2.0.whl", "Installing"]
+    assert steps[3].output == ["Using cached requests-2.0.whl", " ---> Using cache", "Installing"]
     assert steps[0].stage == "deps"
     assert p.image_id == "sha256:feed"
 

@@ -1,0 +1,298 @@
+"""The dockapp_cache marker on the real engine, with both builders."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from .conftest import App
+
+# A stand-in for `npm`: the install step reads only package.json, as the real one does.
+FAKE_NPM = "RUN printf '#!/bin/sh\\ncp package.json installed.json\\n' > /bin/npm && chmod +x /bin/npm"
+
+TUTORIAL_BAD = f"""
+FROM {{BUSYBOX}}
+{FAKE_NPM}
+WORKDIR /app
+COPY package.json /app
+COPY . /app
+RUN npm install
+EXPOSE 80
+CMD ["httpd", "-f", "-p", "80", "-h", "/app"]
+"""
+
+TUTORIAL_GOOD = f"""
+FROM {{BUSYBOX}}
+{FAKE_NPM}
+WORKDIR /app
+COPY package.json /app
+RUN npm install
+COPY . /app
+EXPOSE 80
+CMD ["httpd", "-f", "-p", "80", "-h", "/app"]
+"""
+
+SERVER_CHANGE_TEST = """
+import pytest
+
+@pytest.mark.dockapp_cache(change=["server.js"], cached=["RUN npm install"])
+def test_source_edit_keeps_install_cached():
+    pass
+"""
+
+
+@pytest.fixture(params=["classic", "buildkit"])
+def builder_args(request: pytest.FixtureRequest) -> list[str]:
+    if request.param == "classic":
+        return ["--dockapp-builder", "classic"]
+    cli = request.getfixturevalue("buildkit_cli")
+    # "--opt=value": a bare path argument would make pytest pick its rootdir from it
+    return ["--dockapp-builder=buildkit", f"--dockapp-docker-cli={cli}"]
+
+
+def project(app: App, dockerfile: str, **files: str) -> None:
+    app.dockerfile(dockerfile)
+    files.setdefault("package.json", '{"name": "demo"}\n')
+    files.setdefault("server.js", "console.log('hi')\n")
+    for name, content in files.items():
+        path = app.pytester.path / name.replace("__", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+
+
+def run(app: App, test: str, *args: str) -> pytest.RunResult:
+    app.pytester.makepyfile(test_cache=textwrap.dedent(test))
+    return app.pytester.runpytest("-p", "no:cacheprovider", *args)
+
+
+def test_tutorial_order_fails_with_explanation(app: App, builder_args: list[str]) -> None:
+    project(app, TUTORIAL_BAD)
+    result = run(app, SERVER_CHANGE_TEST, *builder_args)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*cache regression: step * `RUN npm install` (*Dockerfile:6) missed the cache, "
+            "but cached='RUN npm install' requires a hit",
+            "invalidated by line 5 `COPY . /app`: copies server.js, which changed; "
+            "every later step of the stage rebuilds",
+            "fix: copy only what `RUN npm install` needs first (`COPY package.json package-lock.json /app`), run it, "
+            "and move `COPY . /app` (line 5) below it (line 6)*",
+            "#*stage*line*instruction*cache*secs*",
+            "*4*COPY package.json /app*HIT*",
+            "*5*COPY . /app*MISS*<-- invalidated here",
+            "*6*RUN npm install*MISS*<-- must be cached",
+        ]
+    )
+    assert "copies server.js" in result.stdout.str()
+
+
+def test_tutorial_order_fixed_passes(app: App, builder_args: list[str]) -> None:
+    project(app, TUTORIAL_GOOD)
+    result = run(app, SERVER_CHANGE_TEST, *builder_args)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["cache check test_cache.py::*: warm build *s, rebuild *s, */* steps cached: ok"])
+
+
+def test_no_change_rebuild_is_fully_cached(app: App, builder_args: list[str]) -> None:
+    project(app, TUTORIAL_BAD)
+    result = run(
+        app,
+        """
+        import pytest
+
+        @pytest.mark.dockapp_cache
+        def test_rebuild(dockapp_cache_report):
+            assert dockapp_cache_report.misses == []
+            assert len(dockapp_cache_report.hits) >= 5
+        """,
+        *builder_args,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_build_arg_change_invalidates_later_runs(app: App, builder_args: list[str]) -> None:
+    project(
+        app,
+        """
+        FROM {BUSYBOX}
+        RUN echo before > /before
+        ARG VERSION=1
+        RUN echo "$VERSION" > /version
+        RUN echo after > /after
+        """,
+    )
+    result = run(
+        app,
+        """
+        import pytest
+
+        @pytest.mark.dockapp_cache(change=["--build-arg VERSION=2"], cached=["RUN echo before"])
+        def test_arg(dockapp_cache_report):
+            r = dockapp_cache_report
+            assert r.step("RUN echo before").cached is True
+            assert r.step('RUN echo "$VERSION"').cached is False
+            assert r.step("RUN echo after").cached is False
+            assert r.changed_args == {"VERSION": "2"}
+        """,
+        *builder_args,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_multi_stage_with_a_stage_the_target_does_not_need(app: App, builder_args: list[str]) -> None:
+    project(
+        app,
+        f"""
+        FROM {{BUSYBOX}} AS deps
+        {FAKE_NPM}
+        WORKDIR /app
+        COPY package.json /app
+        RUN npm install
+
+        FROM {{BUSYBOX}} AS docs
+        COPY . /docs
+        RUN ls /docs > /docs/index.txt
+
+        FROM deps AS final
+        COPY server.js /app/
+        CMD ["cat", "/app/server.js"]
+        """,
+    )
+    result = run(
+        app,
+        """
+        import pytest
+
+        @pytest.mark.dockapp_cache(change=["server.js"], cached=["RUN npm install"], target="final")
+        def test_final(dockapp_cache_report):
+            assert dockapp_cache_report.step("COPY server.js").cached is False
+        """,
+        *builder_args,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_dockerignored_change_misses_nothing(app: App, builder_args: list[str]) -> None:
+    project(app, TUTORIAL_BAD, **{"notes.txt": "draft\n", ".dockerignore": "notes.txt\n"})
+    result = run(
+        app,
+        """
+        import pytest
+
+        @pytest.mark.dockapp_cache(change=["notes.txt"])
+        def test_ignored(dockapp_cache_report):
+            assert dockapp_cache_report.changed_files == []
+            assert dockapp_cache_report.misses == []
+        """,
+        *builder_args,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_wildcard_copy(app: App, builder_args: list[str]) -> None:
+    project(
+        app,
+        f"""
+        FROM {{BUSYBOX}}
+        {FAKE_NPM}
+        WORKDIR /app
+        COPY *.json /app/
+        RUN npm install
+        COPY . /app
+        """,
+    )
+    result = run(
+        app,
+        """
+        import pytest
+
+        @pytest.mark.dockapp_cache(change=["server.js"], cached=["RUN npm install", "COPY *.json*"])
+        def test_source(dockapp_cache_report):
+            assert dockapp_cache_report.step("COPY . /app").cached is False
+
+        @pytest.mark.dockapp_cache(change=["package.json"])
+        def test_manifest(dockapp_cache_report):
+            assert dockapp_cache_report.step("COPY *.json").cached is False
+            assert dockapp_cache_report.step("RUN npm install").cached is False
+        """,
+        *builder_args,
+    )
+    result.assert_outcomes(passed=2)
+
+
+def test_step_printing_using_cached_is_not_a_hit(app: App, builder_args: list[str]) -> None:
+    project(
+        app,
+        """
+        FROM {BUSYBOX}
+        COPY package.json /p.json
+        RUN echo "Using cached requests-2.31.whl" && echo " ---> Using cache" && cat /p.json
+        """,
+    )
+    result = run(
+        app,
+        """
+        import pytest
+
+        @pytest.mark.dockapp_cache(change=["package.json"])
+        def test_pip_like_output(dockapp_cache_report):
+            assert dockapp_cache_report.step("RUN echo").cached is False
+        """,
+        *builder_args,
+    )
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ('cached=["RUN yarn install"]', "*cached pattern 'RUN yarn install' matches no step of *Dockerfile*"),
+        ('change=["../outside.txt"]', "*change path '../outside.txt' is outside the build context*"),
+        ('change=["nope.js"]', "*change path 'nope.js' does not exist in the build context*"),
+        ('chnage=["server.js"]', "*unknown keyword(s) chnage; valid keywords: change, cached, context, *"),
+    ],
+)
+def test_marker_misuse_is_an_error(app: App, marker: str, message: str) -> None:
+    project(app, TUTORIAL_GOOD)
+    result = run(app, f"import pytest\n\n@pytest.mark.dockapp_cache({marker})\ndef test_x():\n    pass\n")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([message])
+
+
+def test_expect_cached_ci_stage(app: App, pytester: pytest.Pytester) -> None:
+    project(app, TUTORIAL_GOOD, **{".dockerignore": "*.py\n.pytest_cache\n__pycache__\n"})
+    pytester.makepyfile(test_app="def test_up(dockapp_image):\n    assert dockapp_image.id\n")
+    pytester.runpytest().assert_outcomes(passed=1)  # the "build stage"
+    pytester.runpytest("--dockapp-expect-cached").assert_outcomes(passed=1)
+    (pytester.path / "server.js").write_text("console.log('changed')\n")
+    result = pytester.runpytest("--dockapp-expect-cached")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*--dockapp-expect-cached: the session build of *Dockerfile missed the layer cache at * step(s)*",
+            "*COPY . /app*MISS*<-- MISS",
+        ]
+    )
+
+
+def test_lint_flags_tutorial_order_and_agrees_with_the_marker(pytester: pytest.Pytester) -> None:
+    pytester.path.joinpath("Dockerfile").write_text(TUTORIAL_BAD.replace("{BUSYBOX}", "scratch").lstrip())
+    good = pytester.mkdir("good")
+    good.joinpath("Dockerfile").write_text(TUTORIAL_GOOD.replace("{BUSYBOX}", "scratch").lstrip())
+    result = pytester.runpytest("--dockapp-lint", ".", "good")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*Dockerfile:line 5: `COPY . /app` comes before `RUN npm install` (line 6): any source edit reruns "
+            "the npm install",
+            "  fix: copy only what `RUN npm install` needs first (`COPY package.json package-lock.json /app`)*",
+        ]
+    )
+
+
+def test_example_app_cache_check_is_in_its_tests() -> None:
+    from .conftest import ROOT
+
+    text = (ROOT / "example-app" / "tests" / "test_cache.py").read_text()
+    assert 'change=["server.js"]' in text and 'cached=["RUN npm install"]' in text
