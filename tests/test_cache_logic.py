@@ -16,10 +16,10 @@ from pytest_dockapp.errors import CacheMarkerUsageError
 from pytest_dockapp.lint import lint
 
 BAD = Dockerfile.parse(
-    "FROM node\nWORKDIR /app\nCOPY package.json /app\nCOPY . /app\nRUN npm install\nEXPOSE 80\nCMD [\"node\"]\n"
+    'FROM node\nWORKDIR /app\nCOPY package.json /app\nCOPY . /app\nRUN npm install\nEXPOSE 80\nCMD ["node"]\n'
 )
 GOOD = Dockerfile.parse(
-    "FROM node\nWORKDIR /app\nCOPY package.json /app\nRUN npm install\nCOPY . /app\nEXPOSE 80\nCMD [\"node\"]\n"
+    'FROM node\nWORKDIR /app\nCOPY package.json /app\nRUN npm install\nCOPY . /app\nEXPOSE 80\nCMD ["node"]\n'
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import uuid
 
 import pytest
 
@@ -127,14 +128,14 @@ def test_build_arg_change_invalidates_later_runs(app: App, builder_args: list[st
         """
         import pytest
 
-        @pytest.mark.dockapp_cache(change=["--build-arg VERSION=2"], cached=["RUN echo before"])
+        @pytest.mark.dockapp_cache(change=["--build-arg VERSION=NEW"], cached=["RUN echo before"])
         def test_arg(dockapp_cache_report):
             r = dockapp_cache_report
             assert r.step("RUN echo before").cached is True
             assert r.step('RUN echo "$VERSION"').cached is False
             assert r.step("RUN echo after").cached is False
-            assert r.changed_args == {"VERSION": "2"}
-        """,
+            assert r.changed_args == {"VERSION": "NEW"}
+        """.replace("NEW", uuid.uuid4().hex),  # a value no earlier run built: it cannot be cached
         *builder_args,
     )
     result.assert_outcomes(passed=1)
@@ -265,7 +266,7 @@ def test_expect_cached_ci_stage(app: App, pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_app="def test_up(dockapp_image):\n    assert dockapp_image.id\n")
     pytester.runpytest().assert_outcomes(passed=1)  # the "build stage"
     pytester.runpytest("--dockapp-expect-cached").assert_outcomes(passed=1)
-    (pytester.path / "server.js").write_text("console.log('changed')\n")
+    (pytester.path / "server.js").write_text(f"console.log('{uuid.uuid4().hex}')\n")  # never built before
     result = pytester.runpytest("--dockapp-expect-cached")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
