@@ -492,7 +492,11 @@ def build_image(
         image_id = _buildkit(builder, ctx, df_path, args, target, tag, labels or {}, parser)
     parser.finish()
     steps = parser.result()
+    for step in steps:
+        step.output = [redact_text(line, args) for line in step.output]
     log = [redact_text(line, args) for line in parser.log]
+    if parser.error is not None:
+        parser.error = redact_text(parser.error, args)
     record = BuildRecord(
         image_id=image_id,
         tag=tag,

@@ -92,6 +92,7 @@ class Dockapps:
         self._runners: list[AppRunner] = []
         self.apps: list[AppStat] = []
         self.builds: list[BuildRecord] = []
+        self.shared_images: list[Image] = []
         self.sweep_report: cleanup.SweepReport | None = None
 
     @classmethod
@@ -146,7 +147,9 @@ class Dockapps:
                 except docker.errors.ImageNotFound:
                     pass  # removed since: build again
                 else:
-                    return Image(data["id"], data["tag"], None, built_by_other_process=True)
+                    image = Image(data["id"], data["tag"], None, built_by_other_process=True)
+                    self.shared_images.append(image)
+                    return image
             image = self._build(spec)
             result.write_text(json.dumps({"id": image.id, "tag": image.tag}))
             return image
@@ -209,6 +212,18 @@ class Dockapps:
         if errors:
             raise errors[0]
         return []
+
+    def remove_built_images(self) -> None:
+        """Remove the images this manager built (they are also the classic builder's cache)."""
+        import docker.errors
+
+        for record in self.builds:
+            for ref in (record.tag, record.image_id):
+                try:
+                    self.client.api.remove_image(ref, force=True)
+                except docker.errors.APIError:
+                    continue  # already gone, or still used by a kept container
+                break
 
     def __enter__(self) -> Dockapps:
         return self

@@ -68,6 +68,22 @@ def parse_health_path(value: str) -> str:
     return value
 
 
+def parse_age(value: str) -> float | None:
+    """``"off"`` (no sweep), seconds, or a number with an ``s``, ``m``, ``h`` or ``d`` suffix."""
+    text = str(value).strip().lower()
+    if text in ("off", "never", "none"):
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise pytest.UsageError(f"dockapp sweep age {value!r} is not an age; valid: off, 3600, 90m, 6h, 2d")
+    return seconds
+
+
 def parse_bool(value: str) -> bool:
     text = str(value).strip().lower()
     if text in ("1", "true", "yes", "on"):
@@ -160,6 +176,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("dockapp_strict", "no Docker engine is an error, not a skip", type="bool", default=False)
     group.addoption(
+        "--dockapp-sweep-age",
+        dest="dockapp_sweep_age",
+        default=None,
+        metavar="AGE",
+        help="remove leftovers of other hosts' (or unknown) sessions older than AGE: off, 3600, 90m, 6h "
+        "(default 6h) [ini: dockapp_sweep_age]",
+    )
+    parser.addini("dockapp_sweep_age", "age past which other hosts' leftovers are swept", default=None)
+    group.addoption(
+        "--dockapp-remove-images",
+        dest="dockapp_remove_images",
+        action="store_true",
+        default=False,
+        help="remove the images this session built when it ends (default: keep them, they are the layer cache)",
+    )
+    group.addoption(
         "--dockapp-expect-cached",
         dest="dockapp_expect_cached",
         action="store_true",
@@ -197,6 +229,8 @@ class Settings:
     keep: bool = False
     strict: bool = False
     expect_cached: bool = False
+    sweep_age: float | None = 6 * 3600.0
+    remove_images: bool = False
 
 
 def _settings(config: pytest.Config) -> Settings:
@@ -234,6 +268,8 @@ def _settings(config: pytest.Config) -> Settings:
         host_ip=vals["host_ip"] or "127.0.0.1",
         image=config.getoption("dockapp_image"),
         keep=config.getoption("dockapp_keep"),
+        sweep_age=parse_age(config.getoption("dockapp_sweep_age") or config.getini("dockapp_sweep_age") or "6h"),
+        remove_images=config.getoption("dockapp_remove_images"),
         expect_cached=bool(config.getoption("dockapp_expect_cached") or config.getini("dockapp_expect_cached")),
         strict=bool(
             config.getoption("dockapp_strict")
@@ -253,6 +289,7 @@ class _State:
         self.error: DockappError | None = None
         self.kept: list[DockApp] = []
         self.cache_reports: list[tuple[str, CacheReport]] = []
+        self.worker_lines: list[str] = []
         self.progress = _Progress(config)
 
     def apps(self) -> Dockapps:
@@ -263,8 +300,14 @@ class _State:
         if self._apps is None and self.error is None:
             s = self.settings
             try:
+                shared = getattr(self.config, "workerinput", {}).get("dockapp_shared_dir")
                 self._apps = Dockapps.connect(
-                    builder=s.builder, docker_cli=s.docker_cli, host_ip=s.host_ip, on_event=self.progress
+                    sweep_age=s.sweep_age,
+                    builder=s.builder,
+                    docker_cli=s.docker_cli,
+                    host_ip=s.host_ip,
+                    on_event=self.progress,
+                    shared_dir=Path(shared) if shared else None,
                 )
             except DockappError as exc:
                 self.error = exc
@@ -328,7 +371,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "dockapp_cache(change=None, cached=None, context=None, dockerfile=None, build_args=None, "
         "target=None): fail when a rebuild after `change` misses the layer cache unexpectedly",
     )
-    config.stash[_STATE] = _State(config, _settings(config))
+    state = config.stash[_STATE] = _State(config, _settings(config))
+    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(XdistController(state), "dockapp-xdist-controller")
 
 
 def _state(config: pytest.Config) -> _State:
@@ -710,19 +755,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    state = _state(session.config)
-    if state.started is not None:
-        state.kept = state.started.close(keep=state.settings.keep and bool(session.testsfailed))
+    config = session.config
+    state = _state(config)
+    apps = state.started
+    if apps is not None:
+        state.kept = apps.close(keep=state.settings.keep and bool(session.testsfailed))
+        if state.settings.remove_images:
+            apps.remove_built_images()
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["dockapp_summary"] = _summary_lines(state)
+        workeroutput["dockapp_used"] = apps is not None
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    state = _state(terminalreporter.config)
+def _summary_lines(state: _State) -> list[str]:
     apps = state.started
     if apps is None:
-        return
+        return []
     lines = []
     for record in apps.builds:
         lines.append(f"built {record.tag} ({record.builder}) in {record.summary()}")
+    for image in apps.shared_images:
+        lines.append(f"reused {image.tag}: built once by another pytest-xdist worker")
     for stat in apps.apps:
         down = f", removed in {stat.teardown_seconds:.2f}s" if stat.teardown_seconds is not None else ""
         lines.append(f"{stat.name}: ready in {stat.ready_seconds:.2f}s ({stat.checks}){down}")
@@ -734,7 +788,57 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
     for app in state.kept:
         lines.append(f"kept {app.name} at {app.url if app.port else '(no port)'}; remove: docker rm -f {app.name}")
+    swept = apps.sweep_report
+    if swept is not None and swept.total:
+        lines.append(
+            f"swept leftovers of killed sessions: {len(swept.containers)} containers, {len(swept.networks)} "
+            f"networks, {len(swept.volumes)} volumes, {len(swept.images)} images"
+        )
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    state = _state(terminalreporter.config)
+    lines = _summary_lines(state) + state.worker_lines
     if lines:
         terminalreporter.write_sep("-", "dockapp")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+class XdistController:
+    """On the pytest-xdist controller: one shared build folder for all workers, one summary."""
+
+    def __init__(self, state: _State):
+        import tempfile
+
+        self.state = state
+        self.shared_dir = tempfile.mkdtemp(prefix="dockapp-xdist-")
+        self.crashed = False
+        self.used = False
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["dockapp_shared_dir"] = self.shared_dir
+
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        worker = node.gateway.id
+        self.state.worker_lines += [f"[{worker}] {line}" for line in output.get("dockapp_summary", [])]
+        self.used = self.used or bool(output.get("dockapp_used"))
+        self.crashed = self.crashed or error is not None
+
+    def pytest_sessionfinish(self) -> None:
+        # A crashed worker ran no teardown: its pid is gone now, so the sweep takes what it left.
+        if self.used or self.crashed:
+            from . import cleanup
+            from .engine import connect
+            from .errors import DockappError
+
+            age = self.state.settings.sweep_age or cleanup.DEFAULT_SWEEP_AGE
+            with contextlib.suppress(DockappError):
+                cleanup.sweep(connect(), cleanup.Session(), age)
+
+    def pytest_unconfigure(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.shared_dir, ignore_errors=True)

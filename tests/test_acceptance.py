@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from typing import Any
 
@@ -76,14 +73,6 @@ def test_healthcheck_healthy_does_not_wait_for_the_engine_interval(app: App, pyt
     result.stdout.fnmatch_lines(["dockapp-*: ready in *s (HEALTHCHECK + port accepts)*"])
 
 
-def test_healthcheck_unhealthy_fails_with_health_log(app: App, pytester: pytest.Pytester) -> None:
-    app.httpd(extra="HEALTHCHECK --interval=1s --retries=1 CMD echo db-down-marker && exit 1")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*container dockapp-* is unhealthy*", "*health log:*", "*db-down-marker*"])
-
-
 def test_app_that_listens_late_is_not_reported_ready_early(app: App, pytester: pytest.Pytester) -> None:
     # docker-proxy accepts on the published port from the start; the probe must see through it.
     app.httpd(cmd='["sh", "-c", "sleep 2; exec httpd -f -p 80 -h /www"]')
@@ -110,73 +99,6 @@ def test_http_health_path(app: App, pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["dockapp-*: ready in *s (GET /ok/)*"])
 
 
-def test_container_that_exits_fails_at_once(app: App, pytester: pytest.Pytester) -> None:
-    app.httpd(cmd='["sh", "-c", "echo config-missing-marker >&2; exit 3"]')
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*exited with code 3*before it became ready*", "*config-missing-marker*"])
-    result.stdout.no_fnmatch_line("*did not become ready within*")
-
-
-def test_timeout_names_last_probe_error_and_logs(app: App, pytester: pytest.Pytester) -> None:
-    app.httpd(cmd='["sh", "-c", "echo still-booting-marker; exec sleep 600"]')
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-timeout", "1.5")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*did not become ready within 1.5s*",
-            "*last probe error: nothing listens on port 80 inside the container yet*",
-            "*still-booting-marker*",
-            "*hint: raise dockapp_timeout*",
-        ]
-    )
-
-
-def test_app_listening_on_container_loopback_is_explained(app: App, pytester: pytest.Pytester) -> None:
-    app.httpd(cmd='["httpd", "-f", "-p", "127.0.0.1:80", "-h", "/www"]')
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-timeout", "1")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*listens on 127.0.0.1:80 inside the container*make it listen on 0.0.0.0:80*"])
-
-
-def test_build_failure_shows_step_line_and_output(app: App, pytester: pytest.Pytester) -> None:
-    app.dockerfile(
-        """
-        FROM {BUSYBOX}
-        RUN echo compiling-marker && exit 7
-        EXPOSE 80
-        """
-    )
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*build failed at step 2 (*Dockerfile:2): RUN echo compiling-marker && exit 7*",
-            "*returned a non-zero code: 7*",
-            "*compiling-marker*",
-        ]
-    )
-
-
-def test_missing_dockerfile(app: App, pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*Dockerfile not found: *Dockerfile*", "*hint: set dockapp_dockerfile*"])
-
-
-def test_no_expose_is_a_clear_error(app: App, pytester: pytest.Pytester) -> None:
-    app.httpd(expose="")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*EXPOSEs no TCP port*", "*hint: add `EXPOSE <port>`*dockapp_port*"])
-
-
 def test_no_expose_with_user_given_port(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(expose="")
     pytester.makepyfile(HOME_TEST)
@@ -200,14 +122,6 @@ def test_several_exposed_ports(app: App, pytester: pytest.Pytester) -> None:
     pytester.runpytest().assert_outcomes(passed=1)
 
 
-def test_port_not_exposed_is_an_error(app: App, pytester: pytest.Pytester) -> None:
-    app.httpd()
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-port", "9999")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*port 9999 is not EXPOSEd by image*", "*the image exposes 80/tcp*"])
-
-
 def test_prebuilt_image(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
     app.httpd()
     docker_client.images.build(path=str(pytester.path), tag="dockapp-test/prebuilt:ci", rm=True)
@@ -216,13 +130,6 @@ def test_prebuilt_image(app: App, pytester: pytest.Pytester, docker_client: Any)
     result = pytester.runpytest("--dockapp-image", "dockapp-test/prebuilt:ci")
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("built *")
-
-
-def test_prebuilt_image_missing(app: App, pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-image", "dockapp-test/not-there:1")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*image 'dockapp-test/not-there:1' is not on the engine*"])
 
 
 def test_build_args_and_target(app: App, pytester: pytest.Pytester) -> None:
@@ -375,41 +282,6 @@ def test_interrupt_leaves_nothing_running(app: App, pytester: pytest.Pytester, d
     pid = (pytester.path / "pid").read_text()
     left = docker_client.containers.list(all=True, filters={"label": f"org.pytest-dockapp.pid={pid}"})
     assert left == []
-
-
-def test_engine_unreachable_skips_or_fails_in_strict_mode(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(HOME_TEST)
-    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
-    env.pop("DOCKAPP_STRICT", None)
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs"]
-    out = subprocess.run(cmd, cwd=pytester.path, env=env, capture_output=True, text=True)
-    assert "1 skipped" in out.stdout
-    assert "no Docker engine answered at DOCKER_HOST=unix:///nonexistent/docker.sock" in out.stdout
-    strict = subprocess.run(cmd, cwd=pytester.path, env={**env, "DOCKAPP_STRICT": "1"}, capture_output=True, text=True)
-    assert "1 error" in strict.stdout, strict.stdout
-    assert "strict mode: no engine is an error" in strict.stdout
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--dockapp-build-arg", "NOEQUALS"], "*dockapp build arg 'NOEQUALS' is not KEY=VALUE*"),
-        (["--dockapp-timeout", "soon"], "*dockapp timeout 'soon' is not a positive number*"),
-        (["--dockapp-builder", "kaniko"], "*dockapp builder 'kaniko' is unknown; valid: auto, classic, buildkit*"),
-        (["--dockapp-port", "http"], "*dockapp port 'http' is not a port; valid forms: 8080, 8080/tcp*"),
-    ],
-)
-def test_invalid_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
-    result = pytester.runpytest(*args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([message])
-
-
-def test_invalid_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\ndockapp_timeout = later\n")
-    result = pytester.runpytest()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*dockapp timeout 'later' is not a positive number*"])
 
 
 def test_plugin_adds_no_header_when_unused(pytester: pytest.Pytester) -> None:

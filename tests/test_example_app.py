@@ -6,25 +6,27 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from .conftest import ROOT, leftover_names
 
 
-def test_example_app_passes_from_repo_root(node_base: str, buildkit_cli: str, docker_client: Any) -> None:
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist-2"])
+def test_example_app_passes_from_repo_root(
+    node_base: str, buildkit_cli: str, docker_client: Any, xdist: list[str]
+) -> None:
     before = set(leftover_names(docker_client))
     cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "example-app",
-        "-p",
-        "no:cacheprovider",
-        "--dockapp-build-arg",
-        f"BASE_IMAGE={node_base}",
-        "--dockapp-docker-cli",
-        buildkit_cli,
-    ]
+        sys.executable, "-m", "pytest", "example-app", "-p", "no:cacheprovider", *xdist,
+        "--dockapp-build-arg", f"BASE_IMAGE={node_base}", f"--dockapp-docker-cli={buildkit_cli}",
+    ]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
     assert " passed" in out.stdout and "failed" not in out.stdout
-    assert "builder buildkit" in out.stdout
+    if xdist:
+        # one build for both workers: the other worker reuses it
+        assert out.stdout.count("built pytest-dockapp/example-app") == 1, out.stdout
+        assert out.stdout.count("reused pytest-dockapp/example-app") == 1, out.stdout
+    else:
+        assert "builder buildkit" in out.stdout
     assert set(leftover_names(docker_client)) - before == set()

@@ -1,0 +1,470 @@
+"""The fault matrix: every way a run can go wrong gives one clear message and leaks nothing.
+
+Each test runs a real pytest session on a real project against the real engine; the
+``app`` fixture (through ``no_leaks``) fails the test if anything carrying the
+plugin's labels is left behind. Cases are numbered as in the issue that asked for them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import App
+
+HOME_TEST = """
+def test_home(dockapp):
+    r = dockapp.get("/")
+    assert r.status_code == 200
+    assert r.text == "hello\\n"
+"""
+
+
+# 1. engine unreachable; 3. build failure; 5. ports; 6. exits at once; 7. unhealthy; 8. timeout; 9. invalid
+# options: further below, with the readiness cases.
+
+
+# 2. context missing, Dockerfile missing, empty, unknown instruction
+
+
+def test_context_missing(app: App, pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ndockapp_context = no-such-dir\n")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*build context */no-such-dir is not a directory (it does not exist)*"])
+
+
+def test_dockerfile_empty(app: App, pytester: pytest.Pytester) -> None:
+    (pytester.path / "Dockerfile").write_text("# nothing yet\n")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*Dockerfile has no FROM instruction*", "*hint: a Dockerfile starts with FROM*"])
+
+
+def test_dockerfile_unknown_instruction(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile("FROM {BUSYBOX}\nRUNN echo typo\n")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*Dockerfile:2: unknown instruction 'RUNN'*", "*RUNN echo typo*"])
+
+
+# 4. base image not available and cannot be pulled
+
+
+@pytest.mark.parametrize("builder", ["classic", "buildkit"])
+def test_base_image_missing(app: App, pytester: pytest.Pytester, builder: str, request: pytest.FixtureRequest) -> None:
+    app.dockerfile("ARG BASE_IMAGE=dockapp-test/not-a-base:1\nFROM ${BASE_IMAGE}\nEXPOSE 80\n")
+    pytester.makepyfile(HOME_TEST)
+    args = ["--dockapp-builder=classic"]
+    if builder == "buildkit":
+        args = ["--dockapp-builder=buildkit", f"--dockapp-docker-cli={request.getfixturevalue('buildkit_cli')}"]
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*base image 'dockapp-test/not-a-base:1' (FROM at *Dockerfile:2) is not on the engine and could not "
+            "be pulled*",
+            "*--dockapp-build-arg BASE_IMAGE=<a local image>*",
+        ]
+    )
+
+
+# 11. a fixed host port that is taken
+
+
+def test_fixed_host_port_in_use(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(
+        """
+        import socket
+        import pytest
+        from pytest_dockapp.errors import PortError
+
+        def test_taken(dockapp_factory):
+            with socket.socket() as held:
+                held.bind(("127.0.0.1", 0))
+                held.listen()
+                port = held.getsockname()[1]
+                with pytest.raises(PortError, match="a fixed host port is already in use") as info:
+                    dockapp_factory(host_ports={80: port})
+                assert str(port) in str(info.value)
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+# 12. the container is killed or removed from outside mid-session
+
+
+def test_container_killed_externally(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(
+        """
+        def test_1_kill(dockapp):
+            dockapp.container.kill()
+
+        def test_2_use(dockapp):
+            dockapp.get("/")
+
+        def test_3_remove(dockapp):
+            dockapp.container.remove(force=True)
+
+        def test_4_use(dockapp):
+            dockapp.get("/")
+        """
+    )
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*container dockapp-* is not running any more (status exited, exit code 137)*",
+            "*container dockapp-* no longer exists: it was removed outside this test session*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+    result.stdout.no_fnmatch_line("*error in teardown*")
+
+
+# 13. a huge ignored folder is not sent
+
+
+def test_ignored_node_modules_is_not_sent(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile(
+        """
+        FROM {BUSYBOX}
+        COPY . /www
+        EXPOSE 80
+        CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+        """
+    )
+    modules = pytester.path / "node_modules"
+    for i in range(100):
+        pkg = modules / f"pkg{i}"
+        pkg.mkdir(parents=True)
+        for j in range(100):
+            (pkg / f"f{j}.js").write_text("module.exports = 1\n")
+    (pytester.path / "index.html").write_text("hello\n")
+    (pytester.path / ".dockerignore").write_text("node_modules\n*.py\n")
+    pytester.makepyfile(
+        """
+        def test_sent(dockapp):
+            assert dockapp.get("/").status_code == 200
+            assert dockapp.exec(["ls", "/www"])[1].split() == ["Dockerfile", "index.html"]
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+# 14. a symlink that points outside the context is not followed
+
+
+@pytest.mark.parametrize("builder", ["classic", "buildkit"])
+def test_symlink_out_of_context_is_not_followed(
+    app: App,
+    pytester: pytest.Pytester,
+    tmp_path_factory: pytest.TempPathFactory,
+    builder: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    outside = tmp_path_factory.mktemp("outside") / "secret.txt"
+    outside.write_text("outside-secret-marker\n")
+    app.dockerfile(
+        """
+        FROM {BUSYBOX}
+        COPY . /www
+        EXPOSE 80
+        CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+        """
+    )
+    os.symlink(outside, pytester.path / "abs-link.txt")
+    os.symlink(os.path.relpath(outside, pytester.path), pytester.path / "rel-link.txt")
+    (pytester.path / "index.html").write_text("hello\n")
+    pytester.makepyfile(
+        """
+        def test_links(dockapp):
+            for name in ("abs-link.txt", "rel-link.txt"):
+                assert "outside-secret-marker" not in dockapp.get("/" + name).text
+                code, out = dockapp.exec(["cat", "/www/" + name])
+                assert code != 0 and "outside-secret-marker" not in out
+        """
+    )
+    args = ["--dockapp-builder=classic"]
+    if builder == "buildkit":
+        args = ["--dockapp-builder=buildkit", f"--dockapp-docker-cli={request.getfixturevalue('buildkit_cli')}"]
+    pytester.runpytest(*args).assert_outcomes(passed=1)
+
+
+# Security defaults
+
+
+def test_security_defaults_and_secret_masking(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile(
+        """
+        FROM {BUSYBOX}
+        ARG API_TOKEN
+        RUN echo "token is $API_TOKEN" && exit 4
+        """
+    )
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-build-arg", "API_TOKEN=s3cr3t-value-123")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*token is *****"])
+    assert "s3cr3t-value-123" not in result.stdout.str()
+
+
+def test_containers_are_unprivileged_and_loopback_only(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(
+        """
+        def test_config(dockapp):
+            host = dockapp.container.attrs["HostConfig"]
+            assert host["Privileged"] is False
+            assert not host.get("CapAdd")
+            assert {b["HostIp"] for v in host["PortBindings"].values() for b in v} == {"127.0.0.1"}
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+# A SIGKILLed session: no teardown runs; the next session sweeps what it left.
+
+
+def _pytest_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the session never became ready"
+        time.sleep(0.05)
+
+
+HOLD_TEST = """
+import os, time
+
+def test_hold(dockapp):
+    with open("ready-" + os.environ["HOLDER"], "w") as fh:
+        fh.write(str(os.getpid()))
+    while not os.path.exists("release-" + os.environ["HOLDER"]):
+        time.sleep(0.05)
+"""
+
+
+def test_sigkilled_session_is_swept_by_the_next(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
+    app.httpd()
+    pytester.makepyfile(test_hold=HOLD_TEST)
+    env = {**os.environ, "HOLDER": "a"}
+    proc = subprocess.Popen(
+        _pytest_cmd("test_hold.py"),
+        cwd=pytester.path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    _wait_for(pytester.path / "ready-a", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    flt = {"label": f"org.pytest-dockapp.pid={proc.pid}"}
+    assert len(docker_client.containers.list(all=True, filters=flt)) == 1  # left behind: no teardown ran
+    pytester.makepyfile(test_home=HOME_TEST)
+    result = pytester.runpytest_subprocess("test_home.py")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["swept leftovers of killed sessions: 1 containers, 0 networks, 0 volumes, 0 images"])
+    assert docker_client.containers.list(all=True, filters=flt) == []
+
+
+def test_concurrent_session_is_not_swept(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
+    app.httpd()
+    pytester.makepyfile(test_hold=HOLD_TEST)
+    env = {**os.environ, "HOLDER": "b"}
+    proc = subprocess.Popen(
+        _pytest_cmd("test_hold.py"),
+        cwd=pytester.path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for(pytester.path / "ready-b", proc)
+        pytester.makepyfile(test_home=HOME_TEST)
+        other = pytester.runpytest_subprocess("test_home.py")
+        other.assert_outcomes(passed=1)
+        other.stdout.no_fnmatch_line("swept*")
+        assert len(docker_client.containers.list(filters={"label": f"org.pytest-dockapp.pid={proc.pid}"})) == 1
+    finally:
+        (pytester.path / "release-b").write_text("")
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "1 passed" in out
+
+
+# pytest-xdist: one build for all workers, one container per worker, cleanup after a worker crash
+
+
+def test_xdist_builds_once(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(extra=f"RUN echo {os.getpid()}-{time.time()} > /www/build-id")  # a fresh image: a real build
+    pytester.makepyfile(
+        **{f"test_x{i}": "def test_a(dockapp):\n    assert dockapp.get('/').status_code == 200\n" for i in range(4)}
+    )
+    result = pytester.runpytest_subprocess("-n", "2")
+    result.assert_outcomes(passed=4)
+    out = result.stdout.str()
+    assert out.count("] built pytest-dockapp/") == 1, out
+    assert out.count("] reused pytest-dockapp/") == 1, out
+    assert out.count(": ready in ") == 2, out
+    assert len(re.findall(r"^-+ dockapp -+$", out, re.M)) == 1, out  # one summary, not one per worker
+
+
+def test_xdist_worker_crash_leaves_nothing(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(
+        test_crash="""
+        import os
+
+        def test_crash(dockapp):
+            os._exit(3)  # the worker dies without teardown
+        """,
+        test_fine="def test_fine(dockapp):\n    assert dockapp.get('/').ok\n",
+    )
+    result = pytester.runpytest_subprocess("-n", "2")
+    result.stdout.fnmatch_lines(["*worker * crashed*"])
+
+
+def test_healthcheck_unhealthy_fails_with_health_log(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(extra="HEALTHCHECK --interval=1s --retries=1 CMD echo db-down-marker && exit 1")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*container dockapp-* is unhealthy*", "*health log:*", "*db-down-marker*"])
+
+
+def test_container_that_exits_fails_at_once(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["sh", "-c", "echo config-missing-marker >&2; exit 3"]')
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*exited with code 3*before it became ready*", "*config-missing-marker*"])
+    result.stdout.no_fnmatch_line("*did not become ready within*")
+
+
+def test_timeout_names_last_probe_error_and_logs(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["sh", "-c", "echo still-booting-marker; exec sleep 600"]')
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-timeout", "1.5")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*did not become ready within 1.5s*",
+            "*last probe error: nothing listens on port 80 inside the container yet*",
+            "*still-booting-marker*",
+            "*hint: raise dockapp_timeout*",
+        ]
+    )
+
+
+def test_app_listening_on_container_loopback_is_explained(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["httpd", "-f", "-p", "127.0.0.1:80", "-h", "/www"]')
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-timeout", "1")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*listens on 127.0.0.1:80 inside the container*make it listen on 0.0.0.0:80*"])
+
+
+def test_build_failure_shows_step_line_and_output(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile(
+        """
+        FROM {BUSYBOX}
+        RUN echo compiling-marker && exit 7
+        EXPOSE 80
+        """
+    )
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*build failed at step 2 (*Dockerfile:2): RUN echo compiling-marker && exit 7*",
+            "*returned a non-zero code: 7*",
+            "*compiling-marker*",
+        ]
+    )
+
+
+def test_missing_dockerfile(app: App, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*Dockerfile not found: *Dockerfile*", "*hint: set dockapp_dockerfile*"])
+
+
+def test_no_expose_is_a_clear_error(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(expose="")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*EXPOSEs no TCP port*", "*hint: add `EXPOSE <port>`*dockapp_port*"])
+
+
+def test_port_not_exposed_is_an_error(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-port", "9999")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*port 9999 is not EXPOSEd by image*", "*the image exposes 80/tcp*"])
+
+
+def test_prebuilt_image_missing(app: App, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-image", "dockapp-test/not-there:1")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*image 'dockapp-test/not-there:1' is not on the engine*"])
+
+
+def test_engine_unreachable_skips_or_fails_in_strict_mode(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(HOME_TEST)
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    env.pop("DOCKAPP_STRICT", None)
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs"]
+    out = subprocess.run(cmd, cwd=pytester.path, env=env, capture_output=True, text=True)
+    assert "1 skipped" in out.stdout
+    assert "no Docker engine answered at DOCKER_HOST=unix:///nonexistent/docker.sock" in out.stdout
+    strict = subprocess.run(cmd, cwd=pytester.path, env={**env, "DOCKAPP_STRICT": "1"}, capture_output=True, text=True)
+    assert "1 error" in strict.stdout, strict.stdout
+    assert "strict mode: no engine is an error" in strict.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dockapp-build-arg", "NOEQUALS"], "*dockapp build arg 'NOEQUALS' is not KEY=VALUE*"),
+        (["--dockapp-timeout", "soon"], "*dockapp timeout 'soon' is not a positive number*"),
+        (["--dockapp-builder", "kaniko"], "*dockapp builder 'kaniko' is unknown; valid: auto, classic, buildkit*"),
+        (["--dockapp-port", "http"], "*dockapp port 'http' is not a port; valid forms: 8080, 8080/tcp*"),
+    ],
+)
+def test_invalid_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_invalid_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ndockapp_timeout = later\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*dockapp timeout 'later' is not a positive number*"])
