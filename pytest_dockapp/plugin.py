@@ -596,20 +596,17 @@ def dockapp_factory(
 def dockapp_network(request: pytest.FixtureRequest) -> Iterator[Any]:
     """A fresh Docker network as a testcontainers ``Network``, removed after the test.
 
-    Pass it to ``dockapp_factory(network=...)`` and to testcontainers'
-    ``DockerContainer(...).with_network(...)`` to put both on one network.
+    Pass it to ``dockapp_factory(network=..., aliases=[...])`` and to testcontainers'
+    ``DockerContainer(...).with_network(...)`` to put both on one network. Unless you
+    configured testcontainers yourself, Ryuk is disabled when its image is not on the
+    engine, and published ports are reached through the Docker host.
     """
-    from testcontainers.core.network import Network
+    from .interop import create_network, remove_network
 
-    state = _state(request.config)
-    apps = state.apps()
-    network = Network(docker_network_kw={"labels": apps.session.labels("network")})
-    network.create()
+    apps = _state(request.config).apps()
+    network = create_network(apps.client, apps.session)
     yield network
-    import docker.errors
-
-    with contextlib.suppress(docker.errors.NotFound):
-        network.remove()
+    remove_network(apps.client, network.id)
 
 
 # -- the cache-regression marker ----------------------------------------------------------------

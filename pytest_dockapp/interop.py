@@ -1,0 +1,67 @@
+"""Working side by side with testcontainers on an engine that has no registry.
+
+testcontainers starts its Ryuk reaper from an image it pulls, and on machines
+with ``/.dockerenv`` it guesses the gateway IP as the host of published ports.
+Air-gapped CI has neither a pullable Ryuk nor a reachable gateway guess, so
+before we hand out a shared network we settle both, unless the user already did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any
+
+from . import cleanup
+
+if TYPE_CHECKING:
+    import docker
+
+
+def settle_testcontainers(client: docker.DockerClient) -> list[str]:
+    """Disable Ryuk when its image is not on the engine, and connect to published ports through
+    the Docker host (127.0.0.1 for a local socket) instead of a guessed gateway.
+
+    Settings the user made (``TESTCONTAINERS_RYUK_DISABLED``, ``TESTCONTAINERS_CONNECTION_MODE``,
+    ``TESTCONTAINERS_HOST_OVERRIDE``) win. Returns what was changed, for the report.
+    """
+    import docker.errors
+    from testcontainers.core.config import ConnectionMode
+    from testcontainers.core.config import testcontainers_config as config
+
+    changed = []
+    if "TESTCONTAINERS_RYUK_DISABLED" not in os.environ and not config.ryuk_disabled:
+        try:
+            client.api.inspect_image(config.ryuk_image)
+        except docker.errors.ImageNotFound:
+            config.ryuk_disabled = True  # a pull would fail (or hang) here; our labels and sweep clean up
+            changed.append(f"Ryuk disabled: {config.ryuk_image} is not on the engine")
+    overridden = os.environ.get("TESTCONTAINERS_CONNECTION_MODE") or config.tc_host_override
+    if not overridden and config.connection_mode_override is None:
+        config.connection_mode_override = ConnectionMode.docker_host
+        changed.append("connection mode: docker_host (published ports via the Docker host, not a guessed gateway)")
+    return changed
+
+
+def create_network(client: docker.DockerClient, session: cleanup.Session) -> Any:
+    """A testcontainers ``Network`` carrying our labels, created and ready to join."""
+    from testcontainers.core.network import Network
+
+    settle_testcontainers(client)
+    network = Network(docker_network_kw={"labels": session.labels("network")})
+    return network.create()
+
+
+def remove_network(client: docker.DockerClient, network_id: str) -> None:
+    """Disconnect whatever is still attached (fixture teardown order is not ours to choose), then remove."""
+    import docker.errors
+
+    try:
+        attrs = client.api.inspect_network(network_id)
+    except docker.errors.NotFound:
+        return
+    for container_id in attrs.get("Containers") or {}:
+        with contextlib.suppress(docker.errors.APIError):  # the container may be gone meanwhile
+            client.api.disconnect_container_from_network(container_id, network_id, force=True)
+    with contextlib.suppress(docker.errors.NotFound):
+        client.api.remove_network(network_id)
