@@ -266,6 +266,7 @@ class AppRunner:
                 health_path=self.health_path,
                 timeout=self.timeout,
                 name=self.name,
+                attrs=container.attrs,
             )
             readiness.seconds = time.perf_counter() - begin
         except BaseException:

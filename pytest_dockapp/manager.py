@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -93,15 +94,33 @@ class Dockapps:
         self.apps: list[AppStat] = []
         self.builds: list[BuildRecord] = []
         self.shared_images: list[Image] = []
-        self.sweep_report: cleanup.SweepReport | None = None
+        self._sweep: Future[cleanup.SweepReport] | None = None
 
     @classmethod
     def connect(cls, *, sweep_age: float | None = cleanup.DEFAULT_SWEEP_AGE, **kwargs: Any) -> Dockapps:
         """Connect to the engine, then sweep what killed sessions left (unless ``sweep_age`` is None)."""
         apps = cls(connect(), **kwargs)
         if sweep_age is not None:
-            apps.sweep_report = cleanup.sweep(apps.client, apps.session, sweep_age)
+            apps.start_sweep(sweep_age)
         return apps
+
+    def start_sweep(self, max_age: float) -> None:
+        """Sweep leftovers of dead sessions in the background: it touches nothing of ours, so the
+        build and the first container need not wait for it."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-sweep")
+        # A client of its own: the main one is busy building and starting meanwhile.
+        self._sweep = pool.submit(lambda: cleanup.sweep(connect(), self.session, max_age))
+        pool.shutdown(wait=False)
+
+    @property
+    def sweep_report(self) -> cleanup.SweepReport | None:
+        """What the sweep removed (waits for it to finish); None when no sweep ran or it failed."""
+        if self._sweep is None:
+            return None
+        try:
+            return self._sweep.result()
+        except Exception:  # an unreachable engine is reported by whoever needs it
+            return None
 
     @property
     def builder(self) -> Builder:
@@ -199,6 +218,7 @@ class Dockapps:
 
     def close(self, keep: bool = False) -> list[DockApp]:
         """Remove every container still running; with ``keep`` leave them up and return them."""
+        _ = self.sweep_report  # never leave the sweep running past the session
         if keep:
             kept = [r.app for r in self._runners if r.app is not None]
             self._runners.clear()

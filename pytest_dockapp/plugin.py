@@ -724,8 +724,6 @@ def pytest_report_collectionfinish(config: pytest.Config, items: Sequence[pytest
     except DockappError as exc:
         builder = f"unavailable ({exc.what})"
     lines = [f"dockapp: engine {engine_version(apps.client)}, builder {builder}"]
-    if apps.sweep_report is not None and apps.sweep_report.total:
-        lines.append(f"dockapp: swept {apps.sweep_report.total} resources left by killed sessions")
     return lines
 
 

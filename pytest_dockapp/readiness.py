@@ -163,6 +163,7 @@ def wait_ready(
     timeout: float = 60.0,
     interval: float = 0.005,
     name: str = "",
+    attrs: dict[str, Any] | None = None,
 ) -> Readiness:
     """Block until the container's service answers; raise a precise error otherwise."""
     import docker.errors
@@ -170,10 +171,11 @@ def wait_ready(
     start = time.perf_counter()
     deadline = start + timeout
     label = name or container_id[:12]
-    try:
-        attrs = client.api.inspect_container(container_id)
-    except docker.errors.NotFound:
-        raise ContainerGoneError(f"container {label} disappeared before it could be probed") from None
+    if attrs is None:
+        try:
+            attrs = client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            raise ContainerGoneError(f"container {label} disappeared before it could be probed") from None
     health_cmd = healthcheck_command(attrs["Config"].get("Healthcheck"))
     listen = ListenProbe.for_container(attrs)
     checks = []
@@ -186,6 +188,7 @@ def wait_ready(
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-health") if health_cmd else None
     pending: Future[tuple[int, str]] | None = None
     next_exec = start
+    port_was_down = False
 
     def run_health() -> tuple[int, str]:
         exec_id = client.api.exec_create(container_id, health_cmd, stdout=True, stderr=True)["Id"]
@@ -227,7 +230,14 @@ def wait_ready(
             port_error = None
             if host_port is not None and container_port is not None:
                 port_error = _probe_port(listen, host, host_port, container_port, health_path)
-            if port_error is None and not health_ok and pool is not None:
+            if port_error is None and port_was_down:
+                # The app just started listening: a HEALTHCHECK that failed for lack of it may pass now.
+                port_was_down, next_exec = False, time.perf_counter()
+            elif port_error is not None:
+                port_was_down = True
+            # The first HEALTHCHECK run starts at once, alongside the port probe; later runs wait for the port.
+            may_exec = port_error is None or (pending is None and next_exec == start)
+            if may_exec and not health_ok and pool is not None:
                 if pending is not None and pending.done():
                     try:
                         code, output = pending.result()
@@ -241,7 +251,7 @@ def wait_ready(
                 if not health_ok and pending is None and time.perf_counter() >= next_exec:
                     pending = pool.submit(run_health)
                     next_exec = time.perf_counter() + 0.1
-            elif port_error is not None:
+            if port_error is not None:
                 last_error = port_error
             if port_error is None and health_ok:
                 return Readiness(time.perf_counter() - start, " + ".join(checks) or "running")
