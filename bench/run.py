@@ -273,13 +273,35 @@ def conftest_for(variant: str, body: str, scope: str) -> str:
     return FLOOR_CONFTEST.replace("SCOPE", scope) if body == "floor" else body
 
 
+def quiet_peers(variant: str) -> list[str]:
+    """Installed peer plugins load into every pytest run; each variant runs without the others'."""
+    return ["-p", "no:docker_tools"] if have("pytest_docker_tools") and variant != "pytest-docker-tools" else []
+
+
 def bench_w0(runs: int) -> list[Result]:
+    """Plugin load cost in a run that uses no container: ours vs none, and the peers' cost."""
     path = WORK / "w0"
     write_project(path, DOCKERFILES["fast"], "", {"test_plain.py": "def test_plain():\n    pass\n"})
+    (path / "conftest.py").unlink()
+    tc = WORK / "w0-tc"
+    write_project(
+        tc,
+        DOCKERFILES["fast"],
+        "import testcontainers.core.container  # what a conftest using it pays\n",
+        {"test_plain.py": "def test_plain():\n    pass\n"},
+    )
+    none = ["-p", "no:dockapp", *quiet_peers("none")]
+    cases = [
+        ("floor: no container plugin (-p no:dockapp)", path, none),
+        ("dockapp", path, quiet_peers("dockapp")),
+        ("testcontainers (imported by conftest)", tc, none),
+    ]
+    if have("pytest_docker_tools"):
+        cases.append(("pytest-docker-tools (its plugin loaded)", path, ["-p", "no:dockapp"]))
     out = []
-    for variant, args in (("without plugin (-p no:dockapp)", ["-p", "no:dockapp"]), ("dockapp", [])):
+    for variant, where, args in cases:
         r = Result("W0 import", variant)
-        run_pytest(path, args, runs * 4, r)  # tiny numbers: more runs
+        run_pytest(where, args, runs * 4, r)  # tiny differences: more runs
         out.append(r)
     return out
 
@@ -307,14 +329,14 @@ def bench_simple(
         }
         write_project(path, DOCKERFILES[dockerfile], conftest_for(variant, body, scope), tests)
         r = Result(workload, variant + ("" if scope == "session" else f" ({scope} scope)"))
-        run_pytest(path, list(args or []), runs, r)
+        run_pytest(path, list(args or []) + quiet_peers(variant), runs, r)
         out.append(r)
     return out
 
 
 def docker_stop_reference() -> Result:
     """What a graceful `docker stop` costs on the same stubborn image (measured once: it takes 10 s)."""
-    path = WORK / "w3-dockapp-session"
+    path = WORK / "w3-stubborn-stop-dockapp-session"
     tag = "bench-stubborn-ref"
     subprocess.run(["docker", "build", "-q", "-t", tag, str(path)], check=True, capture_output=True)
     cid = subprocess.check_output(["docker", "run", "-d", tag], text=True).strip()
@@ -411,9 +433,12 @@ def report(results: list[Result], runs: int, started: float) -> str:
         "|---|---|---|---|---|---|",
     ]
     floors = {r.workload: statistics.median(r.walls) for r in results if r.variant.startswith("floor") and r.walls}
+    # W0 is about added start-up time: show the difference, not a ratio
     for r in results:
         base = floors.get(r.workload)
         ratio = f"{statistics.median(r.walls) / base:.2f}×" if base and r.walls else ""
+        if r.workload.startswith("W0") and base and r.walls:
+            ratio = f"{(statistics.median(r.walls) - base) * 1000:+.0f} ms"
         extras = []
         if "latency" in r.extras:
             extras.append("detection latency " + fmt(r.extras["latency"], "ms", 1000))
@@ -458,7 +483,12 @@ def main() -> int:
         if only and name not in only:
             continue
         print(f"== {name}", file=sys.stderr)
-        for r in fn():
+        try:
+            rows = fn()
+        except Exception as exc:  # one broken workload must not lose the others' numbers
+            print(f"  !! {name} failed: {exc!r}", file=sys.stderr)
+            rows = [Result(name, f"failed: {exc!r}"[:80], failures=1)]
+        for r in rows:
             print(f"   {r.workload:28} {r.variant:34} {fmt(r.walls)}", file=sys.stderr)
             results.append(r)
     text = report(results, opts.runs, started)

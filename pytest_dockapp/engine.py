@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .errors import ConfigurationError, EngineUnavailableError
@@ -84,9 +87,57 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(nums)
 
 
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pytest-dockapp" / "docker-cli.json"
+
+
 @cache
 def cli_capabilities(cli: str) -> tuple[bool, bool, bool]:
-    """(buildkit possible, via buildx, buildx supports rawjson) for the CLI at ``cli``."""
+    """(buildkit possible, via buildx, buildx supports rawjson) for the CLI at ``cli``.
+
+    Asking the CLI costs two process starts (about 0.1 s); the answer is kept on disk,
+    keyed by the CLI's and the buildx plugin's path, size and mtime, so only a changed
+    CLI is asked again.
+    """
+    key = _cli_key(cli)
+    cache_file = _cache_file()
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, list) and len(entry) == 3:
+        return bool(entry[0]), bool(entry[1]), bool(entry[2])
+    answer = _ask_cli(cli)
+    known[key] = list(answer)
+    with contextlib.suppress(OSError):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, cache_file)
+    return answer
+
+
+def _cli_key(cli: str) -> str:
+    home_plugins = os.path.join(os.path.expanduser("~"), ".docker", "cli-plugins")
+    plugin_dirs = [
+        home_plugins,
+        "/usr/local/lib/docker/cli-plugins",
+        "/usr/libexec/docker/cli-plugins",
+        "/usr/lib/docker/cli-plugins",
+    ]
+    parts = []
+    for path in [cli] + [os.path.join(d, "docker-buildx") for d in plugin_dirs]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def _ask_cli(cli: str) -> tuple[bool, bool, bool]:
     buildx = _run([cli, "buildx", "version"])
     if buildx:
         # "github.com/docker/buildx v0.12.1 abcdef": rawjson progress arrived in 0.12.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from .dockerfile import Dockerfile, Instruction, copy_sources, split_words
 
@@ -90,37 +89,3 @@ def fix_advice(origin: Instruction, victim: Instruction | None) -> str:
         f"copy only what `{victim.text}` needs first (`COPY {manifests} {dest}`), run it, and move "
         f"`{origin.text}` (line {origin.line}) below it (line {victim.line}), so source edits no longer invalidate it"
     )
-
-
-# -- pytest items for --dockapp-lint: defined here so that plugin.py stays glue ------------------
-
-import pytest  # noqa: E402  (only the pytest integration below needs it)
-
-
-class DockerfileLintError(Exception):
-    """Raised by a lint item; its message is the report."""
-
-
-class DockerfileLintItem(pytest.Item):
-    """One Dockerfile checked for cache-hostile order."""
-
-    def runtest(self) -> None:
-        df = Dockerfile.read(self.path)
-        findings = lint(df)
-        if findings:
-            raise DockerfileLintError("\n".join(f"{self.path}:{f}" for f in findings))
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: object = None) -> str:
-        if excinfo.errisinstance(DockerfileLintError):
-            return str(excinfo.value)
-        return str(excinfo.getrepr(style="short"))
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"dockapp-lint {self.path.name}"
-
-
-class DockerfileLintFile(pytest.File):
-    """A Dockerfile collected under --dockapp-lint."""
-
-    def collect(self) -> list[pytest.Item]:
-        return [DockerfileLintItem.from_parent(self, name="dockapp-lint")]

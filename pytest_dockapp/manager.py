@@ -91,6 +91,8 @@ class Dockapps:
         self._builder: Builder | None = None
         self._images: dict[str, Image] = {}
         self._runners: list[AppRunner] = []
+        self._remover = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dockapp-remove")
+        self._removals: list[Future[None]] = []
         self.apps: list[AppStat] = []
         self.builds: list[BuildRecord] = []
         self.shared_images: list[Image] = []
@@ -108,8 +110,7 @@ class Dockapps:
         """Sweep leftovers of dead sessions in the background: it touches nothing of ours, so the
         build and the first container need not wait for it."""
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-sweep")
-        # A client of its own: the main one is busy building and starting meanwhile.
-        self._sweep = pool.submit(lambda: cleanup.sweep(connect(), self.session, max_age))
+        self._sweep = pool.submit(cleanup.sweep, self.client, self.session, max_age)
         pool.shutdown(wait=False)
 
     @property
@@ -203,17 +204,21 @@ class Dockapps:
         self.apps.append(AppStat(app.name, runner.image, app.readiness.seconds, app.readiness.checks))
         return app
 
-    def stop(self, app: DockApp) -> None:
+    def stop(self, app: DockApp, wait: bool = True) -> None:
+        """Remove ``app``'s container. With ``wait=False`` the removal runs in the background
+        (the next test need not wait for the engine); :meth:`close` waits for it."""
         for runner in list(self._runners):
             if runner.app is app:
-                self._close(runner)
+                self._runners.remove(runner)
+                if wait or runner.host_ports:  # a fixed host port must be free before anyone reuses it
+                    self._close(runner)
+                else:
+                    self._removals.append(self._remover.submit(self._close, runner))
 
     def _close(self, runner: AppRunner) -> None:
-        name = runner.name
         runner.close()
-        self._runners.remove(runner)
         for stat in self.apps:
-            if stat.name == name:
+            if stat.name == runner.name:
                 stat.teardown_seconds = runner.teardown_seconds
 
     def close(self, keep: bool = False) -> list[DockApp]:
@@ -225,10 +230,17 @@ class Dockapps:
             return kept
         errors = []
         for runner in list(self._runners):
+            self._runners.remove(runner)
             try:
                 self._close(runner)
             except Exception as exc:  # one failed removal must not leak the rest
                 errors.append(exc)
+        for removal in self._removals:
+            try:
+                removal.result()
+            except Exception as exc:
+                errors.append(exc)
+        self._removals.clear()
         if errors:
             raise errors[0]
         return []

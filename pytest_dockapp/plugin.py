@@ -491,11 +491,12 @@ def _start(state: _State, image: Image | str, **kwargs: Any) -> DockApp:
         _fail_on(exc)
 
 
-def _release(state: _State, session: pytest.Session, app: DockApp) -> None:
+def _release(state: _State, session: pytest.Session, app: DockApp, scope: str = "session") -> None:
     if state.settings.keep and session.testsfailed:
         return  # left running on purpose; listed in the terminal summary
     if state.started is not None:
-        state.started.stop(app)
+        # Function-scoped apps go in the background: the session's end waits for every removal.
+        state.started.stop(app, wait=scope == "session")
 
 
 @pytest.fixture(scope="session")
@@ -589,7 +590,7 @@ def dockapp_factory(
 
     yield factory
     for app in started:
-        _release(state, request.session, app)
+        _release(state, request.session, app, scope="function")
 
 
 @pytest.fixture
@@ -674,8 +675,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if names is not None and item.get_closest_marker("dockapp_cache") and "dockapp_cache_report" not in names:
             names.append("dockapp_cache_report")
     if config.getoption("dockapp_lint"):
-        from .lint import DockerfileLintItem
-
         settings = _state(config).settings
         path = (settings.context / (settings.dockerfile or "Dockerfile")).resolve()
         if path.is_file() and not any(getattr(i, "path", None) == path for i in items):
@@ -687,10 +686,39 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
         return None
     name = file_path.name
     if name == "Dockerfile" or name.startswith("Dockerfile.") or name.endswith(".Dockerfile"):
-        from .lint import DockerfileLintFile
-
         return DockerfileLintFile.from_parent(parent, path=file_path)
     return None
+
+
+class DockerfileLintItem(pytest.Item):
+    """One Dockerfile checked for cache-hostile layer order (``--dockapp-lint``)."""
+
+    def runtest(self) -> None:
+        from .dockerfile import Dockerfile
+        from .lint import lint
+
+        findings = lint(Dockerfile.read(self.path))
+        if findings:
+            raise _LintFailure("\n".join(f"{self.path}:{f}" for f in findings))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, _LintFailure):
+            return str(excinfo.value)
+        return str(excinfo.getrepr(style="short"))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"dockapp-lint {self.path.name}"
+
+
+class _LintFailure(Exception):
+    """A lint item's findings; the message is the report."""
+
+
+class DockerfileLintFile(pytest.File):
+    """A Dockerfile collected under ``--dockapp-lint``."""
+
+    def collect(self) -> list[pytest.Item]:
+        return [DockerfileLintItem.from_parent(self, name="dockapp-lint")]
 
 
 @pytest.hookimpl(tryfirst=True)

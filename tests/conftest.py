@@ -24,6 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "dockapp-test/busybox:1"
 NODE_BASE = os.environ.get("DOCKAPP_TEST_NODE_BASE", "dockapp-test/node:bookworm")
 
+#: The test file most acceptance tests run: the busybox httpd serves "hello".
+HOME_TEST = """
+def test_home(dockapp):
+    r = dockapp.get("/")
+    assert r.status_code == 200
+    assert r.text == "hello\\n"
+"""
+
 
 def strict(config: pytest.Config) -> bool:
     return bool(config.getoption("dockapp_strict") or os.environ.get("DOCKAPP_STRICT") or os.environ.get("CI"))
@@ -44,32 +52,27 @@ def docker_client(pytestconfig: pytest.Config) -> Any:
     return client
 
 
-def _make_base(name: str, which: str) -> None:
-    subprocess.run([str(ROOT / ".ci" / "make-bases"), which], check=True)
+def _ensure_base(client: Any, name: str, which: str) -> str:
+    """``name`` on the engine, built by ``.ci/make-bases which`` when missing."""
+    import docker.errors
+
+    try:
+        client.images.get(name)
+    except docker.errors.ImageNotFound:
+        subprocess.run([str(ROOT / ".ci" / "make-bases"), which], check=True)
+    return name
 
 
 @pytest.fixture(scope="session")
 def busybox(docker_client: Any) -> str:
     """The tiny local base image most test Dockerfiles start FROM."""
-    import docker.errors
-
-    try:
-        docker_client.images.get(BUSYBOX)
-    except docker.errors.ImageNotFound:
-        _make_base(BUSYBOX, "busybox")
-    return BUSYBOX
+    return _ensure_base(docker_client, BUSYBOX, "busybox")
 
 
 @pytest.fixture(scope="session")
 def node_base(docker_client: Any) -> str:
     """A local nodejs+npm base (mmdebstrap, built once when missing)."""
-    import docker.errors
-
-    try:
-        docker_client.images.get(NODE_BASE)
-    except docker.errors.ImageNotFound:
-        _make_base(NODE_BASE, "node")
-    return NODE_BASE
+    return _ensure_base(docker_client, NODE_BASE, "node")
 
 
 def find_buildkit_cli() -> str | None:

@@ -8,14 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import App
-
-HOME_TEST = """
-def test_home(dockapp):
-    r = dockapp.get("/")
-    assert r.status_code == 200
-    assert r.text == "hello\\n"
-"""
+from .conftest import HOME_TEST, App
 
 
 def test_happy_path(app: App, pytester: pytest.Pytester) -> None:

@@ -18,15 +18,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import App
-
-HOME_TEST = """
-def test_home(dockapp):
-    r = dockapp.get("/")
-    assert r.status_code == 200
-    assert r.text == "hello\\n"
-"""
-
+from .conftest import HOME_TEST, App
 
 # 1. engine unreachable; 3. build failure; 5. ports; 6. exits at once; 7. unhealthy; 8. timeout; 9. invalid
 # options: further below, with the readiness cases.
@@ -263,19 +255,24 @@ def test_hold(dockapp):
 """
 
 
-def test_sigkilled_session_is_swept_by_the_next(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
-    app.httpd()
+def _start_holder(pytester: pytest.Pytester, name: str) -> subprocess.Popen[str]:
+    """A pytest session in the background that holds its `dockapp` until released."""
     pytester.makepyfile(test_hold=HOLD_TEST)
-    env = {**os.environ, "HOLDER": "a"}
     proc = subprocess.Popen(
         _pytest_cmd("test_hold.py"),
         cwd=pytester.path,
-        env=env,
+        env={**os.environ, "HOLDER": name},
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    _wait_for(pytester.path / "ready-a", proc)
+    _wait_for(pytester.path / f"ready-{name}", proc)
+    return proc
+
+
+def test_sigkilled_session_is_swept_by_the_next(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
+    app.httpd()
+    proc = _start_holder(pytester, "a")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     flt = {"label": f"org.pytest-dockapp.pid={proc.pid}"}
@@ -289,18 +286,8 @@ def test_sigkilled_session_is_swept_by_the_next(app: App, pytester: pytest.Pytes
 
 def test_concurrent_session_is_not_swept(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
     app.httpd()
-    pytester.makepyfile(test_hold=HOLD_TEST)
-    env = {**os.environ, "HOLDER": "b"}
-    proc = subprocess.Popen(
-        _pytest_cmd("test_hold.py"),
-        cwd=pytester.path,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    proc = _start_holder(pytester, "b")
     try:
-        _wait_for(pytester.path / "ready-b", proc)
         pytester.makepyfile(test_home=HOME_TEST)
         other = pytester.runpytest_subprocess("test_home.py")
         other.assert_outcomes(passed=1)
