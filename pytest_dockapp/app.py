@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import requests  # the docker SDK imports it anyway
+
 from . import cleanup
 from .errors import ContainerError, ContainerGoneError, PortError, tail
 from .readiness import Readiness, wait_ready
 
 if TYPE_CHECKING:
     import docker
-    import requests
     from docker.models.containers import Container
 
     from .build import BuildRecord
@@ -64,7 +65,7 @@ class DockApp:
     def session(self) -> requests.Session:
         """A ``requests.Session`` whose relative URLs resolve against :attr:`url`."""
         if self._session is None:
-            self._session = _base_url_session(self.url)
+            self._session = _BaseUrlSession(self.url)
         return self._session
 
     def request(self, method: str, path: str = "/", **kwargs: Any) -> requests.Response:
@@ -94,7 +95,7 @@ class DockApp:
         """The container's stdout and stderr as text."""
         kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "tail": "all" if tail is None else tail}
         if since is not None:
-            kwargs["since"] = int(since)
+            kwargs["since"] = float(since)
         raw = self.container.client.api.logs(self.container.id, **kwargs)
         return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
@@ -124,16 +125,17 @@ class DockApp:
             )
 
 
-def _base_url_session(base: str) -> requests.Session:
-    import requests
+class _BaseUrlSession(requests.Session):
+    """A ``requests.Session`` that resolves relative URLs against the app's base URL."""
 
-    class BaseUrlSession(requests.Session):
-        def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
-            if isinstance(url, str) and not re.match(r"^[a-z][a-z0-9+.-]*://", url, re.I):
-                url = base.rstrip("/") + "/" + url.lstrip("/")
-            return super().request(method, url, *args, **kwargs)
+    def __init__(self, base: str):
+        super().__init__()
+        self.base = base.rstrip("/")
 
-    return BaseUrlSession()
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        if isinstance(url, str) and not re.match(r"^[a-z][a-z0-9+.-]*://", url, re.I):
+            url = self.base + "/" + url.lstrip("/")
+        return super().request(method, url, *args, **kwargs)
 
 
 class AppRunner:

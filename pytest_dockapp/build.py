@@ -526,14 +526,14 @@ def _classic(
 ) -> None:
     import docker.errors
 
-    try:
-        rel = str(df_path.relative_to(ctx))
-    except ValueError:
-        rel = str(df_path)  # the SDK adds a Dockerfile from outside the context to the tarball
+    from .context import tarball
+
+    archive, df_name = tarball(ctx, df_path)
     try:
         stream: Iterable[Mapping[str, Any]] = client.api.build(
-            path=str(ctx),
-            dockerfile=rel,
+            fileobj=archive,
+            custom_context=True,
+            dockerfile=df_name,
             buildargs=args,
             target=target,
             tag=tag,
@@ -546,6 +546,8 @@ def _classic(
             parser.feed(chunk)
     except docker.errors.APIError as exc:
         parser.error = str(exc.explanation or exc)
+    finally:
+        archive.close()
 
 
 def _buildkit(

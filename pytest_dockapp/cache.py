@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from . import cleanup
 from .build import BuildRecord, BuildStep, build_image, resolve_paths
+from .context import context_files, copy_context
 from .dockerfile import Dockerfile, Instruction, Stage, copy_sources, mount_specs, normalize, split_words
 from .engine import Builder
 from .errors import CacheMarkerUsageError, CacheRegressionError
@@ -40,49 +41,6 @@ _BUILD_ARG_CHANGE = re.compile(r"^--build-arg\s+([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
 
 # -- context files ------------------------------------------------------------------------------
-
-
-def dockerignore_patterns(context: Path) -> list[str]:
-    path = context / ".dockerignore"
-    if not path.is_file():
-        return []
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
-
-
-def context_files(context: Path, dockerfile: Path | None = None) -> list[str]:
-    """Files (posix, relative) that a build of ``context`` sends, ``.dockerignore`` applied."""
-    from docker.utils.build import exclude_paths
-
-    rel_df = None
-    if dockerfile is not None:
-        with contextlib.suppress(ValueError):
-            rel_df = dockerfile.relative_to(context).as_posix()
-    included = exclude_paths(str(context), dockerignore_patterns(context), rel_df)
-    files = []
-    for rel in included:
-        full = context / rel
-        if full.is_symlink() or full.is_file():
-            files.append(Path(rel).as_posix())
-    return sorted(files)
-
-
-def copy_context(context: Path, dest: Path, dockerfile: Path) -> None:
-    """Copy what a build would send; symlinks are copied as links, never followed out."""
-    for rel in context_files(context, dockerfile):
-        src, dst = context / rel, dest / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            os.symlink(os.readlink(src), dst)
-        else:
-            shutil.copy2(src, dst)
-    for name in (".dockerignore",):
-        if (context / name).is_file() and not (dest / name).exists():
-            shutil.copy2(context / name, dest / name)
-    with contextlib.suppress(ValueError):
-        rel_df = dockerfile.relative_to(context)
-        (dest / rel_df).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(dockerfile, dest / rel_df)
 
 
 def harmless_token() -> bytes:
@@ -434,7 +392,6 @@ def check_cache(
                 hint="name a file that exists, relative to the context",
             )
     session = session or cleanup.Session()
-    labels = {**session.labels("image"), cleanup.KIND: "cache-check"}
     base_args = dict(build_args or {})
     tmp = Path(tempfile.mkdtemp(prefix="dockapp-cache-", dir=workdir))
     tags: list[str] = []
@@ -447,7 +404,7 @@ def check_cache(
             build_df: Path = copy / rel_df
         except ValueError:
             build_df = df_path
-        tag = f"pytest-dockapp/cache-check:{session.id}"
+        warm_tag, rebuild_tag = session.scratch_tag(1), session.scratch_tag(2)
         warm = build_image(
             client,
             copy,
@@ -455,10 +412,9 @@ def check_cache(
             builder=builder,
             build_args=base_args,
             target=target,
-            tag=tag + "-warm",
-            labels=labels,
+            tag=warm_tag,
         )
-        tags.append(tag + "-warm")
+        tags.append(warm_tag)
         before = _snapshot(copy)
         token = harmless_token()
         for p in paths:
@@ -486,10 +442,9 @@ def check_cache(
             builder=builder,
             build_args={**base_args, **arg_changes},
             target=target,
-            tag=tag + "-rebuild",
-            labels=labels,
+            tag=rebuild_tag,
         )
-        tags.append(tag + "-rebuild")
+        tags.append(rebuild_tag)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_tags(client, tags)

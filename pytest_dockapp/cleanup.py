@@ -9,6 +9,7 @@ resources. Resources of another host are removed only past a maximum age.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import uuid
@@ -27,6 +28,9 @@ PID_START = PREFIX + "pid-start"
 CREATED = PREFIX + "created"
 KIND = PREFIX + "kind"
 OWNER_VALUE = "pytest-dockapp"
+#: Repository of the temporary images of cache checks; their tags name the owning process.
+SCRATCH_REPO = "pytest-dockapp/cache-check"
+_SCRATCH_TAG = re.compile(r"^(?P<host>[A-Za-z0-9_.-]+)-(?P<pid>\d+)-(?P<start>\d+)-(?P<session>[0-9a-f]+)-\d+")
 
 #: Default age past which resources of another host (or an unknown owner) are swept.
 DEFAULT_SWEEP_AGE = 6 * 3600.0
@@ -64,6 +68,16 @@ class Session:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+
+    def scratch_tag(self, n: int) -> str:
+        """A tag for a temporary image that says who owns it.
+
+        Temporary images get no labels: on the classic builder every label is one more build
+        step, and one that misses on every build since the values are per session. So the tag
+        carries what the sweep needs: host, pid and the pid's start time.
+        """
+        host = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.host)[:40] or "host"
+        return f"{SCRATCH_REPO}:{host}-{self.pid}-{process_start(self.pid) or 0}-{self.id}-{n}"
 
     def labels(self, kind: str) -> dict[str, str]:
         """Labels for a resource of ``kind`` (container, network, volume, image)."""
@@ -137,10 +151,27 @@ def sweep(client: docker.DockerClient, session: Session, max_age: float = DEFAUL
     for v in (client.api.volumes(filters=flt) or {}).get("Volumes") or []:
         if is_orphan(v.get("Labels") or {}, session, max_age):
             attempt(report.volumes, v["Name"], client.api.remove_volume, v["Name"])
-    for img in client.api.images(filters={"label": f"{KIND}=cache-check"}):
-        if is_orphan(img.get("Labels") or {}, session, max_age):
-            attempt(report.images, img["Id"][7:19], client.api.remove_image, img["Id"], force=True)
+    for img in client.api.images(name=SCRATCH_REPO):
+        for tag in img.get("RepoTags") or []:
+            if _scratch_orphan(tag, img.get("Created", 0), session, max_age):
+                # noprune: the parent layers are the builder's cache, shared with the user's builds
+                attempt(report.images, tag, client.api.remove_image, tag, noprune=True)
     return report
+
+
+def _scratch_orphan(tag: str, created: float, session: Session, max_age: float) -> bool:
+    m = _SCRATCH_TAG.match(tag.rpartition(":")[2])
+    if not tag.startswith(SCRATCH_REPO + ":") or m is None or m.group("session") == session.id:
+        return False
+    labels = {
+        OWNER: OWNER_VALUE,
+        SESSION: m.group("session"),
+        HOST: session.host if m.group("host") == re.sub(r"[^A-Za-z0-9_.-]+", "_", session.host)[:40] else "",
+        PID: m.group("pid"),
+        PID_START: "" if m.group("start") == "0" else m.group("start"),
+        CREATED: str(created),
+    }
+    return is_orphan(labels, session, max_age)
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> float:

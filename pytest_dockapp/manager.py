@@ -146,7 +146,8 @@ class Dockapps:
             builder=self.builder,
             build_args=spec.build_args,
             target=spec.target,
-            labels={cleanup.OWNER: cleanup.OWNER_VALUE, cleanup.KIND: "image"},
+            # One label: on the classic builder each label is a build step of its own.
+            labels={cleanup.OWNER: cleanup.OWNER_VALUE},
             on_event=self.on_event,
         )
         self.builds.append(record)

@@ -693,6 +693,11 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 class DockerfileLintItem(pytest.Item):
     """One Dockerfile checked for cache-hostile layer order (``--dockapp-lint``)."""
 
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        # Some plugins read item.funcargs on every item (pytest-docker-tools does); give them one.
+        self.funcargs: dict[str, Any] = {}
+
     def runtest(self) -> None:
         from .dockerfile import Dockerfile
         from .lint import lint
