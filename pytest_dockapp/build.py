@@ -526,14 +526,14 @@ def _classic(
 ) -> None:
     import docker.errors
 
-    from .context import tarball
+    from .context import TarStream
 
-    archive, df_name = tarball(ctx, df_path)
+    archive = TarStream(ctx, df_path)
     try:
         stream: Iterable[Mapping[str, Any]] = client.api.build(
-            fileobj=archive,
+            fileobj=archive.chunks(),
             custom_context=True,
-            dockerfile=df_name,
+            dockerfile=archive.dockerfile_name,
             buildargs=args,
             target=target,
             tag=tag,
@@ -548,6 +548,8 @@ def _classic(
         parser.error = str(exc.explanation or exc)
     finally:
         archive.close()
+    if archive.error is not None:
+        parser.error = f"could not read the build context {ctx}: {archive.error}"
 
 
 def _buildkit(

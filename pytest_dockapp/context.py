@@ -1,9 +1,9 @@
 """The build context: what a build sends, honouring ``.dockerignore``, and its tarball.
 
 The docker SDK can tar a context itself, but it looks up user and group names for
-every file and spends about 2 s on 10,000 small files where the docker CLI needs a
-fraction of that. This writer sends the same files with numeric owner 0:0, as the
-CLI does, about five times faster.
+every file and builds the whole tarball before sending it: about 2 s on 10,000
+small files. This writer sends the same files with numeric owner 0:0, as the CLI
+does, about five times faster, and streams while it writes.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -56,44 +57,77 @@ def copy_context(context: Path, dest: Path, dockerfile: Path) -> None:
         shutil.copy2(dockerfile, dest / rel_df)
 
 
-def tarball(context: Path, dockerfile: Path) -> tuple[IO[bytes], str]:
-    """A tar of the context (``.dockerignore`` applied) and the Dockerfile's name inside it.
+class TarStream:
+    """The context as a tar stream, written by a thread while the engine already reads it.
 
-    Symlinks are archived as links, never followed, so nothing outside the context leaks in.
-    A Dockerfile outside the context is added under a generated name, as the CLI does.
+    Walking, reading and tarring overlap the upload, as the docker CLI does: on
+    10,000 small files that hides about 0.6 s. Symlinks are archived as links, never
+    followed, so nothing outside the context leaks in. A Dockerfile outside the
+    context is added under a generated name, as the CLI does.
     """
+
+    def __init__(self, context: Path, dockerfile: Path):
+        try:
+            self.dockerfile_name = dockerfile.relative_to(context).as_posix()
+            outside: Path | None = None
+        except ValueError:
+            self.dockerfile_name, outside = f".dockerfile.{uuid.uuid4().hex[:12]}", dockerfile
+        self.error: BaseException | None = None
+        read_fd, write_fd = os.pipe()
+        self._reader = os.fdopen(read_fd, "rb")
+        writer = os.fdopen(write_fd, "wb")
+        self._thread = threading.Thread(
+            target=self._write, args=(writer, context, outside), name="dockapp-context", daemon=True
+        )
+        self._thread.start()
+
+    def chunks(self, size: int = 1 << 16) -> Iterator[bytes]:
+        """The tarball, chunk by chunk (sent with chunked transfer encoding)."""
+        while True:
+            chunk = self._reader.read(size)
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        """Stop reading (a writer blocked on a full pipe then fails and ends) and wait for it."""
+        self._reader.close()
+        self._thread.join()
+
+    def _write(self, out: IO[bytes], context: Path, outside: Path | None) -> None:
+        try:
+            with out, tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for rel in _included(context, None if outside else self.dockerfile_name):
+                    _add(tar, context / rel, rel)
+                if outside is not None:
+                    data = outside.read_bytes()
+                    info = tarfile.TarInfo(self.dockerfile_name)
+                    info.size, info.mode = len(data), 0o644
+                    tar.addfile(info, io.BytesIO(data))
+        except BrokenPipeError:
+            pass  # the engine stopped reading: the build reports why
+        except BaseException as exc:  # reported by the build, with the build's own error
+            self.error = exc
+
+
+def _add(tar: tarfile.TarFile, full: Path, rel: str) -> None:
     try:
-        df_name = dockerfile.relative_to(context).as_posix()
-        outside = False
-    except ValueError:
-        df_name, outside = f".dockerfile.{uuid.uuid4().hex[:12]}", True
-    out = tempfile.TemporaryFile()  # noqa: SIM115  (the caller reads and closes it)
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in _included(context, None if outside else df_name):
-            full = context / rel
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue  # vanished while we walked
-            info = tarfile.TarInfo(rel)
-            info.mode, info.mtime, info.uid, info.gid = stat.S_IMODE(st.st_mode), int(st.st_mtime), 0, 0
-            if stat.S_ISDIR(st.st_mode):
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif stat.S_ISLNK(st.st_mode):
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
-                tar.addfile(info)
-            elif stat.S_ISREG(st.st_mode):
-                info.size = st.st_size
-                with open(full, "rb") as fh:
-                    tar.addfile(info, fh)
-        if outside:
-            data = dockerfile.read_bytes()
-            info = tarfile.TarInfo(df_name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    out.seek(0)
-    return out, df_name
+        st = os.lstat(full)
+    except OSError:
+        return  # vanished while we walked
+    # Owner 0:0 and no user or group names, as the docker CLI sends them (and no lookup per file).
+    info = tarfile.TarInfo(rel)
+    info.mode, info.mtime, info.uid, info.gid = stat.S_IMODE(st.st_mode), int(st.st_mtime), 0, 0
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    elif stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
+        tar.addfile(info)
+    elif stat.S_ISREG(st.st_mode):
+        info.size = st.st_size
+        with open(full, "rb") as fh:
+            tar.addfile(info, fh)
 
 
 def _included(context: Path, dockerfile: str | None) -> list[str]:

@@ -1,0 +1,56 @@
+"""Unit tests: the build context tarball (no engine needed)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+from pytest_dockapp.context import TarStream, context_files
+
+
+def read(stream: TarStream) -> tarfile.TarFile:
+    data = b"".join(stream.chunks())
+    stream.close()
+    assert stream.error is None
+    return tarfile.open(fileobj=io.BytesIO(data))
+
+
+def test_tarball_honours_dockerignore_and_keeps_links(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "app.js").write_text("x")
+    (tmp_path / "node_modules" / "a").mkdir(parents=True)
+    (tmp_path / "node_modules" / "a" / "i.js").write_text("x")
+    (tmp_path / ".dockerignore").write_text("node_modules\nDockerfile\n")
+    os.symlink("/etc/hostname", tmp_path / "link")
+    stream = TarStream(tmp_path, tmp_path / "Dockerfile")
+    tar = read(stream)
+    names = sorted(tar.getnames())
+    assert names == [".dockerignore", "Dockerfile", "app.js", "link"]  # the Dockerfile is always sent
+    link = tar.getmember("link")
+    assert link.issym() and link.linkname == "/etc/hostname"
+    assert {(m.uid, m.gid, m.uname, m.gname) for m in tar.getmembers()} == {(0, 0, "", "")}
+    assert stream.dockerfile_name == "Dockerfile"
+    assert context_files(tmp_path, tmp_path / "Dockerfile") == [".dockerignore", "Dockerfile", "app.js", "link"]
+
+
+def test_dockerfile_outside_the_context_is_added(tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("a")
+    outside = tmp_path / "build.Dockerfile"
+    outside.write_text("FROM scratch\nCOPY a.txt /\n")
+    stream = TarStream(ctx, outside)
+    tar = read(stream)
+    assert stream.dockerfile_name.startswith(".dockerfile.")
+    member = tar.extractfile(stream.dockerfile_name)
+    assert member is not None and member.read() == outside.read_bytes()
+
+
+def test_closing_early_ends_the_writer(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "big.bin").write_bytes(os.urandom(1 << 20))  # more than a pipe holds
+    stream = TarStream(tmp_path, tmp_path / "Dockerfile")
+    next(stream.chunks())
+    stream.close()  # must not hang
