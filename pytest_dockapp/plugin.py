@@ -372,6 +372,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "target=None): fail when a rebuild after `change` misses the layer cache unexpectedly",
     )
     state = config.stash[_STATE] = _State(config, _settings(config))
+    if config.getoption("dockapp_lint"):
+        config.pluginmanager.register(LintCollector(), "dockapp-lint")
     if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
         config.pluginmanager.register(XdistController(state), "dockapp-xdist-controller")
 
@@ -681,13 +683,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             items.append(DockerfileLintItem.from_parent(session, name=f"{path.name}::dockapp-lint", path=path))
 
 
-def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if not parent.config.getoption("dockapp_lint"):
+class LintCollector:
+    """Registered only under ``--dockapp-lint``: a hook per collected file costs time on big trees."""
+
+    @staticmethod
+    def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        name = file_path.name
+        if name == "Dockerfile" or name.startswith("Dockerfile.") or name.endswith(".Dockerfile"):
+            return DockerfileLintFile.from_parent(parent, path=file_path)
         return None
-    name = file_path.name
-    if name == "Dockerfile" or name.startswith("Dockerfile.") or name.endswith(".Dockerfile"):
-        return DockerfileLintFile.from_parent(parent, path=file_path)
-    return None
 
 
 class DockerfileLintItem(pytest.Item):
@@ -793,7 +797,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["dockapp_summary"] = _summary_lines(state)
-        workeroutput["dockapp_used"] = apps is not None
 
 
 def _summary_lines(state: _State) -> list[str]:
@@ -843,7 +846,6 @@ class XdistController:
         self.state = state
         self.shared_dir = tempfile.mkdtemp(prefix="dockapp-xdist-")
         self.crashed = False
-        self.used = False
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["dockapp_shared_dir"] = self.shared_dir
@@ -852,12 +854,12 @@ class XdistController:
         output = getattr(node, "workeroutput", None) or {}
         worker = node.gateway.id
         self.state.worker_lines += [f"[{worker}] {line}" for line in output.get("dockapp_summary", [])]
-        self.used = self.used or bool(output.get("dockapp_used"))
         self.crashed = self.crashed or error is not None
 
     def pytest_sessionfinish(self) -> None:
         # A crashed worker ran no teardown: its pid is gone now, so the sweep takes what it left.
-        if self.used or self.crashed:
+        # Workers that finished cleaned up after themselves: no need to make the run wait.
+        if self.crashed:
             from . import cleanup
             from .engine import connect
             from .errors import DockappError
