@@ -28,6 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 WORK = Path(os.environ.get("DOCKAPP_BENCH_DIR", "/tmp/dockapp-bench"))
 BUSYBOX = os.environ.get("DOCKAPP_BENCH_BASE", "dockapp-test/busybox:1")
+ANALYSIS_MARKER = "<!-- analysis: kept across reruns -->"
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
 
 HTTPD_CMD = '["httpd", "-f", "-p", "80", "-h", "/www"]'
@@ -492,8 +493,13 @@ def main() -> int:
             print(f"   {r.workload:28} {r.variant:34} {fmt(r.walls)}", file=sys.stderr)
             results.append(r)
     text = report(results, opts.runs, started)
-    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.out).write_text(text)
+    out = Path(opts.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The hand-written analysis below the marker survives a rerun; only the table is replaced.
+    old = out.read_text() if out.exists() else ""
+    if ANALYSIS_MARKER in old:
+        text += "\n" + old[old.index(ANALYSIS_MARKER) :]
+    out.write_text(text)
     print(text)
     return 0 if all(r.failures == 0 for r in results) else 1
 
