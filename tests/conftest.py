@@ -93,6 +93,16 @@ def buildkit_cli(pytestconfig: pytest.Config) -> str:
     return cli
 
 
+@pytest.fixture(params=["classic", "buildkit"])
+def builder_args(request: pytest.FixtureRequest) -> list[str]:
+    """Command-line options for each builder; the test runs once per builder."""
+    if request.param == "classic":
+        return ["--dockapp-builder", "classic"]
+    cli = request.getfixturevalue("buildkit_cli")
+    # "--opt=value": a bare path argument would make pytest pick its rootdir from it
+    return ["--dockapp-builder=buildkit", f"--dockapp-docker-cli={cli}"]
+
+
 def leftover_names(client: Any) -> list[str]:
     return cleanup.leftovers(client)
 

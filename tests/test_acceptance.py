@@ -284,10 +284,7 @@ def test_plugin_adds_no_header_when_unused(pytester: pytest.Pytester) -> None:
     result.stdout.no_fnmatch_line("dockapp:*")
 
 
-@pytest.mark.parametrize("builder", ["classic", "buildkit"])
-def test_dockerfile_outside_the_context(
-    app: App, pytester: pytest.Pytester, builder: str, request: pytest.FixtureRequest
-) -> None:
+def test_dockerfile_outside_the_context(app: App, pytester: pytest.Pytester, builder_args: list[str]) -> None:
     ctx = pytester.mkdir("ctx")
     (ctx / "index.html").write_text("hello\n")
     df = app.dockerfile(
@@ -301,7 +298,6 @@ def test_dockerfile_outside_the_context(
         path=pytester.mkdir("docker"),
     )
     pytester.makepyfile(HOME_TEST)
-    args = [f"--dockapp-context={ctx}", f"--dockapp-dockerfile={df}"]
-    if builder == "buildkit":
-        args += ["--dockapp-builder=buildkit", f"--dockapp-docker-cli={request.getfixturevalue('buildkit_cli')}"]
-    pytester.runpytest(*args).assert_outcomes(passed=1)
+    pytester.runpytest(f"--dockapp-context={ctx}", f"--dockapp-dockerfile={df}", *builder_args).assert_outcomes(
+        passed=1
+    )

@@ -43,15 +43,6 @@ def test_source_edit_keeps_install_cached():
 """
 
 
-@pytest.fixture(params=["classic", "buildkit"])
-def builder_args(request: pytest.FixtureRequest) -> list[str]:
-    if request.param == "classic":
-        return ["--dockapp-builder", "classic"]
-    cli = request.getfixturevalue("buildkit_cli")
-    # "--opt=value": a bare path argument would make pytest pick its rootdir from it
-    return ["--dockapp-builder=buildkit", f"--dockapp-docker-cli={cli}"]
-
-
 def project(app: App, dockerfile: str, **files: str) -> None:
     app.dockerfile(dockerfile)
     files.setdefault("package.json", '{"name": "demo"}\n')

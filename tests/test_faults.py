@@ -54,14 +54,10 @@ def test_dockerfile_unknown_instruction(app: App, pytester: pytest.Pytester) -> 
 # 4. base image not available and cannot be pulled
 
 
-@pytest.mark.parametrize("builder", ["classic", "buildkit"])
-def test_base_image_missing(app: App, pytester: pytest.Pytester, builder: str, request: pytest.FixtureRequest) -> None:
+def test_base_image_missing(app: App, pytester: pytest.Pytester, builder_args: list[str]) -> None:
     app.dockerfile("ARG BASE_IMAGE=dockapp-test/not-a-base:1\nFROM ${BASE_IMAGE}\nEXPOSE 80\n")
     pytester.makepyfile(HOME_TEST)
-    args = ["--dockapp-builder=classic"]
-    if builder == "buildkit":
-        args = ["--dockapp-builder=buildkit", f"--dockapp-docker-cli={request.getfixturevalue('buildkit_cli')}"]
-    result = pytester.runpytest(*args)
+    result = pytester.runpytest(*builder_args)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -161,13 +157,8 @@ def test_ignored_node_modules_is_not_sent(app: App, pytester: pytest.Pytester) -
 # 14. a symlink that points outside the context is not followed
 
 
-@pytest.mark.parametrize("builder", ["classic", "buildkit"])
 def test_symlink_out_of_context_is_not_followed(
-    app: App,
-    pytester: pytest.Pytester,
-    tmp_path_factory: pytest.TempPathFactory,
-    builder: str,
-    request: pytest.FixtureRequest,
+    app: App, pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, builder_args: list[str]
 ) -> None:
     outside = tmp_path_factory.mktemp("outside") / "secret.txt"
     outside.write_text("outside-secret-marker\n")
@@ -191,10 +182,7 @@ def test_symlink_out_of_context_is_not_followed(
                 assert code != 0 and "outside-secret-marker" not in out
         """
     )
-    args = ["--dockapp-builder=classic"]
-    if builder == "buildkit":
-        args = ["--dockapp-builder=buildkit", f"--dockapp-docker-cli={request.getfixturevalue('buildkit_cli')}"]
-    pytester.runpytest(*args).assert_outcomes(passed=1)
+    pytester.runpytest(*builder_args).assert_outcomes(passed=1)
 
 
 # Security defaults
