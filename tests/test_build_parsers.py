@@ -60,7 +60,7 @@ def test_classic_error_marks_failed_step() -> None:
 PLAIN = """\
 #1 [internal] load build definition from Dockerfile
 #1 DONE 0.0s
-#4 [deps 1/4] FROM docker.io/library/base
+#4 [deps 1/4] FROM dockapp-test/base
 #4 DONE 0.0s
 #5 [deps 2/4] WORKDIR /app
 #5 CACHED
