@@ -404,7 +404,11 @@ def check_cache(
             build_df: Path = copy / rel_df
         except ValueError:
             build_df = df_path
-        warm_tag, rebuild_tag = session.scratch_tag(1), session.scratch_tag(2)
+        # The warm build is the user's own layer cache: it keeps a stable tag and stays, since
+        # removing it would drop its last layer and make the next check's warm build miss there.
+        # The rebuild holds the changed, never-again-useful layers: those are removed below.
+        key = hashlib.sha1(f"{ctx}\0{df_path}\0{target}".encode()).hexdigest()[:12]
+        warm_tag, rebuild_tag = f"{cleanup.WARM_REPO}:{key}", session.scratch_tag(1)
         warm = build_image(
             client,
             copy,
@@ -414,7 +418,6 @@ def check_cache(
             target=target,
             tag=warm_tag,
         )
-        tags.append(warm_tag)
         before = _snapshot(copy)
         token = harmless_token()
         for p in paths:
@@ -453,12 +456,13 @@ def check_cache(
 
 
 def _remove_tags(client: docker.DockerClient, tags: Iterable[str]) -> None:
-    """Untag the check's images; ``noprune`` keeps the parent layers, which are the user's cache."""
+    """Remove the rebuild's image and the parents only it uses (the changed layers); parents
+    shared with the warm build have other children and stay."""
     import docker.errors
 
     for tag in tags:
         with contextlib.suppress(docker.errors.APIError):
-            client.api.remove_image(tag, noprune=True)
+            client.api.remove_image(tag)
 
 
 def assert_cache(report: CacheReport) -> None:

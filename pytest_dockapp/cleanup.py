@@ -30,6 +30,8 @@ KIND = PREFIX + "kind"
 OWNER_VALUE = "pytest-dockapp"
 #: Repository of the temporary images of cache checks; their tags name the owning process.
 SCRATCH_REPO = "pytest-dockapp/cache-check"
+#: Repository of cache checks' warm builds: kept, one tag per context, as the layer cache.
+WARM_REPO = "pytest-dockapp/cache-warm"
 _SCRATCH_TAG = re.compile(r"^(?P<host>[A-Za-z0-9_.-]+)-(?P<pid>\d+)-(?P<start>\d+)-(?P<session>[0-9a-f]+)-\d+")
 
 #: Default age past which resources of another host (or an unknown owner) are swept.
@@ -154,8 +156,8 @@ def sweep(client: docker.DockerClient, session: Session, max_age: float = DEFAUL
     for img in client.api.images(name=SCRATCH_REPO):
         for tag in img.get("RepoTags") or []:
             if _scratch_orphan(tag, img.get("Created", 0), session, max_age):
-                # noprune: the parent layers are the builder's cache, shared with the user's builds
-                attempt(report.images, tag, client.api.remove_image, tag, noprune=True)
+                # pruning stops at parents shared with other images: the user's cache stays
+                attempt(report.images, tag, client.api.remove_image, tag)
     return report
 
 
