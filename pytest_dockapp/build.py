@@ -321,17 +321,16 @@ class _VertexFolder:
             id(self.by_key[k].instruction): self.by_key[k] for k in self.order if self.by_key[k].instruction is not None
         }
         out: list[BuildStep] = []
-        for ins in self.mapper.df.instructions:
+        df = self.mapper.df
+        built_stages = df.stage_dependencies(df.target_stage(self.mapper.target))
+        for ins in df.instructions:
             if ins.keyword not in VERTEX_INSTRUCTIONS or ins.stage < 0:
                 continue
             step = seen.get(id(ins))
             if step is None:
-                stage_indexes = self.mapper.df.stage_dependencies(self.mapper.df.target_stage(self.mapper.target))
-                if ins.stage not in stage_indexes:
+                if ins.stage not in built_stages:
                     continue  # BuildKit skips stages the target does not need
-                step = BuildStep(
-                    index=0, text=ins.text, instruction=ins, stage=self.mapper.df.stages[ins.stage].label, cached=None
-                )
+                step = BuildStep(index=0, text=ins.text, instruction=ins, stage=df.stages[ins.stage].label, cached=None)
             out.append(step)
         out += [self.by_key[k] for k in self.order if self.by_key[k].instruction is None]
         for n, step in enumerate(out, 1):

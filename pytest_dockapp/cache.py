@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Union
 from . import cleanup
 from .build import BuildRecord, BuildStep, build_image, resolve_paths
 from .context import context_files, copy_context
-from .dockerfile import Dockerfile, Instruction, Stage, copy_sources, mount_specs, normalize, split_words
+from .dockerfile import Dockerfile, Instruction, copy_sources, mount_specs, normalize, split_words
 from .engine import Builder
 from .errors import CacheMarkerUsageError, CacheRegressionError
 from .lint import fix_advice
@@ -141,7 +141,7 @@ def expected_misses(df: Dockerfile, changed_files: Iterable[str], changed_args: 
         first: tuple[Instruction, str] | None = None
         base_refs = df.direct_stage_refs(stage)
         from_ins = stage.instructions[0]
-        base_stage = next((i for i in base_refs if _is_base(df, stage, i)), None)
+        base_stage = next((i for i in base_refs if df.stages[i].is_named(stage.base)), None)
         if base_stage is not None and base_stage in dirty_stages:
             first = (from_ins, f"its base stage {df.stages[base_stage].label} was rebuilt")
         elif any(re.search(rf"\$\{{?{re.escape(a)}\b", stage.base) for a in meta_changed):
@@ -158,7 +158,7 @@ def expected_misses(df: Dockerfile, changed_files: Iterable[str], changed_args: 
                 first = (ins, f"copies {_names(hit)}, which changed")
                 continue
             ref = ins.flags.get("from") or next((m.get("from", "") for m in mount_specs(ins) if "from" in m), "")
-            if ref and any(_names_stage(df, i, ref) for i in dirty_stages):
+            if ref and any(df.stages[i].is_named(ref) for i in dirty_stages):
                 first = (ins, f"copies from stage {ref}, which was rebuilt")
                 continue
             used = {a for a in declared if ins.keyword == "RUN" or re.search(rf"\$\{{?{re.escape(a)}\b", ins.value)}
@@ -178,15 +178,6 @@ def expected_misses(df: Dockerfile, changed_files: Iterable[str], changed_args: 
             if started:
                 exp.origin[ins.line] = origin
     return exp
-
-
-def _is_base(df: Dockerfile, stage: Stage, idx: int) -> bool:
-    return _names_stage(df, idx, stage.base)
-
-
-def _names_stage(df: Dockerfile, idx: int, ref: str) -> bool:
-    other = df.stages[idx]
-    return (other.name is not None and other.name.lower() == ref.lower()) or ref == str(idx)
 
 
 def _names(paths: Sequence[str]) -> str:
@@ -378,7 +369,6 @@ def check_cache(
             )
         for ins in matched:
             required[ins.line] = pattern
-    sent = set(context_files(ctx, df_path))
     for p in paths:
         full = (ctx / p).resolve()
         if not full.is_relative_to(ctx):
@@ -398,7 +388,7 @@ def check_cache(
     try:
         copy = tmp / "context"
         copy.mkdir()
-        copy_context(ctx, copy, df_path)
+        sent = set(copy_context(ctx, copy, df_path))
         try:
             rel_df: Path = df_path.relative_to(ctx)
             build_df: Path = copy / rel_df

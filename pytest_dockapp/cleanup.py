@@ -78,8 +78,7 @@ class Session:
         step, and one that misses on every build since the values are per session. So the tag
         carries what the sweep needs: host, pid and the pid's start time.
         """
-        host = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.host)[:40] or "host"
-        return f"{SCRATCH_REPO}:{host}-{self.pid}-{process_start(self.pid) or 0}-{self.id}-{n}"
+        return f"{SCRATCH_REPO}:{_tag_host(self.host)}-{self.pid}-{process_start(self.pid) or 0}-{self.id}-{n}"
 
     def labels(self, kind: str) -> dict[str, str]:
         """Labels for a resource of ``kind`` (container, network, volume, image)."""
@@ -161,6 +160,11 @@ def sweep(client: docker.DockerClient, session: Session, max_age: float = DEFAUL
     return report
 
 
+def _tag_host(host: str) -> str:
+    """``host`` as it may stand in an image tag."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", host)[:40] or "host"
+
+
 def _scratch_orphan(tag: str, created: float, session: Session, max_age: float) -> bool:
     m = _SCRATCH_TAG.match(tag.rpartition(":")[2])
     if not tag.startswith(SCRATCH_REPO + ":") or m is None or m.group("session") == session.id:
@@ -168,7 +172,7 @@ def _scratch_orphan(tag: str, created: float, session: Session, max_age: float) 
     labels = {
         OWNER: OWNER_VALUE,
         SESSION: m.group("session"),
-        HOST: session.host if m.group("host") == re.sub(r"[^A-Za-z0-9_.-]+", "_", session.host)[:40] else "",
+        HOST: session.host if m.group("host") == _tag_host(session.host) else "",
         PID: m.group("pid"),
         PID_START: "" if m.group("start") == "0" else m.group("start"),
         CREATED: str(created),

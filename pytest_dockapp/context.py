@@ -39,22 +39,24 @@ def context_files(context: Path, dockerfile: Path | None = None) -> list[str]:
     return [rel for rel in _included(context, rel_df) if (context / rel).is_symlink() or (context / rel).is_file()]
 
 
-def copy_context(context: Path, dest: Path, dockerfile: Path) -> None:
-    """Copy what a build would send; symlinks are copied as links, never followed out."""
-    for rel in context_files(context, dockerfile):
+def copy_context(context: Path, dest: Path, dockerfile: Path) -> list[str]:
+    """Copy what a build would send and return its file list; symlinks are copied as links,
+    never followed out."""
+    files = context_files(context, dockerfile)
+    for rel in files:
         src, dst = context / rel, dest / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_symlink():
             os.symlink(os.readlink(src), dst)
         else:
             shutil.copy2(src, dst)
-    for name in (".dockerignore",):
-        if (context / name).is_file() and not (dest / name).exists():
-            shutil.copy2(context / name, dest / name)
+    if (context / ".dockerignore").is_file() and not (dest / ".dockerignore").exists():
+        shutil.copy2(context / ".dockerignore", dest / ".dockerignore")
     with contextlib.suppress(ValueError):
         rel_df = dockerfile.relative_to(context)
         (dest / rel_df).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(dockerfile, dest / rel_df)
+    return files
 
 
 class TarStream:

@@ -86,6 +86,10 @@ class Stage:
         """The name BuildKit prints for this stage (``stage-N`` when unnamed)."""
         return self.name or f"stage-{self.index}"
 
+    def is_named(self, ref: str) -> bool:
+        """Whether ``ref`` (as in ``FROM ref`` or ``COPY --from=ref``) names this stage."""
+        return (self.name is not None and self.name.lower() == ref.lower()) or ref == str(self.index)
+
 
 def normalize(text: str) -> str:
     """Fold runs of whitespace so instruction texts compare reliably."""
@@ -308,9 +312,7 @@ class Dockerfile:
                     if "from" in mount:
                         candidates.append(mount["from"])
         for ref in candidates:
-            for other in self.stages[: stage.index]:
-                if (other.name and other.name.lower() == ref.lower()) or ref == str(other.index):
-                    refs.add(other.index)
+            refs.update(other.index for other in self.stages[: stage.index] if other.is_named(ref))
         return refs
 
     def base_images(self, build_args: Mapping[str, str] | None = None) -> list[tuple[Stage, str]]:

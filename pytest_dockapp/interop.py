@@ -18,29 +18,25 @@ if TYPE_CHECKING:
     import docker
 
 
-def settle_testcontainers(client: docker.DockerClient) -> list[str]:
+def settle_testcontainers(client: docker.DockerClient) -> None:
     """Disable Ryuk when its image is not on the engine, and connect to published ports through
     the Docker host (127.0.0.1 for a local socket) instead of a guessed gateway.
 
     Settings the user made (``TESTCONTAINERS_RYUK_DISABLED``, ``TESTCONTAINERS_CONNECTION_MODE``,
-    ``TESTCONTAINERS_HOST_OVERRIDE``) win. Returns what was changed, for the report.
+    ``TESTCONTAINERS_HOST_OVERRIDE``) win.
     """
     import docker.errors
     from testcontainers.core.config import ConnectionMode
     from testcontainers.core.config import testcontainers_config as config
 
-    changed = []
     if "TESTCONTAINERS_RYUK_DISABLED" not in os.environ and not config.ryuk_disabled:
         try:
             client.api.inspect_image(config.ryuk_image)
         except docker.errors.ImageNotFound:
             config.ryuk_disabled = True  # a pull would fail (or hang) here; our labels and sweep clean up
-            changed.append(f"Ryuk disabled: {config.ryuk_image} is not on the engine")
     overridden = os.environ.get("TESTCONTAINERS_CONNECTION_MODE") or config.tc_host_override
     if not overridden and config.connection_mode_override is None:
         config.connection_mode_override = ConnectionMode.docker_host
-        changed.append("connection mode: docker_host (published ports via the Docker host, not a guessed gateway)")
-    return changed
 
 
 def create_network(client: docker.DockerClient, session: cleanup.Session) -> Any:

@@ -50,7 +50,6 @@ class Image:
     id: str
     tag: str | None
     record: BuildRecord | None = None
-    built_by_other_process: bool = False
 
     @property
     def ref(self) -> str:
@@ -168,7 +167,7 @@ class Dockapps:
                 except docker.errors.ImageNotFound:
                     pass  # removed since: build again
                 else:
-                    image = Image(data["id"], data["tag"], None, built_by_other_process=True)
+                    image = Image(data["id"], data["tag"], None)
                     self.shared_images.append(image)
                     return image
             image = self._build(spec)
