@@ -222,41 +222,58 @@ def write_project(path: Path, dockerfile: str, conftest: str, tests: dict[str, s
         (path / name).write_text(body)
 
 
-def run_pytest(
-    path: Path,
-    args: list[str],
-    runs: int,
-    result: Result,
-    env: dict[str, str] | None = None,
-    prepare: Callable[[Path], None] | None = None,
-) -> None:
-    cmd = PYTEST + args
-    result.command = " ".join(["python", "-m", "pytest", *cmd[3:]])
-    for i in range(runs + 1):  # the first run warms the layer cache and is not counted
-        for extra in ("latency.jsonl", "teardown.jsonl"):
-            (path / extra).unlink(missing_ok=True)
-        if prepare is not None:
-            prepare(path)
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=path, capture_output=True, text=True, env={**os.environ, **(env or {})})
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            result.failures += 1
-            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-            print(f"  !! {result.workload}/{result.variant} run {i} failed:\n{tail}", file=sys.stderr)
-            continue
-        if i == 0:
-            continue
-        result.walls.append(wall)
-        for extra in ("latency", "teardown"):
-            f = path / f"{extra}.jsonl"
-            if f.exists():
-                result.extras.setdefault(extra, []).extend(json.loads(x) for x in f.read_text().split())
-        for m in re.finditer(r"removed in (\d+\.\d+)s", proc.stdout):
-            result.extras.setdefault("teardown", []).append(float(m.group(1)))
-        if result.variant.startswith("dockapp"):
-            builds = len(re.findall(r"\bbuilt pytest-dockapp/", proc.stdout))
-            result.extras.setdefault("builds", []).append(float(builds))
+@dataclass
+class Case:
+    """One (workload, variant): a project folder and the pytest arguments that run it."""
+
+    result: Result
+    path: Path
+    args: list[str]
+    env: dict[str, str] | None = None
+    prepare: Callable[[Path], None] | None = None
+
+
+def run_cases(cases: list[Case], runs: int) -> None:
+    """One warm-up run per case, then ``runs`` rounds that run every case once each.
+
+    Interleaving puts engine drift (this machine's medians move by 20 % over minutes) on
+    every variant alike instead of on whichever block ran during a slow spell.
+    """
+    for case in cases:
+        case.result.command = " ".join(["python", "-m", "pytest", *(PYTEST + case.args)[3:]])
+    for i in range(runs + 1):  # round 0 warms the layer cache and is not counted
+        for case in cases:
+            run_once(case, measured=i > 0, label=f"run {i}")
+
+
+def run_once(case: Case, measured: bool, label: str) -> None:
+    result, path = case.result, case.path
+    for extra in ("latency.jsonl", "teardown.jsonl"):
+        (path / extra).unlink(missing_ok=True)
+    if case.prepare is not None:
+        case.prepare(path)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        PYTEST + case.args, cwd=path, capture_output=True, text=True, env={**os.environ, **(case.env or {})}
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        result.failures += 1
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        print(f"  !! {result.workload}/{result.variant} {label} failed:\n{tail}", file=sys.stderr)
+        return
+    if not measured:
+        return
+    result.walls.append(wall)
+    for extra in ("latency", "teardown"):
+        f = path / f"{extra}.jsonl"
+        if f.exists():
+            result.extras.setdefault(extra, []).extend(json.loads(x) for x in f.read_text().split())
+    for m in re.finditer(r"removed in (\d+\.\d+)s", proc.stdout):
+        result.extras.setdefault("teardown", []).append(float(m.group(1)))
+    if result.variant.startswith("dockapp"):
+        builds = len(re.findall(r"\bbuilt pytest-dockapp/", proc.stdout))
+        result.extras.setdefault("builds", []).append(float(builds))
 
 
 def variants(scope: str = "session") -> dict[str, str]:
@@ -299,12 +316,9 @@ def bench_w0(runs: int) -> list[Result]:
     ]
     if have("pytest_docker_tools"):
         cases.append(("pytest-docker-tools (its plugin loaded)", path, ["-p", "no:dockapp"]))
-    out = []
-    for variant, where, args in cases:
-        r = Result("W0 import", variant)
-        run_pytest(where, args, runs * 4, r)  # tiny differences: more runs
-        out.append(r)
-    return out
+    todo = [Case(Result("W0 import", variant), where, args) for variant, where, args in cases]
+    run_cases(todo, runs * 4)  # tiny differences: more runs
+    return [c.result for c in todo]
 
 
 def bench_simple(
@@ -317,7 +331,7 @@ def bench_simple(
     args: list[str] | None = None,
     only: list[str] | None = None,
 ) -> list[Result]:
-    out = []
+    todo = []
     for variant, body in variants(scope).items():
         if only and variant not in only:
             continue
@@ -330,9 +344,9 @@ def bench_simple(
         }
         write_project(path, DOCKERFILES[dockerfile], conftest_for(variant, body, scope), tests)
         r = Result(workload, variant + ("" if scope == "session" else f" ({scope} scope)"))
-        run_pytest(path, list(args or []) + quiet_peers(variant), runs, r)
-        out.append(r)
-    return out
+        todo.append(Case(r, path, list(args or []) + quiet_peers(variant)))
+    run_cases(todo, runs)
+    return [c.result for c in todo]
 
 
 def docker_stop_reference() -> Result:
@@ -351,7 +365,7 @@ def docker_stop_reference() -> Result:
 
 
 def bench_w6(runs: int) -> list[Result]:
-    out = []
+    todo = []
     floor_test = """
 import shutil, subprocess, tempfile, time
 
@@ -375,10 +389,9 @@ def test_cache():
         write_project(path, DOCKERFILES["cache"], "", {"test_cache.py": test})
         (path / "package.json").write_text('{"name": "bench"}\n')
         (path / "server.js").write_text("console.log(1)\n")
-        r = Result("W6 cache-check", variant)
-        run_pytest(path, [], runs, r)
-        out.append(r)
-    return out
+        todo.append(Case(Result("W6 cache-check", variant), path, quiet_peers(variant)))
+    run_cases(todo, runs)
+    return [c.result for c in todo]
 
 
 def bench_w7(runs: int, sizes: tuple[int, ...]) -> list[Result]:
@@ -392,6 +405,7 @@ def test_build():
     ours = "def test_build(dockapp_image):\n    assert dockapp_image.id\n"
     for size in sizes:
         for ignored in (False, True):
+            todo = []
             for variant, test in (("floor", floor_test), ("dockapp", ours)):
                 path = WORK / f"w7-{size}-{ignored}-{variant}"
                 write_project(path, DOCKERFILES["context"], "", {"test_build.py": test})
@@ -402,9 +416,9 @@ def test_build():
                     d.mkdir(parents=True, exist_ok=True)
                     (d / f"f{i}.txt").write_text(f"{i}\n")
                 label = f"W7 context {size // 1000}k files" + (", ignored" if ignored else "")
-                r = Result(label, variant)
-                run_pytest(path, [], runs, r)
-                out.append(r)
+                todo.append(Case(Result(label, variant), path, quiet_peers(variant)))
+            run_cases(todo, runs)
+            out.extend(c.result for c in todo)
     return out
 
 
@@ -427,7 +441,8 @@ def report(results: list[Result], runs: int, started: float) -> str:
         "# Benchmark results",
         "",
         f"Engine {engine}, {os.cpu_count()} cores, Python {sys.version.split()[0]}; {runs} measured runs per row "
-        "after one warm-up run; median (min–max). Produced by `python bench/run.py` in "
+        "after one warm-up run, variants interleaved run by run; median (min–max); package byte-compiled "
+        "first. Produced by `python bench/run.py` in "
         f"{time.time() - started:.0f}s on {time.strftime('%Y-%m-%d')}.",
         "",
         "| workload | variant | wall | vs floor | extra | command |",
@@ -462,6 +477,10 @@ def main() -> int:
     opts = ap.parse_args()
     only = {w.strip().upper() for w in opts.only.split(",") if w.strip()}
     subprocess.run([str(HERE.parent / ".ci" / "make-bases"), "busybox"], check=True)
+    # The installed peers come byte-compiled (pip compiles wheels); an editable install only
+    # writes .pyc files on first import, and never under PYTHONDONTWRITEBYTECODE=1 (set on
+    # these machines), which would charge ~27 ms of compiling to every dockapp run.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "pytest_dockapp")], check=True)
     started = time.time()
     results: list[Result] = []
     plan: list[tuple[str, Callable[[], list[Result]]]] = [

@@ -220,24 +220,27 @@ class AppRunner:
         publish = set(exposed) | {main}
         ports: dict[str, Any] = {f"{p}/{proto}": (self.host_ip, self.host_ports.get(p)) for p, proto in sorted(publish)}
         begin = time.perf_counter()
-        create_kwargs: dict[str, Any] = dict(
-            image=self.image,
-            name=self.name,
-            detach=True,
-            ports=ports,
-            environment=self.env,
-            labels=self.session.labels("container"),
-            privileged=False,
-        )
-        if self.command is not None:
-            create_kwargs["command"] = self.command
+        api = self.client.api
+        host_config = api.create_host_config(port_bindings=ports, privileged=False)
         try:
-            container = self.client.containers.create(**create_kwargs)
-            self.container_id = container.id
+            # The low-level calls: the SDK's containers.create() and reload() each add an inspect.
+            created = api.create_container(
+                self.image,
+                command=self.command,
+                name=self.name,
+                detach=True,
+                ports=[(p, proto) for p, proto in sorted(publish)],
+                environment=self.env,
+                labels=self.session.labels("container"),
+                host_config=host_config,
+            )
+            self.container_id = created["Id"]
             if self.network is not None:
-                self.client.networks.get(_network_name(self.network)).connect(container, aliases=self.aliases or None)
+                self.client.networks.get(_network_name(self.network)).connect(
+                    self.container_id, aliases=self.aliases or None
+                )
             try:
-                container.start()
+                api.start(self.container_id)
             except docker.errors.APIError as exc:
                 text = str(exc.explanation or exc)
                 if "port is already allocated" in text or "address already in use" in text:
@@ -253,7 +256,7 @@ class AppRunner:
                     evidence_title="engine said",
                     hint="check the image's CMD/ENTRYPOINT and the command= you passed",
                 ) from None
-            container.reload()
+            container = self.client.containers.prepare_model(api.inspect_container(self.container_id))
             host_map: dict[int, int] = {}
             for key, bindings in (container.attrs["NetworkSettings"].get("Ports") or {}).items():
                 if bindings:
