@@ -62,7 +62,8 @@ def _ping(client: docker.DockerClient) -> Mapping[str, str]:
     api = client.api
     response = api._get(api.base_url + "/_ping")
     api._raise_for_status(response)
-    return response.headers
+    headers: Mapping[str, str] = response.headers
+    return headers
 
 
 @dataclass(frozen=True)
