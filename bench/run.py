@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 WORK = Path(os.environ.get("DOCKAPP_BENCH_DIR", "/tmp/dockapp-bench"))
 BUSYBOX = os.environ.get("DOCKAPP_BENCH_BASE", "dockapp-test/busybox:1")
 ANALYSIS_MARKER = "<!-- analysis: kept across reruns -->"
+EXTRAS = ("latency", "teardown", "build")  # per-run values the tests write to <name>.jsonl
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
 
 HTTPD_CMD = '["httpd", "-f", "-p", "80", "-h", "/www"]'
@@ -251,8 +252,8 @@ def run_cases(cases: list[Case], runs: int) -> None:
 
 def run_once(case: Case, measured: bool, label: str) -> None:
     result, path = case.result, case.path
-    for extra in ("latency.jsonl", "teardown.jsonl"):
-        (path / extra).unlink(missing_ok=True)
+    for extra in EXTRAS:
+        (path / f"{extra}.jsonl").unlink(missing_ok=True)
     if case.prepare is not None:
         case.prepare(path)
     start = time.perf_counter()
@@ -268,7 +269,7 @@ def run_once(case: Case, measured: bool, label: str) -> None:
     if not measured:
         return
     result.walls.append(wall)
-    for extra in ("latency", "teardown"):
+    for extra in EXTRAS:
         f = path / f"{extra}.jsonl"
         if f.exists():
             result.extras.setdefault(extra, []).extend(json.loads(x) for x in f.read_text().split())
@@ -405,13 +406,21 @@ def test_cache():
 
 def bench_w7(runs: int, sizes: tuple[int, ...]) -> list[Result]:
     out = []
+    # Each side also records its build call alone: the context cost without process start-up.
     floor_test = """
-import subprocess
+import subprocess, time
 
 def test_build():
+    start = time.perf_counter()
     subprocess.run(["docker", "build", "-q", "-t", "bench-floor-ctx", "."], check=True, capture_output=True)
+    with open("build.jsonl", "a") as fh:
+        fh.write(str(time.perf_counter() - start) + "\\n")
 """
-    ours = "def test_build(dockapp_image):\n    assert dockapp_image.id\n"
+    ours = """
+def test_build(dockapp_image):
+    with open("build.jsonl", "a") as fh:
+        fh.write(str(dockapp_image.record.seconds) + "\\n")
+"""
     for size in sizes:
         for ignored in (False, True):
             todo = []
@@ -470,6 +479,8 @@ def report(results: list[Result], runs: int, started: float) -> str:
             extras.append("detection latency " + fmt(r.extras["latency"], "ms", 1000))
         if "teardown" in r.extras:
             extras.append("teardown " + fmt(r.extras["teardown"]))
+        if "build" in r.extras:
+            extras.append("build call " + fmt(r.extras["build"]))
         if "builds" in r.extras and r.workload.startswith("W5"):
             extras.append(f"builds per run {statistics.median(r.extras['builds']):.0f}")
         if r.failures:

@@ -9,7 +9,6 @@ does, about five times faster, and streams while it writes.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import stat
@@ -20,23 +19,44 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from . import dockerignore
 
-def dockerignore_patterns(context: Path) -> list[str]:
-    """The patterns of ``context/.dockerignore`` (none when there is no such file)."""
-    path = context / ".dockerignore"
-    if not path.is_file():
-        return []
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+
+def walk(context: Path, dockerfile: str | None = "Dockerfile") -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """What a build of ``context`` sends, in the CLI's order (depth first, names sorted):
+    ``(posix relative path, entry)`` for directories, files and links; links are not followed.
+
+    ``dockerfile`` (relative to the context) is sent even when ``.dockerignore`` leaves it out.
+    """
+    rules = dockerignore.for_build(dockerignore.read_patterns(context), dockerfile)
+
+    def visit(rel_dir: str, parent: list[bool] | None) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        try:
+            with os.scandir(context / rel_dir if rel_dir else context) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return  # vanished or unreadable while we walked
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            skip, results = rules.excluded(rel, parent)
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if skip and not (is_dir and rules.may_include_under(rel)):
+                continue
+            if not skip:
+                yield rel, entry
+            if is_dir:
+                yield from visit(rel, results)
+
+    return visit("", None)
 
 
 def context_files(context: Path, dockerfile: Path | None = None) -> list[str]:
     """Files and links (posix, relative) that a build of ``context`` sends, ``.dockerignore`` applied."""
-    rel_df = None
+    rel_df = "Dockerfile"
     if dockerfile is not None:
         with contextlib.suppress(ValueError):
             rel_df = dockerfile.relative_to(context).as_posix()
-    return [rel for rel in _included(context, rel_df) if (context / rel).is_symlink() or (context / rel).is_file()]
+    return sorted(rel for rel, entry in walk(context, rel_df) if not entry.is_dir(follow_symlinks=False))
 
 
 def copy_context(context: Path, dest: Path, dockerfile: Path) -> list[str]:
@@ -77,7 +97,7 @@ class TarStream:
         self.error: BaseException | None = None
         read_fd, write_fd = os.pipe()
         self._reader = os.fdopen(read_fd, "rb")
-        writer = os.fdopen(write_fd, "wb")
+        writer = os.fdopen(write_fd, "wb", buffering=1 << 16)
         self._thread = threading.Thread(
             target=self._write, args=(writer, context, outside), name="dockapp-context", daemon=True
         )
@@ -98,41 +118,76 @@ class TarStream:
 
     def _write(self, out: IO[bytes], context: Path, outside: Path | None) -> None:
         try:
-            with out, tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for rel in _included(context, None if outside else self.dockerfile_name):
-                    _add(tar, context / rel, rel)
+            with out:
+                for rel, entry in walk(context, None if outside else self.dockerfile_name):
+                    _add(out, entry.path, rel)
                 if outside is not None:
                     data = outside.read_bytes()
-                    info = tarfile.TarInfo(self.dockerfile_name)
-                    info.size, info.mode = len(data), 0o644
-                    tar.addfile(info, io.BytesIO(data))
+                    out.write(_header(self.dockerfile_name, 0o644, len(data), int(outside.stat().st_mtime), _FILE))
+                    out.write(data + _padding(len(data)))
+                out.write(bytes(2 * _BLOCK))  # end of archive
         except BrokenPipeError:
             pass  # the engine stopped reading: the build reports why
         except BaseException as exc:  # reported by the build, with the build's own error
             self.error = exc
 
 
-def _add(tar: tarfile.TarFile, full: Path, rel: str) -> None:
+# A tar writer of our own: tarfile's general header code costs about 50 us a file, more
+# than reading the file. Entries are what the CLI sends: owner 0:0, no user or group names.
+_BLOCK = 512
+_FILE, _LINK, _DIR = b"0", b"2", b"5"
+_MAX_OCTAL = 0o77777777777  # what an 11-digit ustar number field holds
+
+
+def _padding(size: int) -> bytes:
+    return bytes(-size % _BLOCK)
+
+
+def _header(name: str, mode: int, size: int, mtime: int, kind: bytes, linkname: str = "") -> bytes:
+    """One tar header: plain ustar when the entry fits it (ASCII, short names), else PAX."""
+    raw_name = name.encode("utf-8", "surrogateescape")
+    raw_link = linkname.encode("utf-8", "surrogateescape")
+    if not (
+        len(raw_name) <= 100
+        and len(raw_link) <= 100
+        and raw_name.isascii()
+        and raw_link.isascii()
+        and 0 <= size <= _MAX_OCTAL
+        and 0 <= mtime <= _MAX_OCTAL
+    ):
+        info = tarfile.TarInfo(name)
+        info.mode, info.size, info.mtime, info.type, info.linkname = mode, size, mtime, kind, linkname
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    hdr = bytearray(_BLOCK)
+    hdr[0 : len(raw_name)] = raw_name
+    hdr[100:148] = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, 0, 0, size, mtime)
+    hdr[148:156] = b" " * 8  # the checksum is summed with its own field as spaces
+    hdr[156:157] = kind
+    hdr[157 : 157 + len(raw_link)] = raw_link
+    hdr[257:265] = b"ustar\x0000"
+    hdr[329:345] = b"%07o\0%07o\0" % (0, 0)
+    hdr[148:156] = b"%06o\0 " % sum(hdr)
+    return bytes(hdr)
+
+
+def _add(out: IO[bytes], full: str, rel: str) -> None:
     try:
         st = os.lstat(full)
     except OSError:
         return  # vanished while we walked
-    # Owner 0:0 and no user or group names, as the docker CLI sends them (and no lookup per file).
-    info = tarfile.TarInfo(rel)
-    info.mode, info.mtime, info.uid, info.gid = stat.S_IMODE(st.st_mode), int(st.st_mtime), 0, 0
+    mode, mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
     if stat.S_ISDIR(st.st_mode):
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
+        out.write(_header(rel + "/", mode, 0, mtime, _DIR))
     elif stat.S_ISLNK(st.st_mode):
-        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(full)
-        tar.addfile(info)
+        out.write(_header(rel, mode, 0, mtime, _LINK, os.readlink(full)))
     elif stat.S_ISREG(st.st_mode):
-        info.size = st.st_size
         with open(full, "rb") as fh:
-            tar.addfile(info, fh)
-
-
-def _included(context: Path, dockerfile: str | None) -> list[str]:
-    from docker.utils.build import exclude_paths
-
-    return sorted(Path(p).as_posix() for p in exclude_paths(str(context), dockerignore_patterns(context), dockerfile))
+            out.write(_header(rel, mode, st.st_size, mtime, _FILE))
+            remaining = st.st_size
+            while remaining:
+                chunk = fh.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise OSError(f"{rel} shrank while it was sent; do not change the context during a build")
+                out.write(chunk)
+                remaining -= len(chunk)
+            out.write(_padding(st.st_size))

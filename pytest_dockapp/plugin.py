@@ -651,6 +651,7 @@ def dockapp_cache_report(
         ctx = Path(str(request.node.path)).parent / ctx
     default = kw.get("context") is None
     args = {**(dockapp_build_args if default else {}), **state.settings.cli_build_args, **(kw.get("build_args") or {})}
+    apps.start_sweep()
     try:
         report = check_cache(
             apps.client,

@@ -54,3 +54,22 @@ def test_closing_early_ends_the_writer(tmp_path: Path) -> None:
     stream = TarStream(tmp_path, tmp_path / "Dockerfile")
     next(stream.chunks())
     stream.close()  # must not hang
+
+
+def test_own_tar_writer_round_trips_through_tarfile(tmp_path: Path) -> None:
+    deep = "d" * 60 + "/" + "e" * 60  # longer than ustar's 100-byte name field
+    files = {"a.txt": b"hello", "empty": b"", f"{deep}/f.bin": os.urandom(5000), "naïve.txt": b"utf-8 name"}
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "run.sh").chmod(0o755)
+    os.symlink("x" * 150, tmp_path / "long-link")
+    tar = read(TarStream(tmp_path, tmp_path / "Dockerfile"))
+    for rel, data in files.items():
+        member = tar.extractfile(rel)
+        assert member is not None and member.read() == data
+    assert tar.getmember("run.sh").mode == 0o755
+    assert tar.getmember(deep).isdir()
+    assert tar.getmember("long-link").linkname == "x" * 150
+    assert {(m.uid, m.gid, m.uname, m.gname) for m in tar.getmembers()} == {(0, 0, "", "")}
