@@ -95,11 +95,13 @@ class TarStream:
         except ValueError:
             self.dockerfile_name, outside = f".dockerfile.{uuid.uuid4().hex[:12]}", dockerfile
         self.error: BaseException | None = None
+        # Read and compile .dockerignore here, so that a bad pattern raises to the caller.
+        entries = walk(context, None if outside else self.dockerfile_name)
         read_fd, write_fd = os.pipe()
         self._reader = os.fdopen(read_fd, "rb")
         writer = os.fdopen(write_fd, "wb", buffering=1 << 16)
         self._thread = threading.Thread(
-            target=self._write, args=(writer, context, outside), name="dockapp-context", daemon=True
+            target=self._write, args=(writer, entries, outside), name="dockapp-context", daemon=True
         )
         self._thread.start()
 
@@ -116,10 +118,10 @@ class TarStream:
         self._reader.close()
         self._thread.join()
 
-    def _write(self, out: IO[bytes], context: Path, outside: Path | None) -> None:
+    def _write(self, out: IO[bytes], entries: Iterator[tuple[str, os.DirEntry[str]]], outside: Path | None) -> None:
         try:
             with out:
-                for rel, entry in walk(context, None if outside else self.dockerfile_name):
+                for rel, entry in entries:
                     _add(out, entry.path, rel)
                 if outside is not None:
                     data = outside.read_bytes()

@@ -31,7 +31,12 @@ def read_patterns(context: Path) -> list[str]:
         return []
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc}") from None
-    return parse(text.splitlines())
+    try:
+        patterns = parse(text.splitlines())
+        IgnoreRules(patterns)  # fail here, naming the file, rather than mid-walk
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: {exc.what}", hint=exc.hint) from None
+    return patterns
 
 
 def parse(lines: Iterable[str]) -> list[str]:
@@ -128,7 +133,7 @@ def _compile(text: str, exclusion: bool) -> _Rule:
             rule.regex = re.compile("".join(out) + "$")
         except re.error as exc:
             raise ConfigurationError(
-                f".dockerignore pattern {text!r} is not valid: {exc}",
+                f"pattern {text!r} is not valid: {exc}",
                 hint="see https://docs.docker.com/build/concepts/context/#dockerignore-files for the syntax",
             ) from None
     return rule
@@ -143,7 +148,7 @@ class IgnoreRules:
             exclusion = p.startswith("!")
             text = p[1:] if exclusion else p
             if not text:
-                raise ConfigurationError('.dockerignore has an illegal exclusion pattern: "!"')
+                raise ConfigurationError('illegal exclusion pattern "!" (a "!" needs a pattern after it)')
             self.rules.append(_compile(text, exclusion))
         self.exclusions = any(r.exclusion for r in self.rules)
 

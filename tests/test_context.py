@@ -7,7 +7,10 @@ import os
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from pytest_dockapp.context import TarStream, context_files
+from pytest_dockapp.errors import ConfigurationError
 
 
 def read(stream: TarStream) -> tarfile.TarFile:
@@ -73,3 +76,10 @@ def test_own_tar_writer_round_trips_through_tarfile(tmp_path: Path) -> None:
     assert tar.getmember(deep).isdir()
     assert tar.getmember("long-link").linkname == "x" * 150
     assert {(m.uid, m.gid, m.uname, m.gname) for m in tar.getmembers()} == {(0, 0, "", "")}
+
+
+def test_a_bad_dockerignore_pattern_fails_before_anything_is_sent(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / ".dockerignore").write_text("logs/[\n")
+    with pytest.raises(ConfigurationError, match=r"\.dockerignore: pattern 'logs/\[' is not valid"):
+        TarStream(tmp_path, tmp_path / "Dockerfile")
