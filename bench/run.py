@@ -278,6 +278,8 @@ def run_once(case: Case, measured: bool, label: str) -> None:
     if result.variant.startswith("dockapp"):
         builds = len(re.findall(r"\bbuilt pytest-dockapp/", proc.stdout))
         result.extras.setdefault("builds", []).append(float(builds))
+        unchanged = proc.stdout.count("nothing it is built from changed since its last build")
+        result.extras.setdefault("unchanged", []).append(float(unchanged))
 
 
 def variants(scope: str = "session", dockerfile: str = "") -> dict[str, tuple[str, dict[str, str]]]:
@@ -482,7 +484,10 @@ def report(results: list[Result], runs: int, started: float) -> str:
         if "build" in r.extras:
             extras.append("build call " + fmt(r.extras["build"]))
         if "builds" in r.extras and r.workload.startswith("W5"):
-            extras.append(f"builds per run {statistics.median(r.extras['builds']):.0f}")
+            extras.append(
+                f"builds per run {statistics.median(r.extras['builds']):.0f}, unchanged builds reused "
+                f"{statistics.median(r.extras['unchanged']):.0f}"
+            )
         if r.failures:
             extras.append(f"{r.failures} failed runs")
         lines.append(f"| {r.workload} | {r.variant} | {fmt(r.walls)} | {ratio} | {'; '.join(extras)} | `{r.command}` |")

@@ -75,6 +75,7 @@ class BuildRecord:
     build_args: dict[str, str] = field(default_factory=dict)
     target: str | None = None
     log: list[str] = field(default_factory=list)
+    reused: bool = False  # not rebuilt: nothing it is built from changed since its last build
 
     @property
     def cacheable_steps(self) -> list[BuildStep]:
@@ -94,6 +95,8 @@ class BuildRecord:
 
     def summary(self) -> str:
         """``"3.21s, 4/6 steps cached"``."""
+        if self.reused:
+            return f"{self.seconds:.2f}s, unchanged since its last build: not rebuilt"
         return f"{self.seconds:.2f}s, {len(self.hits)}/{len(self.cacheable_steps)} steps cached"
 
     def table(self, mark: Mapping[int, str] | None = None) -> str:

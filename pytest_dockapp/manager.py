@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,8 +22,12 @@ from typing import TYPE_CHECKING, Any
 from . import cleanup
 from .app import AppRunner, DockApp
 from .build import BuildRecord, ProgressCallback, build_image, resolve_paths
+from .buildcache import BuildCache, fingerprint
+from .buildcache import Entry as CacheEntry
+from .dockerfile import Dockerfile
 from .engine import Builder, connect, resolve_builder
 from .errors import ConfigurationError
+from .redact import redact
 
 if TYPE_CHECKING:
     import docker
@@ -79,12 +84,16 @@ class Dockapps:
         host_ip: str = "127.0.0.1",
         shared_dir: Path | None = None,
         on_event: ProgressCallback | None = None,
+        reuse_unchanged: bool = True,
+        build_cache: BuildCache | None = None,
     ):
         self.client = client
         self.session = session or cleanup.Session()
         self.host_ip = host_ip
         self.shared_dir = shared_dir
         self.on_event = on_event
+        self.reuse_unchanged = reuse_unchanged
+        self._build_cache = build_cache or BuildCache()
         self._builder_choice = builder
         self._docker_cli = docker_cli
         self._builder: Builder | None = None
@@ -148,6 +157,35 @@ class Dockapps:
         return image
 
     def _build(self, spec: BuildSpec) -> Image:
+        started = time.perf_counter()
+        ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
+        inputs = None
+        if self.reuse_unchanged:
+            inputs = fingerprint(
+                self.client,
+                ctx,
+                df_path,
+                Dockerfile.read(df_path),
+                build_args=spec.build_args,
+                target=spec.target,
+                builder=self.builder.name,
+            )
+            last = self._build_cache.lookup(spec.key()) if inputs else None
+            if last is not None and last.fingerprint == inputs and self._tagged(last.tag, last.image_id):
+                record = BuildRecord(
+                    image_id=last.image_id,
+                    tag=last.tag,
+                    builder=self.builder.name,
+                    steps=[],
+                    seconds=time.perf_counter() - started,
+                    context=ctx,
+                    dockerfile=df_path,
+                    build_args=redact(dict(spec.build_args)),
+                    target=spec.target,
+                    reused=True,
+                )
+                self.builds.append(record)
+                return Image(record.image_id, record.tag, record)
         record = build_image(
             self.client,
             spec.context,
@@ -160,7 +198,17 @@ class Dockapps:
             on_event=self.on_event,
         )
         self.builds.append(record)
+        if inputs and record.tag:
+            self._build_cache.store(spec.key(), CacheEntry(inputs, record.image_id, record.tag))
         return Image(record.image_id, record.tag, record)
+
+    def _tagged(self, tag: str, image_id: str) -> bool:
+        import docker.errors
+
+        try:
+            return bool(self.client.api.inspect_image(tag)["Id"] == image_id)
+        except docker.errors.ImageNotFound:
+            return False
 
     def _build_shared(self, spec: BuildSpec, key: str) -> Image:
         import docker.errors

@@ -192,6 +192,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="remove the images this session built when it ends (default: keep them, they are the layer cache)",
     )
     group.addoption(
+        "--dockapp-rebuild",
+        dest="dockapp_rebuild",
+        action="store_true",
+        default=False,
+        help="build even when nothing the build reads changed since its last build (default: reuse that "
+        "image) [ini: dockapp_rebuild]",
+    )
+    parser.addini("dockapp_rebuild", "always build, never reuse an unchanged build", type="bool", default=False)
+    group.addoption(
         "--dockapp-expect-cached",
         dest="dockapp_expect_cached",
         action="store_true",
@@ -231,6 +240,7 @@ class Settings:
     expect_cached: bool = False
     sweep_age: float | None = 6 * 3600.0
     remove_images: bool = False
+    rebuild: bool = False
 
 
 def _settings(config: pytest.Config) -> Settings:
@@ -270,6 +280,7 @@ def _settings(config: pytest.Config) -> Settings:
         keep=config.getoption("dockapp_keep"),
         sweep_age=parse_age(config.getoption("dockapp_sweep_age") or config.getini("dockapp_sweep_age") or "6h"),
         remove_images=config.getoption("dockapp_remove_images"),
+        rebuild=bool(config.getoption("dockapp_rebuild") or config.getini("dockapp_rebuild")),
         expect_cached=bool(config.getoption("dockapp_expect_cached") or config.getini("dockapp_expect_cached")),
         strict=bool(
             config.getoption("dockapp_strict")
@@ -308,6 +319,7 @@ class _State:
                     host_ip=s.host_ip,
                     on_event=self.progress,
                     shared_dir=Path(shared) if shared else None,
+                    reuse_unchanged=not s.rebuild,
                 )
             except DockappError as exc:
                 self.error = exc
@@ -806,7 +818,13 @@ def _summary_lines(state: _State) -> list[str]:
         return []
     lines = []
     for record in apps.builds:
-        lines.append(f"built {record.tag} ({record.builder}) in {record.summary()}")
+        if record.reused:
+            lines.append(
+                f"reused {record.tag}: nothing it is built from changed since its last build "
+                f"(checked in {record.seconds:.2f}s; --dockapp-rebuild builds anyway)"
+            )
+        else:
+            lines.append(f"built {record.tag} ({record.builder}) in {record.summary()}")
     for image in apps.shared_images:
         lines.append(f"reused {image.tag}: built once by another pytest-xdist worker")
     for stat in apps.apps:

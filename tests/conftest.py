@@ -145,5 +145,10 @@ class App:
 
 
 @pytest.fixture
-def app(pytester: pytest.Pytester, busybox: str, no_leaks: None) -> App:
+def app(
+    pytester: pytest.Pytester, busybox: str, no_leaks: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> App:
+    # pytester makes the project folder HOME; the plugin's cache files (~/.cache/pytest-dockapp)
+    # would then sit in the build context and change it between runs.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     return App(pytester, busybox)

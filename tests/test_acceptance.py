@@ -301,3 +301,27 @@ def test_dockerfile_outside_the_context(app: App, pytester: pytest.Pytester, bui
     pytester.runpytest(f"--dockapp-context={ctx}", f"--dockapp-dockerfile={df}", *builder_args).assert_outcomes(
         passed=1
     )
+
+
+def test_an_unchanged_build_is_reused_and_any_change_rebuilds(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(extra="COPY page.txt /www/page.txt")
+    pytester.path.joinpath("page.txt").write_text("one\n")
+    pytester.makepyfile(
+        """
+        def test_page(dockapp):
+            assert dockapp.get("/page.txt").text == open("page.txt").read()
+        """
+    )
+    built = "built pytest-dockapp/* in *s, */* steps cached"
+    reused = "reused pytest-dockapp/*: nothing it is built from changed since its last build (checked in *s; *"
+    pytester.runpytest().stdout.fnmatch_lines([built])
+    second = pytester.runpytest()
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines([reused])
+    pytester.path.joinpath("page.txt").write_text("two\n")  # a file the build sends
+    changed = pytester.runpytest()
+    changed.assert_outcomes(passed=1)
+    changed.stdout.fnmatch_lines([built])
+    pytester.runpytest("--dockapp-build-arg", "UNUSED=1").stdout.fnmatch_lines([built])  # build args count
+    pytester.runpytest("--dockapp-rebuild").stdout.fnmatch_lines([built])
+    pytester.runpytest().stdout.fnmatch_lines([reused])
