@@ -16,13 +16,12 @@ Three traps shape this module:
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -303,8 +302,7 @@ def wait_ready(
                 port_was_down = True
             # HEALTHCHECK runs wait for the port: one run before the app listens would fail, and the
             # next could only start once that one returned (measured: about 0.1 s lost per start).
-            may_exec = port_error is None
-            if may_exec and not health_ok and pool is not None:
+            if port_error is None and not health_ok and pool is not None:
                 if pending is not None and pending.done():
                     try:
                         code, output = pending.result()
@@ -337,8 +335,8 @@ def wait_ready(
                 # than polling the engine, whose calls slow the exec down (measured: inspects took
                 # 58 ms instead of 2 ms while an exec ran). The exec fails by itself if the
                 # container exits, so no exit goes unnoticed.
-                with contextlib.suppress(FutureTimeout):
-                    pending.result(timeout=max(0.0, min(1.0, deadline - time.perf_counter())))
+                # wait() returns without raising: a failed exec is read (and reported) above.
+                futures_wait([pending], timeout=max(0.0, min(1.0, deadline - time.perf_counter())))
                 continue
             # Until the namespace has any TCP socket the probe is cheap, so poll more often.
             time.sleep(interval if listen is None or listen.scanned else interval / 2.5)
