@@ -5,13 +5,12 @@ tiny context here, 8 s for 10,000 files. When nothing the build reads has change
 the last build of the same spec (the Dockerfile; every context file a COPY, ADD or bind
 mount reads, by path, mode, size, mtime and link target; the build args, target and
 builder; the image ID of every base image and ``--from`` image) and that build's image
-still carries its tag, a rebuild would produce that same image, so it is reused. Dockerfiles that read
-remote sources (``ADD <url>``, ``ADD <git repo>``) are always built.
+still carries its tag, a rebuild would produce that same image, so it is reused.
+Dockerfiles that read remote sources (``ADD <url>``, ``ADD <git repo>``) are always built.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import diskcache
+from .cache import consumed_files
 from .context import walk
 from .dockerfile import Dockerfile, copy_sources, mount_specs, split_words
 
@@ -71,8 +72,6 @@ def fingerprint(
 def _files_read(df: Dockerfile, files: list[str]) -> set[str] | None:
     """The context files some step reads (COPY/ADD sources, RUN bind mounts); None (all of
     them) when a source names a variable this cannot expand."""
-    from .cache import consumed_files
-
     read: set[str] = set()
     for ins in df.instructions:
         sources = [*copy_sources(ins), *(m.get("source") or m.get("src") or "" for m in mount_specs(ins))]
@@ -106,18 +105,10 @@ class BuildCache:
     """The last build of each spec: its inputs' fingerprint and the image it produced."""
 
     def __init__(self, path: Path | None = None):
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        self.path = path or Path(base) / "pytest-dockapp" / "builds.json"
-
-    def _load(self) -> dict[str, dict[str, str]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        self.path = path or diskcache.cache_file("builds.json")
 
     def lookup(self, key: str) -> Entry | None:
-        raw = self._load().get(key)
+        raw = diskcache.load(self.path).get(key)
         if not isinstance(raw, dict):
             return None
         try:
@@ -126,10 +117,6 @@ class BuildCache:
             return None
 
     def store(self, key: str, entry: Entry) -> None:
-        data = self._load()
+        data = diskcache.load(self.path)
         data[key] = {"fingerprint": entry.fingerprint, "image_id": entry.image_id, "tag": entry.tag}
-        with contextlib.suppress(OSError):  # a cache that cannot be written only costs a rebuild
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.path)
+        diskcache.save(self.path, data)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from . import diskcache
 from .errors import ConfigurationError, EngineUnavailableError
 
 if TYPE_CHECKING:
@@ -103,11 +101,6 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(nums)
 
 
-def _cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "pytest-dockapp" / "docker-cli.json"
-
-
 @cache
 def cli_capabilities(cli: str) -> tuple[bool, bool, bool]:
     """(buildkit possible, via buildx, buildx supports rawjson) for the CLI at ``cli``.
@@ -117,21 +110,14 @@ def cli_capabilities(cli: str) -> tuple[bool, bool, bool]:
     CLI is asked again.
     """
     key = _cli_key(cli)
-    cache_file = _cache_file()
-    try:
-        known = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        known = {}
+    path = diskcache.cache_file("docker-cli.json")
+    known = diskcache.load(path)
     entry = known.get(key)
     if isinstance(entry, list) and len(entry) == 3:
         return bool(entry[0]), bool(entry[1]), bool(entry[2])
     answer = _ask_cli(cli)
     known[key] = list(answer)
-    with contextlib.suppress(OSError):
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, cache_file)
+    diskcache.save(path, known)
     return answer
 
 
