@@ -10,9 +10,10 @@ and shell forms, leading ``--flags`` and heredocs.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -371,3 +372,66 @@ def copy_sources(ins: Instruction) -> list[str]:
     words = split_words(ins.args)
     sources = words[:-1]
     return [s for s in sources if not s.startswith("<<") and "://" not in s]
+
+
+# -- matching COPY sources ----------------------------------------------------------------------
+
+
+def _go_glob(pattern: str) -> re.Pattern[str]:
+    """Go's filepath.Match, which Docker uses for COPY sources: ``*`` stays within a segment."""
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[":
+            j = pattern.find("]", i + 1)
+            if j < 0:
+                out.append(re.escape(ch))
+            else:
+                body = pattern[i + 1 : j].replace("\\", "\\\\")
+                out.append("[" + ("^" + body[1:] if body.startswith("^") else body) + "]")
+                i = j
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def normalize_source(source: str) -> str | None:
+    """A COPY/ADD source as a clean path relative to the context (``"."`` for all of it),
+    or None when it climbs out of the context (``..`` past its root)."""
+    src = posixpath.normpath("/" + source.strip()).lstrip("/") or "."
+    # normpath keeps a leading "//" and folds "/.."; a source written as "../x" climbs out.
+    parts = [p for p in source.strip().split("/") if p not in ("", ".")]
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            return None
+    return src
+
+
+def source_covers(source: str, path: str) -> bool:
+    """Whether COPY/ADD source ``source`` sends context file ``path``; a source that climbs out
+    of the context is taken to read all of it (the builder decides what it means)."""
+    src = normalize_source(source)
+    if src is None or src == ".":
+        return True
+    if any(ch in src for ch in "*?["):
+        rx = _go_glob(src)
+        parts = path.split("/")
+        return any(rx.match("/".join(parts[:n])) for n in range(1, len(parts) + 1))
+    return path == src or path.startswith(src + "/")
+
+
+def consumed_files(ins: Instruction, changed: Iterable[str]) -> list[str]:
+    """The changed context files that ``ins`` reads (COPY/ADD sources, RUN bind mounts)."""
+    sources = list(copy_sources(ins))
+    if ins.keyword == "RUN":
+        for mount in mount_specs(ins):
+            if mount.get("type") == "bind" and "from" not in mount:
+                sources.append(mount.get("source") or mount.get("src") or ".")
+    return [p for p in changed if any(source_covers(s, p) for s in sources)]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Literal
 
-from . import diskcache
+from . import state_files
 from .errors import ConfigurationError, EngineUnavailableError
 
 if TYPE_CHECKING:
@@ -110,14 +110,14 @@ def cli_capabilities(cli: str) -> tuple[bool, bool, bool]:
     CLI is asked again.
     """
     key = _cli_key(cli)
-    path = diskcache.cache_file("docker-cli.json")
-    known = diskcache.load(path)
+    path = state_files.cache_file("docker-cli.json")
+    known = state_files.load(path)
     entry = known.get(key)
     if isinstance(entry, list) and len(entry) == 3:
         return bool(entry[0]), bool(entry[1]), bool(entry[2])
     answer = _ask_cli(cli)
     known[key] = list(answer)
-    diskcache.save(path, known)
+    state_files.save(path, known)
     return answer
 
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from . import cleanup
 from .app import AppRunner, DockApp
 from .build import BuildRecord, ProgressCallback, build_image, resolve_paths
-from .buildcache import BuildCache, fingerprint
-from .buildcache import Entry as CacheEntry
+from .build_reuse import BuildCache, fingerprint
+from .build_reuse import Entry as CacheEntry
 from .dockerfile import Dockerfile
 from .engine import Builder, connect, resolve_builder
 from .errors import ConfigurationError

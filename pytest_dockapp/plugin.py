@@ -19,7 +19,7 @@ import pytest
 if TYPE_CHECKING:
     from .app import DockApp
     from .build import BuildEvent
-    from .cache import CacheReport
+    from .cache_check import CacheReport
     from .errors import DockappError
     from .manager import Dockapps, Image
 
@@ -640,7 +640,7 @@ def dockapp_cache_report(
     dockapp_target: str | None,
 ) -> CacheReport:
     """The ``dockapp_cache`` marker's report: both builds, hits, misses, the verdict."""
-    from .cache import check_cache
+    from .cache_check import check_cache
     from .errors import DockappError
 
     marker = request.node.get_closest_marker("dockapp_cache")

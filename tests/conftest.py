@@ -1,4 +1,4 @@
-"""Shared helpers for pytest-dockapp's own tests.
+"""Fixtures for pytest-dockapp's own tests (plain helpers are in helpers.py).
 
 Integration tests use the real engine and local bases only (no registry):
 ``dockapp-test/busybox:1`` (FROM scratch + static busybox) and, for the example
@@ -7,34 +7,14 @@ app, ``dockapp-test/node:bookworm``; ``.ci/make-bases`` builds both when missing
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_dockapp import cleanup
-from pytest_dockapp.engine import cli_capabilities
-
-ROOT = Path(__file__).resolve().parent.parent
-BUSYBOX = "dockapp-test/busybox:1"
-NODE_BASE = os.environ.get("DOCKAPP_TEST_NODE_BASE", "dockapp-test/node:bookworm")
-
-#: The test file most acceptance tests run: the busybox httpd serves "hello".
-HOME_TEST = """
-def test_home(dockapp):
-    r = dockapp.get("/")
-    assert r.status_code == 200
-    assert r.text == "hello\\n"
-"""
-
-
-def strict(config: pytest.Config) -> bool:
-    return bool(config.getoption("dockapp_strict") or os.environ.get("DOCKAPP_STRICT") or os.environ.get("CI"))
+from .helpers import BUSYBOX, NODE_BASE, ROOT, App, find_buildkit_cli, leftover_names, strict
 
 
 @pytest.fixture(scope="session")
@@ -75,14 +55,6 @@ def node_base(docker_client: Any) -> str:
     return _ensure_base(docker_client, NODE_BASE, "node")
 
 
-def find_buildkit_cli() -> str | None:
-    """A docker CLI that can run BuildKit builds here, if any."""
-    for candidate in (shutil.which("docker"), "/usr/bin/docker", "/usr/local/bin/docker"):
-        if candidate and os.path.exists(candidate) and cli_capabilities(candidate)[0]:
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="session")
 def buildkit_cli(pytestconfig: pytest.Config) -> str:
     cli = find_buildkit_cli()
@@ -103,10 +75,6 @@ def builder_args(request: pytest.FixtureRequest) -> list[str]:
     return ["--dockapp-builder=buildkit", f"--dockapp-docker-cli={cli}"]
 
 
-def leftover_names(client: Any) -> list[str]:
-    return cleanup.leftovers(client)
-
-
 @pytest.fixture
 def no_leaks(docker_client: Any) -> Iterator[None]:
     """Fails the test if anything carrying the plugin's labels is left on the engine."""
@@ -114,34 +82,6 @@ def no_leaks(docker_client: Any) -> Iterator[None]:
     yield
     after = set(leftover_names(docker_client)) - before
     assert not after, f"leaked containers/networks: {sorted(after)}"
-
-
-class App:
-    """Writes a small app project (Dockerfile + files) into a pytester dir."""
-
-    def __init__(self, pytester: pytest.Pytester, busybox: str):
-        self.pytester = pytester
-        self.busybox = busybox
-
-    def dockerfile(self, body: str, name: str = "Dockerfile", path: Path | None = None) -> Path:
-        target = (path or self.pytester.path) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(textwrap.dedent(body).lstrip().replace("{BUSYBOX}", self.busybox))
-        return target
-
-    def httpd(
-        self, extra: str = "", cmd: str = '["httpd", "-f", "-p", "80", "-h", "/www"]', expose: str = "EXPOSE 80"
-    ) -> Path:
-        """A busybox httpd that serves /www/index.html ("hello")."""
-        return self.dockerfile(
-            f"""
-            FROM {{BUSYBOX}}
-            RUN mkdir -p /www && echo hello > /www/index.html
-            {extra}
-            {expose}
-            CMD {cmd}
-            """
-        )
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import HOME_TEST, App
+from .helpers import HOME_TEST, App
 
 
 def test_happy_path(app: App, pytester: pytest.Pytester) -> None:

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from .conftest import App
+from .helpers import App
 
 # A stand-in for `npm`: the install step reads only package.json, as the real one does.
 FAKE_NPM = "RUN printf '#!/bin/sh\\ncp package.json installed.json\\n' > /bin/npm && chmod +x /bin/npm"
@@ -284,7 +284,7 @@ def test_lint_flags_tutorial_order_and_agrees_with_the_marker(pytester: pytest.P
 
 
 def test_example_app_cache_check_is_in_its_tests() -> None:
-    from .conftest import ROOT
+    from .helpers import ROOT
 
     text = (ROOT / "example-app" / "tests" / "test_cache.py").read_text()
     assert 'change=["server.js"]' in text and 'cached=["RUN npm install"]' in text

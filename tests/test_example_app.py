@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ROOT, leftover_names
+from .helpers import ROOT, leftover_names
 
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist-2"])

@@ -13,12 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import HOME_TEST, App
+from .helpers import HOME_TEST, App, start_holder
 
 # 1. engine unreachable; 3. build failure; 5. ports; 6. exits at once; 7. unhealthy; 8. timeout; 9. invalid
 # options: further below, with the readiness cases.
@@ -220,47 +219,9 @@ def test_containers_are_unprivileged_and_loopback_only(app: App, pytester: pytes
 # A SIGKILLed session: no teardown runs; the next session sweeps what it left.
 
 
-def _pytest_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()[0]
-        assert time.monotonic() < deadline, "the session never became ready"
-        time.sleep(0.05)
-
-
-HOLD_TEST = """
-import os, time
-
-def test_hold(dockapp):
-    with open("ready-" + os.environ["HOLDER"], "w") as fh:
-        fh.write(str(os.getpid()))
-    while not os.path.exists("release-" + os.environ["HOLDER"]):
-        time.sleep(0.05)
-"""
-
-
-def _start_holder(pytester: pytest.Pytester, name: str) -> subprocess.Popen[str]:
-    """A pytest session in the background that holds its `dockapp` until released."""
-    pytester.makepyfile(test_hold=HOLD_TEST)
-    proc = subprocess.Popen(
-        _pytest_cmd("test_hold.py"),
-        cwd=pytester.path,
-        env={**os.environ, "HOLDER": name},
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    _wait_for(pytester.path / f"ready-{name}", proc)
-    return proc
-
-
 def test_sigkilled_session_is_swept_by_the_next(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
     app.httpd()
-    proc = _start_holder(pytester, "a")
+    proc = start_holder(pytester, "a")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     flt = {"label": f"org.pytest-dockapp.pid={proc.pid}"}
@@ -274,7 +235,7 @@ def test_sigkilled_session_is_swept_by_the_next(app: App, pytester: pytest.Pytes
 
 def test_concurrent_session_is_not_swept(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
     app.httpd()
-    proc = _start_holder(pytester, "b")
+    proc = start_holder(pytester, "b")
     try:
         pytester.makepyfile(test_home=HOME_TEST)
         other = pytester.runpytest_subprocess("test_home.py")

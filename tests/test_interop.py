@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import App
+from .helpers import App
 
 
 def test_app_and_testcontainers_container_share_a_network(app: App, pytester: pytest.Pytester) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_dockapp.buildcache import BuildCache, Entry, _files_read, _image_refs
+from pytest_dockapp.build_reuse import BuildCache, Entry, _files_read, _image_refs
 from pytest_dockapp.dockerfile import Dockerfile
 
 

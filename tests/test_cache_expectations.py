@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_dockapp.cache import (
+from pytest_dockapp.cache_check import (
     expected_misses,
     harmless_token,
     match_pattern,
     parse_change,
-    source_covers,
 )
-from pytest_dockapp.dockerfile import Dockerfile
+from pytest_dockapp.dockerfile import Dockerfile, source_covers
 from pytest_dockapp.errors import CacheMarkerUsageError
 from pytest_dockapp.lint import lint
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Union
 from . import cleanup
 from .build import BuildRecord, BuildStep, build_image, resolve_paths
 from .context import context_files, copy_context
-from .dockerfile import Dockerfile, Instruction, copy_sources, mount_specs, normalize, split_words
+from .dockerfile import Dockerfile, Instruction, consumed_files, mount_specs, normalize, split_words
 from .engine import Builder
 from .errors import CacheMarkerUsageError, CacheRegressionError
 from .lint import fix_advice
@@ -62,57 +62,6 @@ def _snapshot(root: Path) -> dict[str, str]:
             rel = full.relative_to(root).as_posix()
             out[rel] = "link:" + os.readlink(full) if full.is_symlink() else hashlib.sha1(full.read_bytes()).hexdigest()
     return out
-
-
-# -- matching COPY sources ----------------------------------------------------------------------
-
-
-def _go_glob(pattern: str) -> re.Pattern[str]:
-    """Go's filepath.Match, which Docker uses for COPY sources: ``*`` stays within a segment."""
-    out, i = [], 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "[":
-            j = pattern.find("]", i + 1)
-            if j < 0:
-                out.append(re.escape(ch))
-            else:
-                body = pattern[i + 1 : j].replace("\\", "\\\\")
-                out.append("[" + ("^" + body[1:] if body.startswith("^") else body) + "]")
-                i = j
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def source_covers(source: str, path: str) -> bool:
-    """Whether COPY/ADD source ``source`` sends context file ``path``."""
-    src = source.strip()
-    while src.startswith(("./", "/")):
-        src = src[2:] if src.startswith("./") else src[1:]
-    src = src.rstrip("/")
-    if src in ("", "."):
-        return True
-    if any(ch in src for ch in "*?["):
-        rx = _go_glob(src)
-        parts = path.split("/")
-        return any(rx.match("/".join(parts[:n])) for n in range(1, len(parts) + 1))
-    return path == src or path.startswith(src + "/")
-
-
-def consumed_files(ins: Instruction, changed: Iterable[str]) -> list[str]:
-    """The changed context files that ``ins`` reads (COPY/ADD sources, RUN bind mounts)."""
-    sources = list(copy_sources(ins))
-    if ins.keyword == "RUN":
-        for mount in mount_specs(ins):
-            if mount.get("type") == "bind" and "from" not in mount:
-                sources.append(mount.get("source") or mount.get("src") or ".")
-    return [p for p in changed if any(source_covers(s, p) for s in sources)]
 
 
 # -- expectations -------------------------------------------------------------------------------

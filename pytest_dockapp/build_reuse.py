@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import diskcache
-from .cache import consumed_files
+from . import state_files
 from .context import walk
-from .dockerfile import Dockerfile, copy_sources, mount_specs, split_words
+from .dockerfile import Dockerfile, consumed_files, copy_sources, mount_specs, split_words
 
 if TYPE_CHECKING:
     import docker
@@ -105,10 +104,10 @@ class BuildCache:
     """The last build of each spec: its inputs' fingerprint and the image it produced."""
 
     def __init__(self, path: Path | None = None):
-        self.path = path or diskcache.cache_file("builds.json")
+        self.path = path or state_files.cache_file("builds.json")
 
     def lookup(self, key: str) -> Entry | None:
-        raw = diskcache.load(self.path).get(key)
+        raw = state_files.load(self.path).get(key)
         if not isinstance(raw, dict):
             return None
         try:
@@ -117,6 +116,6 @@ class BuildCache:
             return None
 
     def store(self, key: str, entry: Entry) -> None:
-        data = diskcache.load(self.path)
+        data = state_files.load(self.path)
         data[key] = {"fingerprint": entry.fingerprint, "image_id": entry.image_id, "tag": entry.tag}
-        diskcache.save(self.path, data)
+        state_files.save(self.path, data)

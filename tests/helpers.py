@@ -1,0 +1,111 @@
+"""Helpers shared by pytest-dockapp's own tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_dockapp import cleanup
+from pytest_dockapp.engine import cli_capabilities
+
+ROOT = Path(__file__).resolve().parent.parent
+BUSYBOX = "dockapp-test/busybox:1"
+NODE_BASE = os.environ.get("DOCKAPP_TEST_NODE_BASE", "dockapp-test/node:bookworm")
+
+#: The test file most acceptance tests run: the busybox httpd serves "hello".
+HOME_TEST = """
+def test_home(dockapp):
+    r = dockapp.get("/")
+    assert r.status_code == 200
+    assert r.text == "hello\\n"
+"""
+
+
+def strict(config: pytest.Config) -> bool:
+    return bool(config.getoption("dockapp_strict") or os.environ.get("DOCKAPP_STRICT") or os.environ.get("CI"))
+
+
+def find_buildkit_cli() -> str | None:
+    """A docker CLI that can run BuildKit builds here, if any."""
+    for candidate in (shutil.which("docker"), "/usr/bin/docker", "/usr/local/bin/docker"):
+        if candidate and os.path.exists(candidate) and cli_capabilities(candidate)[0]:
+            return candidate
+    return None
+
+
+def leftover_names(client: Any) -> list[str]:
+    return cleanup.leftovers(client)
+
+
+class App:
+    """Writes a small app project (Dockerfile + files) into a pytester dir."""
+
+    def __init__(self, pytester: pytest.Pytester, busybox: str):
+        self.pytester = pytester
+        self.busybox = busybox
+
+    def dockerfile(self, body: str, name: str = "Dockerfile", path: Path | None = None) -> Path:
+        target = (path or self.pytester.path) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(textwrap.dedent(body).lstrip().replace("{BUSYBOX}", self.busybox))
+        return target
+
+    def httpd(
+        self, extra: str = "", cmd: str = '["httpd", "-f", "-p", "80", "-h", "/www"]', expose: str = "EXPOSE 80"
+    ) -> Path:
+        """A busybox httpd that serves /www/index.html ("hello")."""
+        return self.dockerfile(
+            f"""
+            FROM {{BUSYBOX}}
+            RUN mkdir -p /www && echo hello > /www/index.html
+            {extra}
+            {expose}
+            CMD {cmd}
+            """
+        )
+
+
+def pytest_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the session never became ready"
+        time.sleep(0.05)
+
+
+HOLD_TEST = """
+import os, time
+
+def test_hold(dockapp):
+    with open("ready-" + os.environ["HOLDER"], "w") as fh:
+        fh.write(str(os.getpid()))
+    while not os.path.exists("release-" + os.environ["HOLDER"]):
+        time.sleep(0.05)
+"""
+
+
+def start_holder(pytester: pytest.Pytester, name: str) -> subprocess.Popen[str]:
+    """A pytest session in the background that holds its `dockapp` until released."""
+    pytester.makepyfile(test_hold=HOLD_TEST)
+    proc = subprocess.Popen(
+        pytest_cmd("test_hold.py"),
+        cwd=pytester.path,
+        env={**os.environ, "HOLDER": name},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(pytester.path / f"ready-{name}", proc)
+    return proc
