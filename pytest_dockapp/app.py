@@ -162,9 +162,11 @@ class AppRunner:
         timeout: float = 60.0,
         name: str | None = None,
         build: BuildRecord | None = None,
+        display: str | None = None,
     ):
         self.client = client
         self.image = image
+        self.display = display or image
         self.session = session or cleanup.Session()
         self.port = port
         self.host_ports = dict(host_ports or {})
@@ -176,7 +178,8 @@ class AppRunner:
         self.health_path = health_path
         self.timeout = timeout
         self.build = build
-        slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", image.split("/")[-1].split(":")[0])[:30] or "app"
+        # Named after the tag (``display``) when the image is run by ID.
+        slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", self.display.split("/")[-1].split(":")[0])[:30] or "app"
         self.name = name or f"dockapp-{slug}-{self.session.id[:8]}-{next(_counter)}"
         self.container_id: str | None = None
         self.app: DockApp | None = None
@@ -195,7 +198,7 @@ class AppRunner:
             wanted = parse_port(self.port)
             if exposed and wanted not in exposed:
                 raise PortError(
-                    f"port {self.port} is not EXPOSEd by image {self.image}",
+                    f"port {self.port} is not EXPOSEd by image {self.display}",
                     hint="the image exposes "
                     + ", ".join(f"{p}/{proto}" for p, proto in exposed)
                     + "; set dockapp_port to one of them",
@@ -208,12 +211,19 @@ class AppRunner:
         """Create, start and wait; on any failure (Ctrl-C too) the container is removed."""
         import docker.errors
 
-        attrs = self.client.api.inspect_image(self.image)
+        try:
+            attrs = self.client.api.inspect_image(self.image)
+        except docker.errors.ImageNotFound:
+            raise ContainerError(
+                f"image {self.display} is not on the engine (any more)",
+                hint="something removed it since it was built or named (docker rmi, a prune, another "
+                "session's cleanup); rerun, or build or load it again",
+            ) from None
         exposed = [parse_port(p) for p in (attrs.get("Config") or {}).get("ExposedPorts") or {}]
         main = self._main_port(exposed)
         if main is None:
             raise PortError(
-                f"image {self.image} EXPOSEs no TCP port, so there is nothing to wait for or connect to",
+                f"image {self.display} EXPOSEs no TCP port, so there is nothing to wait for or connect to",
                 hint="add `EXPOSE <port>` to the Dockerfile, or set dockapp_port = <port> "
                 "(ini, --dockapp-port, or port= on dockapp_factory)",
             )
@@ -251,7 +261,7 @@ class AppRunner:
                         hint="free that port, or let the plugin pick a random host port (drop host_ports)",
                     ) from None
                 raise ContainerError(
-                    f"container {self.name} from {self.image} failed to start",
+                    f"container {self.name} from {self.display} failed to start",
                     evidence=text,
                     evidence_title="engine said",
                     hint="check the image's CMD/ENTRYPOINT and the command= you passed",

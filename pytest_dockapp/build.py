@@ -76,6 +76,8 @@ class BuildRecord:
     target: str | None = None
     log: list[str] = field(default_factory=list)
     reused: bool = False  # not rebuilt: nothing it is built from changed since its last build
+    built_at: float = field(default_factory=time.time)  # when the build that made the image ran
+    reuse_seconds: float | None = None  # when reused: how long the check that nothing changed took
 
     @property
     def cacheable_steps(self) -> list[BuildStep]:
@@ -94,10 +96,62 @@ class BuildRecord:
         return not self.misses
 
     def summary(self) -> str:
-        """``"3.21s, 4/6 steps cached"``."""
-        if self.reused:
-            return f"{self.seconds:.2f}s, unchanged since its last build: not rebuilt"
+        """``"3.21s, 4/6 steps cached"``: of the build that made the image."""
         return f"{self.seconds:.2f}s, {len(self.hits)}/{len(self.cacheable_steps)} steps cached"
+
+    def to_json(self) -> dict[str, Any]:
+        """What a later session needs to show this build's record when it reuses the image."""
+        return {
+            "image_id": self.image_id,
+            "tag": self.tag,
+            "builder": self.builder,
+            "seconds": self.seconds,
+            "built_at": self.built_at,
+            "target": self.target,
+            "build_args": self.build_args,  # already masked
+            "steps": [
+                {
+                    "index": s.index,
+                    "text": s.text,
+                    "line": s.line,
+                    "stage": s.stage,
+                    "cached": s.cached,
+                    "seconds": s.seconds,
+                }
+                for s in self.steps
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], context: Path, dockerfile: Dockerfile) -> BuildRecord:
+        """The record of an earlier build of ``dockerfile`` (unchanged since: its bytes are part of
+        the reuse fingerprint), marked as reused. Raises KeyError or TypeError when damaged."""
+        by_line = {ins.line: ins for ins in dockerfile.instructions}
+        steps = [
+            BuildStep(
+                index=int(s["index"]),
+                text=str(s["text"]),
+                instruction=by_line.get(s["line"]) if s["line"] is not None else None,
+                stage=s["stage"],
+                cached=s["cached"],
+                seconds=float(s["seconds"]),
+            )
+            for s in data["steps"]
+        ]
+        assert dockerfile.path is not None
+        return cls(
+            image_id=str(data["image_id"]),
+            tag=data["tag"],
+            builder=str(data["builder"]),
+            steps=steps,
+            seconds=float(data["seconds"]),
+            context=context,
+            dockerfile=dockerfile.path,
+            build_args=dict(data["build_args"]),
+            target=data["target"],
+            reused=True,
+            built_at=float(data["built_at"]),
+        )
 
     def table(self, mark: Mapping[int, str] | None = None) -> str:
         """The steps as a fixed-width table; ``mark`` adds a note per step index."""
@@ -440,11 +494,23 @@ def _rfc3339_delta(start: str, end: str) -> float:
 # -- the build ----------------------------------------------------------------------------------
 
 
-def default_tag(context: Path, dockerfile: Path, target: str | None) -> str:
-    """A stable tag per (context, Dockerfile, target): reruns reuse and replace it."""
-    digest = hashlib.sha1(f"{context}\0{dockerfile}\0{target}".encode()).hexdigest()[:12]
+def spec_digest(
+    context: Path, dockerfile: Path, target: str | None, build_args: Mapping[str, str], builder: str
+) -> str:
+    """A digest of a whole build spec. Build-arg values enter only as their own SHA-256, so a
+    secret is never written anywhere in clear, not even inside a short hash input."""
+    args = sorted((k, hashlib.sha256(v.encode()).hexdigest()) for k, v in build_args.items())
+    raw = json.dumps([str(context), str(dockerfile), target, args, builder])
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def default_tag(
+    context: Path, dockerfile: Path, target: str | None, build_args: Mapping[str, str], builder: str
+) -> str:
+    """A stable tag per build spec (context, Dockerfile, target, build args, builder): reruns of
+    the same spec replace it, and no two specs share it. Apps run by image ID all the same."""
     slug = re.sub(r"[^a-z0-9]+", "-", context.name.lower()).strip("-") or "app"
-    return f"pytest-dockapp/{slug}:{digest}"
+    return f"pytest-dockapp/{slug}:{spec_digest(context, dockerfile, target, build_args, builder)[:16]}"
 
 
 def resolve_paths(context: str | os.PathLike[str], dockerfile: str | os.PathLike[str] | None) -> tuple[Path, Path]:
@@ -482,7 +548,7 @@ def build_image(
     if target:
         df.stage(target)  # fails early, naming the stages there are
     args = dict(build_args or {})
-    tag = tag or default_tag(ctx, df_path, target)
+    tag = tag or default_tag(ctx, df_path, target, args, builder.name)
     start = time.perf_counter()
     parser: ClassicParser | PlainParser | RawJsonParser
     if builder.name == "classic":

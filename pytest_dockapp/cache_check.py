@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from . import cleanup
-from .build import BuildRecord, BuildStep, build_image, resolve_paths
+from .build import BuildRecord, BuildStep, build_image, resolve_paths, spec_digest
 from .context import context_files, copy_context
 from .dockerfile import Dockerfile, Instruction, consumed_files, mount_specs, normalize, split_words
 from .engine import Builder
@@ -284,6 +284,11 @@ def parse_change(change: ChangeSpec) -> tuple[list[str], dict[str, str], Callabl
     return paths, args, None
 
 
+def warm_tag(context: Path, dockerfile: Path, target: str | None, build_args: Mapping[str, str], builder: str) -> str:
+    """The stable tag of a cache check's warm build: one per whole build spec, as for apps."""
+    return f"{cleanup.WARM_REPO}:{spec_digest(context, dockerfile, target, build_args, builder)[:16]}"
+
+
 def check_cache(
     client: docker.DockerClient,
     context: str | os.PathLike[str],
@@ -337,7 +342,7 @@ def check_cache(
     try:
         copy = tmp / "context"
         copy.mkdir()
-        sent = set(copy_context(ctx, copy, df_path))
+        sent = set(copy_context(ctx, copy, df_path, builder.name))
         try:
             rel_df: Path = df_path.relative_to(ctx)
             build_df: Path = copy / rel_df
@@ -346,8 +351,7 @@ def check_cache(
         # The warm build is the user's own layer cache: it keeps a stable tag and stays, since
         # removing it would drop its last layer and make the next check's warm build miss there.
         # The rebuild holds the changed, never-again-useful layers: those are removed below.
-        key = hashlib.sha1(f"{ctx}\0{df_path}\0{target}".encode()).hexdigest()[:12]
-        warm_tag, rebuild_tag = f"{cleanup.WARM_REPO}:{key}", session.scratch_tag(1)
+        rebuild_tag = session.scratch_tag(1)
         warm = build_image(
             client,
             copy,
@@ -355,7 +359,7 @@ def check_cache(
             builder=builder,
             build_args=base_args,
             target=target,
-            tag=warm_tag,
+            tag=warm_tag(ctx, df_path, target, base_args, builder.name),
         )
         before = _snapshot(copy)
         token = harmless_token()
@@ -373,7 +377,7 @@ def check_cache(
             edit(copy)
         after = _snapshot(copy)
         # Only files the build sends can reach it: .dockerignored changes must not miss anything.
-        sent_after = set(context_files(copy, build_df))
+        sent_after = set(context_files(copy, build_df, builder.name))
         changed_sent = sorted(
             k for k in set(before) | set(after) if before.get(k) != after.get(k) and (k in sent or k in sent_after)
         )

@@ -98,6 +98,7 @@ class SweepReport:
     """What a sweep removed, by kind."""
 
     containers: list[str] = field(default_factory=list)
+    leases: list[str] = field(default_factory=list)  # created-only containers that pinned an image
     networks: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
@@ -105,7 +106,7 @@ class SweepReport:
 
     @property
     def total(self) -> int:
-        return len(self.containers) + len(self.networks) + len(self.volumes) + len(self.images)
+        return len(self.containers) + len(self.leases) + len(self.networks) + len(self.volumes) + len(self.images)
 
 
 def is_orphan(labels: dict[str, str], session: Session, max_age: float) -> bool:
@@ -142,10 +143,10 @@ def sweep(client: docker.DockerClient, session: Session, max_age: float = DEFAUL
             report.errors.append(f"{name}: {exc}")
 
     for c in client.api.containers(all=True, filters=flt):
-        if is_orphan(c.get("Labels") or {}, session, max_age):
-            attempt(
-                report.containers, c["Names"][0].lstrip("/"), client.api.remove_container, c["Id"], force=True, v=True
-            )
+        labels = c.get("Labels") or {}
+        if is_orphan(labels, session, max_age):
+            bucket = report.leases if labels.get(KIND) == "lease" else report.containers
+            attempt(bucket, c["Names"][0].lstrip("/"), client.api.remove_container, c["Id"], force=True, v=True)
     for n in client.api.networks(filters=flt):
         if is_orphan(n.get("Labels") or {}, session, max_age):
             attempt(report.networks, n["Name"], client.api.remove_network, n["Id"])

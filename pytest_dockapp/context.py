@@ -22,13 +22,16 @@ from typing import IO
 from . import dockerignore
 
 
-def walk(context: Path, dockerfile: str | None = "Dockerfile") -> Iterator[tuple[str, os.DirEntry[str]]]:
+def walk(
+    context: Path, dockerfile: str | None = "Dockerfile", ignore: Path | None = None
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """What a build of ``context`` sends, in the CLI's order (depth first, names sorted):
     ``(posix relative path, entry)`` for directories, files and links; links are not followed.
 
-    ``dockerfile`` (relative to the context) is sent even when ``.dockerignore`` leaves it out.
+    ``dockerfile`` (relative to the context) is sent even when ``.dockerignore`` leaves it out;
+    ``ignore`` is the ignore file the builder reads (default: the context's ``.dockerignore``).
     """
-    rules = dockerignore.for_build(dockerignore.read_patterns(context), dockerfile)
+    rules = dockerignore.for_build(dockerignore.read_patterns(context, ignore), dockerfile)
 
     def visit(rel_dir: str, parent: list[bool] | None) -> Iterator[tuple[str, os.DirEntry[str]]]:
         try:
@@ -50,19 +53,20 @@ def walk(context: Path, dockerfile: str | None = "Dockerfile") -> Iterator[tuple
     return visit("", None)
 
 
-def context_files(context: Path, dockerfile: Path | None = None) -> list[str]:
+def context_files(context: Path, dockerfile: Path | None = None, builder: str = "classic") -> list[str]:
     """Files and links (posix, relative) that a build of ``context`` sends, ``.dockerignore`` applied."""
     rel_df = "Dockerfile"
     if dockerfile is not None:
         with contextlib.suppress(ValueError):
             rel_df = dockerfile.relative_to(context).as_posix()
-    return sorted(rel for rel, entry in walk(context, rel_df) if not entry.is_dir(follow_symlinks=False))
+    ignore = dockerignore.ignore_file(context, dockerfile, builder)
+    return sorted(rel for rel, entry in walk(context, rel_df, ignore) if not entry.is_dir(follow_symlinks=False))
 
 
-def copy_context(context: Path, dest: Path, dockerfile: Path) -> list[str]:
+def copy_context(context: Path, dest: Path, dockerfile: Path, builder: str = "classic") -> list[str]:
     """Copy what a build would send and return its file list; symlinks are copied as links,
     never followed out."""
-    files = context_files(context, dockerfile)
+    files = context_files(context, dockerfile, builder)
     for rel in files:
         src, dst = context / rel, dest / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -70,8 +74,12 @@ def copy_context(context: Path, dest: Path, dockerfile: Path) -> list[str]:
             os.symlink(os.readlink(src), dst)
         else:
             shutil.copy2(src, dst)
-    if (context / ".dockerignore").is_file() and not (dest / ".dockerignore").exists():
-        shutil.copy2(context / ".dockerignore", dest / ".dockerignore")
+    for ignore in (context / ".dockerignore", dockerfile.with_name(dockerfile.name + ".dockerignore")):
+        with contextlib.suppress(ValueError):
+            copied = dest / ignore.relative_to(context)
+            if ignore.is_file() and not copied.exists():
+                copied.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ignore, copied)
     with contextlib.suppress(ValueError):
         rel_df = dockerfile.relative_to(context)
         (dest / rel_df).parent.mkdir(parents=True, exist_ok=True)

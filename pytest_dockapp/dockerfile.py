@@ -147,9 +147,12 @@ def split_words(args: str) -> list[str]:
 class Dockerfile:
     """A parsed Dockerfile."""
 
-    def __init__(self, instructions: list[Instruction], path: Path | None = None, escape: str = "\\"):
+    def __init__(
+        self, instructions: list[Instruction], path: Path | None = None, escape: str = "\\", syntax: str | None = None
+    ):
         self.path = path
         self.escape = escape
+        self.syntax = syntax  # the ``# syntax=`` frontend image, if any
         self.instructions = instructions
         self.stages: list[Stage] = []
         self.meta_args: dict[str, str | None] = {}
@@ -187,6 +190,7 @@ class Dockerfile:
         """Parse Dockerfile source ``text``."""
         lines = text.splitlines()
         escape = "\\"
+        syntax = None
         i = 0
         # Parser directives are only honoured before the first comment, blank line or instruction.
         while i < len(lines):
@@ -195,6 +199,8 @@ class Dockerfile:
                 break
             if m.group(1).lower() == "escape":
                 escape = m.group(2)
+            elif m.group(1).lower() == "syntax":
+                syntax = m.group(2)
             i += 1
         where = str(path) if path else "Dockerfile"
         instructions: list[Instruction] = []
@@ -265,7 +271,7 @@ class Dockerfile:
                 f"{where}:{first.line}: {first.keyword} comes before the first FROM",
                 hint="only ARG may come before FROM",
             )
-        return cls(instructions, path, escape)
+        return cls(instructions, path, escape, syntax)
 
     # -- queries ----------------------------------------------------------------------------
 

@@ -22,9 +22,20 @@ from .errors import ConfigurationError
 _ESCAPE = set(".+()|{}$")
 
 
-def read_patterns(context: Path) -> list[str]:
-    """The cleaned patterns of ``context/.dockerignore``; none when there is no such file."""
-    path = context / ".dockerignore"
+def ignore_file(context: Path, dockerfile: Path | None = None, builder: str = "classic") -> Path:
+    """The ignore file a build reads. BuildKit prefers ``<Dockerfile>.dockerignore`` next to the
+    Dockerfile when it exists (checked with the 20.10 CLI: ``.dockerignore`` is then not read);
+    the classic builder reads only the context's ``.dockerignore``."""
+    if builder == "buildkit" and dockerfile is not None:
+        specific = dockerfile.with_name(dockerfile.name + ".dockerignore")
+        if specific.is_file():
+            return specific
+    return context / ".dockerignore"
+
+
+def read_patterns(context: Path, path: Path | None = None) -> list[str]:
+    """The cleaned patterns of ``path`` (default ``context/.dockerignore``); none when it is missing."""
+    path = path or context / ".dockerignore"
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:

@@ -111,13 +111,11 @@ def cli_capabilities(cli: str) -> tuple[bool, bool, bool]:
     """
     key = _cli_key(cli)
     path = state_files.cache_file("docker-cli.json")
-    known = state_files.load(path)
-    entry = known.get(key)
+    entry = state_files.load(path).get(key)
     if isinstance(entry, list) and len(entry) == 3:
         return bool(entry[0]), bool(entry[1]), bool(entry[2])
     answer = _ask_cli(cli)
-    known[key] = list(answer)
-    state_files.save(path, known)
+    state_files.update(path, lambda known: known.__setitem__(key, list(answer)))
     return answer
 
 

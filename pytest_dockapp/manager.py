@@ -27,7 +27,6 @@ from .build_reuse import Entry as CacheEntry
 from .dockerfile import Dockerfile
 from .engine import Builder, connect, resolve_builder
 from .errors import ConfigurationError
-from .redact import redact
 
 if TYPE_CHECKING:
     import docker
@@ -50,16 +49,22 @@ class BuildSpec:
 
 @dataclass
 class Image:
-    """A built or prebuilt image, with its build record when this session built it."""
+    """A built or prebuilt image, with the record of the build that made it when known."""
 
     id: str
     tag: str | None
     record: BuildRecord | None = None
+    prebuilt: bool = False  # given by the user (--dockapp-image), not built from a spec
 
     @property
     def ref(self) -> str:
-        """What to run: the tag when there is one (readable in ``docker ps``), else the id."""
-        return self.tag or self.id
+        """What apps run: the image ID, so that a tag moved by another build cannot swap it."""
+        return self.id
+
+    @property
+    def name(self) -> str:
+        """The tag when there is one (readable in ``docker ps`` and reports), else the short ID."""
+        return self.tag or self.id.split(":")[-1][:12]
 
 
 @dataclass
@@ -104,8 +109,10 @@ class Dockapps:
         self.apps: list[AppStat] = []
         self.builds: list[BuildRecord] = []
         self.shared_images: list[Image] = []
+        self.prebuilt_images: list[Image] = []
         self._sweep: Future[cleanup.SweepReport] | None = None
         self._sweep_age: float | None = None
+        self._leases: dict[str, str] = {}  # image ID -> the lease container that pins it
 
     @classmethod
     def connect(cls, *, sweep_age: float | None = cleanup.DEFAULT_SWEEP_AGE, **kwargs: Any) -> Dockapps:
@@ -147,45 +154,65 @@ class Dockapps:
         return self._builder
 
     def image(self, spec: BuildSpec) -> Image:
-        """Build ``spec`` (once per session, and once across pytest-xdist workers)."""
+        """Build ``spec`` (once per session, and once across pytest-xdist workers), or reuse its
+        last build when nothing it reads changed. The image is leased until :meth:`close`."""
         key = spec.key()
         if key in self._images:
             return self._images[key]
         self.start_sweep()
         image = self._build(spec) if self.shared_dir is None else self._build_shared(spec, key)
+        if not self._lease(image):
+            image = self._build(spec, reuse=False)  # removed since it was built: build it again
+            self._lease(image)
         self._images[key] = image
         return image
 
-    def _build(self, spec: BuildSpec) -> Image:
+    def _lease(self, image: Image) -> bool:
+        """Pin ``image`` with a created, never started, labelled container until :meth:`close`, so
+        that no other session's ``--dockapp-remove-images`` can delete it while this session may
+        still start it (the engine refuses to remove an image a container uses). False when the
+        image is already gone."""
+        import docker.errors
+
+        if image.id in self._leases:
+            return True
+        try:
+            created = self.client.api.create_container(
+                image.id,
+                command=["pytest-dockapp-lease"],
+                name=f"dockapp-lease-{self.session.id[:8]}-{len(self._leases) + 1}",
+                labels=self.session.labels("lease"),
+            )
+        except docker.errors.ImageNotFound:
+            return False
+        self._leases[image.id] = created["Id"]
+        return True
+
+    def _build(self, spec: BuildSpec, reuse: bool = True) -> Image:
         started = time.perf_counter()
         ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
         inputs = None
-        if self.reuse_unchanged:
+        if self.reuse_unchanged and reuse:
+            df = Dockerfile.read(df_path)
             inputs = fingerprint(
                 self.client,
                 ctx,
                 df_path,
-                Dockerfile.read(df_path),
+                df,
                 build_args=spec.build_args,
                 target=spec.target,
                 builder=self.builder.name,
             )
             last = self._build_cache.lookup(spec.key()) if inputs else None
             if last is not None and last.fingerprint == inputs and self._tagged(last.tag, last.image_id):
-                record = BuildRecord(
-                    image_id=last.image_id,
-                    tag=last.tag,
-                    builder=self.builder.name,
-                    steps=[],
-                    seconds=time.perf_counter() - started,
-                    context=ctx,
-                    dockerfile=df_path,
-                    build_args=redact(dict(spec.build_args)),
-                    target=spec.target,
-                    reused=True,
-                )
-                self.builds.append(record)
-                return Image(record.image_id, record.tag, record)
+                try:
+                    record = BuildRecord.from_json(last.record, ctx, df)
+                except (KeyError, TypeError, ValueError):
+                    pass  # an entry of an older version, or damaged: build
+                else:
+                    record.reuse_seconds = time.perf_counter() - started
+                    self.builds.append(record)
+                    return Image(record.image_id, record.tag, record)
         record = build_image(
             self.client,
             spec.context,
@@ -199,7 +226,7 @@ class Dockapps:
         )
         self.builds.append(record)
         if inputs and record.tag:
-            self._build_cache.store(spec.key(), CacheEntry(inputs, record.image_id, record.tag))
+            self._build_cache.store(spec.key(), CacheEntry(inputs, record.image_id, record.tag, record.to_json()))
         return Image(record.image_id, record.tag, record)
 
     def _tagged(self, tag: str, image_id: str) -> bool:
@@ -225,11 +252,14 @@ class Dockapps:
                 except docker.errors.ImageNotFound:
                     pass  # removed since: build again
                 else:
-                    image = Image(data["id"], data["tag"], None)
+                    ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
+                    record = BuildRecord.from_json(data["record"], ctx, Dockerfile.read(df_path))
+                    image = Image(data["id"], data["tag"], record)
                     self.shared_images.append(image)
                     return image
             image = self._build(spec)
-            result.write_text(json.dumps({"id": image.id, "tag": image.tag}))
+            assert image.record is not None
+            result.write_text(json.dumps({"id": image.id, "tag": image.tag, "record": image.record.to_json()}))
             return image
 
     def prebuilt(self, ref: str) -> Image:
@@ -244,13 +274,18 @@ class Dockapps:
                 hint="build or load it first (docker build -t / docker load), or drop --dockapp-image "
                 "to let the plugin build the Dockerfile",
             ) from None
-        return Image(attrs["Id"], ref)
+        image = Image(attrs["Id"], ref, prebuilt=True)
+        self._lease(image)
+        self.prebuilt_images.append(image)
+        return image
 
     def run(self, image: Image | str, **kwargs: Any) -> AppRunner:
         """An :class:`AppRunner` for ``image`` that this manager will also close."""
         ref = image.ref if isinstance(image, Image) else image
         record = image.record if isinstance(image, Image) else None
         kwargs.setdefault("host_ip", self.host_ip)
+        if isinstance(image, Image):
+            kwargs.setdefault("display", image.name)
         runner = AppRunner(self.client, ref, session=self.session, build=record, **kwargs)
         self._runners.append(runner)
         return runner
@@ -286,10 +321,9 @@ class Dockapps:
         """Remove every container still running; with ``keep`` leave them up and return them."""
         self.start_sweep()  # a session that started no app still sweeps
         _ = self.sweep_report  # never leave the sweep running past the session
+        kept = [r.app for r in self._runners if r.app is not None] if keep else []
         if keep:
-            kept = [r.app for r in self._runners if r.app is not None]
             self._runners.clear()
-            return kept
         errors = []
         for runner in list(self._runners):
             self._runners.remove(runner)
@@ -303,21 +337,42 @@ class Dockapps:
             except Exception as exc:
                 errors.append(exc)
         self._removals.clear()
+        for lease in self._leases.values():
+            try:
+                cleanup.remove_container(self.client, lease)
+            except Exception as exc:
+                errors.append(exc)
+        self._leases.clear()
         if errors:
             raise errors[0]
-        return []
+        return kept
 
-    def remove_built_images(self) -> None:
-        """Remove the images this manager built (they are also the classic builder's cache)."""
+    def remove_built_images(self) -> list[str]:
+        """Remove the images this manager built or reused (they are also the layer cache), after
+        :meth:`close`; one line per image says what happened. Never forced: an image that a
+        container of another live session uses (its app, or its lease) is kept."""
         import docker.errors
 
-        for record in self.builds:
-            for ref in (record.tag, record.image_id):
-                try:
-                    self.client.api.remove_image(ref, force=True)
-                except docker.errors.APIError:
-                    continue  # already gone, or still used by a kept container
-                break
+        lines = []
+        done: set[str] = set()
+        for image in self._images.values():
+            if image.id in done or image.prebuilt:
+                continue
+            done.add(image.id)
+            ref = image.tag or image.id
+            try:
+                answer = self.client.api.remove_image(ref)
+            except docker.errors.ImageNotFound:
+                continue
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    lines.append(f"kept image {image.name}: another live session uses it ({exc.explanation})")
+                else:
+                    lines.append(f"could not remove image {image.name}: {exc.explanation or exc}")
+                continue
+            deleted = any("Deleted" in item for item in answer or [])
+            lines.append(f"removed image {image.name}" if deleted else f"untagged {ref}: the image has other tags")
+        return lines
 
     def __enter__(self) -> Dockapps:
         return self

@@ -301,6 +301,7 @@ class _State:
         self.kept: list[DockApp] = []
         self.cache_reports: list[tuple[str, CacheReport]] = []
         self.worker_lines: list[str] = []
+        self.removed_images: list[str] = []
         self.progress = _Progress(config)
 
     def apps(self) -> Dockapps:
@@ -386,8 +387,14 @@ def pytest_configure(config: pytest.Config) -> None:
     state = config.stash[_STATE] = _State(config, _settings(config))
     if config.getoption("dockapp_lint"):
         config.pluginmanager.register(LintCollector(), "dockapp-lint")
-    if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput"):
+    if _xdist_loaded(config) and not hasattr(config, "workerinput"):
         config.pluginmanager.register(XdistController(state), "dockapp-xdist-controller")
+
+
+def _xdist_loaded(config: pytest.Config) -> bool:
+    """Whether pytest-xdist is active, however it was loaded (entry point, ``-p xdist.plugin``):
+    by the hook it registers rather than by a plugin name."""
+    return hasattr(config.hook, "pytest_configure_node")
 
 
 def _state(config: pytest.Config) -> _State:
@@ -460,7 +467,7 @@ def _build(
     except DockappError as exc:
         state.progress.done("dockapp: build failed")
         _fail_on(exc)
-    if image.record is not None:
+    if image.record is not None and not image.record.reused:
         state.progress.done(f"dockapp: built {image.tag} in {image.record.summary()}")
     return image
 
@@ -484,7 +491,7 @@ def dockapp_image(
             _fail_on(exc)
     image = _build(state, dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target)
     record = image.record
-    if state.settings.expect_cached and record is not None and record.misses:
+    if state.settings.expect_cached and record is not None and not record.reused and record.misses:
         marks = {s.index: "<-- MISS" for s in record.misses}
         pytest.fail(
             f"--dockapp-expect-cached: the session build of {record.dockerfile} missed the layer cache at "
@@ -569,6 +576,9 @@ def dockapp_factory(
         ref: Image | str
         if image is not None:
             ref = image
+        elif default and dockerfile is None and build_args is None and target is None:
+            # The session's image: built from the settings, or the one --dockapp-image names.
+            ref = request.getfixturevalue("dockapp_image")
         elif default:
             ref = _build(
                 state,
@@ -806,7 +816,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if apps is not None:
         state.kept = apps.close(keep=state.settings.keep and bool(session.testsfailed))
         if state.settings.remove_images:
-            apps.remove_built_images()
+            state.removed_images = apps.remove_built_images()
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["dockapp_summary"] = _summary_lines(state)
@@ -817,11 +827,15 @@ def _summary_lines(state: _State) -> list[str]:
     if apps is None:
         return []
     lines = []
+    for image in apps.prebuilt_images:
+        lines.append(f"testing prebuilt image {image.tag} ({image.id.split(':')[-1][:12]}): not built")
     for record in apps.builds:
         if record.reused:
+            built_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.built_at))
             lines.append(
                 f"reused {record.tag}: nothing it is built from changed since its last build "
-                f"(checked in {record.seconds:.2f}s; --dockapp-rebuild builds anyway)"
+                f"(checked in {record.reuse_seconds or 0:.2f}s; --dockapp-rebuild builds anyway); "
+                f"step record from that build at {built_at}: {record.summary()}"
             )
         else:
             lines.append(f"built {record.tag} ({record.builder}) in {record.summary()}")
@@ -836,6 +850,7 @@ def _summary_lines(state: _State) -> list[str]:
             f"cache check {nodeid}: warm build {report.warm.seconds:.2f}s, "
             f"rebuild {report.rebuild.summary()}: {verdict}"
         )
+    lines += state.removed_images
     for app in state.kept:
         lines.append(f"kept {app.name} at {app.url if app.port else '(no port)'}; remove: docker rm -f {app.name}")
     swept = apps.sweep_report
@@ -843,6 +858,7 @@ def _summary_lines(state: _State) -> list[str]:
         lines.append(
             f"swept leftovers of killed sessions: {len(swept.containers)} containers, {len(swept.networks)} "
             f"networks, {len(swept.volumes)} volumes, {len(swept.images)} images"
+            + (f", {len(swept.leases)} image leases" if swept.leases else "")
         )
     return lines
 

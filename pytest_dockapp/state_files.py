@@ -1,6 +1,8 @@
 """The plugin's small JSON files under ``$XDG_CACHE_HOME`` (or ``~/.cache``)/pytest-dockapp.
 
 They only save time: a missing, damaged or unwritable file means asking or building again.
+Several sessions (and pytest-xdist workers) share them, so every change is a read-modify-write
+under a file lock, and every write replaces the whole file atomically.
 """
 
 from __future__ import annotations
@@ -8,8 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+#: How long a writer waits for another session's write (each takes about a millisecond).
+LOCK_TIMEOUT = 10.0
 
 
 def cache_file(name: str) -> Path:
@@ -26,10 +32,32 @@ def load(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def update(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Apply ``change`` to the file's object under a lock, so that concurrent sessions lose
+    none of each other's entries. Errors (no lock in time, unwritable folder) are ignored."""
+    from filelock import FileLock, Timeout
+
+    with contextlib.suppress(OSError, Timeout):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT):
+            data = load(path)
+            change(data)
+            _replace(path, data)
+
+
 def save(path: Path, data: dict[str, Any]) -> None:
-    """Replace the file atomically (concurrent sessions read whole files); errors are ignored."""
+    """Replace the file atomically with ``data``; errors are ignored."""
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        _replace(path, data)
+
+
+def _replace(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -224,13 +224,15 @@ def test_sigkilled_session_is_swept_by_the_next(app: App, pytester: pytest.Pytes
     proc = start_holder(pytester, "a")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    flt = {"label": f"org.pytest-dockapp.pid={proc.pid}"}
+    flt = {"label": [f"org.pytest-dockapp.pid={proc.pid}", "org.pytest-dockapp.kind=container"]}
     assert len(docker_client.containers.list(all=True, filters=flt)) == 1  # left behind: no teardown ran
     pytester.makepyfile(test_home=HOME_TEST)
     result = pytester.runpytest_subprocess("test_home.py")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["swept leftovers of killed sessions: 1 containers, 0 networks, 0 volumes, 0 images"])
-    assert docker_client.containers.list(all=True, filters=flt) == []
+    result.stdout.fnmatch_lines(
+        ["swept leftovers of killed sessions: 1 containers, 0 networks, 0 volumes, 0 images, 1 image leases"]
+    )
+    assert docker_client.containers.list(all=True, filters={"label": f"org.pytest-dockapp.pid={proc.pid}"}) == []
 
 
 def test_concurrent_session_is_not_swept(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
