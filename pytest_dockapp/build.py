@@ -114,6 +114,7 @@ class BuildRecord:
                     "index": s.index,
                     "text": s.text,
                     "line": s.line,
+                    "trigger": s.instruction.trigger if s.instruction else 0,
                     "stage": s.stage,
                     "cached": s.cached,
                     "seconds": s.seconds,
@@ -126,12 +127,12 @@ class BuildRecord:
     def from_json(cls, data: Mapping[str, Any], context: Path, dockerfile: Dockerfile) -> BuildRecord:
         """The record of an earlier build of ``dockerfile`` (unchanged since: its bytes are part of
         the reuse fingerprint), marked as reused. Raises KeyError or TypeError when damaged."""
-        by_line = {ins.line: ins for ins in dockerfile.instructions}
+        by_key = {ins.key: ins for ins in dockerfile.steps()}
         steps = [
             BuildStep(
                 index=int(s["index"]),
                 text=str(s["text"]),
-                instruction=by_line.get(s["line"]) if s["line"] is not None else None,
+                instruction=by_key.get((s["line"], s.get("trigger", 0))) if s["line"] is not None else None,
                 stage=s["stage"],
                 cached=s["cached"],
                 seconds=float(s["seconds"]),
@@ -191,8 +192,24 @@ ProgressCallback = Callable[[BuildEvent], None]
 # -- step mapping -------------------------------------------------------------------------------
 
 
-class _StepMapper:
-    """Maps builder step names back to parsed instructions."""
+def _same(ins: Instruction, text: str) -> bool:
+    """Whether a builder's step ``text`` is ``ins`` as written (FROM: the builder prints the
+    resolved image reference, so the keyword must do)."""
+    if ins.keyword == "FROM":
+        return text.split(" ", 1)[0].upper() == "FROM"
+    return ins.text == text
+
+
+class StepMapper:
+    """Maps a builder's step names back to the Dockerfile's instructions.
+
+    It is right by construction: a step must agree on stage, position and normalised text.
+    BuildKit numbers the vertices of each stage (``[name i/n]``, ``i`` padded to the width
+    of ``n``): FROM, the ONBUILD triggers it fires, then RUN, COPY, ADD and WORKDIR; a stage
+    built FROM an earlier stage has no FROM vertex. The classic builder numbers every
+    instruction of the file (``Step i/n``) and runs triggers inside the FROM step; podman
+    numbers every instruction of each stage (``[s/k] STEP i/n``).
+    """
 
     def __init__(self, dockerfile: Dockerfile, target: str | None):
         self.df = dockerfile
@@ -200,31 +217,50 @@ class _StepMapper:
         self._cursor = 0
 
     def classic(self, number: int, text: str) -> Instruction | None:
-        # The classic builder counts every instruction in file order; confirm by text in case
-        # the builder skipped or reordered (it prints instructions as written).
         want = normalize(text)
         instructions = self.df.instructions
-        if 0 < number <= len(instructions) and instructions[number - 1].text == want:
+        if 0 < number <= len(instructions) and _same(instructions[number - 1], want):
             return instructions[number - 1]
-        for ins in instructions[self._cursor :]:
-            if ins.text == want:
-                self._cursor = instructions.index(ins) + 1
+        for n, ins in enumerate(instructions[self._cursor :], self._cursor):
+            if _same(ins, want) and ins.keyword != "FROM":
+                self._cursor = n + 1
                 return ins
         return None
+
+    def podman(self, stage_number: int | None, number: int, text: str) -> Instruction | None:
+        want = normalize(text)
+        if stage_number is None:
+            return self.classic(number, text) if len(self.df.stages) == 1 else None
+        built = sorted(self.df.stage_dependencies(self.df.target_stage(self.target)))
+        if not 0 < stage_number <= len(built):
+            return None
+        file_steps = [i for i in self.df.stages[built[stage_number - 1]].instructions if not i.trigger]
+        if 0 < number <= len(file_steps) and _same(file_steps[number - 1], want):
+            return file_steps[number - 1]
+        return None
+
+    def vertices(self, stage: Stage) -> list[Instruction]:
+        """The instructions BuildKit shows as numbered vertices of ``stage``, in order."""
+        derived = any(o.is_named(stage.base) for o in self.df.stages[: stage.index])
+        return [
+            i
+            for i in stage.instructions
+            if i.keyword in VERTEX_INSTRUCTIONS and not (derived and i.keyword == "FROM" and not i.trigger)
+        ]
 
     def buildkit(self, stage_label: str | None, position: int, text: str) -> tuple[Stage | None, Instruction | None]:
         stage = self._stage_for(stage_label)
         if stage is None:
             return None, None
-        vertices = [i for i in stage.instructions if i.keyword in VERTEX_INSTRUCTIONS]
-        if 0 < position <= len(vertices):
-            ins = vertices[position - 1]
-            if ins.keyword == text.split(" ", 1)[0].upper():
-                return stage, ins
+        vertices = self.vertices(stage)
         want = normalize(text)
-        for ins in vertices:
-            if ins.text == want:
-                return stage, ins
+        if 0 < position <= len(vertices) and _same(vertices[position - 1], want):
+            return stage, vertices[position - 1]
+        # Same text elsewhere in the stage (the position is off, e.g. unknown base triggers):
+        # the nearest one to the position.
+        matches = [(abs(n + 1 - position), ins) for n, ins in enumerate(vertices) if _same(ins, want)]
+        if matches:
+            return stage, min(matches, key=lambda m: m[0])[1]
         return stage, None
 
     def _stage_for(self, label: str | None) -> Stage | None:
@@ -236,22 +272,28 @@ class _StepMapper:
         return None
 
 
-# -- classic builder (engine API stream) --------------------------------------------------------
+# -- classic builder and podman (engine API stream) ---------------------------------------------
 
 _CLASSIC_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$", re.DOTALL)
 _CLASSIC_CACHE = " ---> Using cache"
 _CLASSIC_META = re.compile(r"^ ---> (?:Running in [0-9a-f]+|[0-9a-f]{12})$|^Removing intermediate container")
+_CLASSIC_TRIGGERS = re.compile(r"^# Executing (\d+) build triggers?")
+# Podman (buildah) through the Docker-compatible API: "[1/2] STEP 3/5: RUN make", then
+# "--> Using cache <id>" for a hit, and "--> <id>" when a layer is committed.
+_PODMAN_STEP = re.compile(r"^(?:\[(\d+)/(\d+)\] )?STEP (\d+)/(\d+): (.*)$", re.DOTALL)
+_PODMAN_CACHE = re.compile(r"^--> Using cache [0-9a-f]+$")
+_PODMAN_META = re.compile(r"^--> [0-9a-f]+$|^(?:\[\d+/\d+\] )?COMMIT\b|^Successfully tagged |^[0-9a-f]{64}$")
 
 
 class ClassicParser:
-    """Folds the classic builder's JSON stream into steps.
+    """Folds the classic builder's JSON stream (or podman's, through the same API) into steps.
 
-    A hit is the builder's own ``---> Using cache`` line, matched exactly: a
-    step's output can say "Using cache" too (pip prints "Using cached ...").
+    A hit is the builder's own ``---> Using cache`` line, matched exactly: a step's
+    output can say "Using cache" too (pip prints "Using cached ...").
     """
 
     def __init__(self, dockerfile: Dockerfile, target: str | None = None, on_event: ProgressCallback | None = None):
-        self.mapper = _StepMapper(dockerfile, target)
+        self.mapper = StepMapper(dockerfile, target)
         self.steps: list[BuildStep] = []
         self.log: list[str] = []
         self.image_id = ""
@@ -262,6 +304,9 @@ class ClassicParser:
         self._partial = ""
         self._ignore = False
         self._running = False
+        self._podman = False
+        self._triggers: list[Instruction] = []  # triggers of the FROM step being run
+        self._trigger_hits = 0
 
     def feed(self, chunk: Mapping[str, Any]) -> None:
         if "error" in chunk or "errorDetail" in chunk:
@@ -286,46 +331,75 @@ class ClassicParser:
         if not line:
             return
         self.log.append(line)
-        m = _CLASSIC_STEP.match(line)
         now = time.perf_counter()
-        if m:
+        m = _CLASSIC_STEP.match(line)
+        p = None if m else _PODMAN_STEP.match(line)
+        if m or p:
             self._close(now)
-            number, text = int(m.group(1)), m.group(3).strip()
-            ins = self.mapper.classic(number, text)
+            if m:
+                number, total, text = int(m.group(1)), m.group(2), m.group(3).strip()
+                ins = self.mapper.classic(number, text)
+                position = f"{number}/{total}"
+            else:
+                assert p is not None
+                self._podman = True
+                stage_no = int(p.group(1)) if p.group(1) else None
+                number, total, text = int(p.group(3)), p.group(4), p.group(5).strip()
+                ins = self.mapper.podman(stage_no, number, text)
+                position = (f"[{p.group(1)}/{p.group(2)}] " if p.group(1) else "") + f"{number}/{total}"
             if ins is None and text.startswith("LABEL " + LABEL_PREFIX):
                 # The engine API appends one LABEL step per build label: not the user's Dockerfile.
                 self._ignore = True
                 return
             self._ignore = False
-            stage = None
-            if ins is not None and ins.stage >= 0:
-                stage = self.mapper.df.stages[ins.stage].label
-            step = BuildStep(index=number, text=normalize(text), instruction=ins, stage=stage)
-            # The classic builder reports no outcome for FROM or meta ARGs; a step counts as a
-            # miss until the builder says it used the cache.
-            step.cached = None if not step.cacheable else False
-            self.steps.append(step)
-            self._step_started = now
-            self._running = False
+            self._add(BuildStep(index=number, text=normalize(text), instruction=ins), now)
+            self._triggers = self.mapper.df.stages[ins.stage].triggers if ins and ins.keyword == "FROM" else []
             if self._on_event:
-                self._on_event(BuildEvent(step.text, f"{m.group(1)}/{m.group(2)}", now - self._started))
+                self._on_event(BuildEvent(self.steps[-1].text, position, now - self._started))
             return
         if not self.steps or self._ignore:
             return
         step = self.steps[-1]
-        if line.startswith(" ---> Running in "):
+        if self._triggers and _CLASSIC_TRIGGERS.match(line):
+            self._trigger_hits = 0
+            return
+        if line.startswith((" ---> Running in ", "--> Running in ")):
             self._running = True  # the step executes: whatever it prints cannot be the builder's cache line
-        if line == _CLASSIC_CACHE and not self._running:
-            step.cached = True
-        elif not _CLASSIC_META.match(line) and not line.startswith(("Successfully built", "Successfully tagged")):
+        if (line == _CLASSIC_CACHE or _PODMAN_CACHE.match(line)) and not self._running:
+            if self._triggers and step.keyword == "FROM":
+                self._trigger_hits += 1  # one line per trigger that hit, in order
+            else:
+                step.cached = True
+        elif not (_CLASSIC_META.match(line) or _PODMAN_META.match(line) or line.startswith("Successfully built")):
             step.output.append(line)
 
+    def _add(self, step: BuildStep, now: float) -> None:
+        ins = step.instruction
+        if ins is not None and ins.stage >= 0:
+            step.stage = self.mapper.df.stages[ins.stage].label
+        # The classic builder reports no outcome for FROM or meta ARGs; a step counts as a
+        # miss until the builder says it used the cache.
+        step.cached = None if not step.cacheable else False
+        self.steps.append(step)
+        self._step_started = now
+        self._running = False
+
     def result(self) -> list[BuildStep]:
+        for n, step in enumerate(self.steps, 1):
+            step.index = n  # triggers run inside the FROM step: number the record's rows anew
         return self.steps
 
     def _close(self, now: float) -> None:
         if self.steps and not self._ignore:
             self.steps[-1].seconds = now - self._step_started
+        if self._triggers:
+            # Hits come first and stop at the first miss (a miss changes every later parent).
+            owner = self.steps[-1]
+            for n, ins in enumerate(self._triggers):
+                trig = BuildStep(index=0, text=ins.text, instruction=ins, stage=owner.stage)
+                trig.cached = n < self._trigger_hits
+                self.steps.append(trig)
+            self._triggers, self._trigger_hits = [], 0
 
     def finish(self) -> None:
         if self._partial:
@@ -337,7 +411,8 @@ class ClassicParser:
 # -- BuildKit (CLI --progress=plain) ------------------------------------------------------------
 
 _PLAIN = re.compile(r"^#(\d+) (.*)$")
-_PLAIN_NAME = re.compile(r"^\[(?:(\S+) )?(\d+)/(\d+)\] (.*)$")
+# "[build 2/5] RUN make", "[ 2/10] COPY . .", "[child  1/10] RUN x": the position is padded.
+_PLAIN_NAME = re.compile(r"^\[\s*(?:(\S+)\s+)?(\d+)/(\d+)\] (.*)$", re.DOTALL)
 _PLAIN_DONE = re.compile(r"^DONE (\d+(?:\.\d+)?)s$")
 _PLAIN_OUTPUT = re.compile(r"^\d+(?:\.\d+)? (.*)$")
 
@@ -346,7 +421,7 @@ class _VertexFolder:
     """Shared by both BuildKit parsers: vertices folded into steps by name."""
 
     def __init__(self, dockerfile: Dockerfile, target: str | None = None, on_event: ProgressCallback | None = None):
-        self.mapper = _StepMapper(dockerfile, target)
+        self.mapper = StepMapper(dockerfile, target)
         self.by_key: dict[str, BuildStep] = {}
         self.order: list[str] = []
         self.log: list[str] = []
@@ -372,23 +447,20 @@ class _VertexFolder:
         return step
 
     def result(self) -> list[BuildStep]:
-        """Steps in Dockerfile order; instructions BuildKit merged with an identical one
-        (same vertex digest, e.g. the same WORKDIR in two stages) appear with cached=None."""
-        seen = {
-            id(self.by_key[k].instruction): self.by_key[k] for k in self.order if self.by_key[k].instruction is not None
-        }
+        """Steps in build order; an instruction BuildKit merged with an identical one (same
+        vertex digest, e.g. the same WORKDIR on the same base in two stages) shows cached=None."""
+        seen = {step.instruction.key: step for step in self.by_key.values() if step.instruction is not None}
         out: list[BuildStep] = []
         df = self.mapper.df
         built_stages = df.stage_dependencies(df.target_stage(self.mapper.target))
-        for ins in df.instructions:
-            if ins.keyword not in VERTEX_INSTRUCTIONS or ins.stage < 0:
-                continue
-            step = seen.get(id(ins))
-            if step is None:
-                if ins.stage not in built_stages:
-                    continue  # BuildKit skips stages the target does not need
-                step = BuildStep(index=0, text=ins.text, instruction=ins, stage=df.stages[ins.stage].label, cached=None)
-            out.append(step)
+        for stage in df.stages:
+            if stage.index not in built_stages:
+                continue  # BuildKit skips stages the target does not need
+            for ins in self.mapper.vertices(stage):
+                step = seen.get(ins.key)
+                if step is None:
+                    step = BuildStep(index=0, text=ins.text, instruction=ins, stage=stage.label, cached=None)
+                out.append(step)
         out += [self.by_key[k] for k in self.order if self.by_key[k].instruction is None]
         for n, step in enumerate(out, 1):
             step.index = n
@@ -544,10 +616,10 @@ def build_image(
     failing step, its Dockerfile line and output tail.
     """
     ctx, df_path = resolve_paths(context, dockerfile)
-    df = Dockerfile.read(df_path)
+    args = dict(build_args or {})
+    df = read_dockerfile(client, df_path, args)
     if target:
         df.stage(target)  # fails early, naming the stages there are
-    args = dict(build_args or {})
     tag = tag or default_tag(ctx, df_path, target, args, builder.name)
     start = time.perf_counter()
     parser: ClassicParser | PlainParser | RawJsonParser
@@ -578,8 +650,81 @@ def build_image(
         log=log,
     )
     if parser.error is not None or not image_id:
-        raise _build_failure(client, df, record, parser.error or "the builder reported no image", args)
+        raise _build_failure(client, df, record, parser.error or "the builder reported no image", args, builder)
+    if not any(s.instruction is not None for s in steps) and _has_steps(parser.mapper, target, builder):
+        raise BuildError(
+            f"could not read what the {builder.describe()} builder did: no step of {df_path} was recognised "
+            "in its output, so no cache hit or miss can be known",
+            evidence=tail(log, 20),
+            evidence_title="build output",
+            hint="this engine's build output has a form pytest-dockapp does not know; please report it with "
+            "this output, and use --dockapp-builder classic or buildkit meanwhile",
+        )
     return record
+
+
+def read_dockerfile(client: docker.DockerClient, path: Path, build_args: Mapping[str, str]) -> Dockerfile:
+    """The Dockerfile at ``path`` with the ONBUILD triggers its base images fire (read from the
+    engine: ``Config.OnBuild``) inserted as steps of the stages that fire them."""
+    import docker.errors
+
+    df = Dockerfile.read(path)
+    triggers: dict[str, list[str]] = {}
+    for _, image in df.base_images(build_args):
+        try:
+            triggers[image] = list((client.api.inspect_image(image).get("Config") or {}).get("OnBuild") or [])
+        except docker.errors.APIError:
+            continue  # not on the engine: the build pulls it or says it is missing
+    return df.with_triggers(triggers, build_args)
+
+
+def _has_steps(mapper: StepMapper, target: str | None, builder: Builder) -> bool:
+    """Whether the builder prints at least one step for this Dockerfile (BuildKit prints
+    nothing for ``FROM scratch`` and for instructions without a vertex, like CMD)."""
+    df = mapper.df
+    if builder.name == "classic":
+        return bool(df.instructions)
+    stages = df.stage_dependencies(df.target_stage(target))
+    return any(
+        not (i.keyword == "FROM" and df.stages[i.stage].base.lower() == "scratch")
+        for st in stages
+        for i in mapper.vertices(df.stages[st])
+    )
+
+
+def feature_needs(df: Dockerfile, builder: str) -> list[str]:
+    """What in ``df`` the builder in use may not support: one sentence per feature."""
+    uses: list[tuple[str, bool]] = []
+    steps = df.steps()
+    uses.append(("heredocs (`<<EOF`)", any(i.heredocs for i in steps)))
+    uses.append(("`COPY --link`", any("link" in i.flags for i in steps)))
+    uses.append(("`COPY --chmod`", any("chmod" in i.flags for i in steps)))
+    uses.append(("`RUN --mount`", any(i.keyword == "RUN" and "mount" in i.flags for i in steps)))
+    platform_args = ("BUILDPLATFORM", "TARGETPLATFORM", "TARGETOS", "TARGETARCH", "BUILDOS", "BUILDARCH")
+    uses.append(
+        ("automatic platform args (`$BUILDPLATFORM`, ...)", any(a in i.value for i in steps for a in platform_args))
+    )
+    used = [name for name, on in uses if on]
+    if builder == "classic":
+        return [
+            f"this Dockerfile uses {name}, which needs BuildKit (builder in use: classic): run with "
+            "--dockapp-builder buildkit"
+            for name in used
+        ]
+    out = []
+    if df.syntax:
+        out.append(
+            f"the `# syntax={df.syntax}` line makes BuildKit load that frontend image, which must be on "
+            "the engine or pullable: load it, or remove the line to use the engine's built-in frontend"
+        )
+    newer = [n for n in used if n in ("heredocs (`<<EOF`)", "`COPY --link`")]
+    out += [
+        f"this Dockerfile uses {name}, which needs Dockerfile frontend 1.4+ (builder in use: BuildKit, whose "
+        "built-in frontend on engines before 23.0 is older): use a newer engine, or a `# syntax=` frontend "
+        "image that is on the engine"
+        for name in newer
+    ]
+    return out
 
 
 def _classic(
@@ -669,7 +814,12 @@ def _buildkit(
 
 
 def _build_failure(
-    client: docker.DockerClient, df: Dockerfile, record: BuildRecord, error: str, args: Mapping[str, str]
+    client: docker.DockerClient,
+    df: Dockerfile,
+    record: BuildRecord,
+    error: str,
+    args: Mapping[str, str],
+    builder: Builder,
 ) -> BuildError:
     import docker.errors
 
@@ -700,9 +850,12 @@ def _build_failure(
     else:
         what = f"build of {record.context} failed: {error}"
         evidence = tail(record.log, 20)
+    needs = feature_needs(df, builder.name)
     return BuildError(
         what,
         evidence=evidence,
         evidence_title="step output",
-        hint="fix the failing instruction; rerun with -s to see the whole build log live",
+        hint="; ".join(needs)
+        if needs
+        else "fix the failing instruction; rerun with -s to see the whole build log live",
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from . import cleanup
-from .build import BuildRecord, BuildStep, build_image, resolve_paths, spec_digest
+from .build import BuildRecord, BuildStep, build_image, read_dockerfile, resolve_paths, spec_digest
 from .context import context_files, copy_context
 from .dockerfile import Dockerfile, Instruction, consumed_files, mount_specs, normalize, split_words
 from .engine import Builder
@@ -69,32 +69,45 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 @dataclass
 class Expectation:
-    """Which instructions may miss after a change, and why each may."""
+    """Which steps may miss after a change, why each may, and which step started it.
 
-    # Keyed by the instruction's first Dockerfile line: unique, and stable across re-parses.
-    may_miss: dict[int, str] = field(default_factory=dict)  # line -> reason
-    origin: dict[int, Instruction] = field(default_factory=dict)  # line -> the first step that missed
+    Keyed by :attr:`Instruction.key` (first line, trigger position): unique, and stable across
+    re-parses of the same file.
+    """
+
+    may_miss: dict[tuple[int, int], str] = field(default_factory=dict)  # key -> reason
+    origin: dict[tuple[int, int], Instruction] = field(default_factory=dict)  # key -> first miss of its stage
+    culprit: dict[tuple[int, int], Instruction] = field(default_factory=dict)  # key -> the step the change reached
 
     def allows(self, ins: Instruction | None) -> bool:
-        return ins is not None and ins.line in self.may_miss
+        return ins is not None and ins.key in self.may_miss
 
 
-def expected_misses(df: Dockerfile, changed_files: Iterable[str], changed_args: Iterable[str] = ()) -> Expectation:
-    """Compute the steps a rebuild may miss after ``changed_files`` and ``changed_args`` change."""
+def expected_misses(
+    df: Dockerfile, changed_files: Iterable[str], changed_args: Iterable[str] = (), *, strict: bool = False
+) -> Expectation:
+    """Compute the steps a rebuild may miss after ``changed_files`` and ``changed_args`` change.
+
+    The first step of a stage that reads a changed file (COPY/ADD sources, ``RUN --mount=type=bind``,
+    ONBUILD triggers of its base) or uses a changed build arg may miss, and so may every later
+    step of that stage and of the stages built FROM it. A ``COPY --from`` (or ``RUN --mount``
+    ``from=``) of a rebuilt stage may miss too, since what it copies may have changed; with
+    ``strict`` it must hit: the files it copies must come out byte-identical (the cargo-chef
+    and lock-file patterns), so a regression behind it is caught.
+    """
     files = sorted(set(changed_files))
     args = set(changed_args)
     exp = Expectation()
-    dirty_stages: set[int] = set()
+    dirty: dict[int, Instruction] = {}  # rebuilt stage -> the step the change reached first
     meta_changed = args & set(df.meta_args)
     for stage in df.stages:
-        first: tuple[Instruction, str] | None = None
-        base_refs = df.direct_stage_refs(stage)
+        first: tuple[Instruction, str, Instruction] | None = None
         from_ins = stage.instructions[0]
-        base_stage = next((i for i in base_refs if df.stages[i].is_named(stage.base)), None)
-        if base_stage is not None and base_stage in dirty_stages:
-            first = (from_ins, f"its base stage {df.stages[base_stage].label} was rebuilt")
+        base = next((i for i in df.direct_stage_refs(stage) if df.stages[i].is_named(stage.base)), None)
+        if base is not None and base in dirty:
+            first = (from_ins, f"its base stage {df.stages[base].label} was rebuilt", dirty[base])
         elif any(re.search(rf"\$\{{?{re.escape(a)}\b", stage.base) for a in meta_changed):
-            first = (from_ins, "its FROM uses a changed build arg")
+            first = (from_ins, "its FROM uses a changed build arg", from_ins)
         declared: set[str] = set()
         for ins in stage.instructions[1:]:
             if first is not None:
@@ -104,28 +117,30 @@ def expected_misses(df: Dockerfile, changed_files: Iterable[str], changed_args: 
                 continue
             hit = consumed_files(ins, files)
             if hit:
-                first = (ins, f"copies {_names(hit)}, which changed")
+                first = (ins, f"copies {_names(hit)}, which changed", ins)
                 continue
             ref = ins.flags.get("from") or next((m.get("from", "") for m in mount_specs(ins) if "from" in m), "")
-            if ref and any(df.stages[i].is_named(ref) for i in dirty_stages):
-                first = (ins, f"copies from stage {ref}, which was rebuilt")
+            source = next((i for i in dirty if df.stages[i].is_named(ref)), None) if ref else None
+            if source is not None and not strict:
+                first = (ins, f"copies from stage {ref}, which was rebuilt", dirty[source])
                 continue
             used = {a for a in declared if ins.keyword == "RUN" or re.search(rf"\$\{{?{re.escape(a)}\b", ins.value)}
             if used:
-                first = (ins, "build arg " + ", ".join(sorted(used)) + " changed")
+                first = (ins, "build arg " + ", ".join(sorted(used)) + " changed", ins)
         if first is None:
             continue
-        dirty_stages.add(stage.index)
-        origin, reason = first
+        origin, reason, culprit = first
+        dirty[stage.index] = culprit
         started = False
         for ins in stage.instructions:
             if ins is origin:
                 started = True
-                exp.may_miss[ins.line] = reason
+                exp.may_miss[ins.key] = reason
             elif started:
-                exp.may_miss[ins.line] = f"follows line {origin.line} ({_short(origin)}), which missed"
+                exp.may_miss[ins.key] = f"follows {origin.where} ({_short(origin)}), which missed"
             if started:
-                exp.origin[ins.line] = origin
+                exp.origin[ins.key] = origin
+                exp.culprit[ins.key] = culprit
     return exp
 
 
@@ -147,7 +162,7 @@ def match_pattern(df: Dockerfile, pattern: CachedPattern) -> list[Instruction]:
     if isinstance(pattern, bool):
         raise CacheMarkerUsageError(f"cached pattern {pattern!r} is not a text, a line number or (stage, text)")
     if isinstance(pattern, int):
-        return [i for i in df.instructions if i.line <= pattern <= i.end_line and i.stage >= 0]
+        return [i for i in df.steps() if i.line <= pattern <= i.end_line and not i.trigger]
     stage_ref: str | None = None
     text: Any = pattern
     if isinstance(pattern, tuple) and len(pattern) == 2:
@@ -159,9 +174,7 @@ def match_pattern(df: Dockerfile, pattern: CachedPattern) -> list[Instruction]:
         )
     want = normalize(text).lower()
     out = []
-    for ins in df.instructions:
-        if ins.stage < 0:
-            continue
+    for ins in df.steps():
         if stage_ref is not None:
             st = df.stages[ins.stage]
             if not (st.label.lower() == str(stage_ref).lower() or str(ins.stage) == str(stage_ref)):
@@ -184,8 +197,9 @@ class CacheReport:
     changed_files: list[str]
     changed_args: dict[str, str]
     expectation: Expectation
-    required: dict[int, CachedPattern]  # instruction line -> the cached= pattern that selected it
+    required: dict[tuple[int, int], CachedPattern]  # instruction key -> the cached= pattern that selected it
     dockerfile: Dockerfile
+    strict: bool = False
 
     @property
     def steps(self) -> list[BuildStep]:
@@ -199,14 +213,29 @@ class CacheReport:
     def misses(self) -> list[BuildStep]:
         return self.rebuild.misses
 
+    def _required(self, step: BuildStep) -> bool:
+        return step.instruction is not None and step.instruction.key in self.required
+
+    @property
+    def demanded(self) -> list[BuildStep]:
+        """Misses the Dockerfile explains, of steps that a ``cached=`` pattern requires to hit."""
+        return [s for s in self.misses if self._required(s) and self.expectation.allows(s.instruction)]
+
+    @property
+    def unexplained(self) -> list[BuildStep]:
+        """Misses that nothing in the change reaches."""
+        return [s for s in self.misses if not self.expectation.allows(s.instruction)]
+
     @property
     def unexpected(self) -> list[BuildStep]:
-        """Misses outside the computed set, or of steps a ``cached=`` pattern selected."""
-        return [
-            s
-            for s in self.rebuild.misses
-            if not self.expectation.allows(s.instruction) or (s.line is not None and s.line in self.required)
-        ]
+        """Every miss that fails the check: demanded hits that missed, and unexplained misses."""
+        return [s for s in self.misses if s in self.demanded or s in self.unexplained]
+
+    @property
+    def unprotected(self) -> list[BuildStep]:
+        """Steps the model allows to miss that hit anyway: a regression that makes them miss
+        would pass unnoticed unless ``cached=`` names them (or ``strict`` covers them)."""
+        return [s for s in self.hits if self.expectation.allows(s.instruction) and not self._required(s)]
 
     @property
     def ok(self) -> bool:
@@ -214,11 +243,27 @@ class CacheReport:
 
     def step(self, pattern: CachedPattern) -> BuildStep:
         """The rebuild's step selected by ``pattern`` (as for ``cached=``)."""
-        lines = {i.line for i in match_pattern(self.dockerfile, pattern)}
+        keys = {i.key for i in match_pattern(self.dockerfile, pattern)}
         for s in self.rebuild.steps:
-            if s.line in lines:
+            if s.instruction is not None and s.instruction.key in keys:
                 return s
         raise CacheMarkerUsageError(f"no built step matches {pattern!r}")
+
+    def summary(self) -> str:
+        """One line for the terminal summary."""
+        parts = []
+        if self.demanded:
+            parts.append(f"{len(self.demanded)} step(s) that cached= requires missed")
+        if self.unexplained:
+            parts.append(f"{len(self.unexplained)} unexplained miss(es)")
+        verdict = "; ".join(parts) if parts else "ok"
+        if self.unprotected:
+            verdict += (
+                f" ({len(self.unprotected)} step(s) allowed to miss hit anyway, unprotected: "
+                + ", ".join(f"line {s.line}" for s in self.unprotected)
+                + ")"
+            )
+        return verdict
 
     def explain(self) -> str:
         """The failure message: what missed, the table, who invalidated it and how to fix it."""
@@ -226,28 +271,39 @@ class CacheReport:
         if not bad:
             return "every step was cached as expected"
         first = bad[0]
+        ins = first.instruction
         where = f"{self.dockerfile.path}:{first.line}" if first.line else str(self.dockerfile.path)
         change = ", ".join(self.changed_files + [f"--build-arg {k}" for k in self.changed_args]) or "nothing"
-        if first.line is not None and first.line in self.required:
-            pat = self.required[first.line]
+        if ins is not None and ins.key in self.required:
             head = (
                 f"cache regression: step {first.index} `{first.text}` ({where}) missed the cache, "
-                f"but cached={pat!r} requires a hit"
+                f"but cached={self.required[ins.key]!r} requires a hit"
             )
         else:
             head = f"unexpected cache miss: step {first.index} `{first.text}` ({where}) after changing {change}"
         lines = [head]
-        origin = self.expectation.origin.get(first.line) if first.line is not None else None
-        if origin is not None and origin.line != first.line:
+        key = ins.key if ins is not None else None
+        origin = self.expectation.origin.get(key) if key else None
+        culprit = self.expectation.culprit.get(key) if key else None
+        if culprit is not None and culprit.key != key:
+            reason = self.expectation.may_miss.get(culprit.key, "")
             lines.append(
-                f"invalidated by line {origin.line} `{origin.text}`: {self.expectation.may_miss[origin.line]}; "
-                "every later step of the stage rebuilds"
+                f"invalidated by {culprit.where} `{culprit.text}`"
+                + (f": {reason}" if reason else "")
+                + (
+                    "; every later step of the stage rebuilds"
+                    if origin is culprit
+                    else f"; that rebuilt stage {self.dockerfile.stages[culprit.stage].label}, and with it "
+                    f"stage {self.dockerfile.stages[ins.stage].label} (from {origin.where if origin else '?'})"
+                    if ins is not None
+                    else ""
+                )
             )
-            fix = fix_advice(origin, first.instruction)
+            fix = fix_advice(culprit, ins)
             if fix:
                 lines.append(f"fix: {fix}")
-        elif origin is not None:
-            lines.append(f"it {self.expectation.may_miss[origin.line]}")
+        elif culprit is not None:
+            lines.append(f"it {self.expectation.may_miss[culprit.key]}")
         else:
             lines.append(
                 "nothing in the change reaches this step: the builder did not reuse its cache "
@@ -256,9 +312,11 @@ class CacheReport:
         marks: dict[int, str] = {}
         for s in self.rebuild.steps:
             if s in bad:
-                marks[s.index] = "<-- must be cached" if s.line in self.required else "<-- unexpected miss"
-            elif origin is not None and s.line == origin.line:
+                marks[s.index] = "<-- must be cached" if self._required(s) else "<-- unexpected miss"
+            elif culprit is not None and s.instruction is not None and s.instruction.key == culprit.key:
                 marks[s.index] = "<-- invalidated here"
+            elif s in self.unprotected:
+                marks[s.index] = "<-- allowed to miss, but hit (unprotected)"
         lines.append("")
         lines.append(self.rebuild.table(marks))
         return "\n".join(lines)
@@ -299,6 +357,7 @@ def check_cache(
     cached: Sequence[CachedPattern] = (),
     build_args: Mapping[str, str] | None = None,
     target: str | None = None,
+    strict: bool = False,
     session: cleanup.Session | None = None,
     workdir: str | os.PathLike[str] | None = None,
 ) -> CacheReport:
@@ -308,11 +367,59 @@ def check_cache(
     change path that is not in the context or a ``cached`` pattern that matches no step.
     """
     ctx, df_path = resolve_paths(context, dockerfile)
-    df = Dockerfile.read(df_path)
+    base_args = dict(build_args or {})
+    df = read_dockerfile(client, df_path, base_args)
     paths, arg_changes, edit = parse_change(change)
+    required = _validate(df, df_path, ctx, paths, cached)
+    session = session or cleanup.Session()
+    tmp = Path(tempfile.mkdtemp(prefix="dockapp-cache-", dir=workdir))
+    tags: list[str] = []
+    try:
+        copy = tmp / "context"
+        copy.mkdir()
+        sent = set(copy_context(ctx, copy, df_path, builder.name))
+        try:
+            build_df = copy / df_path.relative_to(ctx)
+        except ValueError:
+            build_df = df_path
+        # The warm build is the user's own layer cache: it keeps a stable tag and stays, since
+        # removing it would drop its last layer and make the next check's warm build miss there.
+        # The rebuild holds the changed, never-again-useful layers: those are removed below.
+        warm = build_image(
+            client,
+            copy,
+            build_df,
+            builder=builder,
+            target=target,
+            build_args=base_args,
+            tag=warm_tag(ctx, df_path, target, base_args, builder.name),
+        )
+        changed = _apply_change(copy, build_df, builder.name, sent, paths, edit)
+        rebuild_tag = session.scratch_tag(1)
+        tags.append(rebuild_tag)
+        rebuild = build_image(
+            client,
+            copy,
+            build_df,
+            builder=builder,
+            target=target,
+            build_args={**base_args, **arg_changes},
+            tag=rebuild_tag,
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_tags(client, tags)
+    expectation = expected_misses(df, changed, arg_changes, strict=strict)
+    return CacheReport(warm, rebuild, changed, arg_changes, expectation, required, df, strict)
+
+
+def _validate(
+    df: Dockerfile, df_path: Path, ctx: Path, paths: Sequence[str], cached: Sequence[CachedPattern]
+) -> dict[tuple[int, int], CachedPattern]:
+    """The steps ``cached`` requires to hit; usage errors for patterns and paths that name nothing."""
     if isinstance(cached, (str, int)):
         cached = [cached]  # a (stage, text) pair must come inside the list: cached=[("build", "RUN make")]
-    required: dict[int, CachedPattern] = {}
+    required: dict[tuple[int, int], CachedPattern] = {}
     for pattern in cached:
         matched = match_pattern(df, pattern)
         if not matched:
@@ -322,7 +429,7 @@ def check_cache(
                 "or (stage, text)",
             )
         for ins in matched:
-            required[ins.line] = pattern
+            required[ins.key] = pattern
     for p in paths:
         full = (ctx / p).resolve()
         if not full.is_relative_to(ctx):
@@ -335,67 +442,38 @@ def check_cache(
                 f"change path {p!r} does not exist in the build context {ctx}",
                 hint="name a file that exists, relative to the context",
             )
-    session = session or cleanup.Session()
-    base_args = dict(build_args or {})
-    tmp = Path(tempfile.mkdtemp(prefix="dockapp-cache-", dir=workdir))
-    tags: list[str] = []
-    try:
-        copy = tmp / "context"
-        copy.mkdir()
-        sent = set(copy_context(ctx, copy, df_path, builder.name))
-        try:
-            rel_df: Path = df_path.relative_to(ctx)
-            build_df: Path = copy / rel_df
-        except ValueError:
-            build_df = df_path
-        # The warm build is the user's own layer cache: it keeps a stable tag and stays, since
-        # removing it would drop its last layer and make the next check's warm build miss there.
-        # The rebuild holds the changed, never-again-useful layers: those are removed below.
-        rebuild_tag = session.scratch_tag(1)
-        warm = build_image(
-            client,
-            copy,
-            build_df,
-            builder=builder,
-            build_args=base_args,
-            target=target,
-            tag=warm_tag(ctx, df_path, target, base_args, builder.name),
-        )
-        before = _snapshot(copy)
-        token = harmless_token()
-        for p in paths:
-            target_file = copy / p
-            if target_file.is_dir():
-                (target_file / ".dockapp-cache-change").write_bytes(token)
-            elif target_file.exists():
-                with open(target_file, "ab") as fh:
-                    fh.write(token)
-            else:  # dockerignored: not in the copy, so it cannot reach the build
-                target_file.parent.mkdir(parents=True, exist_ok=True)
-                target_file.write_bytes(token)
-        if edit is not None:
-            edit(copy)
-        after = _snapshot(copy)
-        # Only files the build sends can reach it: .dockerignored changes must not miss anything.
-        sent_after = set(context_files(copy, build_df, builder.name))
-        changed_sent = sorted(
-            k for k in set(before) | set(after) if before.get(k) != after.get(k) and (k in sent or k in sent_after)
-        )
-        rebuild = build_image(
-            client,
-            copy,
-            build_df,
-            builder=builder,
-            build_args={**base_args, **arg_changes},
-            target=target,
-            tag=rebuild_tag,
-        )
-        tags.append(rebuild_tag)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_tags(client, tags)
-    expectation = expected_misses(df, changed_sent, arg_changes)
-    return CacheReport(warm, rebuild, changed_sent, arg_changes, expectation, required, df)
+    return required
+
+
+def _apply_change(
+    copy: Path,
+    build_df: Path,
+    builder: str,
+    sent: set[str],
+    paths: Sequence[str],
+    edit: Callable[[Path], Any] | None,
+) -> list[str]:
+    """Change the copied context; return the changed files that the build sends."""
+    before = _snapshot(copy)
+    token = harmless_token()
+    for p in paths:
+        target_file = copy / p
+        if target_file.is_dir():
+            (target_file / ".dockapp-cache-change").write_bytes(token)
+        elif target_file.exists():
+            with open(target_file, "ab") as fh:
+                fh.write(token)
+        else:  # dockerignored: not in the copy, so it cannot reach the build
+            target_file.parent.mkdir(parents=True, exist_ok=True)
+            target_file.write_bytes(token)
+    if edit is not None:
+        edit(copy)
+    after = _snapshot(copy)
+    # Only files the build sends can reach it: .dockerignored changes must not miss anything.
+    sent_after = set(context_files(copy, build_df, builder))
+    return sorted(
+        k for k in set(before) | set(after) if before.get(k) != after.get(k) and (k in sent or k in sent_after)
+    )
 
 
 def _remove_tags(client: docker.DockerClient, tags: Iterable[str]) -> None:

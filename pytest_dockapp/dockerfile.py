@@ -13,8 +13,8 @@ import json
 import posixpath
 import re
 import shlex
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import DockerfileError
@@ -62,6 +62,19 @@ class Instruction:
     flags: Mapping[str, str] = field(default_factory=dict)
     args: str = ""
     heredocs: tuple[str, ...] = ()
+    #: For an ONBUILD trigger fired by this stage's FROM: its 1-based position among the
+    #: triggers (its ``line`` is the FROM's). 0 for the Dockerfile's own instructions.
+    trigger: int = 0
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Identifies the step in its Dockerfile: its first line, and its trigger position."""
+        return (self.line, self.trigger)
+
+    @property
+    def where(self) -> str:
+        """``line 12``, or ``line 1 (ONBUILD trigger 2 of the base image)``."""
+        return f"line {self.line}" + (f" (ONBUILD trigger {self.trigger} of its base)" if self.trigger else "")
 
     @property
     def text(self) -> str:
@@ -86,6 +99,11 @@ class Stage:
     def label(self) -> str:
         """The name BuildKit prints for this stage (``stage-N`` when unnamed)."""
         return self.name or f"stage-{self.index}"
+
+    @property
+    def triggers(self) -> list[Instruction]:
+        """The ONBUILD triggers this stage's FROM fires (see :meth:`Dockerfile.with_triggers`)."""
+        return [i for i in self.instructions if i.trigger]
 
     def is_named(self, ref: str) -> bool:
         """Whether ``ref`` (as in ``FROM ref`` or ``COPY --from=ref``) names this stage."""
@@ -272,6 +290,34 @@ class Dockerfile:
                 hint="only ARG may come before FROM",
             )
         return cls(instructions, path, escape, syntax)
+
+    def with_triggers(
+        self, base_triggers: Mapping[str, Sequence[str]] | None = None, build_args: Mapping[str, str] | None = None
+    ) -> Dockerfile:
+        """Insert the ONBUILD triggers each stage's FROM fires, right after it, as steps of that
+        stage (both builders run them there): a stage built on an earlier stage fires that
+        stage's ``ONBUILD`` instructions; one built on an image fires the image's
+        ``Config.OnBuild``, given in ``base_triggers`` by image reference as written in FROM
+        (ARGs expanded). Idempotent."""
+        variables = self.arg_values(build_args)
+        for st in self.stages:
+            st.instructions = [i for i in st.instructions if not i.trigger]
+            parent = next((o for o in self.stages[: st.index] if o.is_named(st.base)), None)
+            if parent is not None:
+                texts = [i.args for i in parent.instructions if i.keyword == "ONBUILD" and not i.trigger]
+            else:
+                texts = list((base_triggers or {}).get(expand(st.base, variables), []))
+            if not texts:
+                continue
+            parsed = Dockerfile.parse("FROM scratch\n" + "\n".join(texts) + "\n").instructions[1:]
+            st.instructions[1:1] = [
+                replace(t, line=st.line, end_line=st.line, stage=st.index, trigger=n) for n, t in enumerate(parsed, 1)
+            ]
+        return self
+
+    def steps(self) -> list[Instruction]:
+        """Every instruction of every stage in build order, ONBUILD triggers included."""
+        return [i for st in self.stages for i in st.instructions]
 
     # -- queries ----------------------------------------------------------------------------
 

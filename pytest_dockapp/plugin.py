@@ -382,7 +382,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "dockapp_cache(change=None, cached=None, context=None, dockerfile=None, build_args=None, "
-        "target=None): fail when a rebuild after `change` misses the layer cache unexpectedly",
+        "target=None, strict=False): fail when a rebuild after `change` misses the layer cache unexpectedly",
     )
     state = config.stash[_STATE] = _State(config, _settings(config))
     if config.getoption("dockapp_lint"):
@@ -636,7 +636,7 @@ def dockapp_network(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 # -- the cache-regression marker ----------------------------------------------------------------
 
-_MARKER_KEYS = ("change", "cached", "context", "dockerfile", "build_args", "target")
+_MARKER_KEYS = ("change", "cached", "context", "dockerfile", "build_args", "target", "strict")
 _CACHE_REPORT = pytest.StashKey["CacheReport"]()
 
 
@@ -684,6 +684,7 @@ def dockapp_cache_report(
             cached=kw.get("cached") or (),
             build_args=args,
             target=kw.get("target") or (dockapp_target if default else None),
+            strict=bool(kw.get("strict", False)),
             session=apps.session,
             workdir=tmp_path_factory.getbasetemp(),
         )
@@ -731,7 +732,7 @@ class DockerfileLintItem(pytest.Item):
 
         findings = lint(Dockerfile.read(self.path))
         if findings:
-            raise _LintFailure("\n".join(f"{self.path}:{f}" for f in findings))
+            raise _LintFailure("\n".join(str(f) for f in findings))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, _LintFailure):
@@ -845,10 +846,9 @@ def _summary_lines(state: _State) -> list[str]:
         down = f", removed in {stat.teardown_seconds:.2f}s" if stat.teardown_seconds is not None else ""
         lines.append(f"{stat.name}: ready in {stat.ready_seconds:.2f}s ({stat.checks}){down}")
     for nodeid, report in state.cache_reports:
-        verdict = "ok" if report.ok else f"{len(report.unexpected)} unexpected miss(es)"
         lines.append(
             f"cache check {nodeid}: warm build {report.warm.seconds:.2f}s, "
-            f"rebuild {report.rebuild.summary()}: {verdict}"
+            f"rebuild {report.rebuild.summary()}: {report.summary()}"
         )
     lines += state.removed_images
     for app in state.kept:

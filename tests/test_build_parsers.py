@@ -142,3 +142,161 @@ def test_rawjson_folds_by_digest_last_wins() -> None:
     assert steps[4].cached is False and steps[4].seconds == 2.0
     assert steps[4].output == ["Using cached x"]
     assert 5 not in steps  # the final stage is not needed for target deps
+
+
+# Recorded from `DOCKER_BUILDKIT=1 docker build --progress=plain` (CLI 20.10) on this Dockerfile.
+DERIVED = Dockerfile.parse(
+    "FROM busybox AS base\nWORKDIR /app\nCOPY a.txt /app/\nRUN cat a.txt > /b1\n"
+    "FROM base AS child\nCOPY b.txt /app/\nRUN cat b.txt > /b2\n"
+    + "".join(f"RUN echo {n}\n" for n in range(1, 9))
+    + "FROM base\nCOPY --from=child /b2 /b2\nRUN echo final\n"
+)
+DERIVED_PLAIN = (
+    """\
+#4 [base 1/4] FROM docker.io/dockapp-test/busybox:1
+#4 CACHED
+#5 [base 2/4] WORKDIR /app
+#5 CACHED
+#7 [base 3/4] COPY a.txt /app/
+#7 DONE 0.0s
+#8 [base 4/4] RUN cat a.txt > /b1
+#8 DONE 0.2s
+#9 [child  1/10] COPY b.txt /app/
+#9 DONE 0.0s
+#10 [child  2/10] RUN cat b.txt > /b2
+#10 DONE 0.2s
+"""
+    + "".join(f"#{n + 11} [child {n + 3:2d}/10] RUN echo {n + 1}\n#{n + 11} CACHED\n" for n in range(8))
+    + """\
+#19 [stage-2 1/2] COPY --from=child /b2 /b2
+#19 DONE 0.0s
+#20 [stage-2 2/2] RUN echo final
+#20 DONE 0.2s
+"""
+)
+
+
+def test_buildkit_maps_derived_stages_and_padded_positions_to_their_lines() -> None:
+    p = PlainParser(DERIVED)
+    for line in DERIVED_PLAIN.splitlines():
+        p.feed(line)
+    steps = {s.line: s.cached for s in p.result()}
+    # Every numbered vertex lands on its own line: none "(dedup)", nothing shifted by the missing FROM.
+    want = {1: None, 2: True, 3: False, 4: False, 6: False, 7: False}
+    want |= {line: True for line in range(8, 16)}
+    want |= {17: False, 18: False}  # a stage built FROM a stage has no FROM vertex
+    assert steps == want
+
+
+def test_rawjson_reads_padded_positions() -> None:
+    vertex = {"digest": "sha256:1", "name": "[child  1/10] COPY b.txt /app/", "cached": True}
+    p = RawJsonParser(DERIVED)
+    p.feed(json.dumps({"vertexes": [vertex]}))
+    assert [(s.line, s.cached) for s in p.result() if s.cached is not None] == [(6, True)]
+
+
+def test_buildkit_onbuild_triggers_are_steps_of_the_child() -> None:
+    df = Dockerfile.parse("FROM parent:1\nWORKDIR /w\nRUN echo child\n").with_triggers(
+        {"parent:1": ["COPY . /app/", "RUN cat /app/a.txt > /x"]}
+    )
+    p = PlainParser(df)
+    for line in [
+        "#4 [1/3] FROM docker.io/library/parent:1",
+        "#6 [2/3] COPY . /app/",
+        "#6 DONE 0.0s",
+        "#7 [3/3] RUN cat /app/a.txt > /x",
+        "#7 DONE 0.2s",
+        "#8 [4/3] WORKDIR /w",
+        "#8 CACHED",
+        "#9 [5/3] RUN echo child",
+        "#9 DONE 0.2s",
+    ]:
+        p.feed(line)
+    assert [(s.text, s.instruction.trigger if s.instruction else None, s.cached) for s in p.result()] == [
+        ("FROM docker.io/library/parent:1", 0, None),
+        ("COPY . /app/", 1, False),
+        ("RUN cat /app/a.txt > /x", 2, False),
+        ("WORKDIR /w", 0, True),
+        ("RUN echo child", 0, False),
+    ]
+
+
+def test_classic_onbuild_triggers_run_inside_the_from_step() -> None:
+    df = Dockerfile.parse("FROM parent:1\nWORKDIR /w\n").with_triggers({"parent:1": ["COPY . /app/", "RUN x"]})
+    p = ClassicParser(df)
+    for chunk in classic_stream(
+        "Step 1/2 : FROM parent:1",
+        "# Executing 2 build triggers",
+        " ---> Using cache",
+        " ---> Running in 4a12f96bc7db",
+        "Removing intermediate container 4a12f96bc7db",
+        " ---> 0a57b562d70b",
+        "Step 2/2 : WORKDIR /w",
+        " ---> Running in a9fc0bb844e0",
+    ):
+        p.feed(chunk)
+    p.finish()
+    assert [(s.index, s.text, s.cached) for s in p.result()] == [
+        (1, "FROM parent:1", None),
+        (2, "COPY . /app/", True),
+        (3, "RUN x", False),
+        (4, "WORKDIR /w", False),
+    ]
+
+
+# Podman 4 (buildah) through the Docker-compatible build API, as the stream's "stream" texts.
+PODMAN = [
+    "[1/2] STEP 1/4: FROM base AS deps",
+    "[1/2] STEP 2/4: WORKDIR /app",
+    "--> Using cache 5c3a8b5d3e5f1e2f",
+    "--> 5c3a8b5d3e5f",
+    "[1/2] STEP 3/4: COPY req.txt .",
+    "--> Using cache 7f1a2b3c4d5e6f70",
+    "--> 7f1a2b3c4d5e",
+    "[1/2] STEP 4/4: RUN pip install -r req.txt",
+    "Collecting flask",
+    "--> 9a8b7c6d5e4f",
+    "[2/2] STEP 1/5: FROM base",
+    "[2/2] STEP 2/5: WORKDIR /app",
+    "--> Using cache 1b2c3d4e5f60a7b8",
+    "--> 1b2c3d4e5f60",
+    "[2/2] STEP 3/5: COPY --from=deps /app /app",
+    "--> 2c3d4e5f60a7",
+    "[2/2] STEP 4/5: COPY . .",
+    "--> 3d4e5f60a7b8",
+    '[2/2] STEP 5/5: CMD ["x"]',
+    "[2/2] COMMIT pytest-dockapp/app:1",
+    "--> 4e5f60a7b8c9",
+    "Successfully tagged localhost/pytest-dockapp/app:1",
+    "4e5f60a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809",
+]
+
+
+def test_podman_steps_and_cache_lines_are_read() -> None:
+    p = ClassicParser(DF)
+    for chunk in classic_stream(*PODMAN):
+        p.feed(chunk)
+    p.finish()
+    assert [(s.line, s.cached) for s in p.result()] == [
+        (1, None),
+        (2, True),
+        (3, True),
+        (4, False),
+        (5, None),
+        (6, True),
+        (7, False),
+        (8, False),
+        (9, False),
+    ]
+    assert p.result()[3].output == ["Collecting flask"]
+
+
+def test_podman_single_stage_has_no_stage_prefix() -> None:
+    df = Dockerfile.parse("FROM base\nRUN make\n")
+    p = ClassicParser(df)
+    for chunk in classic_stream(
+        "STEP 1/2: FROM base", "STEP 2/2: RUN make", "--> Using cache 0a1b2c3d4e5f", "--> 0a1b2c3d4e5f"
+    ):
+        p.feed(chunk)
+    p.finish()
+    assert [(s.line, s.cached) for s in p.result()] == [(1, None), (2, True)]

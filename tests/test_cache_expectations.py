@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_dockapp.cache_check import (
+    Expectation,
     expected_misses,
     harmless_token,
     match_pattern,
@@ -13,6 +14,11 @@ from pytest_dockapp.cache_check import (
 from pytest_dockapp.dockerfile import Dockerfile, source_covers
 from pytest_dockapp.errors import CacheMarkerUsageError
 from pytest_dockapp.lint import lint
+
+
+def lines(exp: Expectation) -> list[int]:
+    return sorted(line for line, _ in exp.may_miss)
+
 
 BAD = Dockerfile.parse(
     'FROM node\nWORKDIR /app\nCOPY package.json /app\nCOPY . /app\nRUN npm install\nEXPOSE 80\nCMD ["node"]\n'
@@ -43,14 +49,14 @@ def test_source_covers(source: str, path: str, covered: bool) -> None:
 
 def test_tutorial_order_lets_install_miss() -> None:
     exp = expected_misses(BAD, ["server.js"])
-    assert sorted(exp.may_miss) == [4, 5, 6, 7]
-    assert exp.may_miss[4] == "copies server.js, which changed"
-    assert exp.origin[5].line == 4
+    assert lines(exp) == [4, 5, 6, 7]
+    assert exp.may_miss[(4, 0)] == "copies server.js, which changed"
+    assert exp.origin[(5, 0)].line == 4
 
 
 def test_right_order_keeps_install_out() -> None:
-    assert sorted(expected_misses(GOOD, ["server.js"]).may_miss) == [5, 6, 7]
-    assert sorted(expected_misses(GOOD, ["package.json"]).may_miss) == [3, 4, 5, 6, 7]
+    assert lines(expected_misses(GOOD, ["server.js"])) == [5, 6, 7]
+    assert lines(expected_misses(GOOD, ["package.json"])) == [3, 4, 5, 6, 7]
 
 
 def test_dependent_and_independent_stages() -> None:
@@ -60,20 +66,20 @@ def test_dependent_and_independent_stages() -> None:
         "FROM deps AS app\nCOPY src /src\n"
         "FROM b\nCOPY --from=deps /x /x\nRUN true\n"
     )
-    assert sorted(expected_misses(df, ["req.txt"]).may_miss) == [2, 3, 6, 7, 9, 10]
-    assert sorted(expected_misses(df, ["docs/a.md"]).may_miss) == [5]
-    assert sorted(expected_misses(df, ["src/main.py"]).may_miss) == [7]
+    assert lines(expected_misses(df, ["req.txt"])) == [2, 3, 6, 7, 9, 10]
+    assert lines(expected_misses(df, ["docs/a.md"])) == [5]
+    assert lines(expected_misses(df, ["src/main.py"])) == [7]
 
 
 def test_build_arg_change() -> None:
     df = Dockerfile.parse("ARG BASE=a\nFROM $BASE\nRUN one\nARG V=1\nENV X=1\nRUN two\nRUN three\nFROM b\nRUN four\n")
-    assert sorted(expected_misses(df, [], ["V"]).may_miss) == [6, 7]
-    assert sorted(expected_misses(df, [], ["BASE"]).may_miss) == [2, 3, 4, 5, 6, 7]
+    assert lines(expected_misses(df, [], ["V"])) == [6, 7]
+    assert lines(expected_misses(df, [], ["BASE"])) == [2, 3, 4, 5, 6, 7]
 
 
 def test_run_bind_mount_consumes_context() -> None:
     df = Dockerfile.parse("FROM b\nRUN --mount=type=bind,source=req.txt,target=/r pip install -r /r\nRUN x\n")
-    assert sorted(expected_misses(df, ["req.txt"]).may_miss) == [2, 3]
+    assert lines(expected_misses(df, ["req.txt"])) == [2, 3]
     assert expected_misses(df, ["other.txt"]).may_miss == {}
 
 
@@ -100,14 +106,14 @@ def test_harmless_token_is_whitespace_and_unique() -> None:
 
 def test_lint_agrees_with_expectations() -> None:
     findings = lint(BAD)
-    assert [(f.copy.line, f.install.line, f.tool) for f in findings] == [(4, 5, "npm")]
+    assert [(f.copy.line, f.victim.line, f.tool) for f in findings] == [(4, 5, "npm")]
     assert "fix: copy only what `RUN npm install` needs first (`COPY package.json package-lock.json /app`)" in str(
         findings[0]
     )
     assert lint(GOOD) == []
     # the marker's computed set says the same thing: the install may miss after a source edit only in BAD
-    assert 5 in expected_misses(BAD, ["server.js"]).may_miss
-    assert 4 not in expected_misses(GOOD, ["server.js"]).may_miss
+    assert (5, 0) in expected_misses(BAD, ["server.js"]).may_miss
+    assert (4, 0) not in expected_misses(GOOD, ["server.js"]).may_miss
 
 
 @pytest.mark.parametrize(
