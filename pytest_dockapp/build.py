@@ -192,12 +192,27 @@ ProgressCallback = Callable[[BuildEvent], None]
 # -- step mapping -------------------------------------------------------------------------------
 
 
+def _words(text: str) -> str:
+    """An instruction's text with JSON-form punctuation dropped: BuildKit prints
+    ``COPY ["a", "b"]`` as ``COPY [a b]``."""
+    return " ".join(text.replace('"', " ").replace(",", " ").replace("[", " ").replace("]", " ").split())
+
+
 def _same(ins: Instruction, text: str) -> bool:
-    """Whether a builder's step ``text`` is ``ins`` as written (FROM: the builder prints the
-    resolved image reference, so the keyword must do)."""
+    """Whether a builder's step ``text`` is ``ins`` (FROM: the builder prints the resolved
+    image reference, so the keyword must do; BuildKit prints build args expanded, so a
+    variable in the instruction stands for any text)."""
     if ins.keyword == "FROM":
         return text.split(" ", 1)[0].upper() == "FROM"
-    return ins.text == text
+    if ins.text == text:
+        return True
+    mine, theirs = _words(ins.text), _words(text)
+    if mine == theirs:
+        return True
+    if "$" not in mine:
+        return False
+    parts = re.split(r"\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*", mine)
+    return re.fullmatch(".*?".join(re.escape(p) for p in parts), theirs, re.DOTALL) is not None
 
 
 class StepMapper:

@@ -159,7 +159,7 @@ def _broad(source: str) -> bool:
     src = source.strip().lstrip("/")
     while src.startswith("./"):
         src = src[2:]
-    return src in ("", ".", "*", "./*") or src.startswith("*")
+    return src in ("", ".", "*", "**")  # "*.csproj" names manifests: not broad
 
 
 def _chains(df: Dockerfile) -> list[list[Instruction]]:

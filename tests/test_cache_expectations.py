@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pytest_dockapp.cache_check import (
@@ -13,16 +15,15 @@ from pytest_dockapp.cache_check import (
 )
 from pytest_dockapp.dockerfile import Dockerfile, source_covers
 from pytest_dockapp.errors import CacheMarkerUsageError
-from pytest_dockapp.lint import lint
+from pytest_dockapp.lint import fix_advice, lint
 
 
 def lines(exp: Expectation) -> list[int]:
     return sorted(line for line, _ in exp.may_miss)
 
 
-BAD = Dockerfile.parse(
-    'FROM node\nWORKDIR /app\nCOPY package.json /app\nCOPY . /app\nRUN npm install\nEXPOSE 80\nCMD ["node"]\n'
-)
+BAD_TEXT = 'FROM node\nWORKDIR /app\nCOPY package.json /app\nCOPY . /app\nRUN npm install\nEXPOSE 80\nCMD ["node"]\n'
+BAD = Dockerfile.parse(BAD_TEXT)
 GOOD = Dockerfile.parse(
     'FROM node\nWORKDIR /app\nCOPY package.json /app\nRUN npm install\nCOPY . /app\nEXPOSE 80\nCMD ["node"]\n'
 )
@@ -133,3 +134,83 @@ def test_lint_agrees_with_expectations() -> None:
 def test_lint_knows_installers(run: str, tool: str) -> None:
     df = Dockerfile.parse(f"FROM x\nCOPY . .\nRUN {run}\n")
     assert [f.tool for f in lint(df)] == [tool]
+
+
+CHEF = Dockerfile.parse(
+    "FROM rust AS planner\nWORKDIR /app\nCOPY . .\nRUN cargo chef prepare --recipe-path recipe.json\n"
+    "FROM rust AS builder\nWORKDIR /app\nCOPY --from=planner /app/recipe.json recipe.json\n"
+    "RUN cargo chef cook --release --recipe-path recipe.json\nCOPY . .\nRUN cargo build --release\n"
+)
+
+
+def test_copy_from_a_rebuilt_stage_may_miss_unless_strict() -> None:
+    assert lines(expected_misses(CHEF, ["src/main.rs"])) == [3, 4, 7, 8, 9, 10]
+    # strict: what COPY --from copies must come out byte-identical, so the cook must hit
+    assert lines(expected_misses(CHEF, ["src/main.rs"], strict=True)) == [3, 4, 9, 10]
+
+
+def test_a_derived_stage_names_the_copy_that_invalidated_its_base_as_culprit() -> None:
+    df = Dockerfile.parse("FROM x AS base\nCOPY . /app\nRUN true\nFROM base\nRUN npm install\n")
+    exp = expected_misses(df, ["server.js"])
+    assert exp.origin[(5, 0)].line == 4  # the child's own first miss is its FROM
+    assert exp.culprit[(5, 0)].line == 2  # but what the change reached is the COPY in the base stage
+
+
+def test_onbuild_triggers_of_the_base_read_the_changed_file() -> None:
+    df = Dockerfile.parse("FROM parent\nWORKDIR /w\nRUN echo\n").with_triggers({"parent": ["COPY . /app"]})
+    exp = expected_misses(df, ["server.js"])
+    assert sorted(exp.may_miss) == [(1, 1), (2, 0), (3, 0)]
+    assert exp.may_miss[(1, 1)] == "copies server.js, which changed"
+
+
+@pytest.mark.parametrize(
+    "dockerfile",
+    [
+        # false positives: builds after a broad copy, installs that earlier steps already made
+        "FROM x\nCOPY package.json yarn.lock ./\nRUN yarn install\nCOPY . .\nRUN yarn build\n",
+        "FROM x\nCOPY Cargo.toml Cargo.lock ./\nRUN cargo fetch\nCOPY . .\nRUN cargo build --release\n",
+        "FROM x\nCOPY pyproject.toml uv.lock ./\nRUN uv sync --frozen --no-install-project\n"
+        "COPY . .\nRUN uv sync --frozen\n",
+        "FROM x\nCOPY . .\nRUN make\n",
+        "FROM x\nCOPY . .\nRUN bundle exec rake assets:precompile\n",
+    ],
+)
+def test_lint_leaves_correct_orders_alone(dockerfile: str) -> None:
+    assert lint(Dockerfile.parse(dockerfile)) == []
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "tool", "line"),
+    [
+        # a broad COPY in a base stage reaches installs in its children
+        ("FROM x AS base\nWORKDIR /app\nCOPY . .\nFROM base AS deps\nRUN pnpm install\n", "pnpm", 5),
+        ("FROM x\nCOPY . .\nRUN dotnet restore\n", "dotnet", 3),
+        ("FROM x\nONBUILD COPY . /app\nONBUILD RUN npm install\n", "npm", 3),
+        # go build downloads the modules itself when nothing did before
+        ("FROM x\nCOPY . .\nRUN go build -o /app ./...\n", "go", 3),
+        ("FROM x\nCOPY . .\nRUN uv sync --frozen\n", "uv", 3),
+    ],
+)
+def test_lint_finds_hidden_installs(dockerfile: str, tool: str, line: int) -> None:
+    findings = lint(Dockerfile.parse(dockerfile))
+    assert [(f.tool, f.victim.line) for f in findings] == [(tool, line)]
+
+
+def test_lint_locations_are_editor_links() -> None:
+    df = Dockerfile.parse(BAD_TEXT, Path("/src/app/Dockerfile"))
+    assert str(lint(df)[0]).startswith("/src/app/Dockerfile:5: `RUN npm install` comes after `COPY . /app`")
+
+
+def test_fix_advice_never_moves_a_copy_below_the_step_that_needs_it() -> None:
+    df = Dockerfile.parse("FROM golang\nWORKDIR /src\nCOPY . .\nRUN go build -o /app .\n")
+    copy, build = df.stages[0].instructions[2], df.stages[0].instructions[3]
+    advice = fix_advice(copy, build)
+    assert "reads the sources, so it must rerun" in advice
+    assert "`COPY go.mod go.sum .` and `RUN go mod download` above line 3" in advice
+    assert "move `COPY . .`" not in advice
+
+
+def test_fix_advice_splits_a_step_that_installs_and_builds() -> None:
+    df = Dockerfile.parse("FROM node\nCOPY . .\nRUN npm ci && npm run build\n")
+    advice = fix_advice(df.stages[0].instructions[1], df.stages[0].instructions[2])
+    assert advice.startswith("`RUN npm ci && npm run build` installs dependencies and reads the sources: split it")

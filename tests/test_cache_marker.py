@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 import uuid
+from typing import Any
 
 import pytest
 
@@ -276,8 +278,8 @@ def test_lint_flags_tutorial_order_and_agrees_with_the_marker(pytester: pytest.P
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*Dockerfile:line 5: `COPY . /app` comes before `RUN npm install` (line 6): any source edit reruns "
-            "the npm install",
+            "*/Dockerfile:6: `RUN npm install` comes after `COPY . /app` (*/Dockerfile:5): any source edit reruns "
+            "the npm dependency install",
             "  fix: copy only what `RUN npm install` needs first (`COPY package.json package-lock.json /app`)*",
         ]
     )
@@ -288,3 +290,94 @@ def test_example_app_cache_check_is_in_its_tests() -> None:
 
     text = (ROOT / "example-app" / "tests" / "test_cache.py").read_text()
     assert 'change=["server.js"]' in text and 'cached=["RUN npm install"]' in text
+
+
+def test_summary_tells_a_demanded_hit_from_an_unexplained_miss(app: App) -> None:
+    project(app, TUTORIAL_BAD)
+    result = run(app, SERVER_CHANGE_TEST)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["cache check test_cache.py::*: 1 step(s) that cached= requires missed"])
+    result.stdout.no_fnmatch_line("*unexplained miss*")
+
+
+CHEF_LIKE = """
+FROM {BUSYBOX} AS planner
+WORKDIR /app
+COPY . .
+RUN echo fixed > /recipe.json
+FROM {BUSYBOX}
+COPY --from=planner /recipe.json /recipe.json
+RUN cat /recipe.json > /cooked
+COPY . /app
+"""
+
+
+def test_steps_allowed_to_miss_that_hit_are_reported_as_unprotected(app: App) -> None:
+    project(app, CHEF_LIKE)
+    result = run(
+        app,
+        """
+        import pytest
+
+        @pytest.mark.dockapp_cache(change=["server.js"])
+        def test_loose(dockapp_cache_report):
+            assert [s.line for s in dockapp_cache_report.unprotected] == [6, 7]
+
+        @pytest.mark.dockapp_cache(change=["server.js"], strict=True)
+        def test_strict(dockapp_cache_report):
+            assert dockapp_cache_report.unprotected == []
+            assert dockapp_cache_report.step("RUN cat /recipe.json*").cached is True
+        """,
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["cache check *test_loose: * ok (2 step(s) allowed to miss hit anyway, unprotected: line 6, line 7)"]
+    )
+
+
+def test_classic_build_of_buildkit_syntax_says_so(app: App) -> None:
+    app.dockerfile(
+        """
+        FROM {BUSYBOX}
+        RUN <<EOF
+        echo hi > /hi
+        EOF
+        EXPOSE 80
+        """
+    )
+    app.pytester.makepyfile(test_home="def test_home(dockapp_image):\n    pass\n")
+    result = app.pytester.runpytest("--dockapp-builder", "classic")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*this Dockerfile uses heredocs (`<<EOF`), which needs BuildKit (builder in use: classic)*"]
+    )
+
+
+def test_onbuild_parent_edit_is_explained_by_its_trigger(app: App, docker_client: Any) -> None:
+    parent = f"dockapp-test/onbuild-parent:{uuid.uuid4().hex[:8]}"
+    pdir = app.pytester.path.parent / f"{app.pytester.path.name}-parent"
+    pdir.mkdir()
+    (pdir / "Dockerfile").write_text(f"FROM {app.busybox}\nWORKDIR /app\nONBUILD COPY . /app/\n")
+    subprocess.run(["docker", "build", "-q", "-t", parent, str(pdir)], check=True, capture_output=True)
+    try:
+        project(app, f"FROM {parent}\nRUN echo child > /child\n")
+        result = run(
+            app,
+            """
+            import pytest
+
+            @pytest.mark.dockapp_cache(change=["server.js"], cached=["RUN echo child*"])
+            def test_child(dockapp_cache_report):
+                pass
+            """,
+        )
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(
+            [
+                "*cache regression: step * `RUN echo child > /child` *",
+                "invalidated by line 1 (ONBUILD trigger 1 of its base) `COPY . /app/`: copies server.js*",
+            ]
+        )
+        result.stdout.no_fnmatch_line("*was the cache pruned*")
+    finally:
+        docker_client.api.remove_image(parent, force=True)

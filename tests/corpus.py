@@ -1,0 +1,287 @@
+"""Dockerfiles modelled on the documented layer-order patterns of real ecosystems, for the
+differential cache test: each is built by the ``dockapp_cache`` check and by the plain
+docker CLI, and the per-step hits must agree.
+
+The tools (npm, yarn, pip, cargo, ...) are stand-ins installed in ``TOOLBOX``: shell scripts
+that print their arguments. A RUN step's cache key is its text and its parent layer, never
+what the command does, so stand-ins give the real patterns' cache behaviour. Where a
+pattern depends on a tool writing the same output twice (cargo chef's recipe), the
+stand-in writes fixed content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TOOLBOX_IMAGE = "dockapp-test/toolbox:2"
+TOOLBOX_DOCKERFILE = """
+FROM dockapp-test/busybox:1
+RUN for t in npm yarn pnpm pip poetry uv bundle go composer mvn gradle dotnet; do \
+      printf '#!/bin/sh\\necho "%s $*"\\n' "$t" > /bin/$t && chmod +x /bin/$t; done
+RUN printf '#!/bin/sh\\n[ "$1 $2" = "chef prepare" ] && echo fixed-recipe > recipe.json\\necho "cargo $*"\\n' \
+      > /bin/cargo && chmod +x /bin/cargo
+"""
+ONBUILD_PARENT = "dockapp-test/onbuild-node:2"
+ONBUILD_PARENT_DOCKERFILE = f"""
+FROM {TOOLBOX_IMAGE}
+WORKDIR /app
+ONBUILD COPY package.json /app/
+ONBUILD RUN npm ci
+ONBUILD COPY . /app/
+"""
+
+NODE_FILES = {"package.json": '{"name": "x"}\n', "package-lock.json": "{}\n", "server.js": "1\n", "src/a.js": "a\n"}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    pattern: str
+    dockerfile: str
+    files: dict[str, str]
+    change: list[str]
+    cached: list[object] = field(default_factory=list)
+    ok: dict[str, bool] = field(default_factory=lambda: {"classic": True, "buildkit": True})
+    lint: str | None = None  # the tool the lint must name, or None for no finding
+    strict: bool = False
+    builders: tuple[str, ...] = ("classic", "buildkit")
+    unprotected: bool = False  # the report must show steps allowed to miss that hit
+
+
+T = TOOLBOX_IMAGE
+CASES = [
+    Case(
+        "npm-good",
+        "npm: manifests, install, sources",
+        f"FROM {T}\nWORKDIR /app\nCOPY package.json package-lock.json ./\nRUN npm ci\nCOPY . .\nRUN npm run build\n",
+        NODE_FILES,
+        ["server.js"],
+        ["RUN npm ci"],
+    ),
+    Case(
+        "npm-tutorial",
+        "npm: COPY . before install (cache-hostile)",
+        f"FROM {T}\nWORKDIR /app\nCOPY package.json /app\nCOPY . /app\nRUN npm install\n",
+        NODE_FILES,
+        ["server.js"],
+        ["RUN npm install"],
+        ok={"classic": False, "buildkit": False},
+        lint="npm",
+    ),
+    Case(
+        "yarn-three-stage",
+        "Next.js-style deps / builder / runner with yarn",
+        f"FROM {T} AS base\nWORKDIR /app\n"
+        "FROM base AS deps\nCOPY package.json yarn.lock ./\nRUN yarn install --frozen-lockfile\n"
+        "FROM base AS builder\nCOPY --from=deps /app/package.json ./deps.json\nCOPY . .\nRUN yarn build\n"
+        'FROM base AS runner\nENV NODE_ENV=production\nCOPY --from=builder /app/src ./src\nCMD ["yarn", "start"]\n',
+        {"package.json": "{}\n", "yarn.lock": "#\n", "src/index.js": "1\n"},
+        ["src/index.js"],
+        [("deps", "RUN yarn install")],
+    ),
+    Case(
+        "pnpm-child-installs",
+        "pnpm: manifests in a base stage, installs in child stages",
+        f"FROM {T} AS base\nWORKDIR /app\nCOPY package.json pnpm-lock.yaml ./\n"
+        "FROM base AS prod-deps\nRUN pnpm install --prod --frozen-lockfile\n"
+        "FROM base AS build\nRUN pnpm install --frozen-lockfile\nCOPY . .\nRUN pnpm run build\n"
+        "FROM base\nCOPY --from=prod-deps /app/package.json /prod.json\nCOPY --from=build /app/src /app/dist\n",
+        {"package.json": "{}\n", "pnpm-lock.yaml": "x\n", "src/a.ts": "1\n"},
+        ["src/a.ts"],
+        ["RUN pnpm install --prod*", ("build", "RUN pnpm install --frozen-lockfile")],
+    ),
+    Case(
+        "pnpm-broad-base",
+        "pnpm: COPY . in a base stage, installs in a child (cache-hostile)",
+        f"FROM {T} AS base\nWORKDIR /app\nCOPY . .\nFROM base AS deps\nRUN pnpm install\n",
+        {"package.json": "{}\n", "pnpm-lock.yaml": "x\n", "src/a.ts": "1\n"},
+        ["src/a.ts"],
+        [("deps", "RUN pnpm install")],
+        ok={"classic": False, "buildkit": False},
+        lint="pnpm",
+    ),
+    Case(
+        "pip-requirements",
+        "pip: requirements first",
+        f"FROM {T}\nWORKDIR /app\nCOPY requirements.txt .\nRUN pip install --no-cache-dir -r requirements.txt\n"
+        'COPY . .\nCMD ["python", "app.py"]\n',
+        {"requirements.txt": "flask\n", "app.py": "1\n"},
+        ["app.py"],
+        ["RUN pip install*"],
+    ),
+    Case(
+        "poetry",
+        "poetry: install --no-root, then the project",
+        f"FROM {T}\nWORKDIR /app\nCOPY pyproject.toml poetry.lock ./\nRUN poetry install --no-root\n"
+        "COPY . .\nRUN poetry install\n",
+        {"pyproject.toml": "[x]\n", "poetry.lock": "#\n", "app/main.py": "1\n"},
+        ["app/main.py"],
+        ["RUN poetry install --no-root"],
+    ),
+    Case(
+        "uv-bind-mounts",
+        "uv: bind-mounted lock file, project installed last",
+        f"FROM {T}\nWORKDIR /app\n"
+        "RUN --mount=type=bind,source=uv.lock,target=uv.lock "
+        "--mount=type=bind,source=pyproject.toml,target=pyproject.toml uv sync --frozen --no-install-project\n"
+        "COPY . /app\nRUN uv sync --frozen\n",
+        {"pyproject.toml": "[x]\n", "uv.lock": "#\n", "app/main.py": "1\n"},
+        ["app/main.py"],
+        ["RUN --mount=* uv sync --frozen --no-install-project"],
+        builders=("buildkit",),
+    ),
+    Case(
+        "uv-lock-change",
+        "uv: a lock-file change reaches the bind-mounted install",
+        f"FROM {T}\nWORKDIR /app\n"
+        "RUN --mount=type=bind,source=uv.lock,target=uv.lock uv sync --frozen --no-install-project\n"
+        "COPY . /app\nRUN uv sync --frozen\n",
+        {"pyproject.toml": "[x]\n", "uv.lock": "#\n", "app/main.py": "1\n"},
+        ["uv.lock"],
+        builders=("buildkit",),
+    ),
+    Case(
+        "cargo-chef",
+        "cargo-chef: planner, cook, build (strict: the recipe must not change)",
+        f"FROM {T} AS chef\nWORKDIR /app\n"
+        "FROM chef AS planner\nCOPY . .\nRUN cargo chef prepare --recipe-path recipe.json\n"
+        "FROM chef AS builder\nCOPY --from=planner /app/recipe.json recipe.json\n"
+        "RUN cargo chef cook --release --recipe-path recipe.json\nCOPY . .\nRUN cargo build --release\n",
+        {"Cargo.toml": "[p]\n", "Cargo.lock": "#\n", "src/main.rs": "fn main(){}\n"},
+        ["src/main.rs"],
+        strict=True,
+    ),
+    Case(
+        "cargo-chef-unprotected",
+        "cargo-chef without strict: the cook hits but is not protected",
+        f"FROM {T} AS chef\nWORKDIR /app\n"
+        "FROM chef AS planner\nCOPY . .\nRUN cargo chef prepare --recipe-path recipe.json\n"
+        "FROM chef AS builder\nCOPY --from=planner /app/recipe.json recipe.json\n"
+        "RUN cargo chef cook --release --recipe-path recipe.json\nCOPY . .\nRUN cargo build --release\n",
+        {"Cargo.toml": "[p]\n", "Cargo.lock": "#\n", "src/main.rs": "fn main(){}\n"},
+        ["src/main.rs"],
+        unprotected=True,
+    ),
+    Case(
+        "composer-15-steps",
+        "composer: a stage of 15 steps (padded positions on BuildKit)",
+        f"FROM {T}\nWORKDIR /var/www\n"
+        + "".join(f"RUN echo ext-{n} > /ext-{n}\n" for n in range(1, 10))
+        + "COPY composer.json composer.lock ./\nRUN composer install --no-scripts --no-autoloader\n"
+        "COPY . .\nRUN composer dump-autoload --optimize\nRUN echo done\n",
+        {"composer.json": "{}\n", "composer.lock": "{}\n", "src/App.php": "<?php\n"},
+        ["src/App.php"],
+        ["RUN composer install*", "RUN echo ext-2 > /ext-2"],
+    ),
+    Case(
+        "go-multi-stage",
+        "go: modules first, static binary copied into a final stage",
+        f"FROM {T} AS build\nWORKDIR /src\nCOPY go.mod go.sum ./\nRUN go mod download\nCOPY . .\n"
+        "RUN mkdir -p /out && go build -o /out/app . && echo bin > /out/app\n"
+        f'FROM {T}\nCOPY --from=build /out/app /app\nENTRYPOINT ["/app"]\n',
+        {"go.mod": "module x\n", "go.sum": "\n", "main.go": "package main\n"},
+        ["main.go"],
+        ["RUN go mod download"],
+        unprotected=True,  # the stand-in's binary is the same bytes every time: its COPY --from hits
+    ),
+    Case(
+        "go-sources-first",
+        "go: COPY . before go mod download (cache-hostile)",
+        f"FROM {T}\nWORKDIR /src\nCOPY . .\nRUN go mod download\nRUN go build -o /app .\n",
+        {"go.mod": "module x\n", "go.sum": "\n", "main.go": "package main\n"},
+        ["main.go"],
+        ["RUN go mod download"],
+        ok={"classic": False, "buildkit": False},
+        lint="go",
+    ),
+    Case(
+        "maven",
+        "maven: pom first, dependency:go-offline",
+        f"FROM {T}\nWORKDIR /app\nCOPY pom.xml .\nRUN mvn -B dependency:go-offline\nCOPY src ./src\n"
+        "RUN mvn -B package -DskipTests\n",
+        {"pom.xml": "<project/>\n", "src/main/java/App.java": "class App {}\n"},
+        ["src/main/java/App.java"],
+        ["RUN mvn -B dependency:go-offline"],
+    ),
+    Case(
+        "gradle",
+        "gradle: build scripts first, dependencies task",
+        f"FROM {T}\nWORKDIR /app\nCOPY build.gradle settings.gradle ./\nRUN gradle dependencies --no-daemon\n"
+        "COPY src src\nRUN gradle build --no-daemon\n",
+        {"build.gradle": "x\n", "settings.gradle": "x\n", "src/App.kt": "x\n"},
+        ["src/App.kt"],
+        ["RUN gradle dependencies*"],
+    ),
+    Case(
+        "dotnet",
+        "dotnet: project file first, restore, publish",
+        f"FROM {T} AS build\nWORKDIR /src\nCOPY *.csproj ./\nRUN dotnet restore\nCOPY . .\n"
+        "RUN dotnet publish -c Release -o /out\n"
+        f"FROM {T}\nWORKDIR /app\nCOPY --from=build /src/App.csproj .\n",
+        {"App.csproj": "<Project/>\n", "Program.cs": "class P {}\n"},
+        ["Program.cs"],
+        ["RUN dotnet restore"],
+        unprotected=True,  # the final stage's COPY --from copies the unchanged project file: it hits
+    ),
+    Case(
+        "onbuild-parent",
+        "ONBUILD parent: its triggers copy the sources into every child",
+        f'FROM {ONBUILD_PARENT}\nRUN echo child > /child\nCMD ["npm", "start"]\n',
+        NODE_FILES,
+        ["server.js"],
+    ),
+    Case(
+        "escape-directive",
+        "escape directive with backtick continuations",
+        f"# escape=`\nFROM {T}\nWORKDIR /app\nCOPY requirements.txt .\nRUN pip install `\n    -r requirements.txt\n"
+        "COPY . .\n",
+        {"requirements.txt": "flask\n", "app.py": "1\n"},
+        ["app.py"],
+        ["RUN pip install*"],
+    ),
+    Case(
+        "json-wildcards",
+        "JSON-form COPY with wildcards",
+        f'FROM {T}\nWORKDIR /app\nCOPY ["package*.json", "./"]\nRUN ["npm", "ci"]\nCOPY ["src/", "./src/"]\n',
+        NODE_FILES,
+        ["package-lock.json"],
+    ),
+    Case(
+        "dockerignore",
+        ".dockerignore keeps docs out: editing them misses nothing",
+        f"FROM {T}\nWORKDIR /app\nCOPY . .\nRUN npm ci\n",
+        {**NODE_FILES, ".dockerignore": "docs\n", "docs/readme.md": "x\n"},
+        ["docs/readme.md"],
+        ["RUN npm ci"],
+        lint="npm",
+    ),
+    Case(
+        "dockerfile-dockerignore",
+        "<Dockerfile>.dockerignore: BuildKit reads it, the classic builder does not",
+        f"FROM {T}\nWORKDIR /app\nCOPY . .\nRUN npm ci\n",
+        {**NODE_FILES, "Dockerfile.dockerignore": "docs\n", "docs/readme.md": "x\n"},
+        ["docs/readme.md"],
+        ["RUN npm ci"],
+        ok={"classic": False, "buildkit": True},
+        lint="npm",
+    ),
+    Case(
+        "build-arg",
+        "a build arg used by a late step",
+        f"FROM {T}\nWORKDIR /app\nCOPY package.json .\nRUN npm ci\nARG VERSION=1\nRUN echo $VERSION > /version\n",
+        NODE_FILES,
+        ["--build-arg VERSION={RANDOM}"],
+        ["RUN npm ci"],
+    ),
+    Case(
+        "derived-ten-steps",
+        "a stage built FROM a stage, with ten steps",
+        f"FROM {T} AS base\nWORKDIR /app\nCOPY a.txt /app/\nRUN cat a.txt > /b1\n"
+        "FROM base AS child\nCOPY b.txt /app/\nRUN cat b.txt > /b2\n"
+        + "".join(f"RUN echo {n} > /n{n}\n" for n in range(1, 9))
+        + "FROM base\nCOPY --from=child /b2 /b2\nRUN echo final\n",
+        {"a.txt": "a\n", "b.txt": "b\n"},
+        ["b.txt"],
+        [("base", "RUN cat a.txt*")],
+    ),
+]
