@@ -63,6 +63,27 @@ def process_alive(pid: int, start: str = "") -> bool:
     return not start or not process_start(pid) or process_start(pid) == start
 
 
+#: Extra labels for every container, network and lease, e.g. a CI job id: ``k=v,k2=v2``.
+LABELS_ENV = "DOCKAPP_LABELS"
+
+
+def extra_labels(text: str | None = None) -> dict[str, str]:
+    """The labels ``DOCKAPP_LABELS`` (or ``text``) asks for."""
+    from .errors import ConfigurationError
+
+    raw = os.environ.get(LABELS_ENV, "") if text is None else text
+    out = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigurationError(
+                f"{LABELS_ENV} entry {item!r} is not KEY=VALUE",
+                hint=f"e.g. {LABELS_ENV}=ci.job=1234,ci.pipeline=56",
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
 @dataclass
 class Session:
     """Identity of one test session on one engine: what its labels say."""
@@ -70,6 +91,7 @@ class Session:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+    extra: dict[str, str] = field(default_factory=extra_labels)
 
     def scratch_tag(self, n: int) -> str:
         """A tag for a temporary image that says who owns it.
@@ -83,6 +105,7 @@ class Session:
     def labels(self, kind: str) -> dict[str, str]:
         """Labels for a resource of ``kind`` (container, network, volume, image)."""
         return {
+            **self.extra,
             OWNER: OWNER_VALUE,
             SESSION: self.id,
             HOST: self.host,

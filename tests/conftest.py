@@ -7,6 +7,7 @@ app, ``dockapp-test/node:bookworm``; ``.ci/make-bases`` builds both when missing
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,13 @@ from typing import Any
 
 import pytest
 
-from .helpers import BUSYBOX, NODE_BASE, ROOT, App, find_buildkit_cli, leftover_names, strict
+from .helpers import BUSYBOX, NODE_BASE, ROOT, SUITE_RUN_LABEL, App, find_buildkit_cli, leftover_names, strict
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every session the suite starts (in-process or as a subprocess) inherits this.
+    labels = [os.environ.get("DOCKAPP_LABELS", ""), SUITE_RUN_LABEL]
+    os.environ["DOCKAPP_LABELS"] = ",".join(filter(None, labels))
 
 
 @pytest.fixture(scope="session")
@@ -77,10 +84,14 @@ def builder_args(request: pytest.FixtureRequest) -> list[str]:
 
 @pytest.fixture
 def no_leaks(docker_client: Any) -> Iterator[None]:
-    """Fails the test if anything carrying the plugin's labels is left on the engine."""
-    before = set(leftover_names(docker_client))
+    """Fails the test if a session it started left a labelled container or network behind.
+
+    Only this suite run's own resources count (they carry its ``SUITE_RUN_LABEL``): other
+    projects and other runs of this suite may use the same engine at the same time.
+    """
+    before = set(leftover_names(docker_client, SUITE_RUN_LABEL))
     yield
-    after = set(leftover_names(docker_client)) - before
+    after = set(leftover_names(docker_client, SUITE_RUN_LABEL)) - before
     assert not after, f"leaked containers/networks: {sorted(after)}"
 
 

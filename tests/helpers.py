@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,17 @@ def find_buildkit_cli() -> str | None:
     return None
 
 
-def leftover_names(client: Any) -> list[str]:
-    return cleanup.leftovers(client)
+#: Every session this suite run starts labels its resources with this (``DOCKAPP_LABELS``, set in
+#: conftest.py), so that leak checks see this run's resources only.
+SUITE_RUN_LABEL = f"org.pytest-dockapp.test.suite-run={uuid.uuid4().hex[:12]}"
+
+
+def leftover_names(client: Any, label: str | None = None) -> list[str]:
+    """Names of labelled containers (leases included) and networks; of ``label`` only, if given."""
+    if label is None:
+        return cleanup.leftovers(client)
+    names = [c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters={"label": label})]
+    return names + [n["Name"] for n in client.api.networks(filters={"label": label})]
 
 
 class App:

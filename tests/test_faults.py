@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -406,3 +407,36 @@ def test_invalid_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*dockapp timeout 'later' is not a positive number*"])
+
+
+@pytest.fixture
+def foreign_containers(docker_client: Any) -> Iterator[list[str]]:
+    """Containers a test creates as another run would; removed only after the test's own leak
+    check has run (this fixture is set up first, so it is torn down last)."""
+    ids: list[str] = []
+    yield ids
+    for cid in ids:
+        docker_client.api.remove_container(cid, force=True)
+
+
+def test_leak_check_ignores_foreign_labelled_containers(
+    foreign_containers: list[str], app: App, pytester: pytest.Pytester, docker_client: Any
+) -> None:
+    """Another project's run (or another run of this suite) on the same engine, starting while
+    this test runs: its labelled containers are neither our leaks nor touched by our sessions."""
+    foreign = docker_client.api.create_container(
+        app.busybox,
+        command=["sleep", "1"],
+        name=f"foreign-run-{os.getpid()}-{time.time_ns()}",
+        labels={
+            "org.pytest-dockapp.owner": "pytest-dockapp",
+            "org.pytest-dockapp.session": "someone-else",
+            "org.pytest-dockapp.host": "another-ci-runner",
+            "org.pytest-dockapp.created": f"{time.time():.0f}",
+        },
+    )
+    foreign_containers.append(foreign["Id"])
+    app.httpd()
+    pytester.makepyfile(HOME_TEST)
+    pytester.runpytest().assert_outcomes(passed=1)
+    assert docker_client.api.inspect_container(foreign["Id"])["Id"] == foreign["Id"]  # untouched
