@@ -821,6 +821,9 @@ def _buildkit(
             assert proc.stdout is not None
             for line in proc.stdout:
                 parser.feed(line)
+        except BaseException:
+            proc.terminate()  # interrupted (Ctrl-C, SIGTERM): do not wait for the build to finish
+            raise
         finally:
             code = proc.wait()
         if code != 0 and parser.error is None:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from .signals import TerminationGuard  # standard library only: cheap to load with the plugin
+
 if TYPE_CHECKING:
     from .app import DockApp
     from .build import BuildEvent
@@ -378,7 +380,12 @@ _ITEM_START = pytest.StashKey[float]()
 _ITEM_APPS = pytest.StashKey[list["DockApp"]]()
 
 
+_GUARD = pytest.StashKey[TerminationGuard]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    guard = config.stash[_GUARD] = TerminationGuard()
+    guard.install()
     config.addinivalue_line(
         "markers",
         "dockapp_cache(change=None, cached=None, context=None, dockerfile=None, build_args=None, "
@@ -907,3 +914,10 @@ class XdistController:
         import shutil
 
         shutil.rmtree(self.shared_dir, ignore_errors=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    guard = config.stash.get(_GUARD, None)
+    if guard is not None:
+        guard.reraise()  # a SIGTERM/SIGHUP run ends with that signal, after its teardown

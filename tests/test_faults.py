@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .helpers import HOME_TEST, App, start_holder
+from .helpers import HOME_TEST, App, pytest_cmd, start_holder
 
 # 1. engine unreachable; 3. build failure; 5. ports; 6. exits at once; 7. unhealthy; 8. timeout; 9. invalid
 # options: further below, with the readiness cases.
@@ -440,3 +441,75 @@ def test_leak_check_ignores_foreign_labelled_containers(
     pytester.makepyfile(HOME_TEST)
     pytester.runpytest().assert_outcomes(passed=1)
     assert docker_client.api.inspect_container(foreign["Id"])["Id"] == foreign["Id"]  # untouched
+
+
+# SIGTERM (a CI runner cancelling the job) at every phase: teardown runs, then the run ends
+# with the signal (-15), and nothing of the session is left.
+
+SIGTERM_CONFTEST = """
+import os, time, pytest
+
+@pytest.fixture
+def slow_teardown():
+    yield
+    open("teardown-started", "w").close()
+    time.sleep(60)
+"""
+
+
+def _own(docker_client: Any, pid: int) -> list[str]:
+    flt = {"label": f"org.pytest-dockapp.pid={pid}"}
+    return [c["Names"][0] for c in docker_client.api.containers(all=True, filters=flt)]
+
+
+def _until(check: Any, proc: subprocess.Popen[str], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the phase was never reached"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("phase", ["build", "readiness", "test body", "teardown"])
+def test_sigterm_tears_down_and_exits_with_the_signal(
+    app: App, pytester: pytest.Pytester, docker_client: Any, phase: str
+) -> None:
+    if phase == "build":
+        app.httpd(extra=f"RUN sleep 30 # {uuid.uuid4().hex}")
+    elif phase == "readiness":
+        app.httpd(cmd='["sleep", "60"]')
+    else:
+        app.httpd()
+    pytester.makeconftest(SIGTERM_CONFTEST)
+    pytester.makepyfile(
+        test_hold=f"""
+        import time
+
+        def test_hold(dockapp{", slow_teardown" if phase == "teardown" else ""}):
+            open("in-test", "w").close()
+            time.sleep(0 if {phase == "teardown"} else 60)
+        """
+    )
+    proc = subprocess.Popen(
+        pytest_cmd("test_hold.py", "--dockapp-timeout=120"),
+        cwd=pytester.path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    if phase == "build":
+        _until(lambda: any("sleep 30" in c.get("Command", "") for c in docker_client.api.containers()), proc)
+    elif phase == "readiness":
+        _until(lambda: bool(_own(docker_client, proc.pid)), proc)
+        time.sleep(0.5)
+    elif phase == "test body":
+        _until((pytester.path / "in-test").exists, proc)
+    else:
+        proc_file = pytester.path / "teardown-started"
+        _until(proc_file.exists, proc)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, out
+    assert time.monotonic() - started < 30, out  # it did not wait for the build, app or sleep to end
+    assert _own(docker_client, proc.pid) == [], out
