@@ -27,12 +27,17 @@ PID = PREFIX + "pid"
 PID_START = PREFIX + "pid-start"
 CREATED = PREFIX + "created"
 KIND = PREFIX + "kind"
+PIDNS = PREFIX + "pidns"  # inode of the owner's PID namespace: its pid means something only there
+BOOT = PREFIX + "boot-id"  # the owner's kernel boot: a pid of another boot is another process
+KEPT = "-kept"  # name suffix of containers --dockapp-keep left running on purpose
 OWNER_VALUE = "pytest-dockapp"
 #: Repository of the temporary images of cache checks; their tags name the owning process.
 SCRATCH_REPO = "pytest-dockapp/cache-check"
 #: Repository of cache checks' warm builds: kept, one tag per context, as the layer cache.
 WARM_REPO = "pytest-dockapp/cache-warm"
-_SCRATCH_TAG = re.compile(r"^(?P<host>[A-Za-z0-9_.-]+)-(?P<pid>\d+)-(?P<start>\d+)-(?P<session>[0-9a-f]+)-\d+")
+_SCRATCH_TAG = re.compile(
+    r"^(?P<host>[A-Za-z0-9_.-]+)-(?P<pid>\d+)-(?P<start>\d+)(?:-ns(?P<pidns>\d+))?-(?P<session>[0-9a-f]+)-\d+"
+)
 
 #: Default age past which resources of another host (or an unknown owner) are swept.
 DEFAULT_SWEEP_AGE = 6 * 3600.0
@@ -48,6 +53,23 @@ def process_start(pid: int) -> str:
     # The command name may contain spaces and parentheses: fields start after the last ')'.
     fields = stat.rsplit(")", 1)[-1].split()
     return fields[19] if len(fields) > 19 else ""
+
+
+def pid_namespace() -> str:
+    """The inode of this process's PID namespace ("" where it cannot be read)."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+def boot_id() -> str:
+    """This kernel's boot id ("" where it cannot be read)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
 
 
 def process_alive(pid: int, start: str = "") -> bool:
@@ -100,7 +122,10 @@ class Session:
         step, and one that misses on every build since the values are per session. So the tag
         carries what the sweep needs: host, pid and the pid's start time.
         """
-        return f"{SCRATCH_REPO}:{_tag_host(self.host)}-{self.pid}-{process_start(self.pid) or 0}-{self.id}-{n}"
+        return (
+            f"{SCRATCH_REPO}:{_tag_host(self.host)}-{self.pid}-{process_start(self.pid) or 0}"
+            f"-ns{pid_namespace() or 0}-{self.id}-{n}"
+        )
 
     def labels(self, kind: str) -> dict[str, str]:
         """Labels for a resource of ``kind`` (container, network, volume, image)."""
@@ -111,6 +136,8 @@ class Session:
             HOST: self.host,
             PID: str(self.pid),
             PID_START: process_start(self.pid),
+            PIDNS: pid_namespace(),
+            BOOT: boot_id(),
             CREATED: f"{time.time():.0f}",
             KIND: kind,
         }
@@ -140,17 +167,30 @@ def is_orphan(labels: dict[str, str], session: Session, max_age: float) -> bool:
         age = time.time() - float(labels.get(CREATED, "0"))
     except ValueError:
         age = float("inf")
-    if labels.get(HOST) == session.host:
+    if labels.get(HOST) == session.host and _same_pid_space(labels):
         try:
             pid = int(labels.get(PID, ""))
         except ValueError:
             return age > max_age
         return not process_alive(pid, labels.get(PID_START, ""))
+    # Another host, or the same host name seen from another PID namespace (CI jobs in
+    # containers with host networking share it): the owner cannot be checked from here, so
+    # only the age rule may remove it. Never remove on a guess.
     return age > max_age
 
 
-def sweep(client: docker.DockerClient, session: Session, max_age: float = DEFAULT_SWEEP_AGE) -> SweepReport:
-    """Remove containers, networks, volumes and temporary images of dead sessions."""
+def _same_pid_space(labels: dict[str, str]) -> bool:
+    """Whether the owner's pid can be checked from here: same PID namespace, same boot."""
+    ns, boot = pid_namespace(), boot_id()
+    return bool(ns and boot) and labels.get(PIDNS) == ns and labels.get(BOOT) == boot
+
+
+def sweep(
+    client: docker.DockerClient, session: Session, max_age: float = DEFAULT_SWEEP_AGE, *, kept: bool = False
+) -> SweepReport:
+    """Remove containers, networks, volumes and temporary images of dead sessions. Containers
+    that ``--dockapp-keep`` left on purpose (named ``*-kept``) go only past ``max_age``, or
+    with ``kept``."""
     import docker.errors
 
     report = SweepReport()
@@ -167,9 +207,14 @@ def sweep(client: docker.DockerClient, session: Session, max_age: float = DEFAUL
 
     for c in client.api.containers(all=True, filters=flt):
         labels = c.get("Labels") or {}
+        name = c["Names"][0].lstrip("/")
+        if name.endswith(KEPT) and not kept:
+            if is_orphan({**labels, HOST: ""}, session, max_age):  # the age rule alone
+                attempt(report.containers, name, client.api.remove_container, c["Id"], force=True, v=True)
+            continue
         if is_orphan(labels, session, max_age):
             bucket = report.leases if labels.get(KIND) == "lease" else report.containers
-            attempt(bucket, c["Names"][0].lstrip("/"), client.api.remove_container, c["Id"], force=True, v=True)
+            attempt(bucket, name, client.api.remove_container, c["Id"], force=True, v=True)
     for n in client.api.networks(filters=flt):
         if is_orphan(n.get("Labels") or {}, session, max_age):
             attempt(report.networks, n["Name"], client.api.remove_network, n["Id"])
@@ -199,6 +244,8 @@ def _scratch_orphan(tag: str, created: float, session: Session, max_age: float) 
         HOST: session.host if m.group("host") == _tag_host(session.host) else "",
         PID: m.group("pid"),
         PID_START: "" if m.group("start") == "0" else m.group("start"),
+        PIDNS: m.group("pidns") or "",
+        BOOT: boot_id(),  # a scratch image outlives no reboot that matters: its pid check stands
         CREATED: str(created),
     }
     return is_orphan(labels, session, max_age)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +113,7 @@ class Dockapps:
         self._sweep: Future[cleanup.SweepReport] | None = None
         self._sweep_age: float | None = None
         self._leases: dict[str, str] = {}  # image ID -> the lease container that pins it
+        self.sweep_kept = False  # whether the sweep also takes other sessions' --dockapp-keep containers
 
     @classmethod
     def connect(cls, *, sweep_age: float | None = cleanup.DEFAULT_SWEEP_AGE, **kwargs: Any) -> Dockapps:
@@ -134,7 +135,7 @@ class Dockapps:
         if self._sweep is not None or age is None:
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-sweep")
-        self._sweep = pool.submit(cleanup.sweep, self.client, self.session, age)
+        self._sweep = pool.submit(cleanup.sweep, self.client, self.session, age, kept=self.sweep_kept)
         pool.shutdown(wait=False)
 
     @property
@@ -317,13 +318,20 @@ class Dockapps:
             if stat.name == runner.name:
                 stat.teardown_seconds = runner.teardown_seconds
 
-    def close(self, keep: bool = False) -> list[DockApp]:
-        """Remove every container still running; with ``keep`` leave them up and return them."""
+    def close(self, keep: Iterable[str] = ()) -> list[DockApp]:
+        """Remove every container still running, but the apps named in ``keep``: those are
+        renamed ``<name>-kept`` (the sweep of later sessions leaves them alone) and returned."""
         self.start_sweep()  # a session that started no app still sweeps
         _ = self.sweep_report  # never leave the sweep running past the session
-        kept = [r.app for r in self._runners if r.app is not None] if keep else []
-        if keep:
-            self._runners.clear()
+        wanted = set(keep)
+        kept = []
+        for runner in [r for r in self._runners if r.app is not None and r.app.name in wanted]:
+            self._runners.remove(runner)
+            assert runner.app is not None and runner.container_id is not None
+            new_name = runner.app.name + cleanup.KEPT
+            self.client.api.rename(runner.container_id, new_name)
+            runner.app.name = new_name
+            kept.append(runner.app)
         errors = []
         for runner in list(self._runners):
             self._runners.remove(runner)

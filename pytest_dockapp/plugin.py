@@ -167,7 +167,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="dockapp_keep",
         action="store_true",
         default=False,
-        help="after a failure, leave containers running and print how to reach and remove them",
+        help="leave the containers of failing tests running (named *-kept) and print how to reach and remove them",
+    )
+    group.addoption(
+        "--dockapp-sweep-kept",
+        dest="dockapp_sweep_kept",
+        action="store_true",
+        default=False,
+        help="the sweep also removes containers that other sessions' --dockapp-keep left (named *-kept) "
+        "(default: only past the sweep age)",
     )
     group.addoption(
         "--dockapp-strict",
@@ -238,6 +246,7 @@ class Settings:
     host_ip: str = "127.0.0.1"
     image: str | None = None
     keep: bool = False
+    sweep_kept: bool = False
     strict: bool = False
     expect_cached: bool = False
     sweep_age: float | None = 6 * 3600.0
@@ -280,6 +289,7 @@ def _settings(config: pytest.Config) -> Settings:
         host_ip=vals["host_ip"] or "127.0.0.1",
         image=config.getoption("dockapp_image"),
         keep=config.getoption("dockapp_keep"),
+        sweep_kept=config.getoption("dockapp_sweep_kept"),
         sweep_age=parse_age(config.getoption("dockapp_sweep_age") or config.getini("dockapp_sweep_age") or "6h"),
         remove_images=config.getoption("dockapp_remove_images"),
         rebuild=bool(config.getoption("dockapp_rebuild") or config.getini("dockapp_rebuild")),
@@ -304,6 +314,7 @@ class _State:
         self.cache_reports: list[tuple[str, CacheReport]] = []
         self.worker_lines: list[str] = []
         self.removed_images: list[str] = []
+        self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps
         self.progress = _Progress(config)
 
     def apps(self) -> Dockapps:
@@ -324,6 +335,7 @@ class _State:
                     shared_dir=Path(shared) if shared else None,
                     reuse_unchanged=not s.rebuild,
                 )
+                self._apps.sweep_kept = s.sweep_kept
             except DockappError as exc:
                 self.error = exc
         if self.error is not None:
@@ -520,7 +532,7 @@ def _start(state: _State, image: Image | str, **kwargs: Any) -> DockApp:
 
 
 def _release(state: _State, session: pytest.Session, app: DockApp, scope: str = "session") -> None:
-    if state.settings.keep and session.testsfailed:
+    if state.settings.keep and app.name in state.failed_apps:
         return  # left running on purpose; listed in the terminal summary
     if state.started is not None:
         # Function-scoped apps go in the background: the session's end waits for every removal.
@@ -808,6 +820,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         funcargs = getattr(item, "funcargs", {})
         from_fixtures = [v for v in funcargs.values() if type(v).__name__ == "DockApp"]
         since = item.stash.get(_ITEM_START, None)
+        _state(item.config).failed_apps.update(a.name for a in from_fixtures + apps)
         for app in from_fixtures + [a for a in apps if a not in from_fixtures]:
             try:
                 text = app.logs(tail=200, since=since)
@@ -822,7 +835,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = _state(config)
     apps = state.started
     if apps is not None:
-        state.kept = apps.close(keep=state.settings.keep and bool(session.testsfailed))
+        state.kept = apps.close(keep=state.failed_apps if state.settings.keep else ())
         if state.settings.remove_images:
             state.removed_images = apps.remove_built_images()
     workeroutput = getattr(config, "workeroutput", None)

@@ -7,6 +7,7 @@ plugin's labels is left behind. Cases are numbered as in the issue that asked fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -513,3 +514,68 @@ def test_sigterm_tears_down_and_exits_with_the_signal(
     assert proc.returncode == -signal.SIGTERM, out
     assert time.monotonic() - started < 30, out  # it did not wait for the build, app or sleep to end
     assert _own(docker_client, proc.pid) == [], out
+
+
+@pytest.mark.parametrize("order", ["fail-first", "pass-first"])
+def test_keep_keeps_only_failing_tests_apps_and_later_runs_leave_them(
+    app: App, pytester: pytest.Pytester, docker_client: Any, order: str
+) -> None:
+    app.httpd()
+    tests = {
+        "fail": "def test_fail(dockapp_factory):\n    dockapp_factory(name='keep-f-{u}')\n    assert False\n",
+        "pass": "def test_pass(dockapp_factory):\n    dockapp_factory(name='keep-p-{u}')\n",
+    }
+    u = uuid.uuid4().hex[:8]
+    first, second = ("fail", "pass") if order == "fail-first" else ("pass", "fail")
+    pytester.makepyfile(test_keep=tests[first].format(u=u) + "\n\n" + tests[second].format(u=u))
+    try:
+        result = pytester.runpytest_subprocess("--dockapp-keep")
+        result.assert_outcomes(failed=1, passed=1)
+        result.stdout.fnmatch_lines(
+            [f"kept keep-f-{u}-kept at http://127.0.0.1:*; remove: docker rm -f keep-f-{u}-kept"]
+        )
+        names = [c["Names"][0].lstrip("/") for c in docker_client.api.containers(all=True)]
+        assert f"keep-f-{u}-kept" in names and f"keep-p-{u}" not in names
+        # The next session on this host finds its owner dead, but it was kept on purpose.
+        pytester.makepyfile(test_home=HOME_TEST)
+        pytester.runpytest_subprocess("test_home.py").assert_outcomes(passed=1)
+        assert docker_client.api.inspect_container(f"keep-f-{u}-kept")["State"]["Running"]
+        swept = pytester.runpytest_subprocess("test_home.py", "--dockapp-sweep-kept")
+        swept.stdout.fnmatch_lines(["swept leftovers of killed sessions: 1 containers*"])
+        assert f"keep-f-{u}-kept" not in [c["Names"][0].lstrip("/") for c in docker_client.api.containers(all=True)]
+    finally:
+        for name in (f"keep-f-{u}-kept", f"keep-f-{u}", f"keep-p-{u}"):
+            with contextlib.suppress(Exception):
+                docker_client.api.remove_container(name, force=True)
+
+
+def test_sweep_leaves_a_pid_namespace_neighbour_alone(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
+    """A CI job in a container with host networking has this host's name, but its pids mean
+    nothing here: its resources must not be judged dead by pid."""
+    import socket
+
+    from pytest_dockapp import cleanup
+
+    neighbour = docker_client.api.create_container(
+        app.busybox,
+        command=["sleep", "1"],
+        name=f"neighbour-{uuid.uuid4().hex[:8]}",
+        labels={
+            cleanup.OWNER: cleanup.OWNER_VALUE,
+            cleanup.SESSION: "neighbour",
+            cleanup.HOST: socket.gethostname(),
+            cleanup.PID: "4000000",  # no such pid here; in its own namespace it is alive
+            cleanup.PIDNS: "4026539999",
+            cleanup.BOOT: cleanup.boot_id(),
+            cleanup.CREATED: f"{time.time():.0f}",
+        },
+    )
+    try:
+        app.httpd()
+        pytester.makepyfile(HOME_TEST)
+        result = pytester.runpytest()
+        result.assert_outcomes(passed=1)
+        result.stdout.no_fnmatch_line("swept*")
+        assert docker_client.api.inspect_container(neighbour["Id"])["Id"] == neighbour["Id"]
+    finally:
+        docker_client.api.remove_container(neighbour["Id"], force=True)
