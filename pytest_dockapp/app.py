@@ -105,6 +105,21 @@ class DockApp:
         code, out = self.container.exec_run(cmd)
         return int(code), out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
 
+    def exit_status(self) -> str | None:
+        """None while the container runs; else how it ended (exit code, OOM, when)."""
+        import docker.errors
+
+        try:
+            state = self.container.client.api.inspect_container(self.container.id)["State"]
+        except docker.errors.NotFound:
+            return "its container no longer exists: it was removed outside this test session"
+        except docker.errors.APIError as exc:
+            return f"its state is unknown: the engine said {exc.explanation or exc}"
+        if state.get("Running"):
+            return None
+        oom = ", killed by the kernel: out of memory" if state.get("OOMKilled") else ""
+        return f"exited with code {state.get('ExitCode')}{oom} at {state.get('FinishedAt', '?')}"
+
     def _check_alive(self) -> None:
         import docker.errors
 
@@ -234,16 +249,27 @@ class AppRunner:
         host_config = api.create_host_config(port_bindings=ports, privileged=False)
         try:
             # The low-level calls: the SDK's containers.create() and reload() each add an inspect.
-            created = api.create_container(
-                self.image,
-                command=self.command,
-                name=self.name,
-                detach=True,
-                ports=[(p, proto) for p, proto in sorted(publish)],
-                environment=self.env,
-                labels=self.session.labels("container"),
-                host_config=host_config,
-            )
+            try:
+                created = api.create_container(
+                    self.image,
+                    command=self.command,
+                    name=self.name,
+                    detach=True,
+                    ports=[(p, proto) for p, proto in sorted(publish)],
+                    environment=self.env,
+                    labels=self.session.labels("container"),
+                    host_config=host_config,
+                )
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    raise ContainerError(
+                        f"cannot create container {self.name}: the name is taken",
+                        evidence=str(exc.explanation or exc),
+                        evidence_title="engine said",
+                        hint=f"choose another name= (or none: the plugin makes unique names), or remove the other "
+                        f"container (docker rm -f {self.name}) if it is a leftover",
+                    ) from None
+                raise
             self.container_id = created["Id"]
             if self.network is not None:
                 self.client.networks.get(_network_name(self.network)).connect(

@@ -369,11 +369,24 @@ class Dockerfile:
         return refs
 
     def base_images(self, build_args: Mapping[str, str] | None = None) -> list[tuple[Stage, str]]:
-        """External base images (not earlier stages, not scratch), ARGs expanded."""
+        """External base images (not earlier stages, not scratch), ARGs expanded. A FROM that
+        expands to nothing is a :class:`DockerfileError` naming the ARG to pass."""
         variables = self.arg_values(build_args)
         out = []
         for st in self.stages:
             image = expand(st.base, variables)
+            if not image.strip():
+                names = [m.group(1) or m.group(4) for m in _VAR.finditer(st.base)]
+                missing = [n for n in names if not variables.get(n)]
+                raise DockerfileError(
+                    f"{self.path or 'Dockerfile'}:{st.line}: `FROM {st.base}` names no image: "
+                    + ", ".join(f"ARG {n}" for n in missing or names)
+                    + " has no default and no value",
+                    hint="pass "
+                    + " ".join(f"--dockapp-build-arg {n}=<image>" for n in missing or names)
+                    + " (or dockapp_build_args in the ini file, or build_args= on the factory), or give the ARG "
+                    "a default",
+                )
             earlier = {s.name.lower() for s in self.stages[: st.index] if s.name}
             if image.lower() != "scratch" and image.lower() not in earlier:
                 out.append((st, image))

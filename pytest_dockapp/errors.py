@@ -17,6 +17,25 @@ def tail(text: str | Iterable[str], lines: int = 20) -> str:
     return "\n".join(prefix + shown)
 
 
+#: Caps for log text shown in reports: one line, and a whole section.
+MAX_LINE = 2000
+MAX_TEXT = 64 * 1024
+
+
+def cap(text: str, max_line: int = MAX_LINE, max_text: int = MAX_TEXT) -> str:
+    """``text`` with each line cut at ``max_line`` characters and the whole kept to the last
+    ``max_text`` characters, saying so where it cut (a 100 MB log line stays readable)."""
+    lines = []
+    for line in text.splitlines():
+        if len(line) > max_line:
+            line = f"{line[:max_line]}... [{len(line) - max_line} more characters cut by pytest-dockapp]"
+        lines.append(line)
+    out = "\n".join(lines)
+    if len(out) > max_text:
+        out = f"[... {len(out) - max_text} earlier characters cut by pytest-dockapp]\n" + out[-max_text:]
+    return out
+
+
 def _indent(text: str) -> str:
     return "\n".join("    " + line if line else line for line in text.splitlines())
 
@@ -94,3 +113,7 @@ class CacheRegressionError(DockappError):
 
 class CacheMarkerUsageError(ConfigurationError):
     """The ``dockapp_cache`` marker was given arguments that cannot be checked."""
+
+
+class DockappWarning(UserWarning):
+    """Something works, but is risky or will surprise: a secret in a build arg, say."""

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from .build_reuse import BuildCache, fingerprint
 from .build_reuse import Entry as CacheEntry
 from .dockerfile import Dockerfile
 from .engine import Builder, connect, resolve_builder
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DockappWarning
+from .redact import looks_secret, secret_values
 
 if TYPE_CHECKING:
     import docker
@@ -113,6 +115,9 @@ class Dockapps:
         self._sweep: Future[cleanup.SweepReport] | None = None
         self._sweep_age: float | None = None
         self._leases: dict[str, str] = {}  # image ID -> the lease container that pins it
+        #: Values of secret-looking build args and app env vars: masked in every report.
+        self.secrets: set[str] = set()
+        self._warned: set[str] = set()
         self.sweep_kept = False  # whether the sweep also takes other sessions' --dockapp-keep containers
 
     @classmethod
@@ -160,6 +165,17 @@ class Dockapps:
         key = spec.key()
         if key in self._images:
             return self._images[key]
+        self.secrets |= secret_values(spec.build_args)
+        for name in sorted(k for k, v in spec.build_args.items() if v and looks_secret(k) and k not in self._warned):
+            self._warned.add(name)
+            warnings.warn(
+                DockappWarning(
+                    f"build arg {name} looks secret: build arg values are stored in the image's history "
+                    "(docker history shows them); pass secrets as BuildKit build secrets instead "
+                    "(RUN --mount=type=secret)"
+                ),
+                stacklevel=2,
+            )
         self.start_sweep()
         image = self._build(spec) if self.shared_dir is None else self._build_shared(spec, key)
         if not self._lease(image):
@@ -294,9 +310,12 @@ class Dockapps:
     def start(self, image: Image | str, **kwargs: Any) -> DockApp:
         """Start an app and wait until it is ready; it stays up until :meth:`stop` or :meth:`close`."""
         runner = self.run(image, **kwargs)
+        self.secrets |= secret_values(runner.env)
         self.start_sweep()
         if runner.host_ports:
             _ = self.sweep_report  # a killed session's container may still hold that fixed port
+        if kwargs.get("name") or runner.host_ports:
+            self._finish_removals()  # an earlier test's app of that name (or port) may still be going
         app = runner.start()
         self.apps.append(AppStat(app.name, runner.image, app.readiness.seconds, app.readiness.checks))
         return app
@@ -311,6 +330,17 @@ class Dockapps:
                     self._close(runner)
                 else:
                     self._removals.append(self._remover.submit(self._close, runner))
+
+    def _finish_removals(self) -> list[Exception]:
+        """Wait for the background removals; their errors."""
+        errors = []
+        for removal in self._removals:
+            try:
+                removal.result()
+            except Exception as exc:
+                errors.append(exc)
+        self._removals.clear()
+        return errors
 
     def _close(self, runner: AppRunner) -> None:
         runner.close()
@@ -339,12 +369,7 @@ class Dockapps:
                 self._close(runner)
             except Exception as exc:  # one failed removal must not leak the rest
                 errors.append(exc)
-        for removal in self._removals:
-            try:
-                removal.result()
-            except Exception as exc:
-                errors.append(exc)
-        self._removals.clear()
+        errors += self._finish_removals()
         for lease in self._leases.values():
             try:
                 cleanup.remove_container(self.client, lease)

@@ -349,6 +349,12 @@ class _State:
     def started(self) -> Dockapps | None:
         return self._apps
 
+    def mask(self, text: str) -> str:
+        """``text`` with the session's known secret values masked."""
+        from .redact import mask_values
+
+        return mask_values(text, self._apps.secrets) if self._apps is not None else text
+
 
 class _Progress:
     """Live build progress; silent for builds that finish within a second."""
@@ -420,9 +426,10 @@ def _state(config: pytest.Config) -> _State:
     return config.stash[_STATE]
 
 
-def _fail_on(exc: Exception) -> NoReturn:
-    """Report a library error as a clean fixture failure: the message is the whole story."""
-    raise pytest.fail.Exception(str(exc), pytrace=False) from None
+def _fail_on(exc: Exception, state: _State) -> NoReturn:
+    """Report a library error as a clean fixture failure: the message is the whole story, with
+    known secrets masked (it may quote a container log)."""
+    raise pytest.fail.Exception(state.mask(str(exc)), pytrace=False) from None
 
 
 # -- settings fixtures: override any of them in a conftest.py ------------------------------------
@@ -485,7 +492,7 @@ def _build(
         image = apps.image(BuildSpec(context, dockerfile, args, target))
     except DockappError as exc:
         state.progress.done("dockapp: build failed")
-        _fail_on(exc)
+        _fail_on(exc, state)
     if image.record is not None and not image.record.reused:
         state.progress.done(f"dockapp: built {image.tag} in {image.record.summary()}")
     return image
@@ -507,7 +514,7 @@ def dockapp_image(
         try:
             return state.apps().prebuilt(state.settings.image)
         except DockappError as exc:
-            _fail_on(exc)
+            _fail_on(exc, state)
     image = _build(state, dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target)
     record = image.record
     if state.settings.expect_cached and record is not None and not record.reused and record.misses:
@@ -528,7 +535,7 @@ def _start(state: _State, image: Image | str, **kwargs: Any) -> DockApp:
     try:
         return state.apps().start(image, **kwargs)
     except DockappError as exc:
-        _fail_on(exc)
+        _fail_on(exc, state)
 
 
 def _release(state: _State, session: pytest.Session, app: DockApp, scope: str = "session") -> None:
@@ -615,7 +622,8 @@ def dockapp_factory(
                 dict(build_args or {}),
                 target,
             )
-        app = state.apps().start(
+        app = _start(
+            state,
             ref,
             port=port if port is not None else (dockapp_port if default else None),
             health_path=health_path if health_path is not None else (dockapp_health_path if default else None),
@@ -708,7 +716,7 @@ def dockapp_cache_report(
             workdir=tmp_path_factory.getbasetemp(),
         )
     except DockappError as exc:
-        _fail_on(exc)
+        _fail_on(exc, state)
     state.cache_reports.append((request.node.nodeid, report))
     request.node.stash[_CACHE_REPORT] = report
     return report
@@ -820,13 +828,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         funcargs = getattr(item, "funcargs", {})
         from_fixtures = [v for v in funcargs.values() if type(v).__name__ == "DockApp"]
         since = item.stash.get(_ITEM_START, None)
-        _state(item.config).failed_apps.update(a.name for a in from_fixtures + apps)
+        state = _state(item.config)
+        state.failed_apps.update(a.name for a in from_fixtures + apps)
+        from .errors import cap
+
         for app in from_fixtures + [a for a in apps if a not in from_fixtures]:
             try:
                 text = app.logs(tail=200, since=since)
             except Exception as exc:  # the container may be gone; say so instead of failing the report
                 text = f"(no logs: {exc})"
-            report.sections.append((f"dockapp logs: {app.name} (since this test started)", text or "(empty)"))
+            text = state.mask(cap(text)) or "(empty)"
+            died = app.exit_status()
+            if died is not None:
+                # First among the dockapp sections: the client's "connection refused" above is
+                # only the symptom.
+                first = next((i for i, (title, _) in enumerate(report.sections) if title.startswith("dockapp")), None)
+                section = (f"dockapp: {app.name} is no longer running: {died}", "\n".join(text.splitlines()[-30:]))
+                report.sections.insert(len(report.sections) if first is None else first, section)
+            report.sections.append((f"dockapp logs: {app.name} (since this test started)", text))
     return report
 
 

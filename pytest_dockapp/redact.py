@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 MASK = "*****"
@@ -25,3 +25,16 @@ def redact_text(text: str, values: Mapping[str, str] | None) -> str:
         if value and len(value) >= 4 and looks_secret(key):
             text = text.replace(value, MASK)
     return text
+
+
+def mask_values(text: str, values: Iterable[str]) -> str:
+    """``text`` with every one of ``values`` (known secrets, 4+ characters) replaced by the mask."""
+    for value in sorted(values, key=len, reverse=True):  # longest first: a secret may contain another
+        if len(value) >= 4:
+            text = text.replace(value, MASK)
+    return text
+
+
+def secret_values(values: Mapping[str, str] | None) -> set[str]:
+    """The values of secret-looking entries of ``values``."""
+    return {v for k, v in (values or {}).items() if looks_secret(k) and v and len(v) >= 4}

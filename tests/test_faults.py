@@ -579,3 +579,107 @@ def test_sweep_leaves_a_pid_namespace_neighbour_alone(app: App, pytester: pytest
         assert docker_client.api.inspect_container(neighbour["Id"])["Id"] == neighbour["Id"]
     finally:
         docker_client.api.remove_container(neighbour["Id"], force=True)
+
+
+def test_secrets_are_masked_in_every_report_channel(
+    app: App, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.httpd(cmd='["sh", "-c", "echo connecting with password $DB_PASSWORD; exec httpd -f -p 80 -h /www"]')
+    monkeypatch.setenv("TEST_DB_PASSWORD", "pw-4f8a2c91")  # not in the test's source: tracebacks quote it
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_fails(dockapp_factory):
+            dockapp_factory(env={"DB_PASSWORD": os.environ["TEST_DB_PASSWORD"]})
+            assert False
+        """
+    )
+    result = pytester.runpytest(
+        "--junitxml=junit.xml", "-o", "junit_logging=all", "--dockapp-build-arg=API_TOKEN=tok-77e1d0b3"
+    )
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["connecting with password *****"])
+    result.stdout.fnmatch_lines(["*build arg API_TOKEN looks secret: build arg values are stored in the image's*"])
+    junit = (pytester.path / "junit.xml").read_text()
+    for secret in ("pw-4f8a2c91", "tok-77e1d0b3"):
+        assert secret not in out and secret not in junit
+
+
+def test_arg_without_value_in_from_names_the_arg_to_pass(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile("ARG BASE\nFROM ${BASE}\nEXPOSE 80\n")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*Dockerfile:2: `FROM ${BASE}` names no image: ARG BASE has no default and no value",
+            "hint: pass --dockapp-build-arg BASE=<image>*",
+        ]
+    )
+
+
+def test_a_fixed_name_is_free_again_for_the_next_test(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    name = f"fixed-{uuid.uuid4().hex[:8]}"
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_named(dockapp_factory, n):
+            assert dockapp_factory(name="{name}").get("/").ok
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=3)
+
+
+def test_a_name_taken_by_another_container_is_a_clear_error(
+    app: App, pytester: pytest.Pytester, docker_client: Any
+) -> None:
+    app.httpd()
+    name = f"taken-{uuid.uuid4().hex[:8]}"
+    other = docker_client.api.create_container(app.busybox, command=["true"], name=name)
+    try:
+        pytester.makepyfile(f"def test_named(dockapp_factory):\n    dockapp_factory(name='{name}')\n")
+        result = pytester.runpytest()
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(
+            [f"*cannot create container {name}: the name is taken*", "*hint: choose another name=*"]
+        )
+        result.stdout.no_fnmatch_line("*APIError*")
+    finally:
+        docker_client.api.remove_container(other["Id"], force=True)
+
+
+def test_an_app_that_died_during_the_test_says_so_first(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["sh", "-c", "httpd -f -p 80 -h /www & sleep 1; echo dying-now; exit 3"]')
+    pytester.makepyfile(
+        """
+        import time
+
+        def test_after_death(dockapp):
+            time.sleep(3)
+            dockapp.session.get("/", timeout=5)
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- dockapp: dockapp-* is no longer running: exited with code 3 at * -*",
+            "dying-now",
+            "*- dockapp logs: dockapp-* (since this test started) -*",
+        ]
+    )
+
+
+def test_huge_log_lines_are_capped(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["sh", "-c", "head -c 3000000 /dev/zero | tr \\"\\\\\\\\0\\" x; echo; exec httpd -f -p 80 -h /www"]')
+    pytester.makepyfile("def test_fails(dockapp):\n    assert False\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "more characters cut by pytest-dockapp" in out
+    assert len(out) < 200_000
