@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -178,10 +178,12 @@ class AppRunner:
         name: str | None = None,
         build: BuildRecord | None = None,
         display: str | None = None,
+        on_notice: Callable[[str], None] | None = None,
     ):
         self.client = client
         self.image = image
         self.display = display or image
+        self.on_notice = on_notice
         self.session = session or cleanup.Session()
         self.port = port
         self.host_ports = dict(host_ports or {})
@@ -211,6 +213,13 @@ class AppRunner:
     def _main_port(self, exposed: list[tuple[int, str]]) -> tuple[int, str] | None:
         if self.port is not None:
             wanted = parse_port(self.port)
+            if wanted[1] != "tcp":
+                raise PortError(
+                    f"main port {self.port} is {wanted[1].upper()}: pytest-dockapp can only tell when a TCP "
+                    "port is ready (a UDP service accepts nothing to probe)",
+                    hint="set dockapp_port to a TCP port the app serves; other EXPOSEd ports, UDP included, "
+                    "are published all the same (see app.ports)",
+                )
             if exposed and wanted not in exposed:
                 raise PortError(
                     f"port {self.port} is not EXPOSEd by image {self.display}",
@@ -308,6 +317,7 @@ class AppRunner:
                 timeout=self.timeout,
                 name=self.name,
                 attrs=container.attrs,
+                on_notice=self.on_notice,
             )
             readiness.seconds = time.perf_counter() - begin
         except BaseException:

@@ -13,7 +13,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +91,7 @@ class Dockapps:
         host_ip: str = "127.0.0.1",
         shared_dir: Path | None = None,
         on_event: ProgressCallback | None = None,
+        on_notice: Callable[[str], None] | None = None,
         reuse_unchanged: bool = True,
         build_cache: BuildCache | None = None,
     ):
@@ -99,6 +100,7 @@ class Dockapps:
         self.host_ip = host_ip
         self.shared_dir = shared_dir
         self.on_event = on_event
+        self.on_notice = on_notice
         self.reuse_unchanged = reuse_unchanged
         self._build_cache = build_cache or BuildCache()
         self._builder_choice = builder
@@ -301,6 +303,7 @@ class Dockapps:
         ref = image.ref if isinstance(image, Image) else image
         record = image.record if isinstance(image, Image) else None
         kwargs.setdefault("host_ip", self.host_ip)
+        kwargs.setdefault("on_notice", self.on_notice)
         if isinstance(image, Image):
             kwargs.setdefault("display", image.name)
         runner = AppRunner(self.client, ref, session=self.session, build=record, **kwargs)

@@ -332,6 +332,7 @@ class _State:
                     docker_cli=s.docker_cli,
                     host_ip=s.host_ip,
                     on_event=self.progress,
+                    on_notice=self.progress.notice,
                     shared_dir=Path(shared) if shared else None,
                     reuse_unchanged=not s.rebuild,
                 )
@@ -379,6 +380,16 @@ class _Progress:
             else:
                 reporter.write_line(line)
         self.shown = True
+
+    def notice(self, message: str) -> None:
+        """A line about something that looks wrong while we wait (printed even under -q)."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(f"dockapp: {message}")
 
     def done(self, message: str) -> None:
         if not self.shown:

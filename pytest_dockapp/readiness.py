@@ -20,6 +20,7 @@ import http.client
 import os
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
@@ -45,9 +46,11 @@ _LOOPBACK6 = "00000000000000000000000001000000"
 class ListenProbe:
     """Reads a container's socket table through ``/proc/<pid>/net`` on the engine's host."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, ipv4: str = ""):
         self.pid = pid
+        self.ipv4 = ipv4  # the container's IPv4 address on its network, to tell dual-stack from IPv6-only
         self.scanned = False  # whether the last answer needed the socket tables (costly) or not
+        self._dual_stack: set[int] = set()
 
     @classmethod
     def for_container(cls, attrs: dict[str, Any]) -> ListenProbe | None:
@@ -62,7 +65,13 @@ class ListenProbe:
             return None
         # The pid must be this container's: with a remote engine or another pid namespace the
         # same number can belong to an unrelated process.
-        return cls(pid) if attrs.get("Id", "")[:12] in cgroup else None
+        if attrs.get("Id", "")[:12] not in cgroup:
+            return None
+        net = attrs.get("NetworkSettings") or {}
+        ipv4 = net.get("IPAddress") or next(
+            (n.get("IPAddress") for n in (net.get("Networks") or {}).values() if n.get("IPAddress")), ""
+        )
+        return cls(pid, ipv4 or "")
 
     def alive(self) -> bool:
         """Whether the container's PID 1 still exists (it is gone the moment the container exits)."""
@@ -79,9 +88,22 @@ class ListenProbe:
         for name in ("tcp6", "tcp"):
             where = self._scan(name, f"{port:04X}")
             if where == "any":
-                return where
+                return "any" if name == "tcp" or self._takes_ipv4(port) else "ipv6-only"
             found = found or where
         return found
+
+    def _takes_ipv4(self, port: int) -> bool:
+        """Whether a listener on ``[::]`` also takes IPv4 (docker-proxy forwards over IPv4): an
+        ``IPV6_V6ONLY`` socket does not, and the table cannot tell. One direct connect to the
+        container's IPv4 address does (0.1 ms), once per port."""
+        if port in self._dual_stack or not self.ipv4:
+            return True
+        try:
+            socket.create_connection((self.ipv4, port), timeout=0.5).close()
+        except OSError:
+            return False
+        self._dual_stack.add(port)
+        return True
 
     def _tcp_in_use(self) -> bool:
         """Whether the container's network namespace has any TCP socket in its tables.
@@ -164,7 +186,7 @@ def probe_http(host: str, port: int, path: str, timeout: float = 2.0) -> str | N
     """GET ``path``; None on a 2xx or 3xx answer, else what went wrong."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"User-Agent": "pytest-dockapp-probe"})
+        conn.request("GET", path, headers={"User-Agent": PROBE_AGENT})
         resp = conn.getresponse()
         resp.read()
         if 200 <= resp.status < 400:
@@ -201,12 +223,20 @@ def _health_log(state: dict[str, Any]) -> str:
     return "\n".join(f"exit {e.get('ExitCode')}: {str(e.get('Output', '')).strip()}" for e in entries[-5:])
 
 
+PROBE_AGENT = "pytest-dockapp-probe"
+
+
 def _logs(client: docker.DockerClient, container_id: str, lines: int = 30) -> str:
+    """The log tail, without the access-log lines of our own probe requests."""
     try:
-        raw = client.api.logs(container_id, stdout=True, stderr=True, tail=lines)
+        raw = client.api.logs(container_id, stdout=True, stderr=True, tail=lines * 10)
     except Exception:
         return "(logs unavailable)"
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    kept = [line for line in text.splitlines() if PROBE_AGENT not in line]
+    hidden = len(text.splitlines()) - len(kept)
+    note = [f"({hidden} lines of pytest-dockapp's own probe requests left out)"] if hidden else []
+    return "\n".join(kept[-lines:] + note)
 
 
 def wait_ready(
@@ -221,8 +251,12 @@ def wait_ready(
     interval: float = 0.005,
     name: str = "",
     attrs: dict[str, Any] | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> Readiness:
-    """Block until the container's service answers; raise a precise error otherwise."""
+    """Block until the container's service answers; raise a precise error otherwise.
+
+    ``on_notice`` hears, once, about a wait that looks wrong but may still end well (a health
+    path that answers 404)."""
     import docker.errors
 
     start = time.perf_counter()
@@ -244,8 +278,14 @@ def wait_ready(
     health_ok = health_cmd is None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-health") if health_cmd else None
     pending: Future[tuple[int, str]] | None = None
+    pending_since = start
+    # Our own run of the check honours the HEALTHCHECK's --timeout (default 30 s), as the engine does.
+    health_timeout = ((attrs["Config"].get("Healthcheck") or {}).get("Timeout") or 30_000_000_000) / 1e9
     next_exec = start
     port_was_down = False
+    http_wait = interval  # HTTP probes back off to 100 ms: each one is a line in the app's access log
+    next_http = start
+    client_error_since: float | None = None
 
     def run_health() -> tuple[int, str]:
         exec_id = client.api.exec_create(container_id, health_cmd, stdout=True, stderr=True)["Id"]
@@ -294,7 +334,23 @@ def wait_ready(
                 health_ok = True
             port_error = None
             if host_port is not None and container_port is not None:
-                port_error = _probe_port(listen, host, host_port, container_port, health_path)
+                if health_path and time.perf_counter() < next_http:
+                    port_error = last_error if last_error != "no check has run yet" else "waiting to probe again"
+                else:
+                    port_error = _probe_port(listen, host, host_port, container_port, health_path)
+                    if health_path:
+                        http_wait = min(0.1, http_wait * 1.5)
+                        next_http = time.perf_counter() + http_wait
+                if port_error and " answered HTTP 4" in port_error:
+                    client_error_since = client_error_since or time.perf_counter()
+                    if on_notice and time.perf_counter() - client_error_since >= 2.0:
+                        on_notice(
+                            f"{label}: {port_error} for {time.perf_counter() - client_error_since:.1f}s: "
+                            f"is dockapp_health_path right? still waiting until the {timeout:g}s timeout"
+                        )
+                        on_notice = None
+                elif port_error is None or " answered HTTP" not in port_error:
+                    client_error_since = None
             if port_error is None and port_was_down:
                 # The app just started listening: a HEALTHCHECK that failed for lack of it may pass now.
                 port_was_down, next_exec = False, time.perf_counter()
@@ -303,6 +359,13 @@ def wait_ready(
             # HEALTHCHECK runs wait for the port: one run before the app listens would fail, and the
             # next could only start once that one returned (measured: about 0.1 s lost per start).
             if port_error is None and not health_ok and pool is not None:
+                if pending is not None and not pending.done() and time.perf_counter() - pending_since > health_timeout:
+                    # A hung check: give up on this run as the engine would, and run the next one on a
+                    # fresh thread (the hung exec ends when the container is removed).
+                    last_error = f"HEALTHCHECK did not finish within its timeout of {health_timeout:g}s"
+                    pool.shutdown(wait=False)
+                    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-health")
+                    pending = None
                 if pending is not None and pending.done():
                     try:
                         code, output = pending.result()
@@ -314,7 +377,7 @@ def wait_ready(
                     else:
                         last_error = f"HEALTHCHECK exited {code}: {output.strip()[-300:]}"
                 if not health_ok and pending is None and time.perf_counter() >= next_exec:
-                    pending = pool.submit(run_health)
+                    pending, pending_since = pool.submit(run_health), time.perf_counter()
                     next_exec = time.perf_counter() + 0.1
             if port_error is not None:
                 last_error = port_error
@@ -327,8 +390,7 @@ def wait_ready(
                     f"waited for: {', '.join(checks)})\nlast probe error: {last_error}",
                     evidence=tail(_logs(client, container_id), 30),
                     evidence_title="container log (last lines)",
-                    hint="raise dockapp_timeout if the app is just slow; check that it listens on "
-                    f"0.0.0.0:{container_port}" + (f" and that {health_path} answers 2xx" if health_path else ""),
+                    hint=_timeout_hint(last_error, container_port, health_path, label, health_cmd),
                 )
             if pending is not None and port_error is None:
                 # A HEALTHCHECK run is in flight and the port answers: wait for its verdict rather
@@ -345,6 +407,22 @@ def wait_ready(
             pool.shutdown(wait=False)
 
 
+def _timeout_hint(
+    last_error: str, port: int | None, health_path: str | None, label: str, health_cmd: list[str] | None
+) -> str:
+    """What to do, by what the last probe said: the port, the health path, or the HEALTHCHECK."""
+    if last_error.startswith("HEALTHCHECK") and health_cmd:
+        return (
+            "the app answers on its port, but its HEALTHCHECK does not pass: run it by hand "
+            f"(docker exec {label} {' '.join(health_cmd)}), or raise dockapp_timeout if the app is just slow"
+        )
+    if health_path and " answered HTTP" in last_error:
+        return f"the app answers, but not 2xx/3xx on {health_path}: is dockapp_health_path right?"
+    return f"raise dockapp_timeout if the app is just slow; check that it listens on 0.0.0.0:{port}" + (
+        f" and that {health_path} answers 2xx" if health_path else ""
+    )
+
+
 def _probe_port(
     listen: ListenProbe | None, host: str, host_port: int, container_port: int, health_path: str | None
 ) -> str | None:
@@ -356,6 +434,11 @@ def _probe_port(
             return (
                 f"the app listens on 127.0.0.1:{container_port} inside the container, which the "
                 f"published port cannot reach: make it listen on 0.0.0.0:{container_port}"
+            )
+        if where == "ipv6-only":
+            return (
+                f"the app listens on [::]:{container_port} for IPv6 only (IPV6_V6ONLY), and the published "
+                f"port forwards IPv4: make it listen on 0.0.0.0:{container_port} or dual-stack"
             )
         if health_path:
             return probe_http(host, host_port, health_path)

@@ -683,3 +683,53 @@ def test_huge_log_lines_are_capped(app: App, pytester: pytest.Pytester) -> None:
     out = result.stdout.str()
     assert "more characters cut by pytest-dockapp" in out
     assert len(out) < 200_000
+
+
+def test_a_udp_main_port_is_refused_at_once(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(expose="EXPOSE 80 53/udp")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-port=53/udp", "--dockapp-timeout=60")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*main port 53/udp is UDP: pytest-dockapp can only tell when a TCP port is ready*"])
+    assert result.duration < 30
+
+
+def test_a_health_path_that_answers_404_is_said_early(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["httpd", "-f", "-vv", "-p", "80", "-h", "/www"]')
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-health-path=/nope", "--dockapp-timeout=4")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "dockapp: dockapp-*: GET /nope answered HTTP 404 for *s: is dockapp_health_path right?*",
+            "*did not become ready within 4s*",
+            "*hint: the app answers, but not 2xx/3xx on /nope: is dockapp_health_path right?*",
+        ]
+    )
+
+
+def test_a_hanging_healthcheck_honours_its_timeout(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(extra="HEALTHCHECK --interval=30s --timeout=1s CMD sleep 300")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-timeout=5")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*last probe error: HEALTHCHECK did not finish within its timeout of 1s*",
+            "*hint: the app answers on its port, but its HEALTHCHECK does not pass*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*listens on 0.0.0.0*")
+
+
+def test_the_log_tail_leaves_out_our_own_probe_requests(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(
+        extra='RUN mkdir -p /www/cgi-bin && printf \'#!/bin/sh\\necho "request from $HTTP_USER_AGENT" >&2\\n'
+        'printf "Status: 503\\\\r\\\\n\\\\r\\\\n"\\n\' > /www/cgi-bin/health && chmod +x /www/cgi-bin/health',
+        cmd='["sh", "-c", "echo app-started; exec httpd -f -p 80 -h /www"]',
+    )
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-health-path=/cgi-bin/health", "--dockapp-timeout=3")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*app-started", "*lines of pytest-dockapp's own probe requests left out)"])
+    result.stdout.no_fnmatch_line("*request from pytest-dockapp-probe*")

@@ -70,3 +70,27 @@ def test_probe_refuses_a_pid_of_another_container(run: Any) -> None:
     a, b = run("sleep", "30"), run("sleep", "30")
     forged = dict(b.attrs, State={**b.attrs["State"], "Pid": a.attrs["State"]["Pid"]})
     assert ListenProbe.for_container(forged) is None
+
+
+def test_an_ipv6_only_listener_is_not_ready(docker_client: Any, busybox: str) -> None:
+    """[::] with IPV6_V6ONLY looks like any other listener in the socket table, but docker-proxy
+    forwards IPv4 and is refused: the wait must see that."""
+    from pytest_dockapp.errors import ReadinessTimeoutError
+    from pytest_dockapp.readiness import wait_ready
+
+    container = docker_client.containers.run(
+        busybox,
+        ["sh", "-c", "mkdir -p /www && echo hi > /www/index.html && exec httpd -f -p '[::]:80' -h /www"],
+        detach=True,
+        sysctls={"net.ipv6.bindv6only": "1"},
+        ports={"80/tcp": ("127.0.0.1", None)},
+        labels={"dockapp-test": "probe"},
+    )
+    try:
+        container.reload()
+        port = int(container.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
+        with pytest.raises(ReadinessTimeoutError) as info:
+            wait_ready(docker_client, container.id, host="127.0.0.1", host_port=port, container_port=80, timeout=2)
+        assert "listens on [::]:80 for IPv6 only (IPV6_V6ONLY)" in str(info.value)
+    finally:
+        container.remove(force=True)
