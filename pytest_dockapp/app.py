@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import time
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import requests  # the docker SDK imports it anyway
 
 from . import cleanup
+from .engine import is_engine_failure
 from .errors import ContainerError, ContainerGoneError, PortError, tail
 from .readiness import Readiness, wait_ready
 
@@ -113,8 +115,8 @@ class DockApp:
             state = self.container.client.api.inspect_container(self.container.id)["State"]
         except docker.errors.NotFound:
             return "its container no longer exists: it was removed outside this test session"
-        except docker.errors.APIError as exc:
-            return f"its state is unknown: the engine said {exc.explanation or exc}"
+        except Exception as exc:  # refused, gone or frozen: a report must not fail on it
+            return f"its state is unknown: {type(exc).__name__}: {exc}"
         if state.get("Running"):
             return None
         oom = ", killed by the kernel: out of memory" if state.get("OOMKilled") else ""
@@ -199,6 +201,7 @@ class AppRunner:
         slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", self.display.split("/")[-1].split(":")[0])[:30] or "app"
         self.name = name or f"dockapp-{slug}-{self.session.id[:8]}-{next(_counter)}"
         self.container_id: str | None = None
+        self.left_behind: str | None = None  # the name of a container the engine did not let us remove
         self.app: DockApp | None = None
         self.teardown_seconds: float | None = None
 
@@ -320,8 +323,11 @@ class AppRunner:
                 on_notice=self.on_notice,
             )
             readiness.seconds = time.perf_counter() - begin
-        except BaseException:
-            self.close()
+        except BaseException as exc:
+            if is_engine_failure(exc):  # another call would wait out the timeout again
+                self.left_behind, self.container_id = self.name, None
+            with contextlib.suppress(Exception):  # the error that stopped the start is the one to tell
+                self.close()
             raise
         self.app = DockApp(
             container=container,
@@ -337,9 +343,16 @@ class AppRunner:
         return self.app
 
     def close(self) -> None:
-        """Remove the container and its anonymous volumes (idempotent)."""
+        """Remove the container and its anonymous volumes (idempotent). When the engine does not
+        answer, the container is recorded in :attr:`left_behind` and the error raised."""
         if self.container_id is not None:
-            self.teardown_seconds = cleanup.remove_container(self.client, self.container_id)
+            try:
+                self.teardown_seconds = cleanup.remove_container(self.client, self.container_id)
+            except Exception as exc:
+                if is_engine_failure(exc):
+                    self.left_behind = self.name
+                    self.container_id = None
+                raise
             self.container_id = None
         if self.app is not None and self.app._session is not None:
             self.app._session.close()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cleanup import PREFIX as LABEL_PREFIX
 from .dockerfile import VERTEX_INSTRUCTIONS, Dockerfile, Instruction, Stage, normalize
-from .engine import Builder
+from .engine import BUILD_TIMEOUT, Builder
 from .errors import BaseImageUnavailableError, BuildError, ConfigurationError, tail
 from .redact import redact, redact_text
 
@@ -769,6 +769,7 @@ def _classic(
             rm=True,
             forcerm=True,
             decode=True,
+            timeout=BUILD_TIMEOUT,  # a step may print nothing for longer than an ordinary call may take
         )
         for chunk in stream:
             parser.feed(chunk)

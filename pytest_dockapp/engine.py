@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Literal
@@ -31,7 +32,37 @@ def describe_endpoint() -> str:
     return "the default socket unix:///var/run/docker.sock (DOCKER_HOST is not set)"
 
 
-def connect(timeout: float = 120) -> docker.DockerClient:
+#: How long one engine API call may take before the engine counts as frozen. Builds are the
+#: exception: a classic build step may print nothing for longer (it gets BUILD_TIMEOUT).
+CALL_TIMEOUT = 30.0
+BUILD_TIMEOUT = 900.0
+
+
+def is_engine_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the engine did not answer (gone, refused, frozen), not that it said no."""
+    import requests.exceptions
+
+    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+
+
+@contextlib.contextmanager
+def engine_phase(phase: str) -> Iterator[None]:
+    """Turn a lost or frozen engine during ``phase`` into :class:`EngineUnavailableError`."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_engine_failure(exc):
+            raise
+        raise EngineUnavailableError(
+            f"the Docker engine at {describe_endpoint()} stopped answering while {phase}",
+            evidence=str(exc),
+            evidence_title="docker SDK said",
+            hint=f"check the engine (docker info); each engine call is given up after {CALL_TIMEOUT:g}s. "
+            "Containers this session could not remove are listed at its end, with the command that removes them",
+        ) from None
+
+
+def connect(timeout: float = CALL_TIMEOUT) -> docker.DockerClient:
     """A docker SDK client that has answered a ping, or :class:`EngineUnavailableError`."""
     import docker
     import docker.errors

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,8 +27,8 @@ from .build import BuildRecord, ProgressCallback, build_image, resolve_paths
 from .build_reuse import BuildCache, fingerprint
 from .build_reuse import Entry as CacheEntry
 from .dockerfile import Dockerfile
-from .engine import Builder, connect, resolve_builder
-from .errors import ConfigurationError, DockappWarning
+from .engine import Builder, connect, engine_phase, is_engine_failure, resolve_builder
+from .errors import ConfigurationError, DockappWarning, EngineUnavailableError
 from .redact import looks_secret, secret_values
 
 if TYPE_CHECKING:
@@ -119,6 +120,10 @@ class Dockapps:
         self._leases: dict[str, str] = {}  # image ID -> the lease container that pins it
         #: Values of secret-looking build args and app env vars: masked in every report.
         self.secrets: set[str] = set()
+        #: What could not be removed because the engine stopped answering (names).
+        self.left_behind: list[str] = []
+        self.engine_lost = False  # set by callers that saw the engine fail: no more calls at close
+        self._closed: list[AppRunner] = []
         self._warned: set[str] = set()
         self.sweep_kept = False  # whether the sweep also takes other sessions' --dockapp-keep containers
 
@@ -179,10 +184,15 @@ class Dockapps:
                 stacklevel=2,
             )
         self.start_sweep()
-        image = self._build(spec) if self.shared_dir is None else self._build_shared(spec, key)
-        if not self._lease(image):
-            image = self._build(spec, reuse=False)  # removed since it was built: build it again
-            self._lease(image)
+        try:
+            with engine_phase(f"building {spec.context}"):
+                image = self._build(spec) if self.shared_dir is None else self._build_shared(spec, key)
+                if not self._lease(image):
+                    image = self._build(spec, reuse=False)  # removed since it was built: build it again
+                    self._lease(image)
+        except EngineUnavailableError:
+            self.engine_lost = True
+            raise
         self._images[key] = image
         return image
 
@@ -319,7 +329,14 @@ class Dockapps:
             _ = self.sweep_report  # a killed session's container may still hold that fixed port
         if kwargs.get("name") or runner.host_ports:
             self._finish_removals()  # an earlier test's app of that name (or port) may still be going
-        app = runner.start()
+        try:
+            with engine_phase(f"starting {runner.name} from {runner.display}"):
+                app = runner.start()
+        except EngineUnavailableError:
+            self.engine_lost = True
+            if runner.left_behind:
+                self.left_behind.append(runner.left_behind)
+            raise
         self.apps.append(AppStat(app.name, runner.image, app.readiness.seconds, app.readiness.checks))
         return app
 
@@ -334,18 +351,14 @@ class Dockapps:
                 else:
                     self._removals.append(self._remover.submit(self._close, runner))
 
-    def _finish_removals(self) -> list[Exception]:
-        """Wait for the background removals; their errors."""
-        errors = []
+    def _finish_removals(self) -> None:
+        """Wait for the background removals (of earlier tests' apps); their errors surface at close."""
         for removal in self._removals:
-            try:
+            with contextlib.suppress(Exception):
                 removal.result()
-            except Exception as exc:
-                errors.append(exc)
-        self._removals.clear()
-        return errors
 
     def _close(self, runner: AppRunner) -> None:
+        self._closed.append(runner)
         runner.close()
         for stat in self.apps:
             if stat.name == runner.name:
@@ -353,34 +366,55 @@ class Dockapps:
 
     def close(self, keep: Iterable[str] = ()) -> list[DockApp]:
         """Remove every container still running, but the apps named in ``keep``: those are
-        renamed ``<name>-kept`` (the sweep of later sessions leaves them alone) and returned."""
+        renamed ``<name>-kept`` (the sweep of later sessions leaves them alone) and returned.
+
+        Once the engine fails to answer, no further call is made (each would wait out the call
+        timeout): what is left is in :attr:`left_behind`, and an :class:`EngineUnavailableError`
+        is raised after everything else was tried.
+        """
         self.start_sweep()  # a session that started no app still sweeps
-        _ = self.sweep_report  # never leave the sweep running past the session
+        if not self.engine_lost:
+            _ = self.sweep_report  # never leave the sweep running past the session
         wanted = set(keep)
         kept = []
+        errors: list[Exception] = []
         for runner in [r for r in self._runners if r.app is not None and r.app.name in wanted]:
             self._runners.remove(runner)
             assert runner.app is not None and runner.container_id is not None
-            new_name = runner.app.name + cleanup.KEPT
-            self.client.api.rename(runner.container_id, new_name)
-            runner.app.name = new_name
+            try:
+                self.client.api.rename(runner.container_id, runner.app.name + cleanup.KEPT)
+                runner.app.name += cleanup.KEPT
+            except Exception as exc:  # kept all the same, under its old name
+                errors.append(exc)
             kept.append(runner.app)
-        errors = []
+        for removal in self._removals:
+            try:
+                removal.result()
+            except Exception as exc:
+                errors.append(exc)
+        self._removals.clear()
         for runner in list(self._runners):
             self._runners.remove(runner)
+            if self.engine_lost or any(is_engine_failure(e) for e in errors):
+                self.left_behind.append(runner.name)
+                continue
             try:
                 self._close(runner)
             except Exception as exc:  # one failed removal must not leak the rest
                 errors.append(exc)
-        errors += self._finish_removals()
         for lease in self._leases.values():
+            if self.engine_lost or any(is_engine_failure(e) for e in errors):
+                self.left_behind.append(lease[:12])
+                continue
             try:
                 cleanup.remove_container(self.client, lease)
             except Exception as exc:
                 errors.append(exc)
         self._leases.clear()
+        self.left_behind += [r.left_behind for r in self._closed if r.left_behind]
         if errors:
-            raise errors[0]
+            with engine_phase("removing this session's containers"):
+                raise errors[0]
         return kept
 
     def remove_built_images(self) -> list[str]:

@@ -315,6 +315,7 @@ class _State:
         self.worker_lines: list[str] = []
         self.removed_images: list[str] = []
         self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps
+        self.teardown_error: str | None = None
         self.progress = _Progress(config)
 
     def apps(self) -> Dockapps:
@@ -552,9 +553,18 @@ def _start(state: _State, image: Image | str, **kwargs: Any) -> DockApp:
 def _release(state: _State, session: pytest.Session, app: DockApp, scope: str = "session") -> None:
     if state.settings.keep and app.name in state.failed_apps:
         return  # left running on purpose; listed in the terminal summary
-    if state.started is not None:
+    apps = state.started
+    if apps is not None and not apps.engine_lost:
+        from .engine import engine_phase, is_engine_failure
+        from .errors import DockappError
+
         # Function-scoped apps go in the background: the session's end waits for every removal.
-        state.started.stop(app, wait=scope == "session")
+        try:
+            with engine_phase(f"removing {app.name}"):
+                apps.stop(app, wait=scope == "session")
+        except DockappError as exc:
+            apps.engine_lost = apps.engine_lost or is_engine_failure(exc.__context__ or exc)
+            _fail_on(exc, state)
 
 
 @pytest.fixture(scope="session")
@@ -843,7 +853,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         state.failed_apps.update(a.name for a in from_fixtures + apps)
         from .errors import cap
 
+        engine_lost = state.started is not None and state.started.engine_lost
         for app in from_fixtures + [a for a in apps if a not in from_fixtures]:
+            if engine_lost:
+                report.sections.append((f"dockapp logs: {app.name}", "(not read: the engine stopped answering)"))
+                continue
             try:
                 text = app.logs(tail=200, since=since)
             except Exception as exc:  # the container may be gone; say so instead of failing the report
@@ -865,9 +879,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = _state(config)
     apps = state.started
     if apps is not None:
-        state.kept = apps.close(keep=state.failed_apps if state.settings.keep else ())
-        if state.settings.remove_images:
-            state.removed_images = apps.remove_built_images()
+        try:
+            state.kept = apps.close(keep=state.failed_apps if state.settings.keep else ())
+            if state.settings.remove_images:
+                state.removed_images = apps.remove_built_images()
+        except Exception as exc:  # the session's end never raises: it says what may be left
+            state.teardown_error = state.mask(str(exc)).splitlines()[0]
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["dockapp_summary"] = _summary_lines(state)
@@ -901,6 +918,13 @@ def _summary_lines(state: _State) -> list[str]:
             f"rebuild {report.rebuild.summary()}: {report.summary()}"
         )
     lines += state.removed_images
+    if state.teardown_error is not None:
+        lines.append(f"teardown failed: {state.teardown_error}")
+    if apps.left_behind:
+        names = " ".join(apps.left_behind)
+        lines.append(
+            f"may be left on the engine: {names}; once it answers again, remove them with: docker rm -f {names}"
+        )
     for app in state.kept:
         lines.append(f"kept {app.name} at {app.url if app.port else '(no port)'}; remove: docker rm -f {app.name}")
     swept = apps.sweep_report

@@ -369,8 +369,8 @@ def wait_ready(
                 if pending is not None and pending.done():
                     try:
                         code, output = pending.result()
-                    except docker.errors.APIError as exc:
-                        code, output = -1, str(exc)
+                    except Exception as exc:  # the engine refused or did not answer the exec
+                        code, output = -1, f"{type(exc).__name__}: {exc}"
                     pending = None
                     if code == 0:
                         health_ok = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -119,3 +120,67 @@ def start_holder(pytester: pytest.Pytester, name: str) -> subprocess.Popen[str]:
     )
     wait_for(pytester.path / f"ready-{name}", proc)
     return proc
+
+
+class EngineProxy:
+    """A unix-socket proxy in front of the engine: ``kill()`` makes the engine vanish mid-session
+    (every connection is cut and none is accepted), ``freeze()`` makes it hang (connections are
+    accepted, nothing is answered). Point a session at it with ``DOCKER_HOST=proxy.url``."""
+
+    def __init__(self, path: Path, target: str = "/var/run/docker.sock"):
+        import socket
+        import threading
+
+        self.path, self.target = path, target
+        self.url = f"unix://{path}"
+        self.frozen = threading.Event()
+        self.dead = threading.Event()
+        self._socks: list[socket.socket] = []
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(path))
+        self._listener.listen(128)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.dead.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            self._socks += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            while self.frozen.is_set() and not self.dead.is_set():
+                time.sleep(0.05)
+            if not data or self.dead.is_set():
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(2)
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def kill(self) -> None:
+        self.dead.set()
+        for sock in [self._listener, *self._socks]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(2)
+            with contextlib.suppress(OSError):
+                sock.close()

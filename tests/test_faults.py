@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -733,3 +734,64 @@ def test_the_log_tail_leaves_out_our_own_probe_requests(app: App, pytester: pyte
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*app-started", "*lines of pytest-dockapp's own probe requests left out)"])
     result.stdout.no_fnmatch_line("*request from pytest-dockapp-probe*")
+
+
+# A lost or frozen engine at each phase: one DockappError naming the phase and the endpoint, a
+# bounded wait, a session end that never raises and lists what may be left, and a next session
+# that sweeps it.
+
+ENGINE_TEST = """
+import os, time
+
+def test_app(dockapp):
+    open("in-test", "w").close()
+    while not os.path.exists("go-on"):
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize(
+    ("fault", "phase"),
+    [("lost", "readiness"), ("lost", "test body"), ("frozen", "readiness"), ("frozen", "test body")],
+)
+def test_a_lost_or_frozen_engine_is_one_clear_error_and_nothing_hangs(
+    app: App, pytester: pytest.Pytester, docker_client: Any, tmp_path: Path, fault: str, phase: str
+) -> None:
+    from .helpers import EngineProxy
+
+    app.httpd(cmd='["sleep", "600"]' if phase == "readiness" else '["httpd", "-f", "-p", "80", "-h", "/www"]')
+    pytester.makepyfile(test_engine=ENGINE_TEST)
+    proxy = EngineProxy(tmp_path / "engine.sock")
+    proc = subprocess.Popen(
+        pytest_cmd("test_engine.py", "--dockapp-timeout=20", "-p", "no:xdist"),
+        cwd=pytester.path,
+        env={**os.environ, "DOCKER_HOST": proxy.url},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        if phase == "readiness":
+            _until(lambda: bool(_own(docker_client, proc.pid)), proc)
+            time.sleep(0.5)
+        else:
+            _until((pytester.path / "in-test").exists, proc)
+        faulted = time.monotonic()
+        proxy.freeze() if fault == "frozen" else proxy.kill()
+        (pytester.path / "go-on").write_text("")
+        out, _ = proc.communicate(timeout=180)
+        took = time.monotonic() - faulted
+    finally:
+        proxy.kill()
+        if proc.poll() is None:
+            proc.kill()
+    assert "INTERNALERROR" not in out and "Traceback" not in out, out
+    assert f"the Docker engine at DOCKER_HOST={proxy.url} stopped answering while " in out, out
+    assert "may be left on the engine: " in out, out
+    assert took < 120, f"{took:.0f}s from the fault to the session's end\n{out}"
+    # The engine is back for the next session (on the real socket): it sweeps what was left.
+    assert _own(docker_client, proc.pid)
+    pytester.makepyfile(test_next="def test_next(dockapp_image):\n    pass\n")
+    pytester.runpytest_subprocess("test_next.py").assert_outcomes(passed=1)
+    assert _own(docker_client, proc.pid) == []
+    print(f"{fault} engine at {phase}: {took:.1f}s from the fault to the session's end")
