@@ -624,12 +624,20 @@ def build_image(
     tag: str | None = None,
     labels: Mapping[str, str] | None = None,
     on_event: ProgressCallback | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> BuildRecord:
     """Build an image and return its :class:`BuildRecord`.
 
-    Raises :class:`BuildError` (or :class:`BaseImageUnavailableError`) with the
-    failing step, its Dockerfile line and output tail.
+    ``secrets`` are BuildKit build secrets, ``{id: source}``: a file path, or the name of an
+    environment variable; a step reads one with ``RUN --mount=type=secret,id=<id>``, and it is
+    never stored in the image. Raises :class:`BuildError` (or :class:`BaseImageUnavailableError`)
+    with the failing step, its Dockerfile line and output tail.
     """
+    if secrets and builder.name != "buildkit":
+        raise ConfigurationError(
+            f"build secrets ({', '.join(sorted(secrets))}) need BuildKit, and the builder in use is classic",
+            hint="run with --dockapp-builder buildkit (a docker CLI with buildx, or one older than 23.0)",
+        )
     ctx, df_path = resolve_paths(context, dockerfile)
     args = dict(build_args or {})
     df = read_dockerfile(client, df_path, args)
@@ -644,7 +652,7 @@ def build_image(
         image_id = parser.image_id
     else:
         parser = (RawJsonParser if builder.rawjson else PlainParser)(df, target, on_event)
-        image_id = _buildkit(builder, ctx, df_path, args, target, tag, labels or {}, parser)
+        image_id = _buildkit(builder, ctx, df_path, args, target, tag, labels or {}, parser, secrets or {})
     parser.finish()
     steps = parser.result()
     for step in steps:
@@ -790,10 +798,17 @@ def _buildkit(
     tag: str,
     labels: Mapping[str, str],
     parser: PlainParser | RawJsonParser,
+    secrets: Mapping[str, str],
 ) -> str:
     assert builder.cli is not None
     with tempfile.TemporaryDirectory(prefix="dockapp-iid-") as tmp:
         iidfile = Path(tmp) / "iid"
+        secret_args = []
+        for sid, source in secrets.items():
+            # The 20.10 CLI reads secrets from files only: an environment variable's value goes
+            # to a file only we can read, in a folder removed with the build.
+            path = secret_file(sid, source, Path(tmp))
+            secret_args += ["--secret", f"id={sid},src={path}"]
         cmd = [
             builder.cli,
             "build",
@@ -811,6 +826,7 @@ def _buildkit(
             cmd += ["--label", f"{key}={value}"]
         if target:
             cmd += ["--target", target]
+        cmd += secret_args
         if builder.buildx:
             cmd.append("--load")
         cmd.append(str(ctx))
@@ -830,6 +846,32 @@ def _buildkit(
         if code != 0 and parser.error is None:
             parser.error = f"docker build exited with code {code}"
         return iidfile.read_text().strip() if iidfile.exists() else ""
+
+
+def secret_value(sid: str, source: str) -> str:
+    """The value of build secret ``sid``: the file ``source``, else the environment variable."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.read_text()
+    if source in os.environ:
+        return os.environ[source]
+    raise ConfigurationError(
+        f"build secret {sid!r}: {source!r} is neither a file nor a set environment variable",
+        hint="give a file path or the name of an environment variable, e.g. --dockapp-secret npm_token=NPM_TOKEN",
+    )
+
+
+def secret_file(sid: str, source: str, folder: Path) -> Path:
+    """A file holding build secret ``sid`` (``source`` itself when it is a file)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    value = secret_value(sid, source)
+    out = folder / f"secret-{hashlib.sha256(sid.encode()).hexdigest()[:12]}"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return out
 
 
 def _build_failure(

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import cleanup
 from .app import AppRunner, DockApp
-from .build import BuildRecord, ProgressCallback, build_image, resolve_paths
+from .build import BuildRecord, ProgressCallback, build_image, resolve_paths, secret_value
 from .build_reuse import BuildCache, fingerprint
 from .build_reuse import Entry as CacheEntry
 from .dockerfile import Dockerfile
 from .engine import Builder, connect, engine_phase, is_engine_failure, resolve_builder
-from .errors import ConfigurationError, DockappWarning, EngineUnavailableError
+from .errors import ConfigurationError, DockappError, DockappWarning, EngineUnavailableError
 from .redact import looks_secret, secret_values
 
 if TYPE_CHECKING:
@@ -43,10 +43,12 @@ class BuildSpec:
     dockerfile: str | os.PathLike[str] | None = None
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str | None = None
+    #: BuildKit build secrets, ``{id: file path or environment variable name}``.
+    secrets: Mapping[str, str] = field(default_factory=dict)
 
     def key(self) -> str:
         ctx, df = resolve_paths(self.context, self.dockerfile)
-        raw = json.dumps([str(ctx), str(df), sorted(self.build_args.items()), self.target])
+        raw = json.dumps([str(ctx), str(df), sorted(self.build_args.items()), self.target, sorted(self.secrets)])
         return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -173,6 +175,9 @@ class Dockapps:
         if key in self._images:
             return self._images[key]
         self.secrets |= secret_values(spec.build_args)
+        for sid, source in spec.secrets.items():
+            with contextlib.suppress(DockappError):  # a bad source is the build's error to raise
+                self.secrets.add(secret_value(sid, source).strip())
         for name in sorted(k for k, v in spec.build_args.items() if v and looks_secret(k) and k not in self._warned):
             self._warned.add(name)
             warnings.warn(
@@ -252,6 +257,7 @@ class Dockapps:
             # One label: on the classic builder each label is a build step of its own.
             labels={cleanup.OWNER: cleanup.OWNER_VALUE},
             on_event=self.on_event,
+            secrets=spec.secrets,
         )
         self.builds.append(record)
         if inputs and record.tag:

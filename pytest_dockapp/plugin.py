@@ -41,6 +41,16 @@ def parse_build_arg(value: str) -> tuple[str, str]:
     return key.strip(), val
 
 
+def parse_secret(value: str) -> tuple[str, str]:
+    sid, eq, source = value.partition("=")
+    if not eq or not sid.strip() or not source.strip():
+        raise pytest.UsageError(
+            f"dockapp secret {value!r} is not ID=SOURCE; e.g. --dockapp-secret npm_token=NPM_TOKEN "
+            "(an environment variable) or --dockapp-secret npm_token=~/.npmrc (a file)"
+        )
+    return sid.strip(), source.strip()
+
+
 def parse_timeout(value: str) -> float:
     try:
         seconds = float(value)
@@ -156,6 +166,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("dockapp_build_args", "build args, one KEY=VALUE per line", type="linelist", default=[])
     group.addoption(
+        "--dockapp-secret",
+        dest="dockapp_secret",
+        action="append",
+        default=[],
+        type=parse_secret,
+        metavar="ID=SOURCE",
+        help="BuildKit build secret, repeatable: SOURCE is a file or an environment variable's name; a step "
+        "reads it with RUN --mount=type=secret,id=ID [ini: dockapp_secrets]",
+    )
+    parser.addini("dockapp_secrets", "BuildKit build secrets, one ID=SOURCE per line", type="linelist", default=[])
+    group.addoption(
         "--dockapp-image",
         dest="dockapp_image",
         default=None,
@@ -237,6 +258,7 @@ class Settings:
     dockerfile: str | None = None
     build_args: dict[str, str] = field(default_factory=dict)
     cli_build_args: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
     target: str | None = None
     port: str | None = None
     health_path: str | None = None
@@ -280,6 +302,10 @@ def _settings(config: pytest.Config) -> Settings:
         dockerfile=vals["dockerfile"],
         build_args=dict(parse_build_arg(line) for line in config.getini("dockapp_build_args")),
         cli_build_args=dict(config.getoption("dockapp_build_arg")),
+        secrets={
+            **dict(parse_secret(line) for line in config.getini("dockapp_secrets")),
+            **dict(config.getoption("dockapp_secret")),
+        },
         target=vals["target"],
         port=vals["port"],
         health_path=vals["health_path"],
@@ -493,7 +519,12 @@ def dockapp_timeout(pytestconfig: pytest.Config) -> float:
 
 
 def _build(
-    state: _State, context: str, dockerfile: str | None, build_args: Mapping[str, str], target: str | None
+    state: _State,
+    context: str,
+    dockerfile: str | None,
+    build_args: Mapping[str, str],
+    target: str | None,
+    secrets: Mapping[str, str] | None = None,
 ) -> Image:
     from .errors import DockappError
     from .manager import BuildSpec
@@ -501,7 +532,7 @@ def _build(
     apps = state.apps()
     args = {**build_args, **state.settings.cli_build_args}
     try:
-        image = apps.image(BuildSpec(context, dockerfile, args, target))
+        image = apps.image(BuildSpec(context, dockerfile, args, target, {**state.settings.secrets, **(secrets or {})}))
     except DockappError as exc:
         state.progress.done("dockapp: build failed")
         _fail_on(exc, state)
@@ -618,12 +649,13 @@ def dockapp_factory(
         aliases: Sequence[str] = (),
         host_ports: Mapping[int, int] | None = None,
         name: str | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> DockApp:
         default = context is None and image is None
         ref: Image | str
         if image is not None:
             ref = image
-        elif default and dockerfile is None and build_args is None and target is None:
+        elif default and dockerfile is None and build_args is None and target is None and secrets is None:
             # The session's image: built from the settings, or the one --dockapp-image names.
             ref = request.getfixturevalue("dockapp_image")
         elif default:
@@ -633,6 +665,7 @@ def dockapp_factory(
                 dockerfile or dockapp_dockerfile,
                 {**dockapp_build_args, **(build_args or {})},
                 target or dockapp_target,
+                secrets,
             )
         else:
             ctx = Path(context)  # type: ignore[arg-type]
@@ -642,6 +675,7 @@ def dockapp_factory(
                 dockerfile,
                 dict(build_args or {}),
                 target,
+                secrets,
             )
         app = _start(
             state,

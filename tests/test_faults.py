@@ -795,3 +795,45 @@ def test_a_lost_or_frozen_engine_is_one_clear_error_and_nothing_hangs(
     pytester.runpytest_subprocess("test_next.py").assert_outcomes(passed=1)
     assert _own(docker_client, proc.pid) == []
     print(f"{fault} engine at {phase}: {took:.1f}s from the fault to the session's end")
+
+
+SECRET_DOCKERFILE = """
+FROM {BUSYBOX}
+RUN --mount=type=secret,id=token mkdir -p /www && sha256sum /run/secrets/token | cut -c1-64 > /www/index.html
+EXPOSE 80
+CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+"""
+
+
+def test_build_secrets_reach_the_step_and_never_the_image(
+    app: App, pytester: pytest.Pytester, docker_client: Any, buildkit_cli: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    value = f"s3cr3t-{uuid.uuid4().hex}"
+    monkeypatch.setenv("MY_TOKEN", value)
+    app.dockerfile(SECRET_DOCKERFILE)
+    pytester.makepyfile(
+        f"""
+        def test_secret(dockapp, dockapp_image):
+            assert dockapp.get("/").text.strip() == "{hashlib.sha256(value.encode()).hexdigest()}"
+            open("image-id", "w").write(dockapp_image.id)
+        """
+    )
+    result = pytester.runpytest(
+        "--dockapp-builder=buildkit", f"--dockapp-docker-cli={buildkit_cli}", "--dockapp-secret=token=MY_TOKEN"
+    )
+    result.assert_outcomes(passed=1)
+    history = docker_client.api.history((pytester.path / "image-id").read_text())
+    assert value not in str(history)
+
+
+def test_build_secrets_on_the_classic_builder_say_they_need_buildkit(
+    app: App, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_TOKEN", "x-1234")
+    app.dockerfile(SECRET_DOCKERFILE)
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest("--dockapp-builder=classic", "--dockapp-secret=token=MY_TOKEN")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*build secrets (token) need BuildKit, and the builder in use is classic*"])
