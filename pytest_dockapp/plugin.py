@@ -581,6 +581,19 @@ def _start(state: _State, image: Image | str, **kwargs: Any) -> DockApp:
         _fail_on(exc, state)
 
 
+def _start_raising(state: _State, image: Image | str, **kwargs: Any) -> DockApp:
+    """As :func:`_start`, but raising the library's error (tests may expect a ``PortError``),
+    with known secrets masked in it."""
+    from .errors import DockappError
+
+    try:
+        return state.apps().start(image, **kwargs)
+    except DockappError as exc:
+        raise type(exc)(
+            state.mask(exc.what), evidence=state.mask(exc.evidence), evidence_title=exc.evidence_title, hint=exc.hint
+        ) from None
+
+
 def _release(state: _State, session: pytest.Session, app: DockApp, scope: str = "session") -> None:
     if state.settings.keep and app.name in state.failed_apps:
         return  # left running on purpose; listed in the terminal summary
@@ -677,7 +690,7 @@ def dockapp_factory(
                 target,
                 secrets,
             )
-        app = _start(
+        app = _start_raising(
             state,
             ref,
             port=port if port is not None else (dockapp_port if default else None),
