@@ -1020,9 +1020,11 @@ class XdistController:
             from .engine import connect
             from .errors import DockappError
 
-            age = self.state.settings.sweep_age or cleanup.DEFAULT_SWEEP_AGE
+            age = self.state.settings.sweep_age
+            if age is None:
+                return  # --dockapp-sweep-age off: the user asked for no sweep at all
             with contextlib.suppress(DockappError):
-                cleanup.sweep(connect(), cleanup.Session(), age)
+                cleanup.sweep(connect(), cleanup.Session(), age, kept=self.state.settings.sweep_kept)
 
     def pytest_unconfigure(self) -> None:
         import shutil
