@@ -16,7 +16,7 @@ import requests  # the docker SDK imports it anyway
 from . import cleanup
 from .engine import is_engine_failure
 from .errors import ContainerError, ContainerGoneError, PortError, tail
-from .readiness import Readiness, wait_ready
+from .readiness import DEFAULT_TIMEOUT, Readiness, wait_ready
 
 if TYPE_CHECKING:
     import docker
@@ -27,12 +27,16 @@ if TYPE_CHECKING:
 _counter = itertools.count(1)
 
 
+#: The host address published ports bind to, unless told otherwise: loopback only.
+DEFAULT_HOST_IP = "127.0.0.1"
+
+
 def parse_port(value: int | str) -> tuple[int, str]:
     """``80``, ``"80"`` or ``"80/tcp"`` as ``(80, "tcp")``."""
     text = str(value).strip().lower()
     m = re.fullmatch(r"(\d{1,5})(?:/(tcp|udp|sctp))?", text)
     if not m or not 0 < int(m.group(1)) < 65536:
-        raise PortError(f"invalid port {value!r}", hint="give a port as 8080 or 8080/tcp")
+        raise PortError(f"{value!r} is not a port", hint="valid forms: 8080, 8080/tcp")
     return int(m.group(1)), m.group(2) or "tcp"
 
 
@@ -170,13 +174,13 @@ class AppRunner:
         session: cleanup.Session | None = None,
         port: int | str | None = None,
         host_ports: Mapping[int, int] | None = None,
-        host_ip: str = "127.0.0.1",
+        host_ip: str = DEFAULT_HOST_IP,
         env: Mapping[str, str] | None = None,
         command: str | Sequence[str] | None = None,
         network: Any = None,
         aliases: Sequence[str] = (),
         health_path: str | None = None,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
         name: str | None = None,
         build: BuildRecord | None = None,
         display: str | None = None,

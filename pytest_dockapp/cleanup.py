@@ -55,6 +55,24 @@ def process_start(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""
 
 
+def parse_age(value: str | float | None) -> float | None:
+    """``"off"`` (None: no sweep), seconds, or a number with an ``s``, ``m``, ``h`` or ``d`` suffix."""
+    from .errors import ConfigurationError
+
+    text = str(value).strip().lower()
+    if text in ("off", "never", "none"):
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise ConfigurationError(f"{value!r} is not an age", hint="valid: off, 3600, 90m, 6h, 2d")
+    return seconds
+
+
 def pid_namespace() -> str:
     """The inode of this process's PID namespace ("" where it cannot be read)."""
     try:

@@ -21,6 +21,13 @@ BuilderName = Literal["classic", "buildkit"]
 BUILDER_CHOICES = ("auto", "classic", "buildkit")
 
 
+def parse_builder(value: str) -> str:
+    """One of :data:`BUILDER_CHOICES`."""
+    if value not in BUILDER_CHOICES:
+        raise ConfigurationError(f"{value!r} is unknown", hint="valid: " + ", ".join(BUILDER_CHOICES))
+    return value
+
+
 def describe_endpoint() -> str:
     """Which engine endpoint the docker SDK and CLI will try, for error messages."""
     host = os.environ.get("DOCKER_HOST")
@@ -184,8 +191,7 @@ def _ask_cli(cli: str) -> tuple[bool, bool, bool]:
 
 def resolve_builder(choice: str = "auto", cli: str | None = None) -> Builder:
     """Pick the builder for ``choice`` (auto, classic or buildkit) and the CLI ``cli``."""
-    if choice not in BUILDER_CHOICES:
-        raise ConfigurationError(f"unknown builder {choice!r}", hint="use one of: " + ", ".join(BUILDER_CHOICES))
+    parse_builder(choice)
     if choice == "classic":
         return Builder("classic")
     path = shutil.which(cli or "docker")

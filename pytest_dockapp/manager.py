@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import cleanup
-from .app import AppRunner, DockApp
+from .app import DEFAULT_HOST_IP, AppRunner, DockApp
 from .build import BuildRecord, ProgressCallback, build_image, resolve_paths, secret_value
 from .build_reuse import BuildCache, fingerprint
 from .build_reuse import Entry as CacheEntry
@@ -91,7 +91,7 @@ class Dockapps:
         builder: str = "auto",
         docker_cli: str | None = None,
         session: cleanup.Session | None = None,
-        host_ip: str = "127.0.0.1",
+        host_ip: str = DEFAULT_HOST_IP,
         shared_dir: Path | None = None,
         on_event: ProgressCallback | None = None,
         on_notice: Callable[[str], None] | None = None,

@@ -10,12 +10,12 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from .options import BY_NAME, Settings, add_options, resolve
 from .signals import TerminationGuard  # standard library only: cheap to load with the plugin
 
 if TYPE_CHECKING:
@@ -25,307 +25,9 @@ if TYPE_CHECKING:
     from .errors import DockappError
     from .manager import Dockapps, Image
 
-BUILDERS = ("auto", "classic", "buildkit")
-STRICT_ENV = "DOCKAPP_STRICT"
-
-
-# -- option parsers: each raises pytest.UsageError naming the valid forms ------------------------
-
-
-def parse_build_arg(value: str) -> tuple[str, str]:
-    key, eq, val = value.partition("=")
-    if not eq or not key.strip():
-        raise pytest.UsageError(
-            f"dockapp build arg {value!r} is not KEY=VALUE; e.g. --dockapp-build-arg BASE_IMAGE=node:20"
-        )
-    return key.strip(), val
-
-
-def parse_secret(value: str) -> tuple[str, str]:
-    sid, eq, source = value.partition("=")
-    if not eq or not sid.strip() or not source.strip():
-        raise pytest.UsageError(
-            f"dockapp secret {value!r} is not ID=SOURCE; e.g. --dockapp-secret npm_token=NPM_TOKEN "
-            "(an environment variable) or --dockapp-secret npm_token=~/.npmrc (a file)"
-        )
-    return sid.strip(), source.strip()
-
-
-def parse_timeout(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise pytest.UsageError(f"dockapp timeout {value!r} is not a positive number of seconds, e.g. 60 or 2.5")
-    return seconds
-
-
-def parse_builder(value: str) -> str:
-    if value not in BUILDERS:
-        raise pytest.UsageError(f"dockapp builder {value!r} is unknown; valid: {', '.join(BUILDERS)}")
-    return value
-
-
-def parse_port(value: str) -> str:
-    head, _, proto = str(value).partition("/")
-    if not head.isdigit() or not 0 < int(head) < 65536 or proto not in ("", "tcp", "udp"):
-        raise pytest.UsageError(f"dockapp port {value!r} is not a port; valid forms: 8080, 8080/tcp")
-    return str(value)
-
-
-def parse_health_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise pytest.UsageError(f"dockapp health path {value!r} must start with '/', e.g. /health")
-    return value
-
-
-def parse_age(value: str) -> float | None:
-    """``"off"`` (no sweep), seconds, or a number with an ``s``, ``m``, ``h`` or ``d`` suffix."""
-    text = str(value).strip().lower()
-    if text in ("off", "never", "none"):
-        return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
-    try:
-        seconds = float(number) * unit
-    except ValueError:
-        seconds = -1.0
-    if seconds < 0:
-        raise pytest.UsageError(f"dockapp sweep age {value!r} is not an age; valid: off, 3600, 90m, 6h, 2d")
-    return seconds
-
-
-def parse_bool(value: str) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise pytest.UsageError(f"dockapp flag value {value!r} is not a boolean; valid: true, false, 1, 0")
-
-
-# (name, CLI flags, help, ini type, parser)
-_OPTIONS: list[tuple[str, str, str, str, Callable[[str], Any] | None]] = [
-    ("context", "--dockapp-context", "build context folder (default: rootdir)", "string", None),
-    (
-        "dockerfile",
-        "--dockapp-dockerfile",
-        "Dockerfile path, relative to the context (default: Dockerfile)",
-        "string",
-        None,
-    ),
-    ("target", "--dockapp-target", "target stage to build", "string", None),
-    ("port", "--dockapp-port", "main container port when the image EXPOSEs several, or none", "string", parse_port),
-    (
-        "health_path",
-        "--dockapp-health-path",
-        "HTTP path that answers 2xx/3xx once the app is ready",
-        "string",
-        parse_health_path,
-    ),
-    (
-        "timeout",
-        "--dockapp-timeout",
-        "seconds to wait for the app to become ready (default 60)",
-        "string",
-        parse_timeout,
-    ),
-    ("builder", "--dockapp-builder", "auto, classic or buildkit (default auto)", "string", parse_builder),
-    (
-        "docker_cli",
-        "--dockapp-docker-cli",
-        "docker CLI used for BuildKit builds (default: docker on PATH)",
-        "string",
-        None,
-    ),
-    ("host_ip", "--dockapp-host-ip", "host address to publish ports on (default 127.0.0.1)", "string", None),
-]
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("dockapp", "build, run and test a Dockerfile's service (pytest-dockapp)")
-    for name, flag, help_text, ini_type, parse in _OPTIONS:
-        group.addoption(
-            flag,
-            dest=f"dockapp_{name}",
-            default=None,
-            type=parse,
-            metavar=name.upper(),
-            help=help_text + f" [ini: dockapp_{name}]",
-        )
-        parser.addini(f"dockapp_{name}", help_text, type=ini_type, default=None)  # type: ignore[arg-type]
-    group.addoption(
-        "--dockapp-build-arg",
-        dest="dockapp_build_arg",
-        action="append",
-        default=[],
-        type=parse_build_arg,
-        metavar="KEY=VALUE",
-        help="build arg, repeatable; adds to and overrides dockapp_build_args",
-    )
-    parser.addini("dockapp_build_args", "build args, one KEY=VALUE per line", type="linelist", default=[])
-    group.addoption(
-        "--dockapp-secret",
-        dest="dockapp_secret",
-        action="append",
-        default=[],
-        type=parse_secret,
-        metavar="ID=SOURCE",
-        help="BuildKit build secret, repeatable: SOURCE is a file or an environment variable's name; a step "
-        "reads it with RUN --mount=type=secret,id=ID [ini: dockapp_secrets]",
-    )
-    parser.addini("dockapp_secrets", "BuildKit build secrets, one ID=SOURCE per line", type="linelist", default=[])
-    group.addoption(
-        "--dockapp-image",
-        dest="dockapp_image",
-        default=None,
-        metavar="IMAGE",
-        help="test this prebuilt image instead of building the Dockerfile (CI stages)",
-    )
-    group.addoption(
-        "--dockapp-keep",
-        dest="dockapp_keep",
-        action="store_true",
-        default=False,
-        help="leave the containers of failing tests running (named *-kept) and print how to reach and remove them",
-    )
-    group.addoption(
-        "--dockapp-sweep-kept",
-        dest="dockapp_sweep_kept",
-        action="store_true",
-        default=False,
-        help="the sweep also removes containers that other sessions' --dockapp-keep left (named *-kept) "
-        "(default: only past the sweep age)",
-    )
-    group.addoption(
-        "--dockapp-strict",
-        dest="dockapp_strict",
-        action="store_true",
-        default=False,
-        help=f"no Docker engine is an error, not a skip (also: {STRICT_ENV}=1, ini dockapp_strict)",
-    )
-    parser.addini("dockapp_strict", "no Docker engine is an error, not a skip", type="bool", default=False)
-    group.addoption(
-        "--dockapp-sweep-age",
-        dest="dockapp_sweep_age",
-        default=None,
-        metavar="AGE",
-        help="remove leftovers of other hosts' (or unknown) sessions older than AGE: off, 3600, 90m, 6h "
-        "(default 6h) [ini: dockapp_sweep_age]",
-    )
-    parser.addini("dockapp_sweep_age", "age past which other hosts' leftovers are swept", default=None)
-    group.addoption(
-        "--dockapp-remove-images",
-        dest="dockapp_remove_images",
-        action="store_true",
-        default=False,
-        help="remove the images this session built when it ends (default: keep them, they are the layer cache)",
-    )
-    group.addoption(
-        "--dockapp-rebuild",
-        dest="dockapp_rebuild",
-        action="store_true",
-        default=False,
-        help="build even when nothing the build reads changed since its last build (default: reuse that "
-        "image) [ini: dockapp_rebuild]",
-    )
-    parser.addini("dockapp_rebuild", "always build, never reuse an unchanged build", type="bool", default=False)
-    group.addoption(
-        "--dockapp-expect-cached",
-        dest="dockapp_expect_cached",
-        action="store_true",
-        default=False,
-        help="fail the session build if any step misses the layer cache (CI test stages)",
-    )
-    parser.addini(
-        "dockapp_expect_cached", "fail the session build if any step misses the cache", type="bool", default=False
-    )
-    group.addoption(
-        "--dockapp-lint",
-        dest="dockapp_lint",
-        action="store_true",
-        default=False,
-        help="also check Dockerfiles for cache-hostile layer order (no build)",
-    )
-
-
-@dataclass
-class Settings:
-    """Options resolved once: CLI over ini over defaults."""
-
-    context: Path
-    dockerfile: str | None = None
-    build_args: dict[str, str] = field(default_factory=dict)
-    cli_build_args: dict[str, str] = field(default_factory=dict)
-    secrets: dict[str, str] = field(default_factory=dict)
-    target: str | None = None
-    port: str | None = None
-    health_path: str | None = None
-    timeout: float = 60.0
-    builder: str = "auto"
-    docker_cli: str | None = None
-    host_ip: str = "127.0.0.1"
-    image: str | None = None
-    keep: bool = False
-    sweep_kept: bool = False
-    strict: bool = False
-    expect_cached: bool = False
-    sweep_age: float | None = 6 * 3600.0
-    remove_images: bool = False
-    rebuild: bool = False
-
-
-def _settings(config: pytest.Config) -> Settings:
-    def value(name: str, parse: Callable[[str], Any] | None = None) -> Any:
-        cli = config.getoption(f"dockapp_{name}")
-        if cli is not None:
-            return cli
-        ini = config.getini(f"dockapp_{name}")
-        if ini in (None, ""):
-            return None
-        return parse(ini) if parse else ini
-
-    parsers = {name: parse for name, _, _, _, parse in _OPTIONS}
-    vals = {name: value(name, parsers[name]) for name in parsers}
-    ini_dir = config.inipath.parent if config.inipath else config.rootpath
-    ctx = vals["context"]
-    if ctx is None:
-        context = config.rootpath
-    elif config.getoption("dockapp_context") is not None:
-        context = config.invocation_params.dir / ctx
-    else:
-        context = ini_dir / ctx
-    env_strict = os.environ.get(STRICT_ENV, "")
-    return Settings(
-        context=context,
-        dockerfile=vals["dockerfile"],
-        build_args=dict(parse_build_arg(line) for line in config.getini("dockapp_build_args")),
-        cli_build_args=dict(config.getoption("dockapp_build_arg")),
-        secrets={
-            **dict(parse_secret(line) for line in config.getini("dockapp_secrets")),
-            **dict(config.getoption("dockapp_secret")),
-        },
-        target=vals["target"],
-        port=vals["port"],
-        health_path=vals["health_path"],
-        timeout=vals["timeout"] or 60.0,
-        builder=vals["builder"] or "auto",
-        docker_cli=vals["docker_cli"],
-        host_ip=vals["host_ip"] or "127.0.0.1",
-        image=config.getoption("dockapp_image"),
-        keep=config.getoption("dockapp_keep"),
-        sweep_kept=config.getoption("dockapp_sweep_kept"),
-        sweep_age=parse_age(config.getoption("dockapp_sweep_age") or config.getini("dockapp_sweep_age") or "6h"),
-        remove_images=config.getoption("dockapp_remove_images"),
-        rebuild=bool(config.getoption("dockapp_rebuild") or config.getini("dockapp_rebuild")),
-        expect_cached=bool(config.getoption("dockapp_expect_cached") or config.getini("dockapp_expect_cached")),
-        strict=bool(
-            config.getoption("dockapp_strict")
-            or config.getini("dockapp_strict")
-            or (env_strict and parse_bool(env_strict))
-        ),
-    )
+    add_options(parser)
 
 
 class _State:
@@ -447,7 +149,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "dockapp_cache(change=None, cached=None, context=None, dockerfile=None, build_args=None, "
         "target=None, strict=False): fail when a rebuild after `change` misses the layer cache unexpectedly",
     )
-    state = config.stash[_STATE] = _State(config, _settings(config))
+    state = config.stash[_STATE] = _State(config, resolve(config))
     if config.getoption("dockapp_lint"):
         config.pluginmanager.register(LintCollector(), "dockapp-lint")
     if _xdist_loaded(config) and not hasattr(config, "workerinput"):
@@ -473,46 +175,24 @@ def _fail_on(exc: Exception, state: _State) -> NoReturn:
 # -- settings fixtures: override any of them in a conftest.py ------------------------------------
 
 
-@pytest.fixture(scope="session")
-def dockapp_context(pytestconfig: pytest.Config) -> str:
-    """Build context folder."""
-    return str(_state(pytestconfig).settings.context)
+def _setting_fixture(name: str) -> Any:
+    def fixture(pytestconfig: pytest.Config) -> Any:
+        value = getattr(_state(pytestconfig).settings, name)
+        return str(value) if isinstance(value, Path) else dict(value) if isinstance(value, dict) else value
+
+    fixture.__name__ = f"dockapp_{name}"
+    fixture.__doc__ = f"{BY_NAME[name].help[0].upper()}{BY_NAME[name].help[1:]} (override it in a conftest.py)."
+    return pytest.fixture(scope="session", name=f"dockapp_{name}")(fixture)
 
 
-@pytest.fixture(scope="session")
-def dockapp_dockerfile(pytestconfig: pytest.Config) -> str | None:
-    """Dockerfile path, relative to the context."""
-    return _state(pytestconfig).settings.dockerfile
+# pytest finds fixtures among a plugin module's attributes: one per overridable setting.
+for _setting in [s for s in BY_NAME.values() if s.fixture]:
+    globals()[f"_fixture_{_setting.name}"] = _setting_fixture(_setting.name)
 
 
-@pytest.fixture(scope="session")
-def dockapp_build_args(pytestconfig: pytest.Config) -> dict[str, str]:
-    """Build args (ini); ``--dockapp-build-arg`` values are applied on top of these."""
-    return dict(_state(pytestconfig).settings.build_args)
-
-
-@pytest.fixture(scope="session")
-def dockapp_target(pytestconfig: pytest.Config) -> str | None:
-    """Target stage."""
-    return _state(pytestconfig).settings.target
-
-
-@pytest.fixture(scope="session")
-def dockapp_port(pytestconfig: pytest.Config) -> str | None:
-    """Main container port."""
-    return _state(pytestconfig).settings.port
-
-
-@pytest.fixture(scope="session")
-def dockapp_health_path(pytestconfig: pytest.Config) -> str | None:
-    """HTTP readiness path."""
-    return _state(pytestconfig).settings.health_path
-
-
-@pytest.fixture(scope="session")
-def dockapp_timeout(pytestconfig: pytest.Config) -> float:
-    """Readiness timeout in seconds."""
-    return _state(pytestconfig).settings.timeout
+def _pick(state: _State, name: str, fixture_value: Any) -> Any:
+    """The command line wins over a conftest.py fixture override (which wins over the ini file)."""
+    return state.settings.from_cli.get(name, fixture_value)
 
 
 # -- the fixtures users call ---------------------------------------------------------------------
@@ -530,7 +210,7 @@ def _build(
     from .manager import BuildSpec
 
     apps = state.apps()
-    args = {**build_args, **state.settings.cli_build_args}
+    args = {**build_args, **state.settings.from_cli.get("build_args", {})}
     try:
         image = apps.image(BuildSpec(context, dockerfile, args, target, {**state.settings.secrets, **(secrets or {})}))
     except DockappError as exc:
@@ -558,7 +238,13 @@ def dockapp_image(
             return state.apps().prebuilt(state.settings.image)
         except DockappError as exc:
             _fail_on(exc, state)
-    image = _build(state, dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target)
+    image = _build(
+        state,
+        _pick(state, "context", dockapp_context),
+        _pick(state, "dockerfile", dockapp_dockerfile),
+        dockapp_build_args,
+        _pick(state, "target", dockapp_target),
+    )
     record = image.record
     if state.settings.expect_cached and record is not None and not record.reused and record.misses:
         marks = {s.index: "<-- MISS" for s in record.misses}
@@ -621,7 +307,13 @@ def dockapp(
 ) -> Iterator[DockApp]:
     """The app from the configured Dockerfile, running and ready, shared by the session."""
     state = _state(request.config)
-    app = _start(state, dockapp_image, port=dockapp_port, health_path=dockapp_health_path, timeout=dockapp_timeout)
+    app = _start(
+        state,
+        dockapp_image,
+        port=_pick(state, "port", dockapp_port),
+        health_path=_pick(state, "health_path", dockapp_health_path),
+        timeout=_pick(state, "timeout", dockapp_timeout),
+    )
     yield app
     _release(state, request.session, app)
 
@@ -674,17 +366,17 @@ def dockapp_factory(
         elif default:
             ref = _build(
                 state,
-                dockapp_context,
-                dockerfile or dockapp_dockerfile,
+                _pick(state, "context", dockapp_context),
+                dockerfile or _pick(state, "dockerfile", dockapp_dockerfile),
                 {**dockapp_build_args, **(build_args or {})},
-                target or dockapp_target,
+                target or _pick(state, "target", dockapp_target),
                 secrets,
             )
         else:
             ctx = Path(context)  # type: ignore[arg-type]
             ref = _build(
                 state,
-                str(ctx if ctx.is_absolute() else request.config.invocation_params.dir / ctx),
+                str(ctx if ctx.is_absolute() else request.config.rootpath / ctx),  # one base: the rootdir
                 dockerfile,
                 dict(build_args or {}),
                 target,
@@ -693,9 +385,11 @@ def dockapp_factory(
         app = _start_raising(
             state,
             ref,
-            port=port if port is not None else (dockapp_port if default else None),
-            health_path=health_path if health_path is not None else (dockapp_health_path if default else None),
-            timeout=timeout or dockapp_timeout,
+            port=port if port is not None else (_pick(state, "port", dockapp_port) if default else None),
+            health_path=health_path
+            if health_path is not None
+            else (_pick(state, "health_path", dockapp_health_path) if default else None),
+            timeout=timeout or _pick(state, "timeout", dockapp_timeout),
             env=env,
             command=command,
             network=network,
@@ -762,23 +456,25 @@ def dockapp_cache_report(
     kw = marker.kwargs
     state = _state(request.config)
     apps = state.apps()
-    context = kw.get("context") or dockapp_context
+    context = kw.get("context") or _pick(state, "context", dockapp_context)
     ctx = Path(context)
     if not ctx.is_absolute():
-        ctx = Path(str(request.node.path)).parent / ctx
+        ctx = request.config.rootpath / ctx  # one base for relative paths: the rootdir
     default = kw.get("context") is None
-    args = {**(dockapp_build_args if default else {}), **state.settings.cli_build_args, **(kw.get("build_args") or {})}
+    # marker arguments over the command line over the fixture (and the ini file): as everywhere
+    cli_args = state.settings.from_cli.get("build_args", {})
+    args = {**(dockapp_build_args if default else {}), **cli_args, **(kw.get("build_args") or {})}
     apps.start_sweep()
     try:
         report = check_cache(
             apps.client,
             ctx,
-            kw.get("dockerfile") or (dockapp_dockerfile if default else None),
+            kw.get("dockerfile") or (_pick(state, "dockerfile", dockapp_dockerfile) if default else None),
             builder=apps.builder,
             change=kw.get("change"),
             cached=kw.get("cached") or (),
             build_args=args,
-            target=kw.get("target") or (dockapp_target if default else None),
+            target=kw.get("target") or (_pick(state, "target", dockapp_target) if default else None),
             strict=bool(kw.get("strict", False)),
             session=apps.session,
             workdir=tmp_path_factory.getbasetemp(),

@@ -37,6 +37,32 @@ from .errors import (
 if TYPE_CHECKING:
     import docker
 
+#: Seconds to wait for an app to become ready, unless told otherwise.
+DEFAULT_TIMEOUT = 60.0
+
+
+def parse_timeout(value: str | float) -> float:
+    """A positive number of seconds."""
+    from .errors import ConfigurationError
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigurationError(f"{value!r} is not a positive number of seconds", hint="e.g. 60 or 2.5")
+    return seconds
+
+
+def parse_health_path(value: str) -> str:
+    """An absolute HTTP path."""
+    from .errors import ConfigurationError
+
+    if not value.startswith("/"):
+        raise ConfigurationError(f"{value!r} must start with '/'", hint="e.g. /health")
+    return value
+
+
 _LISTEN = b"0A"
 _INSPECT_EVERY = 0.05
 _LOOPBACK4 = "7F"  # last byte of a little-endian 127.x.x.x address in /proc/net/tcp
@@ -247,7 +273,7 @@ def wait_ready(
     host_port: int | None,
     container_port: int | None,
     health_path: str | None = None,
-    timeout: float = 60.0,
+    timeout: float = DEFAULT_TIMEOUT,
     interval: float = 0.005,
     name: str = "",
     attrs: dict[str, Any] | None = None,

@@ -393,10 +393,17 @@ def test_engine_unreachable_skips_or_fails_in_strict_mode(pytester: pytest.Pytes
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dockapp-build-arg", "NOEQUALS"], "*dockapp build arg 'NOEQUALS' is not KEY=VALUE*"),
-        (["--dockapp-timeout", "soon"], "*dockapp timeout 'soon' is not a positive number*"),
-        (["--dockapp-builder", "kaniko"], "*dockapp builder 'kaniko' is unknown; valid: auto, classic, buildkit*"),
-        (["--dockapp-port", "http"], "*dockapp port 'http' is not a port; valid forms: 8080, 8080/tcp*"),
+        (
+            ["--dockapp-build-arg", "NOEQUALS"],
+            "*dockapp build args (--dockapp-build-arg): 'NOEQUALS' is not KEY=VALUE*",
+        ),
+        (["--dockapp-timeout", "soon"], "*dockapp timeout (--dockapp-timeout): 'soon' is not a positive number*"),
+        (["--dockapp-builder", "kaniko"], "*dockapp builder (--dockapp-builder): 'kaniko' is unknown; valid: auto, *"),
+        (["--dockapp-port", "http"], "*dockapp port (--dockapp-port): 'http' is not a port; valid forms: 8080, *"),
+        (
+            ["--dockapp-sweep-age", "soon"],
+            "*dockapp sweep age (--dockapp-sweep-age): 'soon' is not an age; valid: off,*",
+        ),
     ],
 )
 def test_invalid_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
@@ -409,7 +416,7 @@ def test_invalid_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndockapp_timeout = later\n")
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*dockapp timeout 'later' is not a positive number*"])
+    result.stderr.fnmatch_lines(["*dockapp timeout (ini dockapp_timeout): 'later' is not a positive number*"])
 
 
 @pytest.fixture

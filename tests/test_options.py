@@ -25,3 +25,64 @@ def test_the_crash_sweep_under_xdist_honours_an_explicit_sweep_age(
 def test_invalid_sweep_age_names_the_valid_forms(pytester: pytest.Pytester) -> None:
     with pytest.raises(pytest.UsageError, match="valid: off, 3600, 90m, 6h, 2d"):
         pytester.parseconfigure("--dockapp-sweep-age=soon")
+
+
+def test_the_readme_settings_table_is_the_generated_one() -> None:
+    from pytest_dockapp.options import markdown_table
+
+    from .helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- settings-table")
+    table = readme[readme.index("\n", start) + 1 : readme.index("<!-- end settings-table -->")].strip()
+    assert table == markdown_table()
+
+
+PRECEDENCE_TEST = """
+from pytest_dockapp import plugin
+
+def test_effective(pytestconfig, dockapp_target, dockapp_timeout, dockapp_build_args):
+    state = plugin._state(pytestconfig)
+    target = plugin._pick(state, "target", dockapp_target)
+    timeout = plugin._pick(state, "timeout", dockapp_timeout)
+    args = ",".join(f"{k}={v}" for k, v in sorted(dockapp_build_args.items()))
+    print(f"EFFECTIVE target={target} timeout={timeout:g} args={args}")
+"""
+
+FIXTURE_OVERRIDE = """
+import pytest
+
+@pytest.fixture(scope="session")
+def dockapp_target():
+    return "fixture-stage"
+"""
+
+
+@pytest.mark.parametrize(
+    ("ini", "conftest", "args", "want"),
+    [
+        (False, False, [], "target=None timeout=60 args="),
+        (True, False, [], "target=ini-stage timeout=30 args=A=ini,B=ini"),
+        (True, True, [], "target=fixture-stage timeout=30 args=A=ini,B=ini"),
+        (
+            True,
+            True,
+            ["--dockapp-target=cli-stage", "--dockapp-timeout=5", "--dockapp-build-arg=B=cli"],
+            "target=cli-stage timeout=5 args=A=ini,B=cli",
+        ),
+    ],
+)
+def test_precedence_is_cli_then_fixture_then_ini_then_default(
+    pytester: pytest.Pytester, ini: bool, conftest: bool, args: list[str], want: str
+) -> None:
+    """The settings come from the configuration alone: no build, no container."""
+    if ini:
+        pytester.makeini(
+            "[pytest]\ndockapp_target = ini-stage\ndockapp_timeout = 30\ndockapp_build_args =\n    A=ini\n    B=ini\n"
+        )
+    if conftest:
+        pytester.makeconftest(FIXTURE_OVERRIDE)
+    pytester.makepyfile(PRECEDENCE_TEST)
+    result = pytester.runpytest("-s", *args)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*EFFECTIVE {want}"])

@@ -1,0 +1,300 @@
+"""The plugin's settings: one table that makes the options, the ini keys, the override
+fixtures and the README's settings table, and one loop that resolves them.
+
+Precedence, for every setting: a marker or factory argument, then the command line, then a
+``conftest.py`` fixture override, then the ini file, then the default (a library constant).
+Relative paths resolve from the rootdir (the ini file's folder), wherever they were given.
+Bad values are usage errors that name the valid forms.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .errors import ConfigurationError
+
+STRICT_ENV = "DOCKAPP_STRICT"
+
+
+def _port(value: str) -> str:
+    from .app import parse_port
+
+    parse_port(value)
+    return value
+
+
+def _timeout(value: str) -> float:
+    from .readiness import parse_timeout
+
+    return parse_timeout(value)
+
+
+def _health_path(value: str) -> str:
+    from .readiness import parse_health_path
+
+    return parse_health_path(value)
+
+
+def _builder(value: str) -> str:
+    from .engine import parse_builder
+
+    return parse_builder(value)
+
+
+def _age(value: str) -> float | None:
+    from .cleanup import parse_age
+
+    return parse_age(value)
+
+
+def _bool(value: str | bool) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigurationError(f"{value!r} is not a boolean", hint="valid: true, false, 1, 0")
+
+
+def _pair(form: str, example: str) -> Callable[[str], tuple[str, str]]:
+    def parse(value: str) -> tuple[str, str]:
+        key, eq, val = value.partition("=")
+        if not eq or not key.strip():
+            raise ConfigurationError(f"{value!r} is not {form}", hint=f"e.g. {example}")
+        return key.strip(), val
+
+    return parse
+
+
+def _key_value(value: str) -> tuple[str, str]:
+    return _pair("KEY=VALUE", "BASE_IMAGE=node:20")(value)
+
+
+def _secret(value: str) -> tuple[str, str]:
+    sid, source = _pair("ID=SOURCE", "npm_token=NPM_TOKEN (an environment variable) or npm_token=~/.npmrc (a file)")(
+        value
+    )
+    if not source.strip():
+        raise ConfigurationError(f"{value!r} names no source", hint="e.g. npm_token=NPM_TOKEN")
+    return sid, source.strip()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: where it can be given, how it is checked, what it defaults to."""
+
+    name: str
+    help: str
+    default: Any = None
+    parse: Callable[[str], Any] | None = None  # a library validator (ConfigurationError on bad values)
+    kind: str = "value"  # value | flag (store_true) | pairs (repeatable KEY=VALUE, a dict)
+    ini: bool = True  # also an ini key dockapp_<name>
+    fixture: bool = False  # also a session fixture dockapp_<name> a conftest.py can override
+    flag: str = ""  # the option, if not --dockapp-<name>
+    metavar: str = ""
+    shown_default: str = ""  # the default as the README says it, when not the value itself
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--dockapp-" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "dockapp_" + self.name
+
+
+def _defaults() -> dict[str, Any]:
+    from .app import DEFAULT_HOST_IP
+    from .cleanup import DEFAULT_SWEEP_AGE
+    from .readiness import DEFAULT_TIMEOUT
+
+    return {"timeout": DEFAULT_TIMEOUT, "host_ip": DEFAULT_HOST_IP, "sweep_age": DEFAULT_SWEEP_AGE}
+
+
+_D = _defaults()
+
+SETTINGS: list[Setting] = [
+    Setting("context", "build context folder", None, fixture=True, shown_default="rootdir"),
+    Setting("dockerfile", "Dockerfile path, relative to the context", fixture=True, shown_default="Dockerfile"),
+    Setting(
+        "build_args",
+        "build args, KEY=VALUE; the option is repeatable and applies on top of the ini lines",
+        {},
+        _key_value,
+        kind="pairs",
+        fixture=True,
+        flag="--dockapp-build-arg",
+        metavar="KEY=VALUE",
+        shown_default="none",
+    ),
+    Setting("target", "target stage to build", fixture=True, shown_default="last stage"),
+    Setting(
+        "port",
+        "main container port, e.g. 8080 or 8080/tcp",
+        parse=_port,
+        fixture=True,
+        shown_default="the lowest EXPOSEd TCP port",
+    ),
+    Setting("health_path", "HTTP path that answers 2xx/3xx once the app is ready", parse=_health_path, fixture=True),
+    Setting("timeout", "seconds to wait for the app to become ready", _D["timeout"], _timeout, fixture=True),
+    Setting("builder", "auto, classic or buildkit", "auto", _builder, shown_default="auto: BuildKit when the CLI can"),
+    Setting("docker_cli", "docker CLI used for BuildKit builds", shown_default="docker on PATH"),
+    Setting("host_ip", "host address that published ports bind to", _D["host_ip"]),
+    Setting(
+        "secrets",
+        "BuildKit build secret ID=SOURCE, a file or an environment variable's name (repeatable)",
+        {},
+        _secret,
+        kind="pairs",
+        flag="--dockapp-secret",
+        metavar="ID=SOURCE",
+        shown_default="none",
+    ),
+    Setting("strict", f"no Docker engine is an error, not a skip (also {STRICT_ENV}=1)", False, _bool, kind="flag"),
+    Setting(
+        "expect_cached",
+        "fail the session build if any step misses the layer cache (CI test stages)",
+        False,
+        _bool,
+        kind="flag",
+    ),
+    Setting(
+        "sweep_age",
+        "remove leftovers of other hosts' (or unknown) sessions older than this: off, 3600, 90m, 6h, 2d",
+        _D["sweep_age"],
+        _age,
+        metavar="AGE",
+        shown_default="6h",
+    ),
+    Setting(
+        "rebuild", "build even when nothing the build reads changed since its last build", False, _bool, kind="flag"
+    ),
+    Setting("image", "test this prebuilt image instead of building the Dockerfile (CI stages)", ini=False),
+    Setting("keep", "leave the containers of failing tests running (named *-kept)", False, kind="flag", ini=False),
+    Setting("remove_images", "remove the images this session built when it ends", False, kind="flag", ini=False),
+    Setting(
+        "sweep_kept", "the sweep also removes other sessions' --dockapp-keep containers", False, kind="flag", ini=False
+    ),
+    Setting("lint", "also check Dockerfiles for cache-hostile layer order", False, kind="flag", ini=False),
+]
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass
+class Settings:
+    """The resolved settings of a session (command line over ini over defaults)."""
+
+    context: Path
+    dockerfile: str | None = None
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    port: str | None = None
+    health_path: str | None = None
+    timeout: float = _D["timeout"]
+    builder: str = "auto"
+    docker_cli: str | None = None
+    host_ip: str = _D["host_ip"]
+    secrets: dict[str, str] = field(default_factory=dict)
+    strict: bool = False
+    expect_cached: bool = False
+    sweep_age: float | None = _D["sweep_age"]
+    rebuild: bool = False
+    image: str | None = None
+    keep: bool = False
+    remove_images: bool = False
+    sweep_kept: bool = False
+    lint: bool = False
+    #: What the command line gave, by setting: it wins over a conftest.py fixture override.
+    from_cli: dict[str, Any] = field(default_factory=dict)
+
+
+assert {f.name for f in fields(Settings)} - {"from_cli"} == set(BY_NAME), "the table and Settings disagree"
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """The option group and the ini keys, from the table."""
+    group = parser.getgroup("dockapp", "build, run and test a Dockerfile's service (pytest-dockapp)")
+    for s in SETTINGS:
+        ini = f" [ini: {s.dest}]" if s.ini else ""
+        default = f" (default: {s.shown_default or s.default})" if s.kind != "flag" else ""
+        if s.kind == "flag":
+            group.addoption(s.option, dest=s.dest, action="store_true", default=None, help=s.help + ini)
+        elif s.kind == "pairs":
+            group.addoption(
+                s.option, dest=s.dest, action="append", default=[], metavar=s.metavar, help=s.help + default + ini
+            )
+        else:
+            group.addoption(
+                s.option, dest=s.dest, default=None, metavar=s.metavar or s.name.upper(), help=s.help + default + ini
+            )
+        if s.ini:
+            kind = {"flag": "bool", "pairs": "linelist"}.get(s.kind, "string")
+            parser.addini(s.dest, s.help, type=kind, default=None if kind != "linelist" else [])  # type: ignore[arg-type]
+
+
+def _parsed(s: Setting, value: Any, where: str) -> Any:
+    try:
+        if s.kind == "pairs":
+            assert s.parse is not None
+            return dict(s.parse(v) for v in value)
+        return s.parse(value) if s.parse is not None and isinstance(value, str) else value
+    except ConfigurationError as exc:
+        raise pytest.UsageError(
+            f"dockapp {s.name.replace('_', ' ')} ({where}): {exc.what}" + (f"; {exc.hint}" if exc.hint else "")
+        ) from None
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """The session's settings, in one loop over the table."""
+    values: dict[str, Any] = {}
+    from_cli: dict[str, Any] = {}
+    for s in SETTINGS:
+        cli = config.getoption(s.dest)
+        ini = config.getini(s.dest) if s.ini else None
+        if s.kind == "pairs":
+            # ini lines first, the command line on top
+            value = {**_parsed(s, ini or [], f"ini {s.dest}"), **_parsed(s, cli or [], s.option)}
+            if cli:
+                from_cli[s.name] = value
+        elif cli not in (None, ""):
+            value = from_cli[s.name] = _parsed(s, cli, s.option)
+        elif ini not in (None, ""):
+            value = _parsed(s, ini, f"ini {s.dest}")
+        else:
+            value = s.default
+        values[s.name] = value
+    env_strict = os.environ.get(STRICT_ENV, "")
+    if env_strict and not values["strict"]:
+        values["strict"] = _parsed(BY_NAME["strict"], env_strict, STRICT_ENV)
+    base = config.rootpath
+    values["context"] = (base / values["context"]).resolve() if values["context"] else base
+    return Settings(**values, from_cli=from_cli)
+
+
+def markdown_table() -> str:
+    """The README's settings table."""
+    rows = ["| setting | command line | ini key | conftest fixture | default |", "|---|---|---|---|---|"]
+    for s in SETTINGS:
+        option = f"`{s.option} {s.metavar or s.name.upper()}`" if s.kind != "flag" else f"`{s.option}`"
+        if s.kind == "pairs":
+            option += " (repeatable)"
+        default = s.shown_default or (
+            "off"
+            if s.kind == "flag"
+            else "none"
+            if s.default is None
+            else f"{s.default:g}"
+            if isinstance(s.default, float)
+            else str(s.default)
+        )
+        rows.append(
+            f"| {s.help} | {option} | {f'`{s.dest}`' if s.ini else ''} | "
+            f"{f'`{s.dest}`' if s.fixture else ''} | {default} |"
+        )
+    return "\n".join(rows)
