@@ -63,52 +63,40 @@ def fingerprint(
     builder: str,
 ) -> str | None:
     """A digest of everything the build reads, or None when that cannot be known locally."""
-    try:
-        return _fingerprint(client, context, dockerfile, df, build_args, target, builder)
-    except _Unknown:
-        return None
-
-
-def _fingerprint(
-    client: docker.DockerClient,
-    context: Path,
-    dockerfile: Path,
-    df: Dockerfile,
-    build_args: Mapping[str, str],
-    target: str | None,
-    builder: str,
-) -> str:
     import docker.errors
 
-    bases, others = _image_refs(df, build_args, builder)
-    digest = hashlib.sha256()
-    digest.update(json.dumps([builder, target, sorted(build_args.items())]).encode())
-    digest.update(dockerfile.read_bytes())
-    triggers = [t for ins in df.instructions if ins.keyword == "ONBUILD" for t in _triggers([ins.args])]
-    for ref in sorted(bases | others):
-        try:
-            attrs = client.api.inspect_image(ref)
-        except docker.errors.ImageNotFound:
-            raise _Unknown from None  # the build pulls it (or fails): nothing to compare with
-        digest.update(f"{ref}={attrs['Id']}\n".encode())
-        if ref in bases:
-            triggers += _triggers((attrs.get("Config") or {}).get("OnBuild") or [])
-    ignore = ignore_file(context, dockerfile, builder)
-    if ignore.is_file():
-        digest.update(b"ignore\0" + ignore.read_bytes() + b"\n")
     try:
-        rel_df: str | None = dockerfile.relative_to(context).as_posix()
-    except ValueError:
-        rel_df = None
-    sent = {rel: entry for rel, entry in walk(context, rel_df, ignore) if not entry.is_dir(follow_symlinks=False)}
-    read = _files_read([*df.instructions, *triggers], sent, context)
-    for rel in sorted(read):
-        entry = sent[rel]
-        st = entry.stat(follow_symlinks=False)
-        raw = rel.encode("utf-8", "surrogateescape")
-        content = os.readlink(os.fsencode(entry.path)) if entry.is_symlink() else _file_digest(entry.path)
-        digest.update(b"%s\0%o\0%d\0%d\0%s\n" % (raw, st.st_mode, st.st_size, st.st_mtime_ns, content))
-    return digest.hexdigest()
+        bases, others = _image_refs(df, build_args, builder)
+        digest = hashlib.sha256()
+        digest.update(json.dumps([builder, target, sorted(build_args.items())]).encode())
+        digest.update(dockerfile.read_bytes())
+        triggers = [t for ins in df.instructions if ins.keyword == "ONBUILD" for t in _triggers([ins.args])]
+        for ref in sorted(bases | others):
+            try:
+                attrs = client.api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                raise _Unknown from None  # the build pulls it (or fails): nothing to compare with
+            digest.update(f"{ref}={attrs['Id']}\n".encode())
+            if ref in bases:
+                triggers += _triggers((attrs.get("Config") or {}).get("OnBuild") or [])
+        ignore = ignore_file(context, dockerfile, builder)
+        if ignore.is_file():
+            digest.update(b"ignore\0" + ignore.read_bytes() + b"\n")
+        try:
+            rel_df: str | None = dockerfile.relative_to(context).as_posix()
+        except ValueError:
+            rel_df = None
+        sent = {rel: entry for rel, entry in walk(context, rel_df, ignore) if not entry.is_dir(follow_symlinks=False)}
+        read = _files_read([*df.instructions, *triggers], sent, context)
+        for rel in sorted(read):
+            entry = sent[rel]
+            st = entry.stat(follow_symlinks=False)
+            raw = rel.encode("utf-8", "surrogateescape")
+            content = os.readlink(os.fsencode(entry.path)) if entry.is_symlink() else _file_digest(entry.path)
+            digest.update(b"%s\0%o\0%d\0%d\0%s\n" % (raw, st.st_mode, st.st_size, st.st_mtime_ns, content))
+        return digest.hexdigest()
+    except _Unknown:
+        return None
 
 
 def _file_digest(path: str) -> bytes:

@@ -49,6 +49,13 @@ class Case:
 
 
 T = TOOLBOX_IMAGE
+CARGO_CHEF = (
+    f"FROM {T} AS chef\nWORKDIR /app\n"
+    "FROM chef AS planner\nCOPY . .\nRUN cargo chef prepare --recipe-path recipe.json\n"
+    "FROM chef AS builder\nCOPY --from=planner /app/recipe.json recipe.json\n"
+    "RUN cargo chef cook --release --recipe-path recipe.json\nCOPY . .\nRUN cargo build --release\n"
+)
+CARGO_FILES = {"Cargo.toml": "[p]\n", "Cargo.lock": "#\n", "src/main.rs": "fn main(){}\n"}
 CASES = [
     Case(
         "npm-good",
@@ -143,22 +150,16 @@ CASES = [
     Case(
         "cargo-chef",
         "cargo-chef: planner, cook, build (strict: the recipe must not change)",
-        f"FROM {T} AS chef\nWORKDIR /app\n"
-        "FROM chef AS planner\nCOPY . .\nRUN cargo chef prepare --recipe-path recipe.json\n"
-        "FROM chef AS builder\nCOPY --from=planner /app/recipe.json recipe.json\n"
-        "RUN cargo chef cook --release --recipe-path recipe.json\nCOPY . .\nRUN cargo build --release\n",
-        {"Cargo.toml": "[p]\n", "Cargo.lock": "#\n", "src/main.rs": "fn main(){}\n"},
+        CARGO_CHEF,
+        CARGO_FILES,
         ["src/main.rs"],
         strict=True,
     ),
     Case(
         "cargo-chef-unprotected",
         "cargo-chef without strict: the cook hits but is not protected",
-        f"FROM {T} AS chef\nWORKDIR /app\n"
-        "FROM chef AS planner\nCOPY . .\nRUN cargo chef prepare --recipe-path recipe.json\n"
-        "FROM chef AS builder\nCOPY --from=planner /app/recipe.json recipe.json\n"
-        "RUN cargo chef cook --release --recipe-path recipe.json\nCOPY . .\nRUN cargo build --release\n",
-        {"Cargo.toml": "[p]\n", "Cargo.lock": "#\n", "src/main.rs": "fn main(){}\n"},
+        CARGO_CHEF,
+        CARGO_FILES,
         ["src/main.rs"],
         unprotected=True,
     ),

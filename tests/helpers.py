@@ -107,9 +107,10 @@ def test_hold(dockapp):
 """
 
 
-def start_holder(pytester: pytest.Pytester, name: str) -> subprocess.Popen[str]:
-    """A pytest session in the background that holds its `dockapp` until released."""
-    pytester.makepyfile(test_hold=HOLD_TEST)
+def start_holder(pytester: pytest.Pytester, name: str, test: str = HOLD_TEST) -> subprocess.Popen[str]:
+    """A pytest session in the background that runs ``test`` (by default: hold its `dockapp`
+    until released), once it has written ``ready-<name>``."""
+    pytester.makepyfile(test_hold=test)
     proc = subprocess.Popen(
         pytest_cmd("test_hold.py"),
         cwd=pytester.path,
@@ -184,3 +185,13 @@ class EngineProxy:
                 sock.shutdown(2)
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def expect_error(pytester: pytest.Pytester, *args: str, lines: list[str], outcome: str = "errors") -> pytest.RunResult:
+    """Run the project's HOME_TEST with ``args``: one test ends in ``outcome``, and the output
+    has ``lines`` (fnmatch patterns, in order)."""
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(**{outcome: 1})
+    result.stdout.fnmatch_lines(lines)
+    return result

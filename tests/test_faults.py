@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import HOME_TEST, App, pytest_cmd, start_holder
+from .helpers import HOME_TEST, App, expect_error, pytest_cmd, start_holder
 
 # 1. engine unreachable; 3. build failure; 5. ports; 6. exits at once; 7. unhealthy; 8. timeout; 9. invalid
 # options: further below, with the readiness cases.
@@ -704,28 +704,27 @@ def test_a_udp_main_port_is_refused_at_once(app: App, pytester: pytest.Pytester)
 
 def test_a_health_path_that_answers_404_is_said_early(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(cmd='["httpd", "-f", "-vv", "-p", "80", "-h", "/www"]')
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-health-path=/nope", "--dockapp-timeout=4")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
+    expect_error(
+        pytester,
+        "--dockapp-health-path=/nope",
+        "--dockapp-timeout=4",
+        lines=[
             "dockapp: dockapp-*: GET /nope answered HTTP 404 for *s: is dockapp_health_path right?*",
             "*did not become ready within 4s*",
             "*hint: the app answers, but not 2xx/3xx on /nope: is dockapp_health_path right?*",
-        ]
+        ],
     )
 
 
 def test_a_hanging_healthcheck_honours_its_timeout(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(extra="HEALTHCHECK --interval=30s --timeout=1s CMD sleep 300")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-timeout=5")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
+    result = expect_error(
+        pytester,
+        "--dockapp-timeout=5",
+        lines=[
             "*last probe error: HEALTHCHECK did not finish within its timeout of 1s*",
             "*hint: the app answers on its port, but its HEALTHCHECK does not pass*",
-        ]
+        ],
     )
     result.stdout.no_fnmatch_line("*listens on 0.0.0.0*")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import HOME_TEST, App, pytest_cmd, wait_for
+from .helpers import HOLD_TEST, HOME_TEST, App, pytest_cmd, start_holder
 
 # The served text is the build arg MSG: what each test asks for is visible in what it gets.
 MSG_DOCKERFILE = """
@@ -338,33 +338,21 @@ def test_xdist_loaded_by_module_name_builds_once(
 
 # 6. --dockapp-remove-images never removes an image another live session uses ----------------------
 
-HOLD_THEN_START = """
-import os, time
-
-def test_hold(dockapp_image):
-    with open("ready-" + os.environ["HOLDER"], "w") as fh:
-        fh.write(str(os.getpid()))
-    while not os.path.exists("release-" + os.environ["HOLDER"]):
-        time.sleep(0.05)
+# Holds only the image (no container yet), then starts an app once the other session ended.
+HOLD_THEN_START = (
+    HOLD_TEST.replace("def test_hold(dockapp):", "def test_hold(dockapp_image):")
+    + """
 
 def test_start_after_the_other_session_ended(dockapp_factory):
     assert dockapp_factory().get("/").text == "hello\\n"
 """
+)
 
 
 def test_remove_images_spares_the_image_of_another_live_session(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(extra=f"RUN echo {uuid.uuid4().hex} > /www/build-id")
-    pytester.makepyfile(test_hold=HOLD_THEN_START)
-    holder = subprocess.Popen(
-        pytest_cmd("test_hold.py"),
-        cwd=pytester.path,
-        env={**os.environ, "HOLDER": "a"},
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    holder = start_holder(pytester, "a", HOLD_THEN_START)
     try:
-        wait_for(pytester.path / "ready-a", holder)
         pytester.makepyfile(test_home=HOME_TEST)
         other = pytester.runpytest_subprocess("test_home.py", "--dockapp-remove-images")
         other.assert_outcomes(passed=1)
