@@ -1,7 +1,8 @@
 """pytest-dockapp: build a Dockerfile, run it, wait until it is really ready, test it.
 
-The library works without pytest; names are imported lazily so that loading the
-pytest plugin stays cheap.
+The library works without pytest. ``_EXPORTS`` is the one list of the public surface: the
+names are imported lazily from their modules (loading the pytest plugin stays cheap), and
+``__all__`` is derived from it. The error tree is imported eagerly: it is small and plain.
 """
 
 from __future__ import annotations
@@ -9,46 +10,44 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .errors import *  # noqa: F403 (the error tree, listed in errors.__all__)
+from .errors import __all__ as _ERRORS
+
 __version__ = "0.1.0"
 
+#: Public name -> the module that defines it.
 _EXPORTS = {
     "AppRunner": "app",
     "DockApp": "app",
     "BuildRecord": "build",
     "BuildStep": "build",
     "build_image": "build",
+    "CacheReport": "cache_check",
+    "check_cache": "cache_check",
     "Dockerfile": "dockerfile",
     "Dockapps": "manager",
     "BuildSpec": "manager",
     "Image": "manager",
     "wait_ready": "readiness",
     "resolve_builder": "engine",
-    "DockappError": "errors",
 }
 
-__all__ = [
-    "AppRunner",
-    "BuildRecord",
-    "BuildSpec",
-    "BuildStep",
-    "DockApp",
-    "DockappError",
-    "Dockapps",
-    "Dockerfile",
-    "Image",
-    "build_image",
-    "resolve_builder",
-    "wait_ready",
-]
+__all__ = sorted([*_EXPORTS, *_ERRORS])
 
-if TYPE_CHECKING:
-    from .app import AppRunner, DockApp
-    from .build import BuildRecord, BuildStep, build_image
-    from .dockerfile import Dockerfile
-    from .engine import resolve_builder
-    from .errors import DockappError
-    from .manager import BuildSpec, Dockapps, Image
-    from .readiness import wait_ready
+if TYPE_CHECKING:  # for type checkers (re-exports); tests/test_options.py checks it names exactly _EXPORTS
+    from .app import AppRunner as AppRunner
+    from .app import DockApp as DockApp
+    from .build import BuildRecord as BuildRecord
+    from .build import BuildStep as BuildStep
+    from .build import build_image as build_image
+    from .cache_check import CacheReport as CacheReport
+    from .cache_check import check_cache as check_cache
+    from .dockerfile import Dockerfile as Dockerfile
+    from .engine import resolve_builder as resolve_builder
+    from .manager import BuildSpec as BuildSpec
+    from .manager import Dockapps as Dockapps
+    from .manager import Image as Image
+    from .readiness import wait_ready as wait_ready
 
 
 def __getattr__(name: str) -> Any:

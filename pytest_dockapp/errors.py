@@ -8,6 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+__all__ = [
+    "BaseImageUnavailableError",
+    "BuildError",
+    "CacheMarkerUsageError",
+    "CacheRegressionError",
+    "ConfigurationError",
+    "ContainerError",
+    "ContainerExitedError",
+    "ContainerGoneError",
+    "DockappError",
+    "DockappWarning",
+    "DockerfileError",
+    "EngineUnavailableError",
+    "PortError",
+    "ReadinessTimeoutError",
+    "UnhealthyError",
+]
+
 
 def tail(text: str | Iterable[str], lines: int = 20) -> str:
     """Last ``lines`` lines of ``text`` (a string or an iterable of lines)."""

@@ -86,3 +86,35 @@ def test_precedence_is_cli_then_fixture_then_ini_then_default(
     result = pytester.runpytest("-s", *args)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*EFFECTIVE {want}"])
+
+
+def test_the_public_surface_is_one_list() -> None:
+    import ast
+    import importlib
+
+    import pytest_dockapp
+    from pytest_dockapp import errors
+
+    from .helpers import ROOT
+
+    source = ast.parse((ROOT / "pytest_dockapp" / "__init__.py").read_text())
+    typed = {
+        alias.name: node.module
+        for block in source.body
+        if isinstance(block, ast.If)
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert {name: f".{module}" for name, module in pytest_dockapp._EXPORTS.items()} == {
+        name: f".{module}" for name, module in typed.items()
+    }
+    for name in pytest_dockapp.__all__:
+        assert getattr(pytest_dockapp, name) is not None
+    for name in pytest_dockapp._EXPORTS:
+        assert getattr(pytest_dockapp, name) is getattr(
+            importlib.import_module(f"pytest_dockapp.{pytest_dockapp._EXPORTS[name]}"), name
+        )
+    assert pytest_dockapp.PortError is errors.PortError and issubclass(
+        pytest_dockapp.PortError, pytest_dockapp.DockappError
+    )
