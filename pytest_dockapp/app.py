@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import requests  # the docker SDK imports it anyway
 
 from . import cleanup
-from .engine import is_engine_failure
+from .engine import DEFAULT_HOST_IP, is_engine_failure
 from .errors import ContainerError, ContainerGoneError, PortError, tail
 from .readiness import DEFAULT_TIMEOUT, Readiness, wait_ready
 
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from .build import BuildRecord
 
 _counter = itertools.count(1)
-
-
-#: The host address published ports bind to, unless told otherwise: loopback only.
-DEFAULT_HOST_IP = "127.0.0.1"
 
 
 def parse_port(value: int | str) -> tuple[int, str]:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 BuilderName = Literal["classic", "buildkit"]
 BUILDER_CHOICES = ("auto", "classic", "buildkit")
+#: The host address published ports bind to, unless told otherwise: loopback only.
+DEFAULT_HOST_IP = "127.0.0.1"
 
 
 def parse_builder(value: str) -> str:

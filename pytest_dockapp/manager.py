@@ -22,12 +22,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import cleanup
-from .app import DEFAULT_HOST_IP, AppRunner, DockApp
+from .app import AppRunner, DockApp
 from .build import BuildRecord, ProgressCallback, build_image, resolve_paths, secret_value
 from .build_reuse import BuildCache, fingerprint
 from .build_reuse import Entry as CacheEntry
 from .dockerfile import Dockerfile
-from .engine import Builder, connect, engine_phase, is_engine_failure, resolve_builder
+from .engine import DEFAULT_HOST_IP, Builder, connect, engine_phase, is_engine_failure, resolve_builder
 from .errors import ConfigurationError, DockappError, DockappWarning, EngineUnavailableError
 from .redact import looks_secret, secret_values
 

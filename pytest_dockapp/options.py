@@ -110,8 +110,8 @@ class Setting:
 
 
 def _defaults() -> dict[str, Any]:
-    from .app import DEFAULT_HOST_IP
     from .cleanup import DEFAULT_SWEEP_AGE
+    from .engine import DEFAULT_HOST_IP
     from .readiness import DEFAULT_TIMEOUT
 
     return {"timeout": DEFAULT_TIMEOUT, "host_ip": DEFAULT_HOST_IP, "sweep_age": DEFAULT_SWEEP_AGE}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_dockapp import cleanup, engine, plugin
+from pytest_dockapp import cleanup, distributed, engine, plugin_state
 
 
 @pytest.mark.parametrize(("age", "swept"), [("off", None), ("0", 0.0), ("90m", 5400.0)])
@@ -15,7 +15,7 @@ def test_the_crash_sweep_under_xdist_honours_an_explicit_sweep_age(
     monkeypatch.setattr(engine, "connect", lambda: object())
     monkeypatch.setattr(cleanup, "sweep", lambda client, session, max_age, **kw: calls.append(max_age))
     config = pytester.parseconfigure(f"--dockapp-sweep-age={age}")
-    controller = plugin.XdistController(config.stash[plugin._STATE])
+    controller = distributed.XdistController(config.stash[plugin_state.STATE])
     controller.crashed = True
     controller.pytest_sessionfinish()
     controller.pytest_unconfigure()
@@ -39,12 +39,12 @@ def test_the_readme_settings_table_is_the_generated_one() -> None:
 
 
 PRECEDENCE_TEST = """
-from pytest_dockapp import plugin
+from pytest_dockapp import plugin_state as plugin
 
 def test_effective(pytestconfig, dockapp_target, dockapp_timeout, dockapp_build_args):
-    state = plugin._state(pytestconfig)
-    target = plugin._pick(state, "target", dockapp_target)
-    timeout = plugin._pick(state, "timeout", dockapp_timeout)
+    state = plugin.state_of(pytestconfig)
+    target = plugin.pick(state, "target", dockapp_target)
+    timeout = plugin.pick(state, "timeout", dockapp_timeout)
     args = ",".join(f"{k}={v}" for k, v in sorted(dockapp_build_args.items()))
     print(f"EFFECTIVE target={target} timeout={timeout:g} args={args}")
 """

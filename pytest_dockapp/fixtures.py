@@ -1,0 +1,263 @@
+"""The fixtures: the settings a conftest.py may override, the image, the app, the factory and a
+network; each is a thin layer over the library's :class:`~pytest_dockapp.manager.Dockapps`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .app import DockApp
+    from .manager import Image
+
+from .options import BY_NAME
+from .plugin_state import ITEM_APPS, PluginState, fail_on, pick, state_of
+
+# -- settings fixtures: override any of them in a conftest.py ------------------------------------
+
+
+def _setting_fixture(name: str) -> Any:
+    def fixture(pytestconfig: pytest.Config) -> Any:
+        value = getattr(state_of(pytestconfig).settings, name)
+        return str(value) if isinstance(value, Path) else dict(value) if isinstance(value, dict) else value
+
+    fixture.__name__ = f"dockapp_{name}"
+    fixture.__doc__ = f"{BY_NAME[name].help[0].upper()}{BY_NAME[name].help[1:]} (override it in a conftest.py)."
+    return pytest.fixture(scope="session", name=f"dockapp_{name}")(fixture)
+
+
+# pytest finds fixtures among a plugin module's attributes: one per overridable setting.
+for _setting in [s for s in BY_NAME.values() if s.fixture]:
+    globals()[f"_fixture_{_setting.name}"] = _setting_fixture(_setting.name)
+
+
+# -- the fixtures users call ---------------------------------------------------------------------
+
+
+def _build(
+    state: PluginState,
+    context: str,
+    dockerfile: str | None,
+    build_args: Mapping[str, str],
+    target: str | None,
+    secrets: Mapping[str, str] | None = None,
+) -> Image:
+    from .errors import DockappError
+    from .manager import BuildSpec
+
+    apps = state.apps()
+    args = {**build_args, **state.settings.from_cli.get("build_args", {})}
+    try:
+        image = apps.image(BuildSpec(context, dockerfile, args, target, {**state.settings.secrets, **(secrets or {})}))
+    except DockappError as exc:
+        state.progress.done("dockapp: build failed")
+        fail_on(exc, state)
+    if image.record is not None and not image.record.reused:
+        state.progress.done(f"dockapp: built {image.tag} in {image.record.summary()}")
+    return image
+
+
+@pytest.fixture(scope="session")
+def dockapp_image(
+    pytestconfig: pytest.Config,
+    dockapp_context: str,
+    dockapp_dockerfile: str | None,
+    dockapp_build_args: dict[str, str],
+    dockapp_target: str | None,
+) -> Image:
+    """The session's image: built from the configured Dockerfile, or ``--dockapp-image``."""
+    from .errors import DockappError
+
+    state = state_of(pytestconfig)
+    if state.settings.image:
+        try:
+            return state.apps().prebuilt(state.settings.image)
+        except DockappError as exc:
+            fail_on(exc, state)
+    image = _build(
+        state,
+        pick(state, "context", dockapp_context),
+        pick(state, "dockerfile", dockapp_dockerfile),
+        dockapp_build_args,
+        pick(state, "target", dockapp_target),
+    )
+    record = image.record
+    if state.settings.expect_cached and record is not None and not record.reused and record.misses:
+        marks = {s.index: "<-- MISS" for s in record.misses}
+        pytest.fail(
+            f"--dockapp-expect-cached: the session build of {record.dockerfile} missed the layer cache at "
+            f"{len(record.misses)} step(s); the image was expected to come from an earlier build "
+            f"(a CI build stage) with the same context, Dockerfile and build args\n\n{record.table(marks)}\n"
+            "hint: build with the same builder and settings before the test stage, or drop --dockapp-expect-cached",
+            pytrace=False,
+        )
+    return image
+
+
+def _start(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
+    from .errors import DockappError
+
+    try:
+        return state.apps().start(image, **kwargs)
+    except DockappError as exc:
+        fail_on(exc, state)
+
+
+def _start_raising(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
+    """As :func:`_start`, but raising the library's error (tests may expect a ``PortError``),
+    with known secrets masked in it."""
+    from .errors import DockappError
+
+    try:
+        return state.apps().start(image, **kwargs)
+    except DockappError as exc:
+        raise type(exc)(
+            state.mask(exc.what), evidence=state.mask(exc.evidence), evidence_title=exc.evidence_title, hint=exc.hint
+        ) from None
+
+
+def _release(state: PluginState, session: pytest.Session, app: DockApp, scope: str = "session") -> None:
+    if state.settings.keep and app.name in state.failed_apps:
+        return  # left running on purpose; listed in the terminal summary
+    apps = state.started
+    if apps is not None and not apps.engine_lost:
+        from .engine import engine_phase, is_engine_failure
+        from .errors import DockappError
+
+        # Function-scoped apps go in the background: the session's end waits for every removal.
+        try:
+            with engine_phase(f"removing {app.name}"):
+                apps.stop(app, wait=scope == "session")
+        except DockappError as exc:
+            apps.engine_lost = apps.engine_lost or is_engine_failure(exc.__context__ or exc)
+            fail_on(exc, state)
+
+
+@pytest.fixture(scope="session")
+def dockapp(
+    request: pytest.FixtureRequest,
+    dockapp_image: Image,
+    dockapp_port: str | None,
+    dockapp_health_path: str | None,
+    dockapp_timeout: float,
+) -> Iterator[DockApp]:
+    """The app from the configured Dockerfile, running and ready, shared by the session."""
+    state = state_of(request.config)
+    app = _start(
+        state,
+        dockapp_image,
+        port=pick(state, "port", dockapp_port),
+        health_path=pick(state, "health_path", dockapp_health_path),
+        timeout=pick(state, "timeout", dockapp_timeout),
+    )
+    yield app
+    _release(state, request.session, app)
+
+
+@pytest.fixture
+def dockapp_factory(
+    request: pytest.FixtureRequest,
+    dockapp_context: str,
+    dockapp_dockerfile: str | None,
+    dockapp_build_args: dict[str, str],
+    dockapp_target: str | None,
+    dockapp_port: str | None,
+    dockapp_health_path: str | None,
+    dockapp_timeout: float,
+) -> Iterator[Callable[..., DockApp]]:
+    """Build and start more apps with per-call settings; each is removed after the test.
+
+    ``dockapp_factory(context=None, *, dockerfile=None, build_args=None, target=None, image=None,
+    port=None, health_path=None, timeout=None, env=None, command=None, network=None, aliases=(),
+    host_ports=None, name=None)``. Without ``context`` or ``image`` it uses the session's settings.
+    """
+    state = state_of(request.config)
+    started: list[DockApp] = []
+
+    def factory(
+        context: str | os.PathLike[str] | None = None,
+        *,
+        dockerfile: str | None = None,
+        build_args: Mapping[str, str] | None = None,
+        target: str | None = None,
+        image: str | None = None,
+        port: int | str | None = None,
+        health_path: str | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        command: str | Sequence[str] | None = None,
+        network: Any = None,
+        aliases: Sequence[str] = (),
+        host_ports: Mapping[int, int] | None = None,
+        name: str | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> DockApp:
+        default = context is None and image is None
+        ref: Image | str
+        if image is not None:
+            ref = image
+        elif default and dockerfile is None and build_args is None and target is None and secrets is None:
+            # The session's image: built from the settings, or the one --dockapp-image names.
+            ref = request.getfixturevalue("dockapp_image")
+        elif default:
+            ref = _build(
+                state,
+                pick(state, "context", dockapp_context),
+                dockerfile or pick(state, "dockerfile", dockapp_dockerfile),
+                {**dockapp_build_args, **(build_args or {})},
+                target or pick(state, "target", dockapp_target),
+                secrets,
+            )
+        else:
+            ctx = Path(context)  # type: ignore[arg-type]
+            ref = _build(
+                state,
+                str(ctx if ctx.is_absolute() else request.config.rootpath / ctx),  # one base: the rootdir
+                dockerfile,
+                dict(build_args or {}),
+                target,
+                secrets,
+            )
+        app = _start_raising(
+            state,
+            ref,
+            port=port if port is not None else (pick(state, "port", dockapp_port) if default else None),
+            health_path=health_path
+            if health_path is not None
+            else (pick(state, "health_path", dockapp_health_path) if default else None),
+            timeout=timeout or pick(state, "timeout", dockapp_timeout),
+            env=env,
+            command=command,
+            network=network,
+            aliases=aliases,
+            host_ports=host_ports,
+            name=name,
+        )
+        started.append(app)
+        request.node.stash.setdefault(ITEM_APPS, []).append(app)
+        return app
+
+    yield factory
+    for app in started:
+        _release(state, request.session, app, scope="function")
+
+
+@pytest.fixture
+def dockapp_network(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh Docker network as a testcontainers ``Network``, removed after the test.
+
+    Pass it to ``dockapp_factory(network=..., aliases=[...])`` and to testcontainers'
+    ``DockerContainer(...).with_network(...)`` to put both on one network. Unless you
+    configured testcontainers yourself, Ryuk is disabled when its image is not on the
+    engine, and published ports are reached through the Docker host.
+    """
+    from .interop import create_network, remove_network
+
+    apps = state_of(request.config).apps()
+    network = create_network(apps.client, apps.session)
+    yield network
+    remove_network(apps.client, network.id)

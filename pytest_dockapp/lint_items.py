@@ -1,0 +1,68 @@
+"""``--dockapp-lint``: Dockerfiles collected as test items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .plugin_state import state_of
+
+if TYPE_CHECKING:
+    pass
+
+
+class LintCollector:
+    """Registered only under ``--dockapp-lint``: a hook per collected file costs time on big trees."""
+
+    @staticmethod
+    def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        name = file_path.name
+        if name == "Dockerfile" or name.startswith("Dockerfile.") or name.endswith(".Dockerfile"):
+            return DockerfileLintFile.from_parent(parent, path=file_path)
+        return None
+
+    @staticmethod
+    def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """The session's own Dockerfile is linted even when it is not under a collected path."""
+        settings = state_of(config).settings
+        path = (settings.context / (settings.dockerfile or "Dockerfile")).resolve()
+        if path.is_file() and not any(getattr(i, "path", None) == path for i in items):
+            items.append(DockerfileLintItem.from_parent(session, name=f"{path.name}::dockapp-lint", path=path))
+
+
+class DockerfileLintItem(pytest.Item):
+    """One Dockerfile checked for cache-hostile layer order (``--dockapp-lint``)."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        # Some plugins read item.funcargs on every item (pytest-docker-tools does); give them one.
+        self.funcargs: dict[str, Any] = {}
+
+    def runtest(self) -> None:
+        from .dockerfile import Dockerfile
+        from .lint import lint
+
+        findings = lint(Dockerfile.read(self.path))
+        if findings:
+            raise _LintFailure("\n".join(str(f) for f in findings))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, _LintFailure):
+            return str(excinfo.value)
+        return str(excinfo.getrepr(style="short"))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"dockapp-lint {self.path.name}"
+
+
+class _LintFailure(Exception):
+    """A lint item's findings; the message is the report."""
+
+
+class DockerfileLintFile(pytest.File):
+    """A Dockerfile collected under ``--dockapp-lint``."""
+
+    def collect(self) -> list[pytest.Item]:
+        return [DockerfileLintItem.from_parent(self, name="dockapp-lint")]

@@ -1,0 +1,94 @@
+"""The pytest layer's per-run state, shared by its modules: settings, the engine connection,
+what to report, and the helpers every fixture uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pytest
+
+if TYPE_CHECKING:
+    from .app import DockApp
+    from .cache_check import CacheReport
+    from .errors import DockappError
+    from .manager import Dockapps
+
+from .options import Settings
+from .progress import Progress
+
+
+class PluginState:
+    """Per-run plugin state: settings, the engine connection, what to report."""
+
+    def __init__(self, config: pytest.Config, settings: Settings):
+        self.config = config
+        self.settings = settings
+        self._apps: Dockapps | None = None
+        self.error: DockappError | None = None
+        self.kept: list[DockApp] = []
+        self.cache_reports: list[tuple[str, CacheReport]] = []
+        self.worker_lines: list[str] = []
+        self.removed_images: list[str] = []
+        self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps
+        self.teardown_error: str | None = None
+        self.progress = Progress(config)
+
+    def apps(self) -> Dockapps:
+        """The session's manager; skips (or fails, in strict mode) without an engine."""
+        from .errors import DockappError
+        from .manager import Dockapps
+
+        if self._apps is None and self.error is None:
+            s = self.settings
+            try:
+                shared = getattr(self.config, "workerinput", {}).get("dockapp_shared_dir")
+                self._apps = Dockapps.connect(
+                    sweep_age=s.sweep_age,
+                    builder=s.builder,
+                    docker_cli=s.docker_cli,
+                    host_ip=s.host_ip,
+                    on_event=self.progress,
+                    on_notice=self.progress.notice,
+                    shared_dir=Path(shared) if shared else None,
+                    reuse_unchanged=not s.rebuild,
+                )
+                self._apps.sweep_kept = s.sweep_kept
+            except DockappError as exc:
+                self.error = exc
+        if self.error is not None:
+            if self.settings.strict:
+                pytest.fail(f"{self.error}\n(strict mode: no engine is an error)", pytrace=False)
+            pytest.skip(f"pytest-dockapp: {self.error.what} (use --dockapp-strict to make this an error)")
+        assert self._apps is not None
+        return self._apps
+
+    @property
+    def started(self) -> Dockapps | None:
+        return self._apps
+
+    def mask(self, text: str) -> str:
+        """``text`` with the session's known secret values masked."""
+        from .redact import mask_values
+
+        return mask_values(text, self._apps.secrets) if self._apps is not None else text
+
+
+STATE = pytest.StashKey[PluginState]()
+ITEM_START = pytest.StashKey[float]()
+ITEM_APPS = pytest.StashKey[list["DockApp"]]()
+
+
+def state_of(config: pytest.Config) -> PluginState:
+    return config.stash[STATE]
+
+
+def fail_on(exc: Exception, state: PluginState) -> NoReturn:
+    """Report a library error as a clean fixture failure: the message is the whole story, with
+    known secrets masked (it may quote a container log)."""
+    raise pytest.fail.Exception(state.mask(str(exc)), pytrace=False) from None
+
+
+def pick(state: PluginState, name: str, fixture_value: Any) -> Any:
+    """The command line wins over a conftest.py fixture override (which wins over the ini file)."""
+    return state.settings.from_cli.get(name, fixture_value)

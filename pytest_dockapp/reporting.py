@@ -1,0 +1,151 @@
+"""Reporting through pytest: the header, container logs in failing tests' reports, the
+session's end (teardown) and the terminal summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .app import DockApp
+
+from .plugin_state import ITEM_APPS, ITEM_START, PluginState, state_of
+
+# -- reporting -----------------------------------------------------------------------------------
+
+
+def _uses_dockapp(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return any(n.startswith("dockapp") for n in names) or item.get_closest_marker("dockapp_cache") is not None
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: Sequence[pytest.Item]) -> list[str]:
+    if not any(_uses_dockapp(item) for item in items):
+        return []
+    state = state_of(config)
+    try:
+        apps = state.apps()
+    except (pytest.skip.Exception, pytest.fail.Exception):
+        return [f"dockapp: no engine ({state.error.what if state.error else 'unreachable'})"]
+    from .engine import engine_version
+    from .errors import DockappError
+
+    try:
+        builder = apps.builder.describe()
+    except DockappError as exc:
+        builder = f"unavailable ({exc.what})"
+    lines = [f"dockapp: engine {engine_version(apps.client)}, builder {builder}"]
+    return lines
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[ITEM_START] = time.time()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        apps: list[DockApp] = item.stash.get(ITEM_APPS, [])
+        funcargs = getattr(item, "funcargs", {})
+        from_fixtures = [v for v in funcargs.values() if type(v).__name__ == "DockApp"]
+        since = item.stash.get(ITEM_START, None)
+        state = state_of(item.config)
+        state.failed_apps.update(a.name for a in from_fixtures + apps)
+        from .errors import cap
+
+        engine_lost = state.started is not None and state.started.engine_lost
+        for app in from_fixtures + [a for a in apps if a not in from_fixtures]:
+            if engine_lost:
+                report.sections.append((f"dockapp logs: {app.name}", "(not read: the engine stopped answering)"))
+                continue
+            try:
+                text = app.logs(tail=200, since=since)
+            except Exception as exc:  # the container may be gone; say so instead of failing the report
+                text = f"(no logs: {exc})"
+            text = state.mask(cap(text)) or "(empty)"
+            died = app.exit_status()
+            if died is not None:
+                # First among the dockapp sections: the client's "connection refused" above is
+                # only the symptom.
+                first = next((i for i, (title, _) in enumerate(report.sections) if title.startswith("dockapp")), None)
+                section = (f"dockapp: {app.name} is no longer running: {died}", "\n".join(text.splitlines()[-30:]))
+                report.sections.insert(len(report.sections) if first is None else first, section)
+            report.sections.append((f"dockapp logs: {app.name} (since this test started)", text))
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    state = state_of(config)
+    apps = state.started
+    if apps is not None:
+        try:
+            state.kept = apps.close(keep=state.failed_apps if state.settings.keep else ())
+            if state.settings.remove_images:
+                state.removed_images = apps.remove_built_images()
+        except Exception as exc:  # the session's end never raises: it says what may be left
+            state.teardown_error = state.mask(str(exc)).splitlines()[0]
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["dockapp_summary"] = _summary_lines(state)
+
+
+def _summary_lines(state: PluginState) -> list[str]:
+    apps = state.started
+    if apps is None:
+        return []
+    lines = []
+    for image in apps.prebuilt_images:
+        lines.append(f"testing prebuilt image {image.tag} ({image.id.split(':')[-1][:12]}): not built")
+    for record in apps.builds:
+        if record.reused:
+            built_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.built_at))
+            lines.append(
+                f"reused {record.tag}: nothing it is built from changed since its last build "
+                f"(checked in {record.reuse_seconds or 0:.2f}s; --dockapp-rebuild builds anyway); "
+                f"step record from that build at {built_at}: {record.summary()}"
+            )
+        else:
+            lines.append(f"built {record.tag} ({record.builder}) in {record.summary()}")
+    for image in apps.shared_images:
+        lines.append(f"reused {image.tag}: built once by another pytest-xdist worker")
+    for stat in apps.apps:
+        down = f", removed in {stat.teardown_seconds:.2f}s" if stat.teardown_seconds is not None else ""
+        lines.append(f"{stat.name}: ready in {stat.ready_seconds:.2f}s ({stat.checks}){down}")
+    for nodeid, report in state.cache_reports:
+        lines.append(
+            f"cache check {nodeid}: warm build {report.warm.seconds:.2f}s, "
+            f"rebuild {report.rebuild.summary()}: {report.summary()}"
+        )
+    lines += state.removed_images
+    if state.teardown_error is not None:
+        lines.append(f"teardown failed: {state.teardown_error}")
+    if apps.left_behind:
+        names = " ".join(apps.left_behind)
+        lines.append(
+            f"may be left on the engine: {names}; once it answers again, remove them with: docker rm -f {names}"
+        )
+    for app in state.kept:
+        lines.append(f"kept {app.name} at {app.url if app.port else '(no port)'}; remove: docker rm -f {app.name}")
+    swept = apps.sweep_report
+    if swept is not None and swept.total:
+        lines.append(
+            f"swept leftovers of killed sessions: {len(swept.containers)} containers, {len(swept.networks)} "
+            f"networks, {len(swept.volumes)} volumes, {len(swept.images)} images"
+            + (f", {len(swept.leases)} image leases" if swept.leases else "")
+        )
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    state = state_of(terminalreporter.config)
+    lines = _summary_lines(state) + state.worker_lines
+    if lines:
+        terminalreporter.write_sep("-", "dockapp")
+        for line in lines:
+            terminalreporter.write_line(line)
