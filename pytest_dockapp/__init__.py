@@ -25,7 +25,7 @@ _EXPORTS = {
     "CacheReport": "cache_check",
     "check_cache": "cache_check",
     "Dockerfile": "dockerfile",
-    "Dockapps": "manager",
+    "AppManager": "manager",
     "BuildSpec": "manager",
     "Image": "manager",
     "wait_ready": "readiness",
@@ -44,8 +44,8 @@ if TYPE_CHECKING:  # for type checkers (re-exports); tests/test_options.py check
     from .cache_check import check_cache as check_cache
     from .dockerfile import Dockerfile as Dockerfile
     from .engine import resolve_builder as resolve_builder
+    from .manager import AppManager as AppManager
     from .manager import BuildSpec as BuildSpec
-    from .manager import Dockapps as Dockapps
     from .manager import Image as Image
     from .readiness import wait_ready as wait_ready
 

@@ -167,7 +167,7 @@ class AppRunner:
         client: docker.DockerClient,
         image: str,
         *,
-        session: cleanup.Session | None = None,
+        owner: cleanup.Owner | None = None,
         port: int | str | None = None,
         host_ports: Mapping[int, int] | None = None,
         host_ip: str = DEFAULT_HOST_IP,
@@ -186,7 +186,7 @@ class AppRunner:
         self.image = image
         self.display = display or image
         self.on_notice = on_notice
-        self.session = session or cleanup.Session()
+        self.owner = owner or cleanup.Owner()
         self.port = port
         self.host_ports = dict(host_ports or {})
         self.host_ip = host_ip
@@ -199,7 +199,7 @@ class AppRunner:
         self.build = build
         # Named after the tag (``display``) when the image is run by ID.
         slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", self.display.split("/")[-1].split(":")[0])[:30] or "app"
-        self.name = name or f"dockapp-{slug}-{self.session.id[:8]}-{next(_counter)}"
+        self.name = name or f"dockapp-{slug}-{self.owner.id[:8]}-{next(_counter)}"
         self.container_id: str | None = None
         self.left_behind: str | None = None  # the name of a container the engine did not let us remove
         self.app: DockApp | None = None
@@ -269,7 +269,7 @@ class AppRunner:
                     detach=True,
                     ports=[(p, proto) for p, proto in sorted(publish)],
                     environment=self.env,
-                    labels=self.session.labels("container"),
+                    labels=self.owner.labels("container"),
                     host_config=host_config,
                 )
             except docker.errors.APIError as exc:

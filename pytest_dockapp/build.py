@@ -95,6 +95,21 @@ class BuildRecord:
     def fully_cached(self) -> bool:
         return not self.misses
 
+    def assert_fully_cached(self) -> None:
+        """:class:`CacheRegressionError` listing the missed steps, unless every step hit (or the
+        image was reused: nothing was rebuilt). What ``--dockapp-expect-cached`` checks."""
+        if self.reused or not self.misses:
+            return
+        from .errors import CacheRegressionError
+
+        marks = {s.index: "<-- MISS" for s in self.misses}
+        raise CacheRegressionError(
+            f"--dockapp-expect-cached: the session build of {self.dockerfile} missed the layer cache at "
+            f"{len(self.misses)} step(s); the image was expected to come from an earlier build "
+            f"(a CI build stage) with the same context, Dockerfile and build args\n\n{self.table(marks)}",
+            hint="build with the same builder and settings before the test stage, or drop --dockapp-expect-cached",
+        )
+
     def summary(self) -> str:
         """``"3.21s, 4/6 steps cached"``: of the build that made the image."""
         return f"{self.seconds:.2f}s, {len(self.hits)}/{len(self.cacheable_steps)} steps cached"

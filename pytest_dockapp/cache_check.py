@@ -358,7 +358,7 @@ def check_cache(
     build_args: Mapping[str, str] | None = None,
     target: str | None = None,
     strict: bool = False,
-    session: cleanup.Session | None = None,
+    owner: cleanup.Owner | None = None,
     workdir: str | os.PathLike[str] | None = None,
 ) -> CacheReport:
     """Build a copy of the context, change it, rebuild, and compare the two builds' cache use.
@@ -371,7 +371,7 @@ def check_cache(
     df = read_dockerfile(client, df_path, base_args)
     paths, arg_changes, edit = parse_change(change)
     required = _validate(df, df_path, ctx, paths, cached)
-    session = session or cleanup.Session()
+    owner = owner or cleanup.Owner()
     tmp = Path(tempfile.mkdtemp(prefix="dockapp-cache-", dir=workdir))
     tags: list[str] = []
     try:
@@ -395,7 +395,7 @@ def check_cache(
             tag=warm_tag(ctx, df_path, target, base_args, builder.name),
         )
         changed = _apply_change(copy, build_df, builder.name, sent, paths, edit)
-        rebuild_tag = session.scratch_tag(1)
+        rebuild_tag = owner.scratch_tag(1)
         tags.append(rebuild_tag)
         rebuild = build_image(
             client,

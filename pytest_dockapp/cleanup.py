@@ -125,8 +125,8 @@ def extra_labels(text: str | None = None) -> dict[str, str]:
 
 
 @dataclass
-class Session:
-    """Identity of one test session on one engine: what its labels say."""
+class Owner:
+    """Who owns a resource: one test session (id, host, pid) on one engine, as its labels say."""
 
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     host: str = field(default_factory=socket.gethostname)
@@ -177,15 +177,15 @@ class SweepReport:
         return len(self.containers) + len(self.leases) + len(self.networks) + len(self.volumes) + len(self.images)
 
 
-def is_orphan(labels: dict[str, str], session: Session, max_age: float) -> bool:
+def is_orphan(labels: dict[str, str], owner: Owner, max_age: float) -> bool:
     """Whether a resource with ``labels`` belongs to a dead session and may be removed."""
-    if labels.get(OWNER) != OWNER_VALUE or labels.get(SESSION) == session.id:
+    if labels.get(OWNER) != OWNER_VALUE or labels.get(SESSION) == owner.id:
         return False
     try:
         age = time.time() - float(labels.get(CREATED, "0"))
     except ValueError:
         age = float("inf")
-    if labels.get(HOST) == session.host and _same_pid_space(labels):
+    if labels.get(HOST) == owner.host and _same_pid_space(labels):
         try:
             pid = int(labels.get(PID, ""))
         except ValueError:
@@ -204,7 +204,7 @@ def _same_pid_space(labels: dict[str, str]) -> bool:
 
 
 def sweep(
-    client: docker.DockerClient, session: Session, max_age: float = DEFAULT_SWEEP_AGE, *, kept: bool = False
+    client: docker.DockerClient, owner: Owner, max_age: float = DEFAULT_SWEEP_AGE, *, kept: bool = False
 ) -> SweepReport:
     """Remove containers, networks, volumes and temporary images of dead sessions. Containers
     that ``--dockapp-keep`` left on purpose (named ``*-kept``) go only past ``max_age``, or
@@ -227,21 +227,21 @@ def sweep(
         labels = c.get("Labels") or {}
         name = c["Names"][0].lstrip("/")
         if name.endswith(KEPT) and not kept:
-            if is_orphan({**labels, HOST: ""}, session, max_age):  # the age rule alone
+            if is_orphan({**labels, HOST: ""}, owner, max_age):  # the age rule alone
                 attempt(report.containers, name, client.api.remove_container, c["Id"], force=True, v=True)
             continue
-        if is_orphan(labels, session, max_age):
+        if is_orphan(labels, owner, max_age):
             bucket = report.leases if labels.get(KIND) == "lease" else report.containers
             attempt(bucket, name, client.api.remove_container, c["Id"], force=True, v=True)
     for n in client.api.networks(filters=flt):
-        if is_orphan(n.get("Labels") or {}, session, max_age):
+        if is_orphan(n.get("Labels") or {}, owner, max_age):
             attempt(report.networks, n["Name"], client.api.remove_network, n["Id"])
     for v in (client.api.volumes(filters=flt) or {}).get("Volumes") or []:
-        if is_orphan(v.get("Labels") or {}, session, max_age):
+        if is_orphan(v.get("Labels") or {}, owner, max_age):
             attempt(report.volumes, v["Name"], client.api.remove_volume, v["Name"])
     for img in client.api.images(name=SCRATCH_REPO):
         for tag in img.get("RepoTags") or []:
-            if _scratch_orphan(tag, img.get("Created", 0), session, max_age):
+            if _scratch_orphan(tag, img.get("Created", 0), owner, max_age):
                 # pruning stops at parents shared with other images: the user's cache stays
                 attempt(report.images, tag, client.api.remove_image, tag)
     return report
@@ -252,21 +252,21 @@ def _tag_host(host: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", host)[:40] or "host"
 
 
-def _scratch_orphan(tag: str, created: float, session: Session, max_age: float) -> bool:
+def _scratch_orphan(tag: str, created: float, owner: Owner, max_age: float) -> bool:
     m = _SCRATCH_TAG.match(tag.rpartition(":")[2])
-    if not tag.startswith(SCRATCH_REPO + ":") or m is None or m.group("session") == session.id:
+    if not tag.startswith(SCRATCH_REPO + ":") or m is None or m.group("session") == owner.id:
         return False
     labels = {
         OWNER: OWNER_VALUE,
         SESSION: m.group("session"),
-        HOST: session.host if m.group("host") == _tag_host(session.host) else "",
+        HOST: owner.host if m.group("host") == _tag_host(owner.host) else "",
         PID: m.group("pid"),
         PID_START: "" if m.group("start") == "0" else m.group("start"),
         PIDNS: m.group("pidns") or "",
         BOOT: boot_id(),  # a scratch image outlives no reboot that matters: its pid check stands
         CREATED: str(created),
     }
-    return is_orphan(labels, session, max_age)
+    return is_orphan(labels, owner, max_age)
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> float:

@@ -50,7 +50,7 @@ class XdistController:
             if age is None:
                 return  # --dockapp-sweep-age off: the user asked for no sweep at all
             with contextlib.suppress(DockappError):
-                cleanup.sweep(connect(), cleanup.Session(), age, kept=self.state.settings.sweep_kept)
+                cleanup.sweep(connect(), cleanup.Owner(), age, kept=self.state.settings.sweep_kept)
 
     def pytest_unconfigure(self) -> None:
         import shutil

@@ -1,5 +1,5 @@
 """The fixtures: the settings a conftest.py may override, the image, the app, the factory and a
-network; each is a thin layer over the library's :class:`~pytest_dockapp.manager.Dockapps`."""
+network; each is a thin layer over the library's :class:`~pytest_dockapp.manager.AppManager`."""
 
 from __future__ import annotations
 
@@ -86,15 +86,13 @@ def dockapp_image(
         pick(state, "target", dockapp_target),
     )
     record = image.record
-    if state.settings.expect_cached and record is not None and not record.reused and record.misses:
-        marks = {s.index: "<-- MISS" for s in record.misses}
-        pytest.fail(
-            f"--dockapp-expect-cached: the session build of {record.dockerfile} missed the layer cache at "
-            f"{len(record.misses)} step(s); the image was expected to come from an earlier build "
-            f"(a CI build stage) with the same context, Dockerfile and build args\n\n{record.table(marks)}\n"
-            "hint: build with the same builder and settings before the test stage, or drop --dockapp-expect-cached",
-            pytrace=False,
-        )
+    if state.settings.expect_cached and record is not None:
+        from .errors import CacheRegressionError
+
+        try:
+            record.assert_fully_cached()
+        except CacheRegressionError as exc:
+            fail_on(exc, state)
     return image
 
 
@@ -258,6 +256,6 @@ def dockapp_network(request: pytest.FixtureRequest) -> Iterator[Any]:
     from .interop import create_network, remove_network
 
     apps = state_of(request.config).apps()
-    network = create_network(apps.client, apps.session)
+    network = create_network(apps.client, apps.owner)
     yield network
     remove_network(apps.client, network.id)

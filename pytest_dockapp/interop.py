@@ -39,12 +39,12 @@ def settle_testcontainers(client: docker.DockerClient) -> None:
         config.connection_mode_override = ConnectionMode.docker_host
 
 
-def create_network(client: docker.DockerClient, session: cleanup.Session) -> Any:
+def create_network(client: docker.DockerClient, owner: cleanup.Owner) -> Any:
     """A testcontainers ``Network`` carrying our labels, created and ready to join."""
     from testcontainers.core.network import Network
 
     settle_testcontainers(client)
-    network = Network(docker_network_kw={"labels": session.labels("network")})
+    network = Network(docker_network_kw={"labels": owner.labels("network")})
     return network.create()
 
 

@@ -1,6 +1,6 @@
 """The builds and apps of one test session, usable without pytest.
 
->>> with Dockapps.connect() as apps:
+>>> with AppManager.connect() as apps:
 ...     image = apps.image(BuildSpec("./my-app"))
 ...     with apps.run(image, health_path="/health") as app:
 ...         assert app.get("/").ok
@@ -81,7 +81,7 @@ class AppStat:
     teardown_seconds: float | None = None
 
 
-class Dockapps:
+class AppManager:
     """Builds images once per spec, runs apps, and removes every container it started."""
 
     def __init__(
@@ -90,7 +90,7 @@ class Dockapps:
         *,
         builder: str = "auto",
         docker_cli: str | None = None,
-        session: cleanup.Session | None = None,
+        owner: cleanup.Owner | None = None,
         host_ip: str = DEFAULT_HOST_IP,
         shared_dir: Path | None = None,
         on_event: ProgressCallback | None = None,
@@ -99,7 +99,7 @@ class Dockapps:
         build_cache: BuildCache | None = None,
     ):
         self.client = client
-        self.session = session or cleanup.Session()
+        self.owner = owner or cleanup.Owner()
         self.host_ip = host_ip
         self.shared_dir = shared_dir
         self.on_event = on_event
@@ -130,7 +130,7 @@ class Dockapps:
         self.sweep_kept = False  # whether the sweep also takes other sessions' --dockapp-keep containers
 
     @classmethod
-    def connect(cls, *, sweep_age: float | None = cleanup.DEFAULT_SWEEP_AGE, **kwargs: Any) -> Dockapps:
+    def connect(cls, *, sweep_age: float | None = cleanup.DEFAULT_SWEEP_AGE, **kwargs: Any) -> AppManager:
         """Connect to the engine. Leftovers of killed sessions (older than ``sweep_age``
         elsewhere; None: never) are swept in the background from the first build or app on,
         or at :meth:`close` at the latest."""
@@ -149,7 +149,7 @@ class Dockapps:
         if self._sweep is not None or age is None:
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-sweep")
-        self._sweep = pool.submit(cleanup.sweep, self.client, self.session, age, kept=self.sweep_kept)
+        self._sweep = pool.submit(cleanup.sweep, self.client, self.owner, age, kept=self.sweep_kept)
         pool.shutdown(wait=False)
 
     @property
@@ -214,8 +214,8 @@ class Dockapps:
             created = self.client.api.create_container(
                 image.id,
                 command=["pytest-dockapp-lease"],
-                name=f"dockapp-lease-{self.session.id[:8]}-{len(self._leases) + 1}",
-                labels=self.session.labels("lease"),
+                name=f"dockapp-lease-{self.owner.id[:8]}-{len(self._leases) + 1}",
+                labels=self.owner.labels("lease"),
             )
         except docker.errors.ImageNotFound:
             return False
@@ -322,7 +322,7 @@ class Dockapps:
         kwargs.setdefault("on_notice", self.on_notice)
         if isinstance(image, Image):
             kwargs.setdefault("display", image.name)
-        runner = AppRunner(self.client, ref, session=self.session, build=record, **kwargs)
+        runner = AppRunner(self.client, ref, owner=self.owner, build=record, **kwargs)
         self._runners.append(runner)
         return runner
 
@@ -450,7 +450,7 @@ class Dockapps:
             lines.append(f"removed image {image.name}" if deleted else f"untagged {ref}: the image has other tags")
         return lines
 
-    def __enter__(self) -> Dockapps:
+    def __enter__(self) -> AppManager:
         return self
 
     def __exit__(

@@ -65,7 +65,7 @@ def dockapp_cache_report(
             build_args=args,
             target=kw.get("target") or (pick(state, "target", dockapp_target) if default else None),
             strict=bool(kw.get("strict", False)),
-            session=apps.session,
+            owner=apps.owner,
             workdir=tmp_path_factory.getbasetemp(),
         )
     except DockappError as exc:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from .app import DockApp
     from .cache_check import CacheReport
     from .errors import DockappError
-    from .manager import Dockapps
+    from .manager import AppManager
 
 from .options import Settings
 from .progress import Progress
@@ -24,7 +24,7 @@ class PluginState:
     def __init__(self, config: pytest.Config, settings: Settings):
         self.config = config
         self.settings = settings
-        self._apps: Dockapps | None = None
+        self._apps: AppManager | None = None
         self.error: DockappError | None = None
         self.kept: list[DockApp] = []
         self.cache_reports: list[tuple[str, CacheReport]] = []
@@ -34,16 +34,16 @@ class PluginState:
         self.teardown_error: str | None = None
         self.progress = Progress(config)
 
-    def apps(self) -> Dockapps:
+    def apps(self) -> AppManager:
         """The session's manager; skips (or fails, in strict mode) without an engine."""
         from .errors import DockappError
-        from .manager import Dockapps
+        from .manager import AppManager
 
         if self._apps is None and self.error is None:
             s = self.settings
             try:
                 shared = getattr(self.config, "workerinput", {}).get("dockapp_shared_dir")
-                self._apps = Dockapps.connect(
+                self._apps = AppManager.connect(
                     sweep_age=s.sweep_age,
                     builder=s.builder,
                     docker_cli=s.docker_cli,
@@ -64,7 +64,7 @@ class PluginState:
         return self._apps
 
     @property
-    def started(self) -> Dockapps | None:
+    def started(self) -> AppManager | None:
         return self._apps
 
     def mask(self, text: str) -> str:

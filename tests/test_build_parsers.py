@@ -313,3 +313,23 @@ def test_podman_single_stage_has_no_stage_prefix() -> None:
         p.feed(chunk)
     p.finish()
     assert [(s.line, s.cached) for s in p.result()] == [(1, None), (2, True)]
+
+
+def test_a_fully_cached_build_passes_and_a_miss_names_its_step() -> None:
+    from pathlib import Path
+
+    import pytest
+
+    from pytest_dockapp.build import BuildRecord, BuildStep
+    from pytest_dockapp.errors import CacheRegressionError
+
+    df = Dockerfile.parse("FROM base\nRUN a\nRUN b\n")
+    steps = [BuildStep(i + 1, ins.text, ins, "stage-0", None if i == 0 else True) for i, ins in enumerate(df.steps())]
+    record = BuildRecord("sha256:1", "t:1", "classic", steps, 1.0, Path("/ctx"), Path("/ctx/Dockerfile"))
+    record.assert_fully_cached()
+    steps[2].cached = False
+    with pytest.raises(CacheRegressionError, match=r"missed the layer cache at 1 step\(s\)") as info:
+        record.assert_fully_cached()
+    assert "RUN b" in str(info.value) and "<-- MISS" in str(info.value)
+    record.reused = True  # nothing was rebuilt: nothing can have missed
+    record.assert_fully_cached()
