@@ -83,7 +83,9 @@ def test_precedence_is_cli_then_fixture_then_ini_then_default(
     if conftest:
         pytester.makeconftest(FIXTURE_OVERRIDE)
     pytester.makepyfile(PRECEDENCE_TEST)
-    result = pytester.runpytest("-s", *args)
+    # A subprocess: in-process runs would import requests afresh each time (pytester restores
+    # sys.modules between them) and the docker client would then mix two copies of it.
+    result = pytester.runpytest_subprocess("-s", *args)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*EFFECTIVE {want}"])
 
