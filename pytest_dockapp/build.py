@@ -334,7 +334,6 @@ class ClassicParser:
         self._partial = ""
         self._ignore = False
         self._running = False
-        self._podman = False
         self._triggers: list[Instruction] = []  # triggers of the FROM step being run
         self._trigger_hits = 0
 
@@ -372,7 +371,6 @@ class ClassicParser:
                 position = f"{number}/{total}"
             else:
                 assert p is not None
-                self._podman = True
                 stage_no = int(p.group(1)) if p.group(1) else None
                 number, total, text = int(p.group(3)), p.group(4), p.group(5).strip()
                 ins = self.mapper.podman(stage_no, number, text)

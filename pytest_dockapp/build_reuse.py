@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from .dockerfile import (
     copy_sources,
     mount_specs,
     normalize_source,
+    parse_triggers,
     split_words,
 )
 from .dockerignore import ignore_file
@@ -70,7 +71,7 @@ def fingerprint(
         digest = hashlib.sha256()
         digest.update(json.dumps([builder, target, sorted(build_args.items())]).encode())
         digest.update(dockerfile.read_bytes())
-        triggers = [t for ins in df.instructions if ins.keyword == "ONBUILD" for t in _triggers([ins.args])]
+        triggers = parse_triggers(ins.args for ins in df.instructions if ins.keyword == "ONBUILD")
         for ref in sorted(bases | others):
             try:
                 attrs = client.api.inspect_image(ref)
@@ -78,7 +79,7 @@ def fingerprint(
                 raise _Unknown from None  # the build pulls it (or fails): nothing to compare with
             digest.update(f"{ref}={attrs['Id']}\n".encode())
             if ref in bases:
-                triggers += _triggers((attrs.get("Config") or {}).get("OnBuild") or [])
+                triggers += parse_triggers((attrs.get("Config") or {}).get("OnBuild") or [])
         ignore = ignore_file(context, dockerfile, builder)
         if ignore.is_file():
             digest.update(b"ignore\0" + ignore.read_bytes() + b"\n")
@@ -107,14 +108,6 @@ def _file_digest(path: str) -> bytes:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest().encode()
-
-
-def _triggers(texts: Iterable[str]) -> list[Instruction]:
-    """ONBUILD trigger texts (``COPY . /app``) as instructions of a stage."""
-    lines = [t for t in texts if t.strip()]
-    if not lines:
-        return []
-    return Dockerfile.parse("FROM scratch\n" + "\n".join(lines) + "\n").instructions[1:]
 
 
 def _files_read(instructions: list[Instruction], sent: Mapping[str, os.DirEntry[str]], context: Path) -> set[str]:

@@ -307,11 +307,9 @@ class Dockerfile:
                 texts = [i.args for i in parent.instructions if i.keyword == "ONBUILD" and not i.trigger]
             else:
                 texts = list((base_triggers or {}).get(expand(st.base, variables), []))
-            if not texts:
-                continue
-            parsed = Dockerfile.parse("FROM scratch\n" + "\n".join(texts) + "\n").instructions[1:]
             st.instructions[1:1] = [
-                replace(t, line=st.line, end_line=st.line, stage=st.index, trigger=n) for n, t in enumerate(parsed, 1)
+                replace(t, line=st.line, end_line=st.line, stage=st.index, trigger=n)
+                for n, t in enumerate(parse_triggers(texts), 1)
             ]
         return self
 
@@ -428,6 +426,12 @@ def mount_specs(ins: Instruction) -> list[dict[str, str]]:
             spec[key.lower()] = value if eq else "true"
         specs.append(spec)
     return specs
+
+
+def parse_triggers(texts: Iterable[str]) -> list[Instruction]:
+    """ONBUILD trigger texts (``COPY . /app``) parsed as the instructions of a stage."""
+    lines = [t for t in texts if t.strip()]
+    return Dockerfile.parse("FROM scratch\n" + "\n".join(lines) + "\n").instructions[1:] if lines else []
 
 
 def copy_sources(ins: Instruction) -> list[str]:

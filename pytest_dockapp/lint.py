@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .dockerfile import Dockerfile, Instruction, Stage, copy_sources, split_words
+from .dockerfile import Dockerfile, Instruction, Stage, copy_sources, parse_triggers, split_words
 
 
 @dataclass(frozen=True)
@@ -130,14 +130,6 @@ def run_reads(ins: Instruction) -> RunReads:
     return RunReads(installs, builds)
 
 
-def installer_of(ins: Instruction) -> tuple[str, tuple[str, ...]] | None:
-    """``(tool, manifests)`` if ``ins`` is a RUN that installs dependencies from manifests only."""
-    reads = run_reads(ins)
-    if reads.installs and not reads.builds:
-        return reads.installs[0].name, reads.installs[0].manifests
-    return None
-
-
 @dataclass(frozen=True)
 class Finding:
     """One cache-hostile pair: a broad copy and the step it makes rerun on every source edit."""
@@ -173,7 +165,7 @@ def _chains(df: Dockerfile) -> list[list[Instruction]]:
     out = [chain(st) for st in df.stages]
     onbuild = [i for i in df.instructions if i.keyword == "ONBUILD" and not i.trigger]
     if onbuild:
-        parsed = Dockerfile.parse("FROM scratch\n" + "\n".join(i.args for i in onbuild) + "\n").instructions[1:]
+        parsed = parse_triggers(i.args for i in onbuild)
         out.append(
             [
                 Instruction(p.keyword, p.value, o.line, o.end_line, o.stage, p.flags, p.args, p.heredocs)

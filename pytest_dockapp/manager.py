@@ -67,9 +67,14 @@ class Image:
         return self.id
 
     @property
+    def short_id(self) -> str:
+        """The ID as ``docker images`` shows it."""
+        return self.id.split(":")[-1][:12]
+
+    @property
     def name(self) -> str:
         """The tag when there is one (readable in ``docker ps`` and reports), else the short ID."""
-        return self.tag or self.id.split(":")[-1][:12]
+        return self.tag or self.short_id
 
 
 @dataclass
@@ -384,6 +389,11 @@ class AppManager:
         wanted = set(keep)
         kept = []
         errors: list[Exception] = []
+
+        def failed(exc: Exception) -> None:
+            errors.append(exc)
+            self.engine_lost = self.engine_lost or is_engine_failure(exc)
+
         for runner in [r for r in self._runners if r.app is not None and r.app.name in wanted]:
             self._runners.remove(runner)
             assert runner.app is not None and runner.container_id is not None
@@ -391,31 +401,31 @@ class AppManager:
                 self.client.api.rename(runner.container_id, runner.app.name + cleanup.KEPT)
                 runner.app.name += cleanup.KEPT
             except Exception as exc:  # kept all the same, under its old name
-                errors.append(exc)
+                failed(exc)
             kept.append(runner.app)
         for removal in self._removals:
             try:
                 removal.result()
             except Exception as exc:
-                errors.append(exc)
+                failed(exc)
         self._removals.clear()
         for runner in list(self._runners):
             self._runners.remove(runner)
-            if self.engine_lost or any(is_engine_failure(e) for e in errors):
+            if self.engine_lost:
                 self.left_behind.append(runner.name)
                 continue
             try:
                 self._close(runner)
             except Exception as exc:  # one failed removal must not leak the rest
-                errors.append(exc)
+                failed(exc)
         for lease in self._leases.values():
-            if self.engine_lost or any(is_engine_failure(e) for e in errors):
+            if self.engine_lost:
                 self.left_behind.append(lease[:12])
                 continue
             try:
                 cleanup.remove_container(self.client, lease)
             except Exception as exc:
-                errors.append(exc)
+                failed(exc)
         self._leases.clear()
         self.left_behind += [r.left_behind for r in self._closed if r.left_behind]
         if errors:

@@ -101,7 +101,7 @@ def _summary_lines(state: PluginState) -> list[str]:
         return []
     lines = []
     for image in apps.prebuilt_images:
-        lines.append(f"testing prebuilt image {image.tag} ({image.id.split(':')[-1][:12]}): not built")
+        lines.append(f"testing prebuilt image {image.tag} ({image.short_id}): not built")
     for record in apps.builds:
         if record.reused:
             built_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.built_at))

@@ -45,13 +45,6 @@ def update(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
             _replace(path, data)
 
 
-def save(path: Path, data: dict[str, Any]) -> None:
-    """Replace the file atomically with ``data``; errors are ignored."""
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _replace(path, data)
-
-
 def _replace(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dockapp.build_reuse import BuildCache, Entry, _files_read, _image_refs, _triggers, _Unknown
+from pytest_dockapp.build_reuse import BuildCache, Entry, _files_read, _image_refs, _Unknown
 from pytest_dockapp.context import walk
-from pytest_dockapp.dockerfile import Dockerfile, normalize_source
+from pytest_dockapp.dockerfile import Dockerfile, normalize_source, parse_triggers
 
 
 def test_base_and_from_images_count_stages_do_not() -> None:
@@ -86,7 +86,7 @@ def test_links_out_of_the_context_and_linked_folders_mean_build(tmp_path: Path) 
 
 def test_onbuild_triggers_read_like_steps(tmp_path: Path) -> None:
     sent = _sent(tmp_path, {"index.html": "", "other": ""})
-    triggers = _triggers(["COPY index.html /www/", "RUN true"])
+    triggers = parse_triggers(["COPY index.html /www/", "RUN true"])
     assert [t.keyword for t in triggers] == ["COPY", "RUN"]
     assert _files_read(triggers, sent, tmp_path) == {"index.html"}
 
