@@ -97,10 +97,11 @@ def dockapp_image(
 
 
 def _start(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
+    """Start an app; a library error becomes a clean fixture failure."""
     from .errors import DockappError
 
     try:
-        return state.apps().start(image, **kwargs)
+        return _start_raising(state, image, **kwargs)
     except DockappError as exc:
         fail_on(exc, state)
 

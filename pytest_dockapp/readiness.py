@@ -311,6 +311,7 @@ def wait_ready(
     port_was_down = False
     http_wait = interval  # HTTP probes back off to 100 ms: each one is a line in the app's access log
     next_http = start
+    last_probe: str | None = "waiting to probe again"  # the last port/HTTP probe, for the turns between
     client_error_since: float | None = None
 
     def run_health() -> tuple[int, str]:
@@ -361,9 +362,9 @@ def wait_ready(
             port_error = None
             if host_port is not None and container_port is not None:
                 if health_path and time.perf_counter() < next_http:
-                    port_error = last_error if last_error != "no check has run yet" else "waiting to probe again"
+                    port_error = last_probe  # not the HEALTHCHECK's last error: that says nothing of the port
                 else:
-                    port_error = _probe_port(listen, host, host_port, container_port, health_path)
+                    port_error = last_probe = _probe_port(listen, host, host_port, container_port, health_path)
                     if health_path:
                         http_wait = min(0.1, http_wait * 1.5)
                         next_http = time.perf_counter() + http_wait
