@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import requests  # the docker SDK imports it anyway
 
 from . import cleanup
-from .engine import DEFAULT_HOST_IP, is_engine_failure
+from .endpoint import Endpoint
+from .engine import endpoint_of, is_engine_failure
 from .errors import ContainerError, ContainerGoneError, PortError, tail
 from .readiness import DEFAULT_TIMEOUT, Readiness, wait_ready
 
@@ -34,6 +35,22 @@ def parse_port(value: int | str) -> tuple[int, str]:
     if not m or not 0 < int(m.group(1)) < 65536:
         raise PortError(f"{value!r} is not a port", hint="valid forms: 8080, 8080/tcp")
     return int(m.group(1)), m.group(2) or "tcp"
+
+
+def pick_binding(bindings: Sequence[Mapping[str, str]], dial: str) -> int:
+    """The host port of the binding whose address family is the one ``dial`` is reached by: an
+    engine may publish one container port twice (``0.0.0.0:32777`` and ``[::]:32776``)."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(dial, None, type=socket.SOCK_STREAM)[0][0]
+    except OSError:
+        family = socket.AF_INET
+    want_v6 = family == socket.AF_INET6
+    for binding in bindings:
+        if (":" in (binding.get("HostIp") or "")) == want_v6:
+            return int(binding["HostPort"])
+    return int(bindings[0]["HostPort"])
 
 
 def _network_name(network: Any) -> str:
@@ -170,7 +187,10 @@ class AppRunner:
         owner: cleanup.Owner | None = None,
         port: int | str | None = None,
         host_ports: Mapping[int, int] | None = None,
-        host_ip: str = DEFAULT_HOST_IP,
+        host_ip: str | None = None,
+        connect_host: str | None = None,
+        endpoint: Endpoint | None = None,
+        ready: str = "auto",
         env: Mapping[str, str] | None = None,
         command: str | Sequence[str] | None = None,
         network: Any = None,
@@ -189,7 +209,15 @@ class AppRunner:
         self.owner = owner or cleanup.Owner()
         self.port = port
         self.host_ports = dict(host_ports or {})
-        self.host_ip = host_ip
+        endpoint = endpoint or endpoint_of(client)
+        #: The address published ports bind to on the engine, and the one they are dialled at here.
+        self.host_ip = host_ip or endpoint.publish_address()
+        specific = host_ip not in (None, "", "0.0.0.0", "::")
+        self.connect_host: str = connect_host or (
+            host_ip if host_ip and specific and endpoint.is_local else endpoint.connect_host()
+        )
+        self.ready = ready
+        self.podman = False  # set by the manager: podman's exec wants a slower, growing pace
         self.env = dict(env or {})
         self.command = command
         self.network = network
@@ -298,6 +326,14 @@ class AppRunner:
                         evidence_title="engine said",
                         hint="free that port, or let the plugin pick a random host port (drop host_ports)",
                     ) from None
+                if "cannot assign requested address" in text:
+                    raise PortError(
+                        f"cannot publish {self.name}'s ports on {self.host_ip}: the engine's host has no such address",
+                        evidence=text,
+                        evidence_title="engine said",
+                        hint="set dockapp_host_ip to an address of the engine's host, or 0.0.0.0 (every address: "
+                        "reachable from its network); dockapp_connect_host says where to dial them from here",
+                    ) from None
                 raise ContainerError(
                     f"container {self.name} from {self.display} failed to start",
                     evidence=text,
@@ -305,11 +341,11 @@ class AppRunner:
                     hint="check the image's CMD/ENTRYPOINT and the command= you passed",
                 ) from None
             container = self.client.containers.prepare_model(api.inspect_container(self.container_id))
+            host = self.connect_host
             host_map: dict[int, int] = {}
             for key, bindings in (container.attrs["NetworkSettings"].get("Ports") or {}).items():
                 if bindings:
-                    host_map[int(key.split("/")[0])] = int(bindings[0]["HostPort"])
-            host = "127.0.0.1" if self.host_ip in ("0.0.0.0", "", "127.0.0.1") else self.host_ip
+                    host_map[int(key.split("/")[0])] = pick_binding(bindings, host)
             readiness = wait_ready(
                 self.client,
                 container.id,
@@ -317,10 +353,12 @@ class AppRunner:
                 host_port=host_map.get(main[0]),
                 container_port=main[0],
                 health_path=self.health_path,
+                mode=self.ready,
                 timeout=self.timeout,
                 name=self.name,
                 attrs=container.attrs,
                 on_notice=self.on_notice,
+                **({"exec_every": 0.25, "exec_growth": 1.5} if self.podman else {}),
             )
             readiness.seconds = time.perf_counter() - begin
         except BaseException as exc:

@@ -843,7 +843,7 @@ def _buildkit(
         if builder.buildx:
             cmd.append("--load")
         cmd.append(str(ctx))
-        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+        env = {**(builder.endpoint.cli_env() if builder.endpoint else os.environ), "DOCKER_BUILDKIT": "1"}
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace", bufsize=1
         )

@@ -27,8 +27,8 @@ from . import cleanup
 from .build import BuildRecord, BuildStep, build_image, read_dockerfile, resolve_paths, spec_digest
 from .context import context_files, copy_context
 from .dockerfile import Dockerfile, Instruction, consumed_files, mount_specs, normalize, split_words
-from .engine import Builder
-from .errors import CacheMarkerUsageError, CacheRegressionError
+from .engine import Builder, is_podman
+from .errors import CacheMarkerUsageError, CacheRegressionError, ConfigurationError
 from .lint import fix_advice
 
 if TYPE_CHECKING:
@@ -366,6 +366,13 @@ def check_cache(
     The user's tree is never touched. Raises :class:`CacheMarkerUsageError` for a
     change path that is not in the context or a ``cached`` pattern that matches no step.
     """
+    if is_podman(client):
+        raise ConfigurationError(
+            "the dockapp_cache marker cannot give a true verdict on podman",
+            evidence="measured with podman 4.3.1: a step that echoes 'Using cache' counted as a hit, and "
+            "multi-stage and ONBUILD rebuilds were misattributed; a wrong verdict is worse than none",
+            hint="run cache checks against a Docker engine (classic or BuildKit); apps run on podman as usual",
+        )
     ctx, df_path = resolve_paths(context, dockerfile)
     base_args = dict(build_args or {})
     df = read_dockerfile(client, df_path, base_args)

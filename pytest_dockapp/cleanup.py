@@ -241,10 +241,16 @@ def sweep(
             attempt(report.volumes, v["Name"], client.api.remove_volume, v["Name"])
     for img in client.api.images(name=SCRATCH_REPO):
         for tag in img.get("RepoTags") or []:
-            if _scratch_orphan(tag, img.get("Created", 0), owner, max_age):
+            if _scratch_orphan(normalize_tag(tag), img.get("Created", 0), owner, max_age):
                 # pruning stops at parents shared with other images: the user's cache stays
                 attempt(report.images, tag, client.api.remove_image, tag)
     return report
+
+
+def normalize_tag(tag: str) -> str:
+    """``tag`` without the registry podman puts before short names (``docker.io/``, ``localhost/``)."""
+    first, slash, rest = tag.partition("/")
+    return rest if slash and first in ("docker.io", "localhost") and "/" in rest else tag
 
 
 def _tag_host(host: str) -> str:

@@ -12,6 +12,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Literal
 
 from . import state_files
+from .endpoint import Endpoint, resolve_endpoint
 from .errors import ConfigurationError, EngineUnavailableError
 
 if TYPE_CHECKING:
@@ -32,13 +33,10 @@ def parse_builder(value: str) -> str:
 
 def describe_endpoint() -> str:
     """Which engine endpoint the docker SDK and CLI will try, for error messages."""
-    host = os.environ.get("DOCKER_HOST")
-    if host:
-        return f"DOCKER_HOST={host}"
-    context = os.environ.get("DOCKER_CONTEXT")
-    if context:
-        return f"DOCKER_CONTEXT={context}"
-    return "the default socket unix:///var/run/docker.sock (DOCKER_HOST is not set)"
+    try:
+        return resolve_endpoint().describe()
+    except ConfigurationError as exc:
+        return f"an unreadable endpoint ({exc.what})"
 
 
 #: How long one engine API call may take before the engine counts as frozen. Builds are the
@@ -71,28 +69,48 @@ def engine_phase(phase: str) -> Iterator[None]:
         ) from None
 
 
-def connect(timeout: float = CALL_TIMEOUT) -> docker.DockerClient:
-    """A docker SDK client that has answered a ping, or :class:`EngineUnavailableError`."""
+def connect(timeout: float = CALL_TIMEOUT, endpoint: Endpoint | None = None) -> docker.DockerClient:
+    """A docker SDK client for ``endpoint`` (default: :func:`resolve_endpoint`) that has answered a
+    ping, or :class:`EngineUnavailableError`."""
     import docker
     import docker.errors
     import requests.exceptions
     from docker.constants import MINIMUM_DOCKER_API_VERSION
 
+    endpoint = endpoint or resolve_endpoint()
     try:
         # One /_ping both proves the engine answers and names its API version. The SDK's
         # version="auto" asks /version instead, which costs the engine about 6 ms more here
         # (it queries containerd and runc), and a ping would still follow.
-        client = docker.from_env(timeout=int(timeout), version=MINIMUM_DOCKER_API_VERSION)
+        client = docker.DockerClient(
+            timeout=int(timeout), version=MINIMUM_DOCKER_API_VERSION, **endpoint.client_kwargs()
+        )
         api_version = _ping(client).get("Api-Version")
         client.api._version = api_version or client.api._retrieve_server_version()
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise EngineUnavailableError(
-            f"no Docker engine answered at {describe_endpoint()}",
+            f"no Docker engine answered at {endpoint.describe()}",
             evidence=str(exc),
             evidence_title="docker SDK said",
             hint="start the engine (dockerd / Docker Desktop) or point DOCKER_HOST at a running one",
         ) from None
     return client
+
+
+def endpoint_of(client: docker.DockerClient) -> Endpoint:
+    """The endpoint of a client made elsewhere, read from its base URL."""
+    url = str(getattr(client.api, "base_url", "") or "")
+    if url.startswith("http+docker://"):  # the SDK's spelling of a local socket or ssh
+        return resolve_endpoint()
+    return Endpoint(url.replace("http://", "tcp://").replace("https://", "tcp://"), "docker SDK client")
+
+
+def is_podman(client: docker.DockerClient) -> bool:
+    """Whether the engine is podman's Docker-compatible API (its ping names ``Libpod-Api-Version``)."""
+    try:
+        return "Libpod-Api-Version" in _ping(client)
+    except Exception:
+        return False
 
 
 def _ping(client: docker.DockerClient) -> Mapping[str, str]:
@@ -112,6 +130,7 @@ class Builder:
     cli: str | None = None
     buildx: bool = False
     rawjson: bool = False
+    endpoint: Endpoint | None = None  # the engine every CLI call must reach
 
     def describe(self) -> str:
         if self.name == "classic":
@@ -191,22 +210,33 @@ def _ask_cli(cli: str) -> tuple[bool, bool, bool]:
     return False, False, False
 
 
-def resolve_builder(choice: str = "auto", cli: str | None = None) -> Builder:
-    """Pick the builder for ``choice`` (auto, classic or buildkit) and the CLI ``cli``."""
+def resolve_builder(
+    choice: str = "auto", cli: str | None = None, *, endpoint: Endpoint | None = None, podman: bool = False
+) -> Builder:
+    """Pick the builder for ``choice`` (auto, classic or buildkit), the CLI ``cli`` and the engine."""
     parse_builder(choice)
+    if podman:
+        # podman's API builds with buildah behind the classic endpoint; it has no BuildKit session
+        # (measured: the CLI fails with "failed to dial gRPC: unable to upgrade to h2c").
+        if choice == "buildkit":
+            raise ConfigurationError(
+                "BuildKit was asked for, but the engine is podman, which builds only through the classic API",
+                hint="use --dockapp-builder auto or classic with podman",
+            )
+        return Builder("classic", endpoint=endpoint)
     if choice == "classic":
-        return Builder("classic")
+        return Builder("classic", endpoint=endpoint)
     path = shutil.which(cli or "docker")
     capable, buildx, rawjson = cli_capabilities(path) if path else (False, False, False)
     if capable and path:
-        return Builder("buildkit", path, buildx, rawjson)
+        return Builder("buildkit", path, buildx, rawjson, endpoint)
     if choice == "buildkit":
         raise ConfigurationError(
             f"BuildKit was asked for, but the docker CLI {path or cli or 'docker'!r} cannot run it",
             hint="install the buildx plugin, point dockapp_docker_cli at a CLI that has it "
             "(or a CLI older than 23.0, which has BuildKit built in), or use --dockapp-builder classic",
         )
-    return Builder("classic")
+    return Builder("classic", endpoint=endpoint)
 
 
 def engine_version(client: docker.DockerClient) -> str:
@@ -216,7 +246,7 @@ def engine_version(client: docker.DockerClient) -> str:
         server = _ping(client).get("Server", "")
         name, _, rest = server.partition("/")
         if name and rest:
-            return f"{name} {rest}"
+            return f"{'podman' if name == 'Libpod' else name} {rest}"
         v = client.version()
     except Exception:  # the header must never fail a run
         return "unknown engine"

@@ -143,6 +143,7 @@ def dockapp(
     dockapp_port: str | None,
     dockapp_health_path: str | None,
     dockapp_timeout: float,
+    dockapp_ready: str,
 ) -> Iterator[DockApp]:
     """The app from the configured Dockerfile, running and ready, shared by the session."""
     state = state_of(request.config)
@@ -152,6 +153,7 @@ def dockapp(
         port=pick(state, "port", dockapp_port),
         health_path=pick(state, "health_path", dockapp_health_path),
         timeout=pick(state, "timeout", dockapp_timeout),
+        ready=pick(state, "ready", dockapp_ready),
     )
     yield app
     _release(state, request.session, app)
@@ -167,11 +169,12 @@ def dockapp_factory(
     dockapp_port: str | None,
     dockapp_health_path: str | None,
     dockapp_timeout: float,
+    dockapp_ready: str,
 ) -> Iterator[Callable[..., DockApp]]:
     """Build and start more apps with per-call settings; each is removed after the test.
 
     ``dockapp_factory(context=None, *, dockerfile=None, build_args=None, target=None, image=None,
-    port=None, health_path=None, timeout=None, env=None, command=None, network=None, aliases=(),
+    port=None, health_path=None, timeout=None, ready=None, env=None, command=None, network=None, aliases=(),
     host_ports=None, name=None)``. Without ``context`` or ``image`` it uses the session's settings.
     """
     state = state_of(request.config)
@@ -187,6 +190,7 @@ def dockapp_factory(
         port: int | str | None = None,
         health_path: str | None = None,
         timeout: float | None = None,
+        ready: str | None = None,
         env: Mapping[str, str] | None = None,
         command: str | Sequence[str] | None = None,
         network: Any = None,
@@ -229,6 +233,7 @@ def dockapp_factory(
             if health_path is not None
             else (pick(state, "health_path", dockapp_health_path) if default else None),
             timeout=timeout or pick(state, "timeout", dockapp_timeout),
+            ready=ready or pick(state, "ready", dockapp_ready),
             env=env,
             command=command,
             network=network,

@@ -27,7 +27,8 @@ from .build import BuildRecord, ProgressCallback, build_image, resolve_paths, se
 from .build_reuse import BuildCache, fingerprint
 from .build_reuse import Entry as CacheEntry
 from .dockerfile import Dockerfile
-from .engine import DEFAULT_HOST_IP, Builder, connect, engine_phase, is_engine_failure, resolve_builder
+from .endpoint import Endpoint, resolve_endpoint
+from .engine import Builder, connect, endpoint_of, engine_phase, is_engine_failure, is_podman, resolve_builder
 from .errors import ConfigurationError, DockappError, DockappWarning, EngineUnavailableError
 from .redact import looks_secret, secret_values
 
@@ -96,7 +97,10 @@ class AppManager:
         builder: str = "auto",
         docker_cli: str | None = None,
         owner: cleanup.Owner | None = None,
-        host_ip: str = DEFAULT_HOST_IP,
+        host_ip: str | None = None,
+        connect_host: str | None = None,
+        ready: str = "auto",
+        endpoint: Endpoint | None = None,
         shared_dir: Path | None = None,
         on_event: ProgressCallback | None = None,
         on_notice: Callable[[str], None] | None = None,
@@ -105,7 +109,11 @@ class AppManager:
     ):
         self.client = client
         self.owner = owner or cleanup.Owner()
+        self.endpoint = endpoint or endpoint_of(client)
         self.host_ip = host_ip
+        self.connect_host = connect_host
+        self.ready = ready
+        self._podman: bool | None = None
         self.shared_dir = shared_dir
         self.on_event = on_event
         self.on_notice = on_notice
@@ -139,7 +147,8 @@ class AppManager:
         """Connect to the engine. Leftovers of killed sessions (older than ``sweep_age``
         elsewhere; None: never) are swept in the background from the first build or app on,
         or at :meth:`close` at the latest."""
-        apps = cls(connect(), **kwargs)
+        endpoint = kwargs.pop("endpoint", None) or resolve_endpoint()
+        apps = cls(connect(endpoint=endpoint), endpoint=endpoint, **kwargs)
         apps._sweep_age = sweep_age
         return apps
 
@@ -168,9 +177,18 @@ class AppManager:
             return None
 
     @property
+    def podman(self) -> bool:
+        """Whether the engine is podman (asked once)."""
+        if self._podman is None:
+            self._podman = is_podman(self.client)
+        return self._podman
+
+    @property
     def builder(self) -> Builder:
         if self._builder is None:
-            self._builder = resolve_builder(self._builder_choice, self._docker_cli)
+            self._builder = resolve_builder(
+                self._builder_choice, self._docker_cli, endpoint=self.endpoint, podman=self.podman
+            )
         return self._builder
 
     def image(self, spec: BuildSpec) -> Image:
@@ -324,10 +342,14 @@ class AppManager:
         ref = image.ref if isinstance(image, Image) else image
         record = image.record if isinstance(image, Image) else None
         kwargs.setdefault("host_ip", self.host_ip)
+        kwargs.setdefault("connect_host", self.connect_host)
+        kwargs.setdefault("endpoint", self.endpoint)
+        kwargs.setdefault("ready", self.ready)
         kwargs.setdefault("on_notice", self.on_notice)
         if isinstance(image, Image):
             kwargs.setdefault("display", image.name)
         runner = AppRunner(self.client, ref, owner=self.owner, build=record, **kwargs)
+        runner.podman = self.podman
         self._runners.append(runner)
         return runner
 

@@ -47,6 +47,12 @@ def _builder(value: str) -> str:
     return parse_builder(value)
 
 
+def _ready(value: str) -> str:
+    from .readiness import parse_ready
+
+    return parse_ready(value)
+
+
 def _age(value: str) -> float | None:
     from .cleanup import parse_age
 
@@ -111,10 +117,9 @@ class Setting:
 
 def _defaults() -> dict[str, Any]:
     from .cleanup import DEFAULT_SWEEP_AGE
-    from .engine import DEFAULT_HOST_IP
-    from .readiness import DEFAULT_TIMEOUT
+    from .readiness import DEFAULT_TIMEOUT, READY_CHOICES
 
-    return {"timeout": DEFAULT_TIMEOUT, "host_ip": DEFAULT_HOST_IP, "sweep_age": DEFAULT_SWEEP_AGE}
+    return {"timeout": DEFAULT_TIMEOUT, "sweep_age": DEFAULT_SWEEP_AGE, "ready": READY_CHOICES[0]}
 
 
 _D = _defaults()
@@ -143,9 +148,26 @@ SETTINGS: list[Setting] = [
     ),
     Setting("health_path", "HTTP path that answers 2xx/3xx once the app is ready", parse=_health_path, fixture=True),
     Setting("timeout", "seconds to wait for the app to become ready", _D["timeout"], _timeout, fixture=True),
+    Setting(
+        "ready",
+        "what ready means: auto (port, health path, HEALTHCHECK), listen (the port only), "
+        "http (GET of the health path, / by default), healthcheck (port and HEALTHCHECK)",
+        _D["ready"],
+        _ready,
+        fixture=True,
+    ),
     Setting("builder", "auto, classic or buildkit", "auto", _builder, shown_default="auto: BuildKit when the CLI can"),
     Setting("docker_cli", "docker CLI used for BuildKit builds", shown_default="docker on PATH"),
-    Setting("host_ip", "host address that published ports bind to", _D["host_ip"]),
+    Setting(
+        "host_ip",
+        "address published ports bind to on the engine's host (0.0.0.0: every address)",
+        shown_default="127.0.0.1 for a local engine, the engine's own address for a remote one",
+    ),
+    Setting(
+        "connect_host",
+        "host name or address to reach published ports at from here",
+        shown_default="the DOCKER_HOST's (or context's) host; 127.0.0.1 for a local engine",
+    ),
     Setting(
         "secrets",
         "BuildKit build secret ID=SOURCE, a file or an environment variable's name (repeatable)",
@@ -197,9 +219,11 @@ class Settings:
     port: str | None = None
     health_path: str | None = None
     timeout: float = _D["timeout"]
+    ready: str = _D["ready"]
     builder: str = "auto"
     docker_cli: str | None = None
-    host_ip: str = _D["host_ip"]
+    host_ip: str | None = None
+    connect_host: str | None = None
     secrets: dict[str, str] = field(default_factory=dict)
     strict: bool = False
     expect_cached: bool = False

@@ -48,6 +48,8 @@ class PluginState:
                     builder=s.builder,
                     docker_cli=s.docker_cli,
                     host_ip=s.host_ip,
+                    connect_host=s.connect_host,
+                    ready=s.ready,
                     on_event=self.progress,
                     on_notice=self.progress.notice,
                     shared_dir=Path(shared) if shared else None,

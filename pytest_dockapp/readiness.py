@@ -4,9 +4,9 @@ Three traps shape this module:
 
 * A published port accepts TCP before the app listens: the port publisher
   (docker-proxy) takes the connection and only then finds nobody behind it. So
-  "connect succeeded" proves nothing. Where the engine is local we read the
-  container's own socket table (``/proc/<pid>/net/tcp``) and see the app's LISTEN
-  socket; elsewhere we connect and treat an immediate EOF as "not yet".
+  "connect succeeded" proves nothing. We read the container's own socket table and
+  wait for the app's LISTEN socket: from ``/proc/<pid>/net`` where the engine is
+  local, through ``exec`` of ``cat`` (or ``sh``) where it is not.
 * The engine runs an image's first HEALTHCHECK one interval after start (30 s by
   default). We run the same check ourselves with ``exec`` while we wait, and
   still honour the engine's verdict when it says ``unhealthy``.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    ConfigurationError,
     ContainerExitedError,
     ContainerGoneError,
     ReadinessTimeoutError,
@@ -41,10 +42,19 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT = 60.0
 
 
+#: What "ready" means (``dockapp_ready``): see :class:`ReadyWait`.
+READY_CHOICES = ("auto", "listen", "http", "healthcheck")
+
+
+def parse_ready(value: str) -> str:
+    """One of :data:`READY_CHOICES`."""
+    if value not in READY_CHOICES:
+        raise ConfigurationError(f"{value!r} is unknown", hint="valid: " + ", ".join(READY_CHOICES))
+    return value
+
+
 def parse_timeout(value: str | float) -> float:
     """A positive number of seconds."""
-    from .errors import ConfigurationError
-
     try:
         seconds = float(value)
     except ValueError:
@@ -56,8 +66,6 @@ def parse_timeout(value: str | float) -> float:
 
 def parse_health_path(value: str) -> str:
     """An absolute HTTP path."""
-    from .errors import ConfigurationError
-
     if not value.startswith("/"):
         raise ConfigurationError(f"{value!r} must start with '/'", hint="e.g. /health")
     return value
@@ -69,8 +77,8 @@ _LOOPBACK4 = "7F"  # last byte of a little-endian 127.x.x.x address in /proc/net
 _LOOPBACK6 = "00000000000000000000000001000000"
 
 
-class ListenProbe:
-    """Reads a container's socket table through ``/proc/<pid>/net`` on the engine's host."""
+class ProcSocketTable:
+    """A container's socket table, read through ``/proc/<pid>/net`` on the engine's host."""
 
     def __init__(self, pid: int, ipv4: str = ""):
         self.pid = pid
@@ -79,7 +87,7 @@ class ListenProbe:
         self._dual_stack: set[int] = set()
 
     @classmethod
-    def for_container(cls, attrs: dict[str, Any]) -> ListenProbe | None:
+    def for_container(cls, attrs: dict[str, Any]) -> ProcSocketTable | None:
         """A probe if the container's PID 1 is visible here (local engine), else None."""
         pid = int((attrs.get("State") or {}).get("Pid") or 0)
         if pid <= 0:
@@ -174,13 +182,10 @@ class ListenProbe:
                     fields = line.split()
                     if len(fields) < 4 or fields[3] != _LISTEN:
                         continue
-                    addr, _, lport = fields[1].decode("ascii").partition(":")
-                    if lport != hex_port:
-                        continue
-                    if (addr.endswith(_LOOPBACK4) and len(addr) == 8) or addr == _LOOPBACK6:
-                        found = "loopback"
-                    else:
-                        return "any"
+                    where = _listener(fields[1], hex_port)
+                    if where == "any":
+                        return where
+                    found = found or where
                 if len(chunk) < 2048:  # seq_file hands out a full page unless the table ended
                     break
         except OSError:
@@ -188,6 +193,78 @@ class ListenProbe:
         finally:
             os.close(fd)
         return found
+
+
+def _listener(local_address: bytes, hex_port: str) -> str | None:
+    """``"any"``, ``"loopback"`` or None for one LISTEN line's ``local_address`` field."""
+    addr, _, lport = local_address.decode("ascii").partition(":")
+    if lport != hex_port:
+        return None
+    if (addr.endswith(_LOOPBACK4) and len(addr) == 8) or addr == _LOOPBACK6:
+        return "loopback"
+    return "any"
+
+
+# The exec forms that print /proc/net/tcp and tcp6, tried in turn: most images have cat, some
+# only a shell, and a few (distroless, scratch) neither.
+_TABLE_COMMANDS = (
+    ["cat", "/proc/net/tcp", "/proc/net/tcp6"],
+    ["sh", "-c", 'for f in /proc/net/tcp /proc/net/tcp6; do while IFS= read -r l; do echo "$l"; done < $f; done'],
+)
+
+
+class ExecSocketTable:
+    """A container's socket table, read by ``exec`` through the engine: works on any engine
+    (remote, podman, a VM), at the cost of one exec per look (30-60 ms here)."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str):
+        self.client = client
+        self.container_id = container_id
+        self.scanned = True
+        self.usable = True  # False once no command could read the table (the image has neither)
+        self._commands = list(_TABLE_COMMANDS)
+
+    def alive(self) -> bool:
+        return True  # the wait inspects the container; an exec into an exited one fails anyway
+
+    def listening(self, port: int) -> str | None:
+        text = self._read()
+        if text is None:
+            return None
+        found: str | None = None
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 4 and fields[3] == _LISTEN:
+                where = _listener(fields[1], f"{port:04X}")
+                if where == "any":
+                    return where
+                found = found or where
+        return found
+
+    def _read(self) -> bytes | None:
+        import docker.errors
+
+        while self._commands:
+            api = self.client.api
+            try:
+                exec_id = api.exec_create(self.container_id, self._commands[0], stdout=True, stderr=False)["Id"]
+                out = api.exec_start(exec_id)
+                code = api.exec_inspect(exec_id).get("ExitCode")
+            except docker.errors.APIError:
+                return None  # the container is going away: the wait's inspect says how
+            # cat exits 1 when tcp6 is missing (no IPv6) but has printed tcp: only 126/127 mean
+            # the command itself is not in the image.
+            if code in (126, 127):
+                self._commands.pop(0)
+                continue
+            return out if isinstance(out, bytes) else str(out).encode()
+        self.usable = False
+        return None
+
+
+def socket_table(client: docker.DockerClient, attrs: dict[str, Any]) -> ProcSocketTable | ExecSocketTable:
+    """The cheapest way to read this container's socket table."""
+    return ProcSocketTable.for_container(attrs) or ExecSocketTable(client, attrs["Id"])
 
 
 def probe_connect(host: str, port: int, grace: float = 0.05) -> str | None:
@@ -265,173 +342,357 @@ def _logs(client: docker.DockerClient, container_id: str, lines: int = 30) -> st
     return "\n".join(kept[-lines:] + note)
 
 
+class PortCheck:
+    """The main port is ready when the app's LISTEN socket is in the container's socket table
+    and the published port answers from here (a GET of ``health_path`` when there is one)."""
+
+    def __init__(
+        self,
+        table: ProcSocketTable | ExecSocketTable,
+        host: str,
+        host_port: int,
+        container_port: int,
+        health_path: str | None,
+        interval: float,
+    ):
+        self.table, self.host, self.host_port = table, host, host_port
+        self.container_port, self.health_path = container_port, health_path
+        # HTTP probes back off to 100 ms: each one is a line in the app's access log. An exec'd
+        # table read costs an engine round trip, so those back off to 250 ms.
+        self._wait = self._first_wait = interval
+        self._next = 0.0
+        self.last: str | None = "no probe has run yet"
+
+    @property
+    def name(self) -> str:
+        if self.health_path:
+            return f"GET {self.health_path}"
+        if isinstance(self.table, ExecSocketTable) and not self.table.usable:
+            return "port accepts (no socket table: the image has neither cat nor sh)"
+        return "port accepts"
+
+    def poll(self, now: float) -> str | None:
+        """None when ready, else why not (the last probe's answer between backed-off probes)."""
+        if now < self._next:
+            return self.last
+        self.last = self._probe()
+        slow = self.health_path or isinstance(self.table, ExecSocketTable)
+        if slow:
+            self._wait = min(0.1 if self.health_path else 0.25, self._wait * 1.5)
+            self._next = time.perf_counter() + self._wait
+        return self.last
+
+    def _probe(self) -> str | None:
+        host, port, cport = self.host, self.host_port, self.container_port
+        if isinstance(self.table, ExecSocketTable) and not self.table.usable:
+            # No way to see the app's socket: a connection the publisher keeps open for 0.25 s is
+            # the best evidence left (docker-proxy closes at once when nothing listens behind it).
+            return probe_http(host, port, self.health_path) if self.health_path else probe_connect(host, port, 0.25)
+        where = self.table.listening(cport)
+        if where is None:
+            if isinstance(self.table, ExecSocketTable) and not self.table.usable:
+                return self._probe()
+            return f"nothing listens on port {cport} inside the container yet"
+        if where == "loopback":
+            return (
+                f"the app listens on 127.0.0.1:{cport} inside the container, which the "
+                f"published port cannot reach: make it listen on 0.0.0.0:{cport}"
+            )
+        if where == "ipv6-only":
+            return (
+                f"the app listens on [::]:{cport} for IPv6 only (IPV6_V6ONLY), and the published "
+                f"port forwards IPv4: make it listen on 0.0.0.0:{cport} or dual-stack"
+            )
+        if self.health_path:
+            return probe_http(host, port, self.health_path)
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+        except OSError as exc:
+            return f"connect to {host}:{port}: {exc}"
+        return None
+
+
+class HealthcheckRun:
+    """Runs the image's HEALTHCHECK with ``exec`` in a background thread, so the port is probed
+    while it runs; honours the check's own ``--timeout`` as the engine does."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        container_id: str,
+        command: list[str],
+        timeout: float,
+        every: float,
+        growth: float = 1.0,
+    ):
+        self.client, self.container_id, self.command = client, container_id, command
+        self.timeout = timeout
+        # Between runs; on podman it grows (each exec there leaves a conmon behind for a while).
+        self.every, self.growth, self.backoff = every, growth, 1.0
+        self.passed = False
+        self.last_error: str | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-health")
+        self._pending: Future[tuple[int, str]] | None = None
+        self._since = 0.0
+        self._next = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._pending is not None
+
+    def rearm(self) -> None:
+        """The port just came up: a check that failed for lack of it may pass now."""
+        self._next = time.perf_counter()
+
+    def poll(self) -> None:
+        """Collect a finished run, give up a hung one, start the next when due."""
+        now = time.perf_counter()
+        if self._pending is not None and not self._pending.done() and now - self._since > self.timeout:
+            # A hung check: give up on this run as the engine would, and run the next one on a fresh
+            # thread (the hung exec ends when the container is removed).
+            self.last_error = f"HEALTHCHECK did not finish within its timeout of {self.timeout:g}s"
+            self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-health")
+            self._pending = None
+        if self._pending is not None and self._pending.done():
+            try:
+                code, output = self._pending.result()
+            except Exception as exc:  # the engine refused or did not answer the exec
+                code, output = -1, f"{type(exc).__name__}: {exc}"
+            self._pending = None
+            if code == 0:
+                self.passed = True
+            else:
+                self.last_error = f"HEALTHCHECK exited {code}: {output.strip()[-300:]}"
+        if not self.passed and self._pending is None and now >= self._next:
+            self._pending, self._since = self._pool.submit(self._run), now
+            self._next = now + self.every * self.backoff
+            self.backoff = min(self.backoff * self.growth, 10.0)
+
+    def wait(self, seconds: float) -> None:
+        """Block until the run in flight ends, at most ``seconds``. Engine calls slow an exec down
+        (measured: inspects took 58 ms instead of 2 ms while an exec ran), and the exec fails by
+        itself if the container exits, so no exit goes unnoticed meanwhile."""
+        if self._pending is not None:
+            futures_wait([self._pending], timeout=max(0.0, min(1.0, seconds)))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def _run(self) -> tuple[int, str]:
+        api = self.client.api
+        exec_id = api.exec_create(self.container_id, self.command, stdout=True, stderr=True)["Id"]
+        out = api.exec_start(exec_id)
+        code = api.exec_inspect(exec_id).get("ExitCode")
+        text = out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
+        return (code if code is not None else -1), text
+
+
+class ContainerWatch:
+    """Fails the wait the moment the container exits, is removed, or the engine calls it unhealthy."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        container_id: str,
+        label: str,
+        state: dict[str, Any],
+        table: ProcSocketTable | ExecSocketTable,
+        start: float,
+    ):
+        self.client, self.container_id, self.label, self.table, self.start = client, container_id, label, table, start
+        self.state = state  # just inspected by the caller
+        self._inspected, self._fresh = time.perf_counter(), True
+
+    @property
+    def health(self) -> str:
+        # podman without systemd reports "" (and never "unhealthy"): that is "none".
+        return str((self.state.get("Health") or {}).get("Status") or "none")
+
+    def check(self) -> None:
+        import docker.errors
+
+        try:
+            # With the socket table read from /proc, the engine is asked only every 50 ms or as soon
+            # as PID 1 is gone: an inspect per 5 ms turn cost a millisecond of each turn and kept the
+            # engine busy while the app itself was starting.
+            now = time.perf_counter()
+            local = isinstance(self.table, ProcSocketTable)
+            if not self._fresh and (not local or now - self._inspected >= _INSPECT_EVERY or not self.table.alive()):
+                self.state, self._inspected = self.client.api.inspect_container(self.container_id)["State"], now
+            self._fresh = False
+        except docker.errors.NotFound:
+            raise ContainerGoneError(
+                f"container {self.label} was removed while waiting for it to become ready",
+                hint="something outside this test session removed it (docker rm, a cleanup job)",
+            ) from None
+        state = self.state
+        if not state.get("Running") or state.get("Status") in ("exited", "dead"):
+            oom = " (killed: out of memory)" if state.get("OOMKilled") else ""
+            raise ContainerExitedError(
+                f"container {self.label} exited with code {state.get('ExitCode')}{oom} "
+                f"{time.perf_counter() - self.start:.2f}s after start, before it became ready"
+                + (f"; engine error: {state['Error']}" if state.get("Error") else ""),
+                evidence=tail(_logs(self.client, self.container_id), 30),
+                evidence_title="container log (last lines)",
+                hint="run the image by hand (docker run --rm -it <image>) to see why its command stops",
+            )
+        if self.health == "unhealthy":
+            raise UnhealthyError(
+                f"container {self.label} is unhealthy: its HEALTHCHECK failed "
+                f"{(state.get('Health') or {}).get('FailingStreak', '?')} times in a row",
+                evidence=_health_log(state)
+                + "\n--- container log ---\n"
+                + tail(_logs(self.client, self.container_id), 20),
+                evidence_title="health log",
+                hint="run the HEALTHCHECK command in the container (docker exec) to see why it fails",
+            )
+
+
+class ReadyWait:
+    """One wait for one container, by ``mode``:
+
+    * ``auto``: the port (a GET of ``health_path`` when set), then the image's HEALTHCHECK if it has one;
+    * ``listen``: the app's LISTEN socket and the published port only, nothing else;
+    * ``http``: a GET of ``health_path`` (``/`` when unset) answering 2xx/3xx;
+    * ``healthcheck``: the port, then the image's HEALTHCHECK (an image without one is an error).
+
+    The engine's own ``unhealthy`` verdict fails every mode.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        container_id: str,
+        *,
+        host: str,
+        host_port: int | None,
+        container_port: int | None,
+        health_path: str | None = None,
+        mode: str = "auto",
+        timeout: float = DEFAULT_TIMEOUT,
+        interval: float = 0.005,
+        name: str = "",
+        attrs: dict[str, Any],
+        on_notice: Callable[[str], None] | None = None,
+        exec_every: float = 0.1,
+        exec_growth: float = 1.0,
+    ):
+        parse_ready(mode)
+        self.client, self.container_id, self.timeout, self.interval = client, container_id, timeout, interval
+        self.label = name or container_id[:12]
+        self.on_notice = on_notice
+        self.start = time.perf_counter()
+        config = attrs.get("Config") or {}
+        health_cmd = healthcheck_command(config.get("Healthcheck")) if mode in ("auto", "healthcheck") else None
+        if mode == "healthcheck" and health_cmd is None:
+            raise ConfigurationError(
+                f"dockapp_ready = healthcheck, but the image of {self.label} has no HEALTHCHECK",
+                hint="add a HEALTHCHECK to the Dockerfile, or choose auto, listen or http",
+            )
+        path = {"auto": health_path, "http": health_path or "/"}.get(mode)
+        self.table = socket_table(client, attrs)
+        self.watch = ContainerWatch(client, container_id, self.label, attrs.get("State") or {}, self.table, self.start)
+        self.port = (
+            PortCheck(self.table, host, host_port, container_port, path, interval)
+            if host_port is not None and container_port is not None
+            else None
+        )
+        self.health: HealthcheckRun | None = None
+        if health_cmd:
+            # The engine gives each run the HEALTHCHECK's --timeout (default 30 s); so do we.
+            seconds = ((config.get("Healthcheck") or {}).get("Timeout") or 30_000_000_000) / 1e9
+            self.health = HealthcheckRun(client, container_id, health_cmd, seconds, exec_every, exec_growth)
+        self.health_cmd = health_cmd
+        self.path = path
+        self._client_error_since: float | None = None
+
+    @property
+    def checks(self) -> list[str]:
+        return (["HEALTHCHECK"] if self.health else []) + ([self.port.name] if self.port else [])
+
+    def run(self) -> Readiness:
+        deadline = self.start + self.timeout
+        last_error = "no check has run yet"
+        port_was_down = False
+        try:
+            while True:
+                self.watch.check()
+                if self.health and self.watch.health == "healthy":
+                    self.health.passed = True
+                port_error = self.port.poll(time.perf_counter()) if self.port else None
+                self._notice_client_errors(port_error)
+                if port_error is None and port_was_down and self.health:
+                    self.health.rearm()
+                port_was_down = port_error is not None
+                # HEALTHCHECK runs wait for the port: one run before the app listens would fail, and
+                # the next could only start once that one returned (measured: about 0.1 s lost per start).
+                if port_error is None and self.health and not self.health.passed:
+                    self.health.poll()
+                    last_error = self.health.last_error or last_error
+                if port_error is not None:
+                    last_error = port_error
+                if port_error is None and (self.health is None or self.health.passed):
+                    return Readiness(time.perf_counter() - self.start, " + ".join(self.checks) or "running")
+                if time.perf_counter() >= deadline:
+                    raise self._timed_out(last_error)
+                if self.health and self.health.running and port_error is None:
+                    self.health.wait(deadline - time.perf_counter())
+                    continue
+                # Until the namespace has any TCP socket the probe is cheap, so poll more often.
+                cheap = isinstance(self.table, ProcSocketTable) and not self.table.scanned
+                time.sleep(self.interval / 2.5 if cheap else self.interval)
+        finally:
+            if self.health:
+                self.health.close()
+
+    def _notice_client_errors(self, port_error: str | None) -> None:
+        """Tell once, after 2 s of 4xx answers, that the health path may be wrong."""
+        if port_error and " answered HTTP 4" in port_error:
+            now = time.perf_counter()
+            self._client_error_since = self._client_error_since or now
+            if self.on_notice and now - self._client_error_since >= 2.0:
+                self.on_notice(
+                    f"{self.label}: {port_error} for {now - self._client_error_since:.1f}s: "
+                    f"is dockapp_health_path right? still waiting until the {self.timeout:g}s timeout"
+                )
+                self.on_notice = None
+        elif port_error is None or " answered HTTP" not in port_error:
+            self._client_error_since = None
+
+    def _timed_out(self, last_error: str) -> ReadinessTimeoutError:
+        state = self.watch.state
+        return ReadinessTimeoutError(
+            f"container {self.label} did not become ready within {self.timeout:g}s "
+            f"(status {state.get('Status')}, health {self.watch.health}; "
+            f"waited for: {', '.join(self.checks)})\nlast probe error: {last_error}",
+            evidence=tail(_logs(self.client, self.container_id), 30),
+            evidence_title="container log (last lines)",
+            hint=_timeout_hint(
+                last_error, self.port.container_port if self.port else None, self.path, self.label, self.health_cmd
+            ),
+        )
+
+
 def wait_ready(
     client: docker.DockerClient,
     container_id: str,
     *,
-    host: str,
-    host_port: int | None,
-    container_port: int | None,
-    health_path: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    interval: float = 0.005,
-    name: str = "",
     attrs: dict[str, Any] | None = None,
-    on_notice: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> Readiness:
-    """Block until the container's service answers; raise a precise error otherwise.
-
-    ``on_notice`` hears, once, about a wait that looks wrong but may still end well (a health
-    path that answers 404)."""
+    """Block until the container's service answers (see :class:`ReadyWait` for the options);
+    raise a precise error otherwise. ``on_notice`` hears, once, about a wait that looks wrong but
+    may still end well (a health path that answers 404)."""
     import docker.errors
 
-    start = time.perf_counter()
-    deadline = start + timeout
-    label = name or container_id[:12]
     if attrs is None:
         try:
             attrs = client.api.inspect_container(container_id)
         except docker.errors.NotFound:
+            label = options.get("name") or container_id[:12]
             raise ContainerGoneError(f"container {label} disappeared before it could be probed") from None
-    health_cmd = healthcheck_command(attrs["Config"].get("Healthcheck"))
-    listen = ListenProbe.for_container(attrs)
-    checks = []
-    if health_cmd:
-        checks.append("HEALTHCHECK")
-    if host_port is not None:
-        checks.append(f"GET {health_path}" if health_path else "port accepts")
-    last_error = "no check has run yet"
-    health_ok = health_cmd is None
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-health") if health_cmd else None
-    pending: Future[tuple[int, str]] | None = None
-    pending_since = start
-    # Our own run of the check honours the HEALTHCHECK's --timeout (default 30 s), as the engine does.
-    health_timeout = ((attrs["Config"].get("Healthcheck") or {}).get("Timeout") or 30_000_000_000) / 1e9
-    next_exec = start
-    port_was_down = False
-    http_wait = interval  # HTTP probes back off to 100 ms: each one is a line in the app's access log
-    next_http = start
-    last_probe: str | None = "waiting to probe again"  # the last port/HTTP probe, for the turns between
-    client_error_since: float | None = None
-
-    def run_health() -> tuple[int, str]:
-        exec_id = client.api.exec_create(container_id, health_cmd, stdout=True, stderr=True)["Id"]
-        out = client.api.exec_start(exec_id)
-        code = client.api.exec_inspect(exec_id).get("ExitCode")
-        text = out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
-        return (code if code is not None else -1), text
-
-    state: dict[str, Any] = attrs.get("State") or {}  # just inspected by the caller
-    inspected, fresh = time.perf_counter(), True
-    try:
-        while True:
-            try:
-                # With the socket table at hand, the engine is asked only every 50 ms or as soon as
-                # PID 1 is gone: an inspect per 5 ms turn cost a millisecond of each turn and kept
-                # the engine busy while the app itself was starting.
-                now = time.perf_counter()
-                if not fresh and (listen is None or now - inspected >= _INSPECT_EVERY or not listen.alive()):
-                    state, inspected = client.api.inspect_container(container_id)["State"], now
-                fresh = False
-            except docker.errors.NotFound:
-                raise ContainerGoneError(
-                    f"container {label} was removed while waiting for it to become ready",
-                    hint="something outside this test session removed it (docker rm, a cleanup job)",
-                ) from None
-            if not state.get("Running") or state.get("Status") in ("exited", "dead"):
-                oom = " (killed: out of memory)" if state.get("OOMKilled") else ""
-                raise ContainerExitedError(
-                    f"container {label} exited with code {state.get('ExitCode')}{oom} "
-                    f"{time.perf_counter() - start:.2f}s after start, before it became ready"
-                    + (f"; engine error: {state['Error']}" if state.get("Error") else ""),
-                    evidence=tail(_logs(client, container_id), 30),
-                    evidence_title="container log (last lines)",
-                    hint="run the image by hand (docker run --rm -it <image>) to see why its command stops",
-                )
-            health = state.get("Health") or {}
-            if health.get("Status") == "unhealthy":
-                raise UnhealthyError(
-                    f"container {label} is unhealthy: its HEALTHCHECK failed "
-                    f"{health.get('FailingStreak', '?')} times in a row",
-                    evidence=_health_log(state) + "\n--- container log ---\n" + tail(_logs(client, container_id), 20),
-                    evidence_title="health log",
-                    hint="run the HEALTHCHECK command in the container (docker exec) to see why it fails",
-                )
-            if health.get("Status") == "healthy":
-                health_ok = True
-            port_error = None
-            if host_port is not None and container_port is not None:
-                if health_path and time.perf_counter() < next_http:
-                    port_error = last_probe  # not the HEALTHCHECK's last error: that says nothing of the port
-                else:
-                    port_error = last_probe = _probe_port(listen, host, host_port, container_port, health_path)
-                    if health_path:
-                        http_wait = min(0.1, http_wait * 1.5)
-                        next_http = time.perf_counter() + http_wait
-                if port_error and " answered HTTP 4" in port_error:
-                    client_error_since = client_error_since or time.perf_counter()
-                    if on_notice and time.perf_counter() - client_error_since >= 2.0:
-                        on_notice(
-                            f"{label}: {port_error} for {time.perf_counter() - client_error_since:.1f}s: "
-                            f"is dockapp_health_path right? still waiting until the {timeout:g}s timeout"
-                        )
-                        on_notice = None
-                elif port_error is None or " answered HTTP" not in port_error:
-                    client_error_since = None
-            if port_error is None and port_was_down:
-                # The app just started listening: a HEALTHCHECK that failed for lack of it may pass now.
-                port_was_down, next_exec = False, time.perf_counter()
-            elif port_error is not None:
-                port_was_down = True
-            # HEALTHCHECK runs wait for the port: one run before the app listens would fail, and the
-            # next could only start once that one returned (measured: about 0.1 s lost per start).
-            if port_error is None and not health_ok and pool is not None:
-                if pending is not None and not pending.done() and time.perf_counter() - pending_since > health_timeout:
-                    # A hung check: give up on this run as the engine would, and run the next one on a
-                    # fresh thread (the hung exec ends when the container is removed).
-                    last_error = f"HEALTHCHECK did not finish within its timeout of {health_timeout:g}s"
-                    pool.shutdown(wait=False)
-                    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-health")
-                    pending = None
-                if pending is not None and pending.done():
-                    try:
-                        code, output = pending.result()
-                    except Exception as exc:  # the engine refused or did not answer the exec
-                        code, output = -1, f"{type(exc).__name__}: {exc}"
-                    pending = None
-                    if code == 0:
-                        health_ok = True
-                    else:
-                        last_error = f"HEALTHCHECK exited {code}: {output.strip()[-300:]}"
-                if not health_ok and pending is None and time.perf_counter() >= next_exec:
-                    pending, pending_since = pool.submit(run_health), time.perf_counter()
-                    next_exec = time.perf_counter() + 0.1
-            if port_error is not None:
-                last_error = port_error
-            if port_error is None and health_ok:
-                return Readiness(time.perf_counter() - start, " + ".join(checks) or "running")
-            if time.perf_counter() >= deadline:
-                raise ReadinessTimeoutError(
-                    f"container {label} did not become ready within {timeout:g}s "
-                    f"(status {state.get('Status')}, health {health.get('Status', 'none')}; "
-                    f"waited for: {', '.join(checks)})\nlast probe error: {last_error}",
-                    evidence=tail(_logs(client, container_id), 30),
-                    evidence_title="container log (last lines)",
-                    hint=_timeout_hint(last_error, container_port, health_path, label, health_cmd),
-                )
-            if pending is not None and port_error is None:
-                # A HEALTHCHECK run is in flight and the port answers: wait for its verdict rather
-                # than polling the engine, whose calls slow the exec down (measured: inspects took
-                # 58 ms instead of 2 ms while an exec ran). The exec fails by itself if the
-                # container exits, so no exit goes unnoticed.
-                # wait() returns without raising: a failed exec is read (and reported) above.
-                futures_wait([pending], timeout=max(0.0, min(1.0, deadline - time.perf_counter())))
-                continue
-            # Until the namespace has any TCP socket the probe is cheap, so poll more often.
-            time.sleep(interval if listen is None or listen.scanned else interval / 2.5)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=False)
+    return ReadyWait(client, container_id, attrs=attrs, **options).run()
 
 
 def _timeout_hint(
@@ -448,32 +709,3 @@ def _timeout_hint(
     return f"raise dockapp_timeout if the app is just slow; check that it listens on 0.0.0.0:{port}" + (
         f" and that {health_path} answers 2xx" if health_path else ""
     )
-
-
-def _probe_port(
-    listen: ListenProbe | None, host: str, host_port: int, container_port: int, health_path: str | None
-) -> str | None:
-    if listen is not None:
-        where = listen.listening(container_port)
-        if where is None:
-            return f"nothing listens on port {container_port} inside the container yet"
-        if where == "loopback":
-            return (
-                f"the app listens on 127.0.0.1:{container_port} inside the container, which the "
-                f"published port cannot reach: make it listen on 0.0.0.0:{container_port}"
-            )
-        if where == "ipv6-only":
-            return (
-                f"the app listens on [::]:{container_port} for IPv6 only (IPV6_V6ONLY), and the published "
-                f"port forwards IPv4: make it listen on 0.0.0.0:{container_port} or dual-stack"
-            )
-        if health_path:
-            return probe_http(host, host_port, health_path)
-        try:
-            socket.create_connection((host, host_port), timeout=1.0).close()
-        except OSError as exc:
-            return f"connect to {host}:{host_port}: {exc}"
-        return None
-    if health_path:
-        return probe_http(host, host_port, health_path)
-    return probe_connect(host, host_port)

@@ -37,8 +37,7 @@ def pytest_report_collectionfinish(config: pytest.Config, items: Sequence[pytest
         builder = apps.builder.describe()
     except DockappError as exc:
         builder = f"unavailable ({exc.what})"
-    lines = [f"dockapp: engine {engine_version(apps.client)}, builder {builder}"]
-    return lines
+    return [f"dockapp: engine {engine_version(apps.client)} at {apps.endpoint.describe()}, builder {builder}"]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -15,13 +15,65 @@ from typing import Any
 
 import pytest
 
-from .helpers import BUSYBOX, NODE_BASE, ROOT, SUITE_RUN_LABEL, App, find_buildkit_cli, leftover_names, strict
+from .helpers import (
+    BUSYBOX,
+    ENDPOINT,
+    ENGINE_IS_LOCAL,
+    NODE_BASE,
+    ROOT,
+    SUITE_RUN_LABEL,
+    App,
+    find_buildkit_cli,
+    leftover_names,
+    strict,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Every session the suite starts (in-process or as a subprocess) inherits this.
     labels = [os.environ.get("DOCKAPP_LABELS", ""), SUITE_RUN_LABEL]
     os.environ["DOCKAPP_LABELS"] = ",".join(filter(None, labels))
+    config.addinivalue_line(
+        "markers", "local_engine(reason): needs the engine on this machine (loopback ports, /proc); skipped elsewhere"
+    )
+    config.addinivalue_line(
+        "markers", "remote: in the subset .ci/run also runs against a second engine reached over tcp://"
+    )
+    config.addinivalue_line("markers", "remote_engine: needs the second engine (DOCKAPP_TEST_REMOTE_HOST)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if ENGINE_IS_LOCAL:
+        return
+    for item in items:
+        marker = item.get_closest_marker("local_engine")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "needs a local engine"
+            item.add_marker(pytest.mark.skip(reason=f"engine at {ENDPOINT.describe()} is not local: {reason}"))
+
+
+@pytest.fixture(scope="session")
+def remote_host(pytestconfig: pytest.Config) -> str:
+    """The second engine's DOCKER_HOST (.ci/remote-engine start), with the busybox base loaded."""
+    host = os.environ.get("DOCKAPP_TEST_REMOTE_HOST")
+    if not host:
+        if strict(pytestconfig):
+            pytest.fail("DOCKAPP_TEST_REMOTE_HOST is not set: .ci/run starts a second engine", pytrace=False)
+        pytest.skip("no second engine: run .ci/remote-engine start and set DOCKAPP_TEST_REMOTE_HOST")
+    remote = {**os.environ, "DOCKER_HOST": host}
+    remote.pop("DOCKER_CONTEXT", None)
+    if subprocess.run(["docker", "image", "inspect", BUSYBOX], env=remote, capture_output=True).returncode:
+        save = subprocess.Popen(["docker", "save", BUSYBOX], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "load", "-q"], env=remote, stdin=save.stdout, check=True, capture_output=True)
+        save.wait()
+    return host
+
+
+@pytest.fixture(scope="session")
+def remote_client(remote_host: str) -> Any:
+    import docker
+
+    return docker.DockerClient(base_url=remote_host)
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,17 @@ from typing import Any
 import pytest
 
 from pytest_dockapp import cleanup
+from pytest_dockapp.endpoint import resolve_endpoint
 from pytest_dockapp.engine import cli_capabilities
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "dockapp-test/busybox:1"
 NODE_BASE = os.environ.get("DOCKAPP_TEST_NODE_BASE", "dockapp-test/node:bookworm")
+
+#: The engine this suite runs against, and where its published ports are dialled.
+ENDPOINT = resolve_endpoint()
+ENGINE_IS_LOCAL = ENDPOINT.is_local
+DIAL_HOST = ENDPOINT.connect_host()
 
 #: The test file most acceptance tests run: the busybox httpd serves "hello".
 HOME_TEST = """

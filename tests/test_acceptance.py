@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from .helpers import HOME_TEST, App
+from .helpers import DIAL_HOST, ENDPOINT, HOME_TEST, App
 
 
+@pytest.mark.remote
 def test_happy_path(app: App, pytester: pytest.Pytester) -> None:
     app.httpd()
     pytester.makepyfile(HOME_TEST)
@@ -18,7 +19,7 @@ def test_happy_path(app: App, pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "dockapp: engine Docker *, builder *",
+            f"dockapp: engine * at {ENDPOINT.describe()}, builder *",
             "*- dockapp -*",
             "built pytest-dockapp/* in *s, */* steps cached",
             "dockapp-*: ready in *s (port accepts), removed in *s",
@@ -26,6 +27,7 @@ def test_happy_path(app: App, pytester: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.remote
 def test_app_object(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(extra="ENV GREETING=hi")
     pytester.makepyfile(
@@ -33,8 +35,8 @@ def test_app_object(app: App, pytester: pytest.Pytester) -> None:
         import requests
 
         def test_object(dockapp, dockapp_image):
-            assert dockapp.url == f"http://127.0.0.1:{dockapp.port}"
-            assert dockapp.host == "127.0.0.1"
+            assert dockapp.url == f"http://DIAL:{dockapp.port}"
+            assert dockapp.host == "DIAL"
             assert dockapp.ports == {80: dockapp.port}
             assert isinstance(dockapp.session, requests.Session)
             assert dockapp.session.get("/").text == "hello\\n"
@@ -49,12 +51,13 @@ def test_app_object(app: App, pytester: pytest.Pytester) -> None:
             assert labels["org.pytest-dockapp.owner"] == "pytest-dockapp"
             assert labels["org.pytest-dockapp.session"]
             binding = dockapp.container.attrs["HostConfig"]["PortBindings"]["80/tcp"][0]
-            assert binding["HostIp"] == "127.0.0.1"
-        """
+            assert binding["HostIp"] == "PUBLISH"
+        """.replace("DIAL", DIAL_HOST).replace("PUBLISH", ENDPOINT.publish_address())
     )
     pytester.runpytest().assert_outcomes(passed=1)
 
 
+@pytest.mark.remote
 def test_healthcheck_healthy_does_not_wait_for_the_engine_interval(app: App, pytester: pytest.Pytester) -> None:
     # The engine's first check would run only after 30 s; the timeout is 15 s, so passing
     # proves the plugin ran the HEALTHCHECK itself.
@@ -66,6 +69,7 @@ def test_healthcheck_healthy_does_not_wait_for_the_engine_interval(app: App, pyt
     result.stdout.fnmatch_lines(["dockapp-*: ready in *s (HEALTHCHECK + port accepts)*"])
 
 
+@pytest.mark.remote
 def test_app_that_listens_late_is_not_reported_ready_early(app: App, pytester: pytest.Pytester) -> None:
     # docker-proxy accepts on the published port from the start; the probe must see through it.
     app.httpd(cmd='["sh", "-c", "sleep 2; exec httpd -f -p 80 -h /www"]')
@@ -81,6 +85,7 @@ def test_app_that_listens_late_is_not_reported_ready_early(app: App, pytester: p
     pytester.runpytest().assert_outcomes(passed=1)
 
 
+@pytest.mark.remote
 def test_http_health_path(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(
         cmd='["sh", "-c", "sleep 1; mkdir -p /www/ok && echo ok > /www/ok/index.html; exec httpd -f -p 80 -h /www"]'
@@ -198,6 +203,7 @@ def test_factory_with_two_apps(app: App, pytester: pytest.Pytester) -> None:
     pytester.runpytest().assert_outcomes(passed=1)
 
 
+@pytest.mark.remote
 def test_failing_test_gets_container_logs(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(cmd='["sh", "-c", "echo app-log-marker; exec httpd -f -vv -p 80 -h /www"]')
     pytester.makepyfile(
@@ -212,12 +218,13 @@ def test_failing_test_gets_container_logs(app: App, pytester: pytest.Pytester) -
     result.stdout.fnmatch_lines(["*- dockapp logs: dockapp-* (since this test started) -*", "app-log-marker"])
 
 
+@pytest.mark.remote
 def test_keep_leaves_container_after_failure(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
     app.httpd()
     pytester.makepyfile("def test_fails(dockapp):\n    assert False\n")
     result = pytester.runpytest("--dockapp-keep")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["kept dockapp-* at http://127.0.0.1:*; remove: docker rm -f dockapp-*"])
+    result.stdout.fnmatch_lines([f"kept dockapp-* at http://{DIAL_HOST}:*; remove: docker rm -f dockapp-*"])
     name = re.search(r"remove: docker rm -f (\S+)", result.stdout.str()).group(1)  # type: ignore[union-attr]
     container = docker_client.containers.get(name)
     assert container.status == "running"
@@ -257,6 +264,7 @@ def test_conftest_fixture_overrides_configure_a_subproject(app: App, pytester: p
     result.stdout.fnmatch_lines(["*ready in *s (GET /status/)*"])
 
 
+@pytest.mark.remote
 def test_interrupt_leaves_nothing_running(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
     app.httpd()
     pytester.makepyfile(
@@ -284,6 +292,7 @@ def test_plugin_adds_no_header_when_unused(pytester: pytest.Pytester) -> None:
     result.stdout.no_fnmatch_line("dockapp:*")
 
 
+@pytest.mark.remote
 def test_dockerfile_outside_the_context(app: App, pytester: pytest.Pytester, builder_args: list[str]) -> None:
     ctx = pytester.mkdir("ctx")
     (ctx / "index.html").write_text("hello\n")

@@ -60,6 +60,7 @@ def run(app: App, test: str, *args: str) -> pytest.RunResult:
     return app.pytester.runpytest("-p", "no:cacheprovider", *args)
 
 
+@pytest.mark.remote
 def test_tutorial_order_fails_with_explanation(app: App, builder_args: list[str]) -> None:
     project(app, TUTORIAL_BAD)
     result = run(app, SERVER_CHANGE_TEST, *builder_args)
@@ -88,6 +89,7 @@ def test_tutorial_order_fixed_passes(app: App, builder_args: list[str]) -> None:
     result.stdout.fnmatch_lines(["cache check test_cache.py::*: warm build *s, rebuild *s, */* steps cached: ok"])
 
 
+@pytest.mark.remote
 def test_no_change_rebuild_is_fully_cached(app: App, builder_args: list[str]) -> None:
     project(app, TUTORIAL_BAD)
     result = run(

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import HOME_TEST, App, expect_error, pytest_cmd, start_holder
+from .helpers import DIAL_HOST, ENDPOINT, HOME_TEST, App, expect_error, pytest_cmd, start_holder
 
 # 1. engine unreachable; 3. build failure; 5. ports; 6. exits at once; 7. unhealthy; 8. timeout; 9. invalid
 # options: further below, with the readiness cases.
@@ -74,6 +74,7 @@ def test_base_image_missing(app: App, pytester: pytest.Pytester, builder_args: l
 # 11. a fixed host port that is taken
 
 
+@pytest.mark.local_engine("holds a port on this machine")
 def test_fixed_host_port_in_use(app: App, pytester: pytest.Pytester) -> None:
     app.httpd()
     pytester.makepyfile(
@@ -98,6 +99,7 @@ def test_fixed_host_port_in_use(app: App, pytester: pytest.Pytester) -> None:
 # 12. the container is killed or removed from outside mid-session
 
 
+@pytest.mark.remote
 def test_container_killed_externally(app: App, pytester: pytest.Pytester) -> None:
     app.httpd()
     pytester.makepyfile(
@@ -206,7 +208,9 @@ def test_security_defaults_and_secret_masking(app: App, pytester: pytest.Pyteste
     assert "s3cr3t-value-123" not in result.stdout.str()
 
 
-def test_containers_are_unprivileged_and_loopback_only(app: App, pytester: pytest.Pytester) -> None:
+@pytest.mark.remote
+def test_containers_are_unprivileged_and_published_on_one_address(app: App, pytester: pytest.Pytester) -> None:
+    """Loopback for a local engine; the engine's own address for a remote one (never 0.0.0.0)."""
     app.httpd()
     pytester.makepyfile(
         """
@@ -214,8 +218,8 @@ def test_containers_are_unprivileged_and_loopback_only(app: App, pytester: pytes
             host = dockapp.container.attrs["HostConfig"]
             assert host["Privileged"] is False
             assert not host.get("CapAdd")
-            assert {b["HostIp"] for v in host["PortBindings"].values() for b in v} == {"127.0.0.1"}
-        """
+            assert {b["HostIp"] for v in host["PortBindings"].values() for b in v} == {"PUBLISH"}
+        """.replace("PUBLISH", ENDPOINT.publish_address())
     )
     pytester.runpytest().assert_outcomes(passed=1)
 
@@ -223,6 +227,7 @@ def test_containers_are_unprivileged_and_loopback_only(app: App, pytester: pytes
 # A SIGKILLed session: no teardown runs; the next session sweeps what it left.
 
 
+@pytest.mark.remote
 def test_sigkilled_session_is_swept_by_the_next(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
     app.httpd()
     proc = start_holder(pytester, "a")
@@ -258,6 +263,7 @@ def test_concurrent_session_is_not_swept(app: App, pytester: pytest.Pytester, do
 # pytest-xdist: one build for all workers, one container per worker, cleanup after a worker crash
 
 
+@pytest.mark.remote
 def test_xdist_builds_once(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(extra=f"RUN echo {os.getpid()}-{time.time()} > /www/build-id")  # a fresh image: a real build
     pytester.makepyfile(
@@ -272,6 +278,7 @@ def test_xdist_builds_once(app: App, pytester: pytest.Pytester) -> None:
     assert len(re.findall(r"^-+ dockapp -+$", out, re.M)) == 1, out  # one summary, not one per worker
 
 
+@pytest.mark.remote
 def test_xdist_worker_crash_leaves_nothing(app: App, pytester: pytest.Pytester) -> None:
     app.httpd()
     pytester.makepyfile(
@@ -287,6 +294,7 @@ def test_xdist_worker_crash_leaves_nothing(app: App, pytester: pytest.Pytester) 
     result.stdout.fnmatch_lines(["*worker * crashed*"])
 
 
+@pytest.mark.remote
 def test_healthcheck_unhealthy_fails_with_health_log(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(extra="HEALTHCHECK --interval=1s --retries=1 CMD echo db-down-marker && exit 1")
     pytester.makepyfile(HOME_TEST)
@@ -295,6 +303,7 @@ def test_healthcheck_unhealthy_fails_with_health_log(app: App, pytester: pytest.
     result.stdout.fnmatch_lines(["*container dockapp-* is unhealthy*", "*health log:*", "*db-down-marker*"])
 
 
+@pytest.mark.remote
 def test_container_that_exits_fails_at_once(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(cmd='["sh", "-c", "echo config-missing-marker >&2; exit 3"]')
     pytester.makepyfile(HOME_TEST)
@@ -304,6 +313,7 @@ def test_container_that_exits_fails_at_once(app: App, pytester: pytest.Pytester)
     result.stdout.no_fnmatch_line("*did not become ready within*")
 
 
+@pytest.mark.remote
 def test_timeout_names_last_probe_error_and_logs(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(cmd='["sh", "-c", "echo still-booting-marker; exec sleep 600"]')
     pytester.makepyfile(HOME_TEST)
@@ -480,6 +490,7 @@ def _until(check: Any, proc: subprocess.Popen[str], seconds: float = 120) -> Non
 
 
 @pytest.mark.parametrize("phase", ["build", "readiness", "test body", "teardown"])
+@pytest.mark.remote
 def test_sigterm_tears_down_and_exits_with_the_signal(
     app: App, pytester: pytest.Pytester, docker_client: Any, phase: str
 ) -> None:
@@ -540,7 +551,7 @@ def test_keep_keeps_only_failing_tests_apps_and_later_runs_leave_them(
         result = pytester.runpytest_subprocess("--dockapp-keep")
         result.assert_outcomes(failed=1, passed=1)
         result.stdout.fnmatch_lines(
-            [f"kept keep-f-{u}-kept at http://127.0.0.1:*; remove: docker rm -f keep-f-{u}-kept"]
+            [f"kept keep-f-{u}-kept at http://{DIAL_HOST}:*; remove: docker rm -f keep-f-{u}-kept"]
         )
         names = [c["Names"][0].lstrip("/") for c in docker_client.api.containers(all=True)]
         assert f"keep-f-{u}-kept" in names and f"keep-p-{u}" not in names

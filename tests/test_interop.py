@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import App
+from .helpers import DIAL_HOST, App
 
 
 def test_app_and_testcontainers_container_share_a_network(app: App, pytester: pytest.Pytester) -> None:
@@ -29,7 +29,7 @@ def test_app_and_testcontainers_container_share_a_network(app: App, pytester: py
                 assert (code, out) == (0, "from-backend\\n")
                 # testcontainers' own host/port, without the gateway guess /.dockerenv would cause
                 host = backend.get_container_host_ip()
-                assert host in ("localhost", "127.0.0.1")
+                assert host in ("localhost", "{DIAL_HOST}")
                 for _ in range(100):
                     try:
                         reply = requests.get(f"http://{{host}}:{{backend.get_exposed_port(8080)}}/", timeout=2)

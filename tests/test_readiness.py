@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from pytest_dockapp.readiness import ListenProbe
+from pytest_dockapp.readiness import ProcSocketTable
+
+from .helpers import ENDPOINT
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def run(docker_client: Any, busybox: str) -> Iterator[Any]:
         container.remove(force=True)
 
 
-def wait_for(probe: ListenProbe, want: str | None, timeout: float = 5.0) -> str | None:
+def wait_for(probe: ProcSocketTable, want: str | None, timeout: float = 5.0) -> str | None:
     deadline = time.monotonic() + timeout
     seen = probe.listening(80)
     while seen != want and time.monotonic() < deadline:
@@ -35,43 +37,47 @@ def wait_for(probe: ListenProbe, want: str | None, timeout: float = 5.0) -> str 
     return seen
 
 
+@pytest.mark.local_engine("reads /proc of the engine's host")
 def test_probe_sees_listen_loopback_and_nothing(run: Any) -> None:
-    idle = ListenProbe.for_container(run("sleep", "30").attrs)
+    idle = ProcSocketTable.for_container(run("sleep", "30").attrs)
     assert idle is not None
     assert idle.listening(80) is None
     assert idle.scanned is False  # no TCP socket at all: answered from the namespace's counters
 
-    late = ListenProbe.for_container(run("sh", "-c", "sleep 0.3; exec httpd -f -p 80").attrs)
+    late = ProcSocketTable.for_container(run("sh", "-c", "sleep 0.3; exec httpd -f -p 80").attrs)
     assert late is not None
     assert late.listening(80) is None
     assert wait_for(late, "any") == "any"
     assert late.scanned is True
 
-    local = ListenProbe.for_container(run("httpd", "-f", "-p", "127.0.0.1:80").attrs)
+    local = ProcSocketTable.for_container(run("httpd", "-f", "-p", "127.0.0.1:80").attrs)
     assert local is not None
     assert wait_for(local, "loopback") == "loopback"
 
-    other = ListenProbe.for_container(run("httpd", "-f", "-p", "81").attrs)
+    other = ProcSocketTable.for_container(run("httpd", "-f", "-p", "81").attrs)
     assert other is not None
     time.sleep(0.2)
     assert other.listening(80) is None and other.scanned is True  # a socket exists, on another port
 
 
+@pytest.mark.local_engine("reads /proc of the engine's host")
 def test_probe_notices_that_pid_1_is_gone(run: Any) -> None:
     container = run("sleep", "30")
-    probe = ListenProbe.for_container(container.attrs)
+    probe = ProcSocketTable.for_container(container.attrs)
     assert probe is not None and probe.alive()
     container.kill()
     container.wait(timeout=10)
     assert not probe.alive()
 
 
+@pytest.mark.local_engine("reads /proc of the engine's host")
 def test_probe_refuses_a_pid_of_another_container(run: Any) -> None:
     a, b = run("sleep", "30"), run("sleep", "30")
     forged = dict(b.attrs, State={**b.attrs["State"], "Pid": a.attrs["State"]["Pid"]})
-    assert ListenProbe.for_container(forged) is None
+    assert ProcSocketTable.for_container(forged) is None
 
 
+@pytest.mark.local_engine("reads /proc of the engine's host")
 def test_an_ipv6_only_listener_is_not_ready(docker_client: Any, busybox: str) -> None:
     """[::] with IPV6_V6ONLY looks like any other listener in the socket table, but docker-proxy
     forwards IPv4 and is refused: the wait must see that."""
@@ -94,3 +100,59 @@ def test_an_ipv6_only_listener_is_not_ready(docker_client: Any, busybox: str) ->
         assert "listens on [::]:80 for IPv6 only (IPV6_V6ONLY)" in str(info.value)
     finally:
         container.remove(force=True)
+
+
+@pytest.mark.remote
+def test_the_socket_table_read_through_exec_sees_listen_loopback_and_nothing(run: Any, docker_client: Any) -> None:
+    """What a remote engine gets: the same answers as /proc, through the engine."""
+    from pytest_dockapp.readiness import ExecSocketTable
+
+    idle = ExecSocketTable(docker_client, run("sleep", "30").id)
+    assert idle.listening(80) is None and idle.usable
+    local = ExecSocketTable(docker_client, run("httpd", "-f", "-p", "127.0.0.1:80").id)
+    assert wait_for(local, "loopback") == "loopback"  # type: ignore[arg-type]
+    served = ExecSocketTable(docker_client, run("httpd", "-f", "-p", "80").id)
+    assert wait_for(served, "any") == "any"  # type: ignore[arg-type]
+
+
+@pytest.mark.remote
+def test_the_socket_table_is_read_by_a_shell_when_the_image_has_no_cat(run: Any, docker_client: Any) -> None:
+    from pytest_dockapp.readiness import ExecSocketTable
+
+    container = run("sh", "-c", "rm /bin/cat; exec httpd -f -p 80")
+    table = ExecSocketTable(docker_client, container.id)
+    assert wait_for(table, "any") == "any"  # type: ignore[arg-type]
+    assert table.usable and table._commands[0][0] == "sh"
+
+
+@pytest.mark.remote
+def test_an_image_with_neither_cat_nor_sh_falls_back_to_a_held_connection(docker_client: Any, busybox: str) -> None:
+    """Distroless-like images: no command can print the table, so the wait says what it relies on."""
+    import io
+
+    from pytest_dockapp.readiness import ExecSocketTable, PortCheck
+
+    dockerfile = f"FROM {busybox} AS tools\nFROM scratch\nCOPY --from=tools /bin/busybox /httpd\nEXPOSE 80\n"
+    image, _ = docker_client.images.build(
+        fileobj=io.BytesIO(dockerfile.encode()), rm=True, labels={"dockapp-test": "probe"}
+    )
+    container = docker_client.containers.run(
+        image.id,
+        ["/httpd", "-f", "-p", "80"],
+        detach=True,
+        ports={"80/tcp": ("127.0.0.1", None)},
+        labels={"dockapp-test": "probe"},
+    )
+    try:
+        container.reload()
+        port = int(container.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
+        table = ExecSocketTable(docker_client, container.id)
+        check = PortCheck(table, ENDPOINT.connect_host(), port, 80, None, 0.005)
+        deadline = time.monotonic() + 5
+        while check.poll(time.perf_counter()) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert check.poll(time.perf_counter()) is None
+        assert check.name == "port accepts (no socket table: the image has neither cat nor sh)"
+    finally:
+        container.remove(force=True)
+        docker_client.images.remove(image.id, noprune=False)

@@ -1,0 +1,89 @@
+"""Which engine a session reaches, and where its published ports are dialled (no engine needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_dockapp.app import pick_binding
+from pytest_dockapp.endpoint import DEFAULT_SOCKET, Endpoint, resolve_endpoint
+from pytest_dockapp.engine import resolve_builder
+from pytest_dockapp.errors import ConfigurationError
+
+
+def write_context(config_dir: Path, name: str, host: str) -> None:
+    """A context as ``docker context create NAME --docker host=HOST`` stores it."""
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"Name": name, "Endpoints": {"docker": {"Host": host, "SkipTLSVerify": False}}}))
+
+
+def test_docker_host_wins_over_any_context(tmp_path: Path) -> None:
+    write_context(tmp_path, "remote1", "tcp://10.0.0.9:2375")
+    env = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "remote1", "DOCKER_HOST": "tcp://10.0.0.7:2375"}
+    assert resolve_endpoint(env).describe() == "tcp://10.0.0.7:2375 (DOCKER_HOST)"
+
+
+def test_docker_context_variable_then_the_current_context(tmp_path: Path) -> None:
+    write_context(tmp_path, "remote1", "tcp://10.0.0.9:2375")
+    write_context(tmp_path, "remote2", "ssh://me@build-box")
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "remote2"}))
+    env = {"DOCKER_CONFIG": str(tmp_path)}
+    assert resolve_endpoint({**env, "DOCKER_CONTEXT": "remote1"}).describe() == "tcp://10.0.0.9:2375 (context remote1)"
+    current = resolve_endpoint(env)
+    assert (current.url, current.context, current.hostname) == ("ssh://me@build-box", "remote2", "build-box")
+    assert resolve_endpoint({"DOCKER_CONFIG": str(tmp_path / "none")}).url == DEFAULT_SOCKET
+
+
+def test_an_unreadable_context_is_a_configuration_error(tmp_path: Path) -> None:
+    env = {"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "gone"}
+    with pytest.raises(ConfigurationError, match="docker context 'gone' is selected, but its endpoint cannot be read"):
+        resolve_endpoint(env)
+
+
+def test_every_cli_call_is_pinned_to_the_resolved_engine(tmp_path: Path) -> None:
+    write_context(tmp_path, "remote1", "tcp://10.0.0.9:2375")
+    env = resolve_endpoint({"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "remote1", "PATH": "/bin"}).cli_env()
+    assert env["DOCKER_HOST"] == "tcp://10.0.0.9:2375" and "DOCKER_CONTEXT" not in env and env["PATH"] == "/bin"
+
+
+@pytest.mark.parametrize(
+    ("url", "publish", "dial"),
+    [
+        ("unix:///var/run/docker.sock", "127.0.0.1", "127.0.0.1"),
+        ("tcp://127.0.0.1:2375", "127.0.0.1", "127.0.0.1"),
+        ("tcp://localhost:2375", "127.0.0.1", "127.0.0.1"),
+        ("tcp://10.250.0.2:2375", "10.250.0.2", "10.250.0.2"),
+        ("tcp://[fd00::2]:2375", "fd00::2", "fd00::2"),
+        ("ssh://me@10.250.0.2", "10.250.0.2", "10.250.0.2"),
+    ],
+)
+def test_ports_are_published_and_dialled_where_the_engine_is(url: str, publish: str, dial: str) -> None:
+    endpoint = Endpoint(url, "DOCKER_HOST")
+    assert (endpoint.publish_address(), endpoint.connect_host()) == (publish, dial)
+
+
+def test_the_binding_of_the_dialled_address_family_is_used() -> None:
+    """An engine may bind one port twice: 0.0.0.0:32777 and [::]:32776 (seen on a remote engine)."""
+    bindings = [{"HostIp": "::", "HostPort": "32776"}, {"HostIp": "0.0.0.0", "HostPort": "32777"}]
+    assert pick_binding(bindings, "127.0.0.1") == 32777
+    assert pick_binding(bindings, "::1") == 32776
+    assert pick_binding([{"HostIp": "", "HostPort": "40000"}], "10.0.0.1") == 40000
+
+
+def test_podman_builds_classic_and_refuses_buildkit() -> None:
+    assert resolve_builder("auto", podman=True).name == "classic"
+    with pytest.raises(ConfigurationError, match="the engine is podman, which builds only through the classic API"):
+        resolve_builder("buildkit", podman=True)
+
+
+def test_podman_tags_are_matched_without_their_registry_prefix() -> None:
+    from pytest_dockapp.cleanup import normalize_tag
+
+    assert normalize_tag("docker.io/pytest-dockapp/cache-check:x") == "pytest-dockapp/cache-check:x"
+    assert normalize_tag("localhost/pytest-dockapp/app:1") == "pytest-dockapp/app:1"
+    assert normalize_tag("pytest-dockapp/app:1") == "pytest-dockapp/app:1"
+    assert normalize_tag("docker.io/busybox:1") == "docker.io/busybox:1"
