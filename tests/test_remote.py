@@ -11,7 +11,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from .helpers import HOME_TEST, App
+from .helpers import HOME_TEST, SUITE_RUN_LABEL, App, leftover_names
 
 
 @pytest.fixture
@@ -80,3 +80,57 @@ def test_a_docker_context_alone_builds_and_runs_on_its_engine(
     assert remote_client.images.get(image_id).id == image_id
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(image_id)  # not built on the local engine
+
+
+@pytest.fixture
+def ssh_home(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The second engine's sshd (``.ci/remote-engine ssh``), configured in the pytester HOME for
+    paramiko, and for the OpenSSH client (which reads the passwd entry's home, not $HOME) through
+    an ``ssh`` on PATH that adds ``-F``."""
+    import os
+
+    folder = os.environ.get("DOCKAPP_TEST_REMOTE_SSH")
+    if not folder:
+        if os.environ.get("CI") or os.environ.get("DOCKAPP_STRICT"):
+            pytest.fail("DOCKAPP_TEST_REMOTE_SSH is not set: .ci/run starts an sshd for the second engine")
+        pytest.skip("no sshd for the second engine: run .ci/remote-engine ssh and set DOCKAPP_TEST_REMOTE_SSH")
+    ssh = pytester.path / ".ssh"
+    ssh.mkdir(exist_ok=True)
+    for name in ("config", "known_hosts"):
+        (ssh / name).write_text(Path(folder, name).read_text())
+    wrapper = pytester.path / "bin" / "ssh"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {ssh / "config"} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    return "ssh://root@10.250.0.2"
+
+
+def test_an_ssh_engine_builds_runs_and_cleans_up(
+    app: App,
+    pytester: pytest.Pytester,
+    ssh_home: str,
+    remote_client: Any,
+    builder_args: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", ssh_home)
+    app.httpd()
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest_subprocess(*builder_args)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["dockapp: engine Docker * at ssh://root@10.250.0.2 (DOCKER_HOST), builder *"])
+    assert leftover_names(remote_client, SUITE_RUN_LABEL) == []
+
+
+def test_an_ssh_engine_without_paramiko_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from pytest_dockapp.endpoint import Endpoint
+    from pytest_dockapp.errors import ConfigurationError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "paramiko" else real(name, *a))
+    with pytest.raises(ConfigurationError, match="needs paramiko") as info:
+        Endpoint("ssh://me@build-box", "DOCKER_HOST").client_kwargs()
+    assert info.value.hint == "pip install 'pytest-dockapp[ssh]'"
