@@ -12,7 +12,7 @@ from .helpers import DIAL_HOST, ENDPOINT, HOME_TEST, App
 
 
 @pytest.mark.remote
-def test_happy_path(app: App, pytester: pytest.Pytester) -> None:
+def test_a_project_gets_its_app_built_run_and_removed(app: App, pytester: pytest.Pytester) -> None:
     app.httpd()
     pytester.makepyfile(HOME_TEST)
     result = pytester.runpytest()
@@ -28,7 +28,7 @@ def test_happy_path(app: App, pytester: pytest.Pytester) -> None:
 
 
 @pytest.mark.remote
-def test_app_object(app: App, pytester: pytest.Pytester) -> None:
+def test_the_app_object_reaches_the_service_and_its_container(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(extra="ENV GREETING=hi")
     pytester.makepyfile(
         """
@@ -86,7 +86,7 @@ def test_app_that_listens_late_is_not_reported_ready_early(app: App, pytester: p
 
 
 @pytest.mark.remote
-def test_http_health_path(app: App, pytester: pytest.Pytester) -> None:
+def test_a_health_path_waits_for_a_2xx_answer(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(
         cmd='["sh", "-c", "sleep 1; mkdir -p /www/ok && echo ok > /www/ok/index.html; exec httpd -f -p 80 -h /www"]'
     )
@@ -103,7 +103,7 @@ def test_no_expose_with_user_given_port(app: App, pytester: pytest.Pytester) -> 
     pytester.runpytest("--dockapp-port", "80").assert_outcomes(passed=1)
 
 
-def test_several_exposed_ports(app: App, pytester: pytest.Pytester) -> None:
+def test_every_exposed_port_is_published(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(
         expose="EXPOSE 80 8080",
         cmd='["sh", "-c", "httpd -p 8080 -h /www && exec httpd -f -p 80 -h /www"]',
@@ -120,7 +120,7 @@ def test_several_exposed_ports(app: App, pytester: pytest.Pytester) -> None:
     pytester.runpytest().assert_outcomes(passed=1)
 
 
-def test_prebuilt_image(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
+def test_a_prebuilt_image_is_tested_without_a_build(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
     app.httpd()
     docker_client.images.build(path=str(pytester.path), tag="dockapp-test/prebuilt:ci", rm=True)
     (pytester.path / "Dockerfile").unlink()  # prove nothing is built
@@ -155,7 +155,7 @@ def test_build_args_and_target(app: App, pytester: pytest.Pytester) -> None:
     pytester.runpytest("--dockapp-build-arg", "WORD=from-cli").assert_outcomes(passed=1)
 
 
-def test_dockerignore_is_respected(app: App, pytester: pytest.Pytester) -> None:
+def test_dockerignored_files_never_reach_the_build(app: App, pytester: pytest.Pytester) -> None:
     app.dockerfile(
         """
         FROM {BUSYBOX}

@@ -90,7 +90,7 @@ def test_plain_hits_misses_dedup_and_lines() -> None:
     assert [s.line for s in p.result()] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
-def test_plain_error() -> None:
+def test_a_failed_plain_step_marks_the_build_failed() -> None:
     p = PlainParser(DF, None)
     for line in ["#7 [deps 4/4] RUN pip install -r req.txt", "#7 ERROR: process returned 1"]:
         p.feed(line)

@@ -44,7 +44,7 @@ GOOD = Dockerfile.parse(
         ("[^ab].txt", "a.txt", False),
     ],
 )
-def test_source_covers(source: str, path: str, covered: bool) -> None:
+def test_a_copy_source_covers_the_paths_it_copies(source: str, path: str, covered: bool) -> None:
     assert source_covers(source, path) is covered
 
 
@@ -72,7 +72,7 @@ def test_dependent_and_independent_stages() -> None:
     assert lines(expected_misses(df, ["src/main.py"])) == [7]
 
 
-def test_build_arg_change() -> None:
+def test_a_changed_build_arg_misses_from_its_first_use_on() -> None:
     df = Dockerfile.parse("ARG BASE=a\nFROM $BASE\nRUN one\nARG V=1\nENV X=1\nRUN two\nRUN three\nFROM b\nRUN four\n")
     assert lines(expected_misses(df, [], ["V"])) == [6, 7]
     assert lines(expected_misses(df, [], ["BASE"])) == [2, 3, 4, 5, 6, 7]
@@ -84,7 +84,7 @@ def test_run_bind_mount_consumes_context() -> None:
     assert expected_misses(df, ["other.txt"]).may_miss == {}
 
 
-def test_patterns() -> None:
+def test_cached_patterns_match_instructions_by_text_line_or_stage() -> None:
     assert [i.line for i in match_pattern(BAD, "RUN npm install")] == [5]
     assert [i.line for i in match_pattern(BAD, "run   NPM install")] == [5]
     assert [i.line for i in match_pattern(BAD, "COPY *")] == [3, 4]
@@ -95,7 +95,7 @@ def test_patterns() -> None:
         match_pattern(BAD, 3.5)  # type: ignore[arg-type]
 
 
-def test_parse_change() -> None:
+def test_a_change_spec_splits_paths_and_build_args() -> None:
     assert parse_change(["a.js", "--build-arg V=2"]) == (["a.js"], {"V": "2"}, None)
     assert parse_change("a.js") == (["a.js"], {}, None)
 

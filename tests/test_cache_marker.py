@@ -186,7 +186,7 @@ def test_dockerignored_change_misses_nothing(app: App, builder_args: list[str]) 
     result.assert_outcomes(passed=1)
 
 
-def test_wildcard_copy(app: App, builder_args: list[str]) -> None:
+def test_a_wildcard_copy_misses_only_for_files_it_matches(app: App, builder_args: list[str]) -> None:
     project(
         app,
         f"""

@@ -76,7 +76,7 @@ def test_flags_sources_and_mounts() -> None:
     assert df.stage_dependencies(df.stages[1]) == {0, 1}
 
 
-def test_expand() -> None:
+def test_variables_expand_as_the_builder_expands_them() -> None:
     v = {"A": "1", "E": ""}
     assert expand("$A ${A} ${B:-two} ${A:+set} ${E:-empty} ${B}", v) == "1 1 two set empty "
 
@@ -90,7 +90,7 @@ def test_expand() -> None:
         ("RUN echo\nFROM scratch\n", "Dockerfile:1: RUN comes before the first FROM"),
     ],
 )
-def test_errors(text: str, message: str) -> None:
+def test_a_malformed_dockerfile_is_a_located_error(text: str, message: str) -> None:
     with pytest.raises(DockerfileError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Dockerfile.parse(text)
 

@@ -63,7 +63,7 @@ def excluded(patterns: list[str], path: str) -> bool:
         ("README.md", "readme.md", False),  # case-sensitive, as the CLI on Linux
     ],
 )
-def test_pattern_semantics(pattern: str, path: str, hit: bool) -> None:
+def test_ignore_patterns_follow_the_builders_semantics(pattern: str, path: str, hit: bool) -> None:
     assert excluded([pattern], path) is hit
 
 

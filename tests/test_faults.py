@@ -30,44 +30,36 @@ from .helpers import DIAL_HOST, ENDPOINT, HOME_TEST, App, expect_error, pytest_c
 # 2. context missing, Dockerfile missing, empty, unknown instruction
 
 
-def test_context_missing(app: App, pytester: pytest.Pytester) -> None:
+def test_a_missing_context_is_a_usage_error_naming_it(app: App, pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndockapp_context = no-such-dir\n")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*build context */no-such-dir is not a directory (it does not exist)*"])
+    expect_error(pytester, lines=["*build context */no-such-dir is not a directory (it does not exist)*"])
 
 
-def test_dockerfile_empty(app: App, pytester: pytest.Pytester) -> None:
+def test_an_empty_dockerfile_says_it_needs_a_from(app: App, pytester: pytest.Pytester) -> None:
     (pytester.path / "Dockerfile").write_text("# nothing yet\n")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*Dockerfile has no FROM instruction*", "*hint: a Dockerfile starts with FROM*"])
+    expect_error(pytester, lines=["*Dockerfile has no FROM instruction*", "*hint: a Dockerfile starts with FROM*"])
 
 
-def test_dockerfile_unknown_instruction(app: App, pytester: pytest.Pytester) -> None:
+def test_an_unknown_instruction_is_located_by_line(app: App, pytester: pytest.Pytester) -> None:
     app.dockerfile("FROM {BUSYBOX}\nRUNN echo typo\n")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*Dockerfile:2: unknown instruction 'RUNN'*", "*RUNN echo typo*"])
+    expect_error(pytester, lines=["*Dockerfile:2: unknown instruction 'RUNN'*", "*RUNN echo typo*"])
 
 
 # 4. base image not available and cannot be pulled
 
 
-def test_base_image_missing(app: App, pytester: pytest.Pytester, builder_args: list[str]) -> None:
+def test_a_missing_base_image_names_the_build_arg_to_pass(
+    app: App, pytester: pytest.Pytester, builder_args: list[str]
+) -> None:
     app.dockerfile("ARG BASE_IMAGE=dockapp-test/not-a-base:1\nFROM ${BASE_IMAGE}\nEXPOSE 80\n")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest(*builder_args)
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
+    expect_error(
+        pytester,
+        *builder_args,
+        lines=[
             "*base image 'dockapp-test/not-a-base:1' (FROM at *Dockerfile:2) is not on the engine and could not "
             "be pulled*",
             "*--dockapp-build-arg BASE_IMAGE=<a local image>*",
-        ]
+        ],
     )
 
 
@@ -100,7 +92,7 @@ def test_fixed_host_port_in_use(app: App, pytester: pytest.Pytester) -> None:
 
 
 @pytest.mark.remote
-def test_container_killed_externally(app: App, pytester: pytest.Pytester) -> None:
+def test_an_app_killed_outside_the_session_is_said(app: App, pytester: pytest.Pytester) -> None:
     app.httpd()
     pytester.makepyfile(
         """
@@ -201,10 +193,7 @@ def test_security_defaults_and_secret_masking(app: App, pytester: pytest.Pyteste
         RUN echo "token is $API_TOKEN" && exit 4
         """
     )
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-build-arg", "API_TOKEN=s3cr3t-value-123")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*token is *****"])
+    result = expect_error(pytester, "--dockapp-build-arg", "API_TOKEN=s3cr3t-value-123", lines=["*token is *****"])
     assert "s3cr3t-value-123" not in result.stdout.str()
 
 
@@ -264,7 +253,7 @@ def test_concurrent_session_is_not_swept(app: App, pytester: pytest.Pytester, do
 
 
 @pytest.mark.remote
-def test_xdist_builds_once(app: App, pytester: pytest.Pytester) -> None:
+def test_xdist_workers_share_one_build(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(extra=f"RUN echo {os.getpid()}-{time.time()} > /www/build-id")  # a fresh image: a real build
     pytester.makepyfile(
         **{f"test_x{i}": "def test_a(dockapp):\n    assert dockapp.get('/').status_code == 200\n" for i in range(4)}
@@ -297,44 +286,40 @@ def test_xdist_worker_crash_leaves_nothing(app: App, pytester: pytest.Pytester) 
 @pytest.mark.remote
 def test_healthcheck_unhealthy_fails_with_health_log(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(extra="HEALTHCHECK --interval=1s --retries=1 CMD echo db-down-marker && exit 1")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*container dockapp-* is unhealthy*", "*health log:*", "*db-down-marker*"])
+    expect_error(pytester, lines=["*container dockapp-* is unhealthy*", "*health log:*", "*db-down-marker*"])
 
 
 @pytest.mark.remote
 def test_container_that_exits_fails_at_once(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(cmd='["sh", "-c", "echo config-missing-marker >&2; exit 3"]')
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*exited with code 3*before it became ready*", "*config-missing-marker*"])
+    result = expect_error(pytester, lines=["*exited with code 3*before it became ready*", "*config-missing-marker*"])
     result.stdout.no_fnmatch_line("*did not become ready within*")
 
 
 @pytest.mark.remote
 def test_timeout_names_last_probe_error_and_logs(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(cmd='["sh", "-c", "echo still-booting-marker; exec sleep 600"]')
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-timeout", "1.5")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
+    expect_error(
+        pytester,
+        "--dockapp-timeout",
+        "1.5",
+        lines=[
             "*did not become ready within 1.5s*",
             "*last probe error: nothing listens on port 80 inside the container yet*",
             "*still-booting-marker*",
             "*hint: raise dockapp_timeout*",
-        ]
+        ],
     )
 
 
 def test_app_listening_on_container_loopback_is_explained(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(cmd='["httpd", "-f", "-p", "127.0.0.1:80", "-h", "/www"]')
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-timeout", "1")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*listens on 127.0.0.1:80 inside the container*make it listen on 0.0.0.0:80*"])
+    expect_error(
+        pytester,
+        "--dockapp-timeout",
+        "1",
+        lines=["*listens on 127.0.0.1:80 inside the container*make it listen on 0.0.0.0:80*"],
+    )
 
 
 def test_build_failure_shows_step_line_and_output(app: App, pytester: pytest.Pytester) -> None:
@@ -345,46 +330,39 @@ def test_build_failure_shows_step_line_and_output(app: App, pytester: pytest.Pyt
         EXPOSE 80
         """
     )
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
+    expect_error(
+        pytester,
+        lines=[
             "*build failed at step 2 (*Dockerfile:2): RUN echo compiling-marker && exit 7*",
             "*returned a non-zero code: 7*",
             "*compiling-marker*",
-        ]
+        ],
     )
 
 
-def test_missing_dockerfile(app: App, pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*Dockerfile not found: *Dockerfile*", "*hint: set dockapp_dockerfile*"])
+def test_a_missing_dockerfile_names_the_setting(app: App, pytester: pytest.Pytester) -> None:
+    expect_error(pytester, lines=["*Dockerfile not found: *Dockerfile*", "*hint: set dockapp_dockerfile*"])
 
 
 def test_no_expose_is_a_clear_error(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(expose="")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*EXPOSEs no TCP port*", "*hint: add `EXPOSE <port>`*dockapp_port*"])
+    expect_error(pytester, lines=["*EXPOSEs no TCP port*", "*hint: add `EXPOSE <port>`*dockapp_port*"])
 
 
 def test_port_not_exposed_is_an_error(app: App, pytester: pytest.Pytester) -> None:
     app.httpd()
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-port", "9999")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*port 9999 is not EXPOSEd by image*", "*the image exposes 80/tcp*"])
+    expect_error(
+        pytester, "--dockapp-port", "9999", lines=["*port 9999 is not EXPOSEd by image*", "*the image exposes 80/tcp*"]
+    )
 
 
-def test_prebuilt_image_missing(app: App, pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-image", "dockapp-test/not-there:1")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*image 'dockapp-test/not-there:1' is not on the engine*"])
+def test_a_missing_prebuilt_image_is_a_clear_error(app: App, pytester: pytest.Pytester) -> None:
+    expect_error(
+        pytester,
+        "--dockapp-image",
+        "dockapp-test/not-there:1",
+        lines=["*image 'dockapp-test/not-there:1' is not on the engine*"],
+    )
 
 
 def test_engine_unreachable_skips_or_fails_in_strict_mode(pytester: pytest.Pytester) -> None:
@@ -394,7 +372,7 @@ def test_engine_unreachable_skips_or_fails_in_strict_mode(pytester: pytest.Pytes
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs"]
     out = subprocess.run(cmd, cwd=pytester.path, env=env, capture_output=True, text=True)
     assert "1 skipped" in out.stdout
-    assert "no Docker engine answered at DOCKER_HOST=unix:///nonexistent/docker.sock" in out.stdout
+    assert "no Docker engine answered at unix:///nonexistent/docker.sock (DOCKER_HOST)" in out.stdout
     strict = subprocess.run(cmd, cwd=pytester.path, env={**env, "DOCKAPP_STRICT": "1"}, capture_output=True, text=True)
     assert "1 error" in strict.stdout, strict.stdout
     assert "strict mode: no engine is an error" in strict.stdout
@@ -628,14 +606,12 @@ def test_secrets_are_masked_in_every_report_channel(
 
 def test_arg_without_value_in_from_names_the_arg_to_pass(app: App, pytester: pytest.Pytester) -> None:
     app.dockerfile("ARG BASE\nFROM ${BASE}\nEXPOSE 80\n")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest()
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        [
+    expect_error(
+        pytester,
+        lines=[
             "*Dockerfile:2: `FROM ${BASE}` names no image: ARG BASE has no default and no value",
             "hint: pass --dockapp-build-arg BASE=<image>*",
-        ]
+        ],
     )
 
 
@@ -706,10 +682,12 @@ def test_huge_log_lines_are_capped(app: App, pytester: pytest.Pytester) -> None:
 
 def test_a_udp_main_port_is_refused_at_once(app: App, pytester: pytest.Pytester) -> None:
     app.httpd(expose="EXPOSE 80 53/udp")
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-port=53/udp", "--dockapp-timeout=60")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*main port 53/udp is UDP: pytest-dockapp can only tell when a TCP port is ready*"])
+    result = expect_error(
+        pytester,
+        "--dockapp-port=53/udp",
+        "--dockapp-timeout=60",
+        lines=["*main port 53/udp is UDP: pytest-dockapp can only tell when a TCP port is ready*"],
+    )
     assert result.duration < 30
 
 
@@ -803,7 +781,7 @@ def test_a_lost_or_frozen_engine_is_one_clear_error_and_nothing_hangs(
         if proc.poll() is None:
             proc.kill()
     assert "INTERNALERROR" not in out and "Traceback" not in out, out
-    assert f"the Docker engine at DOCKER_HOST={proxy.url} stopped answering while " in out, out
+    assert f"the Docker engine at {proxy.url} (DOCKER_HOST) stopped answering while " in out, out
     assert "may be left on the engine: " in out, out
     assert took < 120, f"{took:.0f}s from the fault to the session's end\n{out}"
     # The engine is back for the next session (on the real socket): it sweeps what was left.
@@ -852,7 +830,9 @@ def test_build_secrets_on_the_classic_builder_say_they_need_buildkit(
 ) -> None:
     monkeypatch.setenv("MY_TOKEN", "x-1234")
     app.dockerfile(SECRET_DOCKERFILE)
-    pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest("--dockapp-builder=classic", "--dockapp-secret=token=MY_TOKEN")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*build secrets (token) need BuildKit, and the builder in use is classic*"])
+    expect_error(
+        pytester,
+        "--dockapp-builder=classic",
+        "--dockapp-secret=token=MY_TOKEN",
+        lines=["*build secrets (token) need BuildKit, and the builder in use is classic*"],
+    )
