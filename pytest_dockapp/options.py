@@ -301,6 +301,30 @@ def resolve(config: pytest.Config) -> Settings:
     return Settings(**values, from_cli=from_cli)
 
 
+def check_ini_keys(config: pytest.Config, strict: bool) -> None:
+    """A misspelled ``dockapp_*`` ini key would leave its setting at the default, with only pytest's
+    generic warning: name the key it most likely means, and
+    make it an error under ``--dockapp-strict``."""
+    import difflib
+
+    # pytest's own check (a private method since pytest 6, still there in 9); config.inicfg, its
+    # older source, is deprecated in pytest 9.
+    unknown = getattr(config, "_get_unknown_ini_keys", None)
+    keys: set[str] = unknown() if unknown else set(config.inicfg) - set(config._parser._inidict)
+    ours = [s.dest for s in SETTINGS if s.ini]
+    for key in sorted(keys):
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.75)
+        if not close and not key.startswith("dockapp"):
+            continue
+        guess = f"did you mean {close[0]}?" if close else "the dockapp keys are listed by pytest --help"
+        message = f"unknown ini key {key!r}: {guess} (the setting keeps its default)"
+        if strict:
+            raise pytest.UsageError(f"dockapp: {message}")
+        from .errors import DockappWarning
+
+        config.issue_config_time_warning(DockappWarning(message), stacklevel=2)
+
+
 def markdown_table() -> str:
     """The README's settings table."""
     rows = ["| setting | command line | ini key | conftest fixture | default |", "|---|---|---|---|---|"]

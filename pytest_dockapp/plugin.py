@@ -11,7 +11,7 @@ import pytest
 
 from .distributed import XdistController, xdist_loaded
 from .lint_items import LintCollector
-from .options import add_options, resolve
+from .options import add_options, check_ini_keys, resolve
 from .plugin_state import STATE, PluginState
 from .signals import TerminationGuard  # standard library only: cheap to load with the plugin
 
@@ -33,6 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "target=None, strict=False): fail when a rebuild after `change` misses the layer cache unexpectedly",
     )
     state = config.stash[STATE] = PluginState(config, resolve(config))
+    check_ini_keys(config, state.settings.strict)
     if config.getoption("dockapp_lint"):
         config.pluginmanager.register(LintCollector(), "dockapp-lint")
     if xdist_loaded(config) and not hasattr(config, "workerinput"):

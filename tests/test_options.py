@@ -120,3 +120,15 @@ def test_the_public_surface_is_one_list() -> None:
     assert pytest_dockapp.PortError is errors.PortError and issubclass(
         pytest_dockapp.PortError, pytest_dockapp.DockappError
     )
+
+
+def test_a_misspelled_ini_key_names_the_likely_one_and_fails_under_strict(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ndockap_timeout = 5\ntimeout = 3\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*unknown ini key 'dockap_timeout': did you mean dockapp_timeout?*"])
+    result.stdout.no_fnmatch_line("*unknown ini key 'timeout'*")  # another plugin's key: not ours to judge
+    strict = pytester.runpytest("--dockapp-strict")
+    assert strict.ret == pytest.ExitCode.USAGE_ERROR
+    strict.stderr.fnmatch_lines(["*dockapp: unknown ini key 'dockap_timeout': did you mean dockapp_timeout?*"])
