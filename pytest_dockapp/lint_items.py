@@ -1,20 +1,18 @@
-"""``--dockapp-lint``: Dockerfiles collected as test items."""
+"""``--dockapp-lint`` and ``--dockapp-lint-only``: Dockerfiles collected as test items."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from .plugin_state import state_of
 
-if TYPE_CHECKING:
-    pass
-
 
 class LintCollector:
-    """Registered only under ``--dockapp-lint``: a hook per collected file costs time on big trees."""
+    """Registered only under ``--dockapp-lint`` or ``--dockapp-lint-only``: a hook per collected file
+    costs time on big trees."""
 
     @staticmethod
     def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -30,6 +28,11 @@ class LintCollector:
         path = (settings.context / (settings.dockerfile or "Dockerfile")).resolve()
         if path.is_file() and not any(getattr(i, "path", None) == path for i in items):
             items.append(DockerfileLintItem.from_parent(session, name=f"{path.name}::dockapp-lint", path=path))
+        if settings.lint_only:
+            others = [i for i in items if not isinstance(i, DockerfileLintItem)]
+            if others:
+                config.hook.pytest_deselected(items=others)
+                items[:] = [i for i in items if isinstance(i, DockerfileLintItem)]
 
 
 class DockerfileLintItem(pytest.Item):

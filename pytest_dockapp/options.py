@@ -204,6 +204,13 @@ SETTINGS: list[Setting] = [
         "sweep_kept", "the sweep also removes other sessions' --dockapp-keep containers", False, kind="flag", ini=False
     ),
     Setting("lint", "also check Dockerfiles for cache-hostile layer order", False, kind="flag", ini=False),
+    Setting(
+        "lint_only",
+        "only check Dockerfiles: every other test is deselected, nothing is built (no engine needed)",
+        False,
+        kind="flag",
+        ini=False,
+    ),
 ]
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -234,6 +241,7 @@ class Settings:
     remove_images: bool = False
     sweep_kept: bool = False
     lint: bool = False
+    lint_only: bool = False
     #: What the command line gave, by setting: it wins over a conftest.py fixture override.
     from_cli: dict[str, Any] = field(default_factory=dict)
 

@@ -34,7 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     state = config.stash[STATE] = PluginState(config, resolve(config))
     check_ini_keys(config, state.settings.strict)
-    if config.getoption("dockapp_lint"):
+    if state.settings.lint or state.settings.lint_only:
         config.pluginmanager.register(LintCollector(), "dockapp-lint")
     if xdist_loaded(config) and not hasattr(config, "workerinput"):
         config.pluginmanager.register(XdistController(state), "dockapp-xdist-controller")

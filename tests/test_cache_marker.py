@@ -383,3 +383,15 @@ def test_onbuild_parent_edit_is_explained_by_its_trigger(app: App, docker_client
         result.stdout.no_fnmatch_line("*was the cache pruned*")
     finally:
         docker_client.api.remove_image(parent, force=True)
+
+
+def test_lint_only_checks_dockerfiles_and_runs_no_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.path.joinpath("Dockerfile").write_text(TUTORIAL_BAD.replace("{BUSYBOX}", "scratch").lstrip())
+    pytester.makepyfile("def test_needs_the_app(dockapp):\n    raise AssertionError('must not run')\n")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # lint-only needs no engine
+    result = pytester.runpytest_subprocess("--dockapp-lint-only", "--dockapp-strict")
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*Dockerfile:6: `RUN npm install` comes after `COPY . /app`*"])
+    result.stdout.no_fnmatch_line("dockapp: engine*")
