@@ -861,6 +861,11 @@ def _buildkit(
         return iidfile.read_text().strip() if iidfile.exists() else ""
 
 
+def _from_variables(base: str) -> list[str]:
+    """The variables a FROM's image is spelled with (``${BASE_IMAGE}`` gives ``BASE_IMAGE``)."""
+    return [m.group(1) or m.group(2) for m in re.finditer(r"\$\{(\w+)[^}]*\}|\$(\w+)", base)]
+
+
 def secret_value(sid: str, source: str) -> str:
     """The value of build secret ``sid``: the file ``source``, else the environment variable."""
     path = Path(source).expanduser()
@@ -908,13 +913,24 @@ def _build_failure(
     failed = next((s for s in record.steps if s.failed), None)
     if missing and (failed is None or failed.keyword == "FROM"):
         stage, image = missing[0]
+        passed = [name for name in _from_variables(stage.base) if name in args]
+        if passed:
+            # The user already chose the base through a build arg: telling them to pass one is no help.
+            hint = (
+                f"the build arg {passed[0]}={args[passed[0]]} names an image this engine does not have: "
+                "build or load it there (docker build / docker load / docker import), or pass another local image"
+            )
+        else:
+            hint = (
+                "build or load the base locally (docker build / docker load / docker import), "
+                "or make the Dockerfile take `ARG BASE_IMAGE=...` before `FROM ${BASE_IMAGE}` and pass "
+                "--dockapp-build-arg BASE_IMAGE=<a local image>"
+            )
         return BaseImageUnavailableError(
             f"base image {image!r} (FROM at {df.path}:{stage.line}) is not on the engine and could not be pulled",
             evidence=tail(record.log, 8),
             evidence_title="build output",
-            hint="build or load the base locally (docker build / docker load / docker import), "
-            "or make the Dockerfile take `ARG BASE_IMAGE=...` before `FROM ${BASE_IMAGE}` and pass "
-            "--dockapp-build-arg BASE_IMAGE=<a local image>",
+            hint=hint,
         )
     step = failed or (record.steps[-1] if record.steps else None)
     if step is not None:

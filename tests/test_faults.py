@@ -63,6 +63,22 @@ def test_a_missing_base_image_names_the_build_arg_to_pass(
     )
 
 
+def test_a_missing_base_image_passed_as_a_build_arg_is_not_told_to_pass_it(
+    app: App, pytester: pytest.Pytester, builder_args: list[str]
+) -> None:
+    app.dockerfile("ARG BASE_IMAGE=node:20-slim\nFROM ${BASE_IMAGE}\nEXPOSE 80\n")
+    result = expect_error(
+        pytester,
+        *builder_args,
+        "--dockapp-build-arg=BASE_IMAGE=dockapp-test/not-a-base:2",
+        lines=[
+            "*base image 'dockapp-test/not-a-base:2' (FROM at *Dockerfile:2) is not on the engine*",
+            "*hint: the build arg BASE_IMAGE=dockapp-test/not-a-base:2 names an image this engine does not have*",
+        ],
+    )
+    result.stdout.no_fnmatch_line("*and pass --dockapp-build-arg BASE_IMAGE=*")
+
+
 # 11. a fixed host port that is taken
 
 
