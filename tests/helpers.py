@@ -17,7 +17,7 @@ import pytest
 
 from pytest_dockapp import cleanup
 from pytest_dockapp.endpoint import resolve_endpoint
-from pytest_dockapp.engine import cli_capabilities
+from pytest_dockapp.engine import cli_info
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "dockapp-test/busybox:1"
@@ -44,7 +44,7 @@ def strict(config: pytest.Config) -> bool:
 def find_buildkit_cli() -> str | None:
     """A docker CLI that can run BuildKit builds here, if any."""
     for candidate in (shutil.which("docker"), "/usr/bin/docker", "/usr/local/bin/docker"):
-        if candidate and os.path.exists(candidate) and cli_capabilities(candidate)[0]:
+        if candidate and os.path.exists(candidate) and cli_info(candidate).buildkit:
             return candidate
     return None
 

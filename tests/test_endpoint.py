@@ -87,3 +87,43 @@ def test_podman_tags_are_matched_without_their_registry_prefix() -> None:
     assert normalize_tag("localhost/pytest-dockapp/app:1") == "pytest-dockapp/app:1"
     assert normalize_tag("pytest-dockapp/app:1") == "pytest-dockapp/app:1"
     assert normalize_tag("docker.io/busybox:1") == "docker.io/busybox:1"
+
+
+def fake_cli(folder: Path, version: str, buildx: str = "") -> Path:
+    """A ``docker`` that answers only the two questions the builder choice asks."""
+    folder.mkdir()
+    cli = folder / "docker"
+    buildx_answer = f'echo "github.com/docker/buildx v{buildx} abc"; exit 0' if buildx else "exit 1"
+    cli.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = version ]; then echo {version}; exit 0; fi\n'
+        f'if [ "$1" = buildx ]; then {buildx_answer}; fi\n'
+        "exit 1\n"
+    )
+    cli.chmod(0o755)
+    return cli
+
+
+def test_auto_finds_buildkit_in_any_docker_on_path_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen here: docker on PATH is 28 without buildx, /usr/bin/docker 20.10 drives BuildKit; auto
+    used to build classic (47 s for the example app, against 22 s)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    new = fake_cli(tmp_path / "new", "28.2.2")
+    old = fake_cli(tmp_path / "old", "20.10.24")
+    monkeypatch.setenv("PATH", f"{new.parent}:{old.parent}")
+    builder = resolve_builder("auto")
+    assert (builder.name, builder.cli, builder.buildx) == ("buildkit", str(old), False)
+    assert builder.describe() == (
+        f"buildkit ({old} 20.10.24 via DOCKER_BUILDKIT=1, --progress=plain); picked over the first docker on "
+        f"PATH: {new} 28.2.2 has no buildx and no built-in BuildKit client"
+    )
+    monkeypatch.setenv("PATH", str(new.parent))
+    assert resolve_builder("auto").describe() == "classic (engine API); no docker CLI here can drive BuildKit"
+    with pytest.raises(ConfigurationError, match="no docker CLI here can run it"):
+        resolve_builder("buildkit")
+    with_buildx = fake_cli(tmp_path / "bx", "28.2.2", buildx="0.12.1")
+    assert resolve_builder("auto", str(with_buildx)).describe() == (
+        f"buildkit ({with_buildx} 28.2.2 via buildx, --progress=rawjson)"
+    )
