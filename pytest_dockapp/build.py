@@ -194,11 +194,12 @@ class BuildRecord:
 
 @dataclass(frozen=True)
 class BuildEvent:
-    """A step started: for progress display."""
+    """For progress display: a step started (``output`` empty), or the running step printed a line."""
 
     text: str
     position: str
     elapsed: float
+    output: str = ""
 
 
 ProgressCallback = Callable[[BuildEvent], None]
@@ -322,8 +323,15 @@ class ClassicParser:
     output can say "Using cache" too (pip prints "Using cached ...").
     """
 
-    def __init__(self, dockerfile: Dockerfile, target: str | None = None, on_event: ProgressCallback | None = None):
+    def __init__(
+        self,
+        dockerfile: Dockerfile,
+        target: str | None = None,
+        on_event: ProgressCallback | None = None,
+        hidden_steps: int = 0,
+    ):
         self.mapper = StepMapper(dockerfile, target)
+        self.hidden_steps = hidden_steps  # the LABEL steps the engine appends, one per build label
         self.steps: list[BuildStep] = []
         self.log: list[str] = []
         self.image_id = ""
@@ -368,7 +376,8 @@ class ClassicParser:
             if m:
                 number, total, text = int(m.group(1)), m.group(2), m.group(3).strip()
                 ins = self.mapper.classic(number, text)
-                position = f"{number}/{total}"
+                # "8/9" for the last step of eight, when the ninth is our label: count the user's steps.
+                position = f"{number}/{max(number, int(total) - self.hidden_steps)}"
             else:
                 assert p is not None
                 stage_no = int(p.group(1)) if p.group(1) else None
@@ -400,6 +409,8 @@ class ClassicParser:
                 step.cached = True
         elif not (_CLASSIC_META.match(line) or _PODMAN_META.match(line) or line.startswith("Successfully built")):
             step.output.append(line)
+            if self._on_event:
+                self._on_event(BuildEvent(step.text, "", time.perf_counter() - self._started, output=line))
 
     def _add(self, step: BuildStep, now: float) -> None:
         ins = step.instruction
@@ -474,6 +485,10 @@ class _VertexFolder:
             self._on_event(BuildEvent(step.text, where, time.perf_counter() - self._started))
         return step
 
+    def printed(self, step: BuildStep, line: str) -> None:
+        if self._on_event and line.strip():
+            self._on_event(BuildEvent(step.text, "", time.perf_counter() - self._started, output=line))
+
     def result(self) -> list[BuildStep]:
         """Steps in build order; an instruction BuildKit merged with an identical one (same
         vertex digest, e.g. the same WORKDIR on the same base in two stages) shows cached=None."""
@@ -534,6 +549,7 @@ class PlainParser(_VertexFolder):
         out = _PLAIN_OUTPUT.match(rest)
         if out:
             step.output.append(out.group(1))
+            self.printed(step, out.group(1))
 
     def finish(self) -> None:
         pass
@@ -573,6 +589,8 @@ class RawJsonParser(_VertexFolder):
             self.log.extend(data.splitlines())
             if step is not None:
                 step.output.extend(data.splitlines())
+                for text in data.splitlines()[-1:]:
+                    self.printed(step, text)
 
     def finish(self) -> None:
         pass
@@ -660,7 +678,7 @@ def build_image(
     start = time.perf_counter()
     parser: ClassicParser | PlainParser | RawJsonParser
     if builder.name == "classic":
-        parser = ClassicParser(df, target, on_event)
+        parser = ClassicParser(df, target, on_event, hidden_steps=len(labels or {}))
         _classic(client, ctx, df_path, args, target, tag, labels or {}, parser)
         image_id = parser.image_id
     else:

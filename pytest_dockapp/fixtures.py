@@ -56,8 +56,10 @@ def _build(
     except DockappError as exc:
         state.progress.done("dockapp: build failed")
         fail_on(exc, state)
-    if image.record is not None and not image.record.reused:
-        state.progress.done(f"dockapp: built {image.tag} in {image.record.summary()}")
+    except BaseException:
+        state.progress.done("dockapp: build interrupted")
+        raise
+    state.progress.done(f"dockapp: built {image.tag} in {image.record.summary()}" if image.record else "")
     return image
 
 
