@@ -483,13 +483,36 @@ def _until(check: Any, proc: subprocess.Popen[str], seconds: float = 120) -> Non
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("phase", ["build", "readiness", "test body", "teardown"])
+def _building(token: str) -> bool:
+    """Whether a BuildKit RUN step carrying ``token`` runs: BuildKit's steps are processes of its
+    own, not containers the engine lists (so on this machine's engines only)."""
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if token.encode() in fh.read():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.parametrize(
+    "phase",
+    [
+        "build",
+        pytest.param("buildkit build", marks=pytest.mark.local_engine("watches the build's processes in /proc")),
+        "readiness",
+        "test body",
+        "teardown",
+    ],
+)
 @pytest.mark.remote
 def test_sigterm_tears_down_and_exits_with_the_signal(
-    app: App, pytester: pytest.Pytester, docker_client: Any, phase: str
+    app: App, pytester: pytest.Pytester, docker_client: Any, phase: str, buildkit_cli: str
 ) -> None:
-    if phase == "build":
-        app.httpd(extra=f"RUN sleep 30 # {uuid.uuid4().hex}")
+    token = uuid.uuid4().hex
+    if "build" in phase:
+        app.httpd(extra=f"RUN sleep 30 && echo {token}")  # the shell waits, so its command line shows the token
     elif phase == "readiness":
         app.httpd(cmd='["sleep", "60"]')
     else:
@@ -504,15 +527,18 @@ def test_sigterm_tears_down_and_exits_with_the_signal(
             time.sleep(0 if {phase == "teardown"} else 60)
         """
     )
+    builder = f"--dockapp-builder=buildkit --dockapp-docker-cli={buildkit_cli}" if "buildkit" in phase else ""
     proc = subprocess.Popen(
-        pytest_cmd("test_hold.py", "--dockapp-timeout=120"),
+        pytest_cmd("test_hold.py", "--dockapp-timeout=120", *(builder.split() or ["--dockapp-builder=classic"])),
         cwd=pytester.path,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    if phase == "build":
-        _until(lambda: any("sleep 30" in c.get("Command", "") for c in docker_client.api.containers()), proc)
+    if phase == "build":  # classic: each RUN step is a container the engine lists
+        _until(lambda: any(token in c.get("Command", "") for c in docker_client.api.containers()), proc)
+    elif phase == "buildkit build":
+        _until(lambda: _building(token), proc)
     elif phase == "readiness":
         _until(lambda: bool(_own(docker_client, proc.pid)), proc)
         time.sleep(0.5)
@@ -761,6 +787,7 @@ def test_app(dockapp):
 """
 
 
+@pytest.mark.local_engine("its proxy forwards to this machine's engine socket")
 @pytest.mark.parametrize(
     ("fault", "phase"),
     [("lost", "readiness"), ("lost", "test body"), ("frozen", "readiness"), ("frozen", "test body")],

@@ -140,7 +140,7 @@ def test_an_image_with_neither_cat_nor_sh_falls_back_to_a_held_connection(docker
         image.id,
         ["/httpd", "-f", "-p", "80"],
         detach=True,
-        ports={"80/tcp": ("127.0.0.1", None)},
+        ports={"80/tcp": (ENDPOINT.publish_address(), None)},
         labels={"dockapp-test": "probe"},
     )
     try:
