@@ -57,7 +57,8 @@ def remote_host(pytestconfig: pytest.Config) -> str:
     """The second engine's DOCKER_HOST (.ci/remote-engine start), with the busybox base loaded."""
     host = os.environ.get("DOCKAPP_TEST_REMOTE_HOST")
     if not host:
-        if strict(pytestconfig):
+        # CI must run them (.ci/run starts the second engine); a newcomer's first run need not.
+        if os.environ.get("CI"):
             pytest.fail("DOCKAPP_TEST_REMOTE_HOST is not set: .ci/run starts a second engine", pytrace=False)
         pytest.skip("no second engine: run .ci/remote-engine start and set DOCKAPP_TEST_REMOTE_HOST")
     remote = {**os.environ, "DOCKER_HOST": host}
