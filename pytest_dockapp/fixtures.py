@@ -60,6 +60,8 @@ def _build(
         state.progress.done("dockapp: build interrupted")
         raise
     state.progress.done(f"dockapp: built {image.tag} in {image.record.summary()}" if image.record else "")
+    if image.record is not None:
+        state.config.hook.pytest_dockapp_build_finished(config=state.config, record=image.record)
     return image
 
 
@@ -113,12 +115,19 @@ def _start_raising(state: PluginState, image: Image | str, **kwargs: Any) -> Doc
     with known secrets masked in it."""
     from .errors import DockappError
 
+    apps = state.apps()
     try:
-        return state.apps().start(image, **kwargs)
+        app = apps.start(image, **kwargs)
     except DockappError as exc:
         raise type(exc)(
             state.mask(exc.what), evidence=state.mask(exc.evidence), evidence_title=exc.evidence_title, hint=exc.hint
         ) from None
+    try:
+        state.config.hook.pytest_dockapp_app_ready(config=state.config, app=app)
+    except BaseException:
+        apps.stop(app)
+        raise
+    return app
 
 
 def _release(state: PluginState, session: pytest.Session, app: DockApp, scope: str = "session") -> None:

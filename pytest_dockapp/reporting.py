@@ -3,6 +3,7 @@ session's end (teardown) and the terminal summary."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,11 +48,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    if call.when == "call":
+        _record_properties(item)  # before the report is made: it copies the item's properties
     report = yield
     if report.failed and report.when in ("setup", "call"):
         apps: list[DockApp] = item.stash.get(ITEM_APPS, [])
-        funcargs = getattr(item, "funcargs", {})
-        from_fixtures = [v for v in funcargs.values() if type(v).__name__ == "DockApp"]
+        from_fixtures = _fixture_apps(item)
         since = item.stash.get(ITEM_START, None)
         state = state_of(item.config)
         state.failed_apps.update(a.name for a in from_fixtures + apps)
@@ -76,6 +78,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 report.sections.insert(len(report.sections) if first is None else first, section)
             report.sections.append((f"dockapp logs: {app.name} (since this test started)", text))
     return report
+
+
+def _fixture_apps(item: pytest.Item) -> list[DockApp]:
+    """The apps among the test's fixture values (the app module is loaded if there are any)."""
+    module = sys.modules.get("pytest_dockapp.app")
+    values = getattr(item, "funcargs", {}).values()
+    return [v for v in values if module is not None and isinstance(v, module.DockApp)]
+
+
+def _record_properties(item: pytest.Item) -> None:
+    """Per app the test used: its image ID, its build's cache use and its time to ready, as
+    JUnit XML properties (``dockapp.<app>.<what>``) that CI dashboards show."""
+    apps = _fixture_apps(item)
+    apps += [a for a in item.stash.get(ITEM_APPS, []) if a not in apps]
+    for app in apps:
+        props = [("image", str(app.container.attrs.get("Image") or app.image))]
+        record = app.build
+        if record is not None:
+            cached = sum(1 for s in record.steps if s.cached)
+            counted = sum(1 for s in record.steps if s.cached is not None)
+            props.append(("build", f"{cached}/{counted} steps cached" + (", reused" if record.reused else "")))
+        props.append(("ready_seconds", f"{app.readiness.seconds:.3f}"))
+        item.user_properties += [(f"dockapp.{app.name}.{key}", value) for key, value in props]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

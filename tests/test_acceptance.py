@@ -334,3 +334,42 @@ def test_an_unchanged_build_is_reused_and_any_change_rebuilds(app: App, pytester
     pytester.runpytest("--dockapp-build-arg", "UNUSED=1").stdout.fnmatch_lines([built])  # build args count
     pytester.runpytest("--dockapp-rebuild").stdout.fnmatch_lines([built])
     pytester.runpytest().stdout.fnmatch_lines([reused])
+
+
+def test_junit_xml_carries_each_apps_image_build_and_time_to_ready(app: App, pytester: pytest.Pytester) -> None:
+    import xml.etree.ElementTree as ET
+
+    app.httpd()
+    pytester.makepyfile(HOME_TEST)
+    pytester.runpytest("--junitxml=out.xml").assert_outcomes(passed=1)
+    props = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "out.xml").iter("property")}
+    image = next(v for k, v in props.items() if k.endswith(".image"))
+    assert image.startswith("sha256:")
+    assert re.fullmatch(r"\d+/\d+ steps cached", next(v for k, v in props.items() if k.endswith(".build")))
+    assert float(next(v for k, v in props.items() if k.endswith(".ready_seconds"))) > 0
+
+
+def test_other_plugins_hear_of_builds_and_ready_apps_through_hooks(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makeconftest(
+        """
+        def pytest_dockapp_build_finished(config, record):
+            open("heard", "a").write(f"built {record.builder} {len(record.steps)} reused={record.reused}\\n")
+
+        def pytest_dockapp_app_ready(config, app):
+            open("heard", "a").write(f"ready {app.get('/').text.strip()}\\n")
+        """
+    )
+    pytester.makepyfile(HOME_TEST)
+    pytester.runpytest("--dockapp-builder=classic").assert_outcomes(passed=1)
+    assert (pytester.path / "heard").read_text().splitlines() == ["built classic 4 reused=False", "ready hello"]
+
+
+def test_a_failing_app_ready_hook_fails_the_fixture_and_removes_the_app(app: App, pytester: pytest.Pytester) -> None:
+    """The app fixture's no_leaks check proves the removal."""
+    app.httpd()
+    pytester.makeconftest("def pytest_dockapp_app_ready(app):\n    raise RuntimeError('seed data refused')\n")
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*RuntimeError: seed data refused*"])
