@@ -1,0 +1,115 @@
+"""The README's examples run, and its CI recipes are the files in examples/ci (parsed here)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import pytest
+import yaml
+
+from .helpers import ROOT, App
+
+README = (ROOT / "README.md").read_text()
+
+
+def block(first_line: str, lang: str = "python") -> str:
+    """The README's fenced ``lang`` block whose first line is ``first_line``."""
+    for body in re.findall(rf"```{lang}\n(.*?)```", README, re.DOTALL):
+        if body.splitlines()[0].strip() == first_line:
+            return str(body)
+    raise AssertionError(f"no {lang} block starting with {first_line!r} in the README")
+
+
+HEALTHY_HTTPD = """
+FROM {BUSYBOX}
+RUN mkdir -p /www/health && echo hello > /www/index.html && echo ok > /www/health/index.html
+EXPOSE 80
+CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+"""
+
+
+def test_the_first_example_passes_as_written(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile(HEALTHY_HTTPD)
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "tests" / "test_app.py").write_text(
+        block("# tests/test_app.py, next to your Dockerfile at the repository root")
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_the_hooks_example_runs_as_a_conftest(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile(HEALTHY_HTTPD)
+    pytester.makeconftest(block("def pytest_dockapp_build_finished(config, record):"))
+    pytester.makepyfile("def test_home(dockapp):\n    assert dockapp.get('/').text == 'hello\\n'\n")
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_the_subproject_conftest_example_configures_its_app(app: App, pytester: pytest.Pytester) -> None:
+    api = pytester.path / "services" / "api"
+    app.dockerfile(HEALTHY_HTTPD, path=api)
+    (pytester.path / "conftest.py").write_text(block("# conftest.py of a subproject"))
+    pytester.makepyfile("def test_health(dockapp):\n    assert dockapp.get('/health/').text == 'ok\\n'\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*ready in *s (GET /health)*"])
+
+
+def test_the_library_example_runs_without_pytest(app: App, pytester: pytest.Pytester) -> None:
+    """As written but for the base image: node:20 cannot be pulled here, so a local one stands in."""
+    app.dockerfile(
+        """
+        ARG BASE_IMAGE
+        FROM ${BASE_IMAGE}
+        RUN mkdir -p /www/health && echo from-the-library > /www/index.html && echo ok > /www/health/index.html
+        EXPOSE 80
+        CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+        """,
+        path=pytester.path / "my-app",
+    )
+    code = block("from pytest_dockapp import BuildSpec, AppManager").replace('"node:20"', repr(app.busybox))
+    result = pytester.run(sys.executable, "-c", code)
+    assert result.ret == 0, result.stderr.str()
+    assert result.stdout.str().strip() == "from-the-library"
+
+
+@pytest.mark.parametrize("name", ["github-actions.yml", "gitlab-ci.yml"])
+def test_the_readme_ci_recipes_are_the_example_files(name: str) -> None:
+    text = (ROOT / "examples" / "ci" / name).read_text()
+    assert block(text.splitlines()[0], "yaml") == text
+    yaml.safe_load(text)
+
+
+def test_the_github_recipe_builds_then_tests_the_cached_build() -> None:
+    steps = yaml.safe_load((ROOT / "examples" / "ci" / "github-actions.yml").read_text())["jobs"]["integration"][
+        "steps"
+    ]
+    runs = [s.get("run", "") for s in steps]
+    build = next(i for i, r in enumerate(runs) if r.startswith("docker build "))
+    test = next(i for i, r in enumerate(runs) if r.startswith("pytest "))
+    assert build < test and "--dockapp-expect-cached" in runs[test] and "--dockapp-strict" in runs[test]
+
+
+def test_the_gitlab_recipe_reaches_the_dind_service_where_ports_are_published() -> None:
+    from pytest_dockapp.endpoint import resolve_endpoint
+
+    job = yaml.safe_load((ROOT / "examples" / "ci" / "gitlab-ci.yml").read_text())["integration"]
+    assert {"name": "docker:dind", "alias": "docker"} in job["services"]
+    endpoint = resolve_endpoint({"DOCKER_HOST": job["variables"]["DOCKER_HOST"]})
+    assert (endpoint.is_local, endpoint.connect_host()) == (False, "docker")
+    assert any(line.startswith("pytest --dockapp-strict") for line in job["script"])
+
+
+def test_this_repositorys_workflow_runs_the_ci_entry_point() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    runs = [s.get("run", "") for s in workflow["jobs"]["suite"]["steps"]]
+    assert any(r.endswith("bash .ci/run") for r in runs)
+    assert os.access(ROOT / ".ci" / "run", os.X_OK)
+    assert workflow["jobs"]["suite"]["timeout-minutes"] == 90
+
+
+def test_the_readme_test_command_is_the_one_ci_runs() -> None:
+    quickstart = block("pip install -e '.[test]'", "sh").splitlines()
+    assert quickstart == ["pip install -e '.[test]'", "pytest --dockapp-strict"]
+    assert re.search(r"^pytest --dockapp-strict$", (ROOT / ".ci" / "run").read_text(), re.M)
