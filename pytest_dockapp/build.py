@@ -9,6 +9,7 @@ output is parsed. Both produce the same :class:`BuildRecord`: one
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -865,6 +866,7 @@ def _buildkit(
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace", bufsize=1
         )
+        RUNNING_BUILDS.add(proc)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -874,6 +876,7 @@ def _buildkit(
             raise
         finally:
             code = proc.wait()
+            RUNNING_BUILDS.discard(proc)
         if code != 0 and parser.error is None:
             parser.error = f"docker build exited with code {code}"
         return iidfile.read_text().strip() if iidfile.exists() else ""
@@ -882,6 +885,18 @@ def _buildkit(
 def _from_variables(base: str) -> list[str]:
     """The variables a FROM's image is spelled with (``${BASE_IMAGE}`` gives ``BASE_IMAGE``)."""
     return [m.group(1) or m.group(2) for m in re.finditer(r"\$\{(\w+)[^}]*\}|\$(\w+)", base)]
+
+
+#: The BuildKit CLI builds running now, in any thread: a build started in the background (at
+#: collection) is stopped by :func:`stop_running_builds` when the session ends early.
+RUNNING_BUILDS: set[subprocess.Popen[str]] = set()
+
+
+def stop_running_builds() -> None:
+    """Terminate every BuildKit CLI build still running (the session is ending)."""
+    for proc in list(RUNNING_BUILDS):
+        with contextlib.suppress(OSError):
+            proc.terminate()
 
 
 def secret_value(sid: str, source: str) -> str:

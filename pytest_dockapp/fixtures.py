@@ -49,10 +49,11 @@ def _build(
     from .errors import DockappError
     from .manager import BuildSpec
 
-    apps = state.apps()
     args = {**build_args, **state.settings.from_cli.get("build_args", {})}
+    spec = BuildSpec(context, dockerfile, args, target, {**state.settings.secrets, **(secrets or {})})
     try:
-        image = apps.image(BuildSpec(context, dockerfile, args, target, {**state.settings.secrets, **(secrets or {})}))
+        early = state.prestart.take_image(spec) if state.prestart is not None else None
+        image = early or state.apps().image(spec)
     except DockappError as exc:
         state.progress.done("dockapp: build failed")
         fail_on(exc, state)
@@ -79,7 +80,8 @@ def dockapp_image(
     state = state_of(pytestconfig)
     if state.settings.image:
         try:
-            return state.apps().prebuilt(state.settings.image)
+            early = state.prestart.take_image(None) if state.prestart is not None else None
+            return early or state.apps().prebuilt(state.settings.image)
         except DockappError as exc:
             fail_on(exc, state)
     image = _build(
@@ -115,9 +117,10 @@ def _start_raising(state: PluginState, image: Image | str, **kwargs: Any) -> Doc
     with known secrets masked in it."""
     from .errors import DockappError
 
-    apps = state.apps()
     try:
-        app = apps.start(image, **kwargs)
+        early = state.prestart.take_app(image, kwargs) if state.prestart is not None else None  # type: ignore[arg-type]
+        apps = state.apps()
+        app = early or apps.start(image, **kwargs)
     except DockappError as exc:
         raise type(exc)(
             state.mask(exc.what), evidence=state.mask(exc.evidence), evidence_title=exc.evidence_title, hint=exc.hint
@@ -158,14 +161,13 @@ def dockapp(
 ) -> Iterator[DockApp]:
     """The app from the configured Dockerfile, running and ready, shared by the session."""
     state = state_of(request.config)
-    app = _start(
-        state,
-        dockapp_image,
-        port=pick(state, "port", dockapp_port),
-        health_path=pick(state, "health_path", dockapp_health_path),
-        timeout=pick(state, "timeout", dockapp_timeout),
-        ready=pick(state, "ready", dockapp_ready),
-    )
+    kwargs = {
+        "port": pick(state, "port", dockapp_port),
+        "health_path": pick(state, "health_path", dockapp_health_path),
+        "timeout": pick(state, "timeout", dockapp_timeout),
+        "ready": pick(state, "ready", dockapp_ready),
+    }
+    app = _start(state, dockapp_image, **kwargs)
     yield app
     _release(state, request.session, app)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import cleanup
 from .app import AppRunner, DockApp
-from .build import BuildRecord, ProgressCallback, build_image, resolve_paths, secret_value
+from .build import BuildRecord, ProgressCallback, build_image, resolve_paths, secret_value, stop_running_builds
 from .build_reuse import BuildCache, fingerprint
 from .build_reuse import Entry as CacheEntry
 from .dockerfile import Dockerfile
@@ -141,6 +141,9 @@ class AppManager:
         self._closed: list[AppRunner] = []
         self._warned: set[str] = set()
         self.sweep_kept = False  # whether the sweep also takes other sessions' --dockapp-keep containers
+        #: Set by :meth:`close`: an app that a background thread finishes starting afterwards is
+        #: removed at once instead of being handed out.
+        self.closed = False
 
     @classmethod
     def connect(cls, *, sweep_age: float | None = cleanup.DEFAULT_SWEEP_AGE, **kwargs: Any) -> AppManager:
@@ -370,6 +373,9 @@ class AppManager:
             if runner.left_behind:
                 self.left_behind.append(runner.left_behind)
             raise
+        if self.closed:  # the session ended while this app was starting (in the background)
+            runner.close()
+            raise DockappError(f"{app.name} became ready after the session ended; it was removed")
         self.apps.append(AppStat(app.name, runner.image, app.readiness.seconds, app.readiness.checks))
         return app
 
@@ -405,6 +411,8 @@ class AppManager:
         timeout): what is left is in :attr:`left_behind`, and an :class:`EngineUnavailableError`
         is raised after everything else was tried.
         """
+        self.closed = True
+        stop_running_builds()  # a build started in the background, if the session ends before it does
         self.start_sweep()  # a session that started no app still sweeps
         if not self.engine_lost:
             _ = self.sweep_report  # never leave the sweep running past the session

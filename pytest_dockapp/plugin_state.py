@@ -3,6 +3,7 @@ what to report, and the helpers every fixture uses."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from .cache_check import CacheReport
     from .errors import DockappError
     from .manager import AppManager
+    from .prestart import Prestart
 
 from .options import Settings
 from .progress import Progress
@@ -33,13 +35,30 @@ class PluginState:
         self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps
         self.teardown_error: str | None = None
         self.progress = Progress(config)
+        self.prestart: Prestart | None = None  # the session image and app, started at collection
+        self._connecting = threading.Lock()
 
     def apps(self) -> AppManager:
-        """The session's manager; skips (or fails, in strict mode) without an engine."""
+        """The session's manager; skips (or fails, in strict mode) without an engine. Waits for
+        the early start first: the manager is not shared between threads."""
+        if self.prestart is not None and threading.current_thread() is threading.main_thread():
+            self.prestart.wait()
+        self.connect()
+        if self.error is not None:
+            if self.settings.strict:
+                pytest.fail(f"{self.error}\n(strict mode: no engine is an error)", pytrace=False)
+            pytest.skip(f"pytest-dockapp: {self.error.what} (use --dockapp-strict to make this an error)")
+        assert self._apps is not None
+        return self._apps
+
+    def connect(self) -> None:
+        """Connect once (from the main thread or the prestart's); a failure is kept in :attr:`error`."""
         from .errors import DockappError
         from .manager import AppManager
 
-        if self._apps is None and self.error is None:
+        with self._connecting:
+            if self._apps is not None or self.error is not None:
+                return
             s = self.settings
             try:
                 shared = getattr(self.config, "workerinput", {}).get("dockapp_shared_dir")
@@ -58,12 +77,6 @@ class PluginState:
                 self._apps.sweep_kept = s.sweep_kept
             except DockappError as exc:
                 self.error = exc
-        if self.error is not None:
-            if self.settings.strict:
-                pytest.fail(f"{self.error}\n(strict mode: no engine is an error)", pytrace=False)
-            pytest.skip(f"pytest-dockapp: {self.error.what} (use --dockapp-strict to make this an error)")
-        assert self._apps is not None
-        return self._apps
 
     @property
     def started(self) -> AppManager | None:

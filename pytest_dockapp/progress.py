@@ -40,6 +40,9 @@ class Progress:
         self._stop = threading.Event()
         self._fspath: object = None
         self._position = self._text = ""
+        #: False while a build runs in the background (started at collection) and nobody waits for
+        #: it: drawing then would write into a running test's output.
+        self.attached = True
 
     def __call__(self, event: BuildEvent) -> None:
         if self._reporter() is None or self.config.getoption("verbose") < 0:
@@ -65,10 +68,26 @@ class Progress:
                 if self._began is not None:
                     self._draw(time.perf_counter())
 
+    def settle(self) -> None:
+        """A background build ended before anyone waited for it: nothing to show live."""
+        with self._lock:
+            if self.attached:
+                return  # a fixture waits: its done() ends the display
+            self._stop.set()
+            self._ticker, self._began, self._step = None, None, ""
+            self.attached = True
+
+    def attach(self) -> None:
+        """A fixture waits for the background build: show it from now on."""
+        with self._lock:
+            self.attached = True
+            if self._began is not None:
+                self._draw(time.perf_counter())
+
     def _draw(self, now: float) -> None:
         """Called with the lock held."""
         assert self._began is not None
-        if now - self._began < self.threshold or not self._step:
+        if now - self._began < self.threshold or not self._step or not self.attached:
             return
         reporter = self._reporter()
         if reporter is None:
@@ -110,6 +129,7 @@ class Progress:
             self._ticker.join(timeout=1.0)
         with self._lock:
             self._ticker, self._began, self._step = None, None, ""
+            self.attached = True
             if not self.shown:
                 return
             self.shown = False

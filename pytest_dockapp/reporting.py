@@ -27,9 +27,9 @@ def pytest_report_collectionfinish(config: pytest.Config, items: Sequence[pytest
     if not any(_uses_dockapp(item) for item in items):
         return []
     state = state_of(config)
-    try:
-        apps = state.apps()
-    except (pytest.skip.Exception, pytest.fail.Exception):
+    state.connect()  # not apps(): that would wait for the early start, which runs meanwhile
+    apps = state.started
+    if apps is None:
         return [f"dockapp: no engine ({state.error.what if state.error else 'unreachable'})"]
     from .engine import engine_version
     from .errors import DockappError
