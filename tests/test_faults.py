@@ -348,6 +348,7 @@ def test_build_failure_shows_step_line_and_output(app: App, pytester: pytest.Pyt
     )
     expect_error(
         pytester,
+        "--dockapp-builder=classic",  # its own words: "returned a non-zero code"
         lines=[
             "*build failed at step 2 (*Dockerfile:2): RUN echo compiling-marker && exit 7*",
             "*returned a non-zero code: 7*",

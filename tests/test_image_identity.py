@@ -309,10 +309,10 @@ def test_reused_build_keeps_the_record_of_its_build(app: App, pytester: pytest.P
             print("REUSED", record.reused, record.built_at > 0)
         """
     )
-    first = pytester.runpytest("-s")
+    first = pytester.runpytest("-s", "--dockapp-builder=classic")  # classic: a step for EXPOSE and CMD too
     first.assert_outcomes(passed=1)
     first.stdout.fnmatch_lines(["*REUSED False True"])
-    second = pytester.runpytest("-s")
+    second = pytester.runpytest("-s", "--dockapp-builder=classic")
     second.assert_outcomes(passed=1)
     second.stdout.fnmatch_lines(["*REUSED True True", "reused pytest-dockapp/*: nothing it is built from changed*"])
     second.stdout.fnmatch_lines(["*step record from that build at *"])

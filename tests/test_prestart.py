@@ -1,0 +1,71 @@
+"""The session image and app start in the background once collection shows a test needs them."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import HOME_TEST, App
+
+WAIT_THEN_USE = """
+import time
+from datetime import datetime
+
+def test_first_needs_no_app():
+    time.sleep(2)
+    open("first-ended", "w").write(str(time.time()))
+
+def test_then_the_app(dockapp):
+    created = dockapp.container.attrs["Created"]  # RFC 3339, nanoseconds
+    when = datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00").timestamp()
+    assert when < float(open("first-ended").read()), "the app was created only when its test began"
+    assert dockapp.get("/").text == "hello\\n"
+"""
+
+
+@pytest.mark.remote
+def test_the_session_app_starts_while_earlier_tests_run(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(WAIT_THEN_USE)
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+
+
+def test_a_session_without_app_tests_reaches_no_engine(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.path.joinpath("Dockerfile").write_text("FROM scratch\n")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest("--dockapp-strict")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("dockapp: *")  # no header, no engine error
+
+
+def test_a_conftest_override_turns_the_early_start_off(app: App, pytester: pytest.Pytester) -> None:
+    """The override is known only when its fixture runs: starting the rootdir's image early would
+    build (and here fail on) what the test never asked for."""
+    app.dockerfile("FROM {BUSYBOX}\nRUN echo root-dockerfile-built && exit 9\n")
+    sub = pytester.mkdir("service")
+    app.dockerfile(
+        """
+        FROM {BUSYBOX}
+        RUN mkdir -p /www && echo hello > /www/index.html
+        EXPOSE 80
+        CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
+        """,
+        path=sub,
+    )
+    pytester.makeconftest(
+        "import pytest\n\n@pytest.fixture(scope='session')\ndef dockapp_context():\n    return 'service'\n"
+    )
+    pytester.makepyfile(HOME_TEST)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*root-dockerfile-built*")
+
+
+def test_an_early_build_failure_is_the_error_of_the_test_that_needs_it(app: App, pytester: pytest.Pytester) -> None:
+    app.dockerfile("FROM {BUSYBOX}\nRUN echo early-failure-marker && exit 7\nEXPOSE 80\n")
+    pytester.makepyfile("def test_plain():\n    pass\n\n\ndef test_app(dockapp):\n    pass\n")
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_app*", "*build failed at step 2*", "*early-failure-marker*"])
