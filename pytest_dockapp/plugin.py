@@ -7,8 +7,6 @@ that a pytest run that uses no dockapp fixture pays nothing for them.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from .distributed import XdistController, xdist_loaded
@@ -46,16 +44,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(LintCollector(), "dockapp-lint")
     if xdist_loaded(config) and not hasattr(config, "workerinput"):
         config.pluginmanager.register(XdistController(state), "dockapp-xdist-controller")
-    elif state.settings.image or (state.settings.context / (state.settings.dockerfile or "Dockerfile")).is_file():
-        # Likely to need the engine: import its client (0.1-0.2 s) while pytest collects.
-        threading.Thread(target=_import_engine_client, name="dockapp-import", daemon=True).start()
-
-
-def _import_engine_client() -> None:
-    import contextlib
-
-    with contextlib.suppress(Exception):  # the main thread's own import will say what is wrong
-        import pytest_dockapp.manager  # noqa: F401  (docker, requests, urllib3)
 
 
 @pytest.hookimpl(tryfirst=True)  # before the terminal reporter prints the header (it connects)

@@ -76,9 +76,13 @@ class App:
         return target
 
     def httpd(
-        self, extra: str = "", cmd: str = '["httpd", "-f", "-p", "80", "-h", "/www"]', expose: str = "EXPOSE 80"
+        self,
+        extra: str = "",
+        cmd: str = '["httpd", "-f", "-p", "80", "-h", "/www"]',
+        expose: str = "EXPOSE 80",
+        path: Path | None = None,
     ) -> Path:
-        """A busybox httpd that serves /www/index.html ("hello")."""
+        """A busybox httpd that serves /www/index.html ("hello"), in ``path`` (default: the project)."""
         return self.dockerfile(
             f"""
             FROM {{BUSYBOX}}
@@ -86,7 +90,8 @@ class App:
             {extra}
             {expose}
             CMD {cmd}
-            """
+            """,
+            path=path,
         )
 
 

@@ -44,16 +44,7 @@ def test_a_conftest_override_turns_the_early_start_off(app: App, pytester: pytes
     """The override is known only when its fixture runs: starting the rootdir's image early would
     build (and here fail on) what the test never asked for."""
     app.dockerfile("FROM {BUSYBOX}\nRUN echo root-dockerfile-built && exit 9\n")
-    sub = pytester.mkdir("service")
-    app.dockerfile(
-        """
-        FROM {BUSYBOX}
-        RUN mkdir -p /www && echo hello > /www/index.html
-        EXPOSE 80
-        CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
-        """,
-        path=sub,
-    )
+    app.httpd(path=pytester.mkdir("service"))
     pytester.makeconftest(
         "import pytest\n\n@pytest.fixture(scope='session')\ndef dockapp_context():\n    return 'service'\n"
     )
