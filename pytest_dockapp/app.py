@@ -264,94 +264,23 @@ class AppRunner:
 
     def start(self) -> DockApp:
         """Create, start and wait; on any failure (Ctrl-C too) the container is removed."""
-        import docker.errors
-
-        try:
-            attrs = self.client.api.inspect_image(self.image)
-        except docker.errors.ImageNotFound:
-            raise ContainerError(
-                f"image {self.display} is not on the engine (any more)",
-                hint="something removed it since it was built or named (docker rmi, a prune, another "
-                "session's cleanup); rerun, or build or load it again",
-            ) from None
-        exposed = [parse_port(p) for p in (attrs.get("Config") or {}).get("ExposedPorts") or {}]
-        main = self._main_port(exposed)
-        if main is None:
-            raise PortError(
-                f"image {self.display} EXPOSEs no TCP port, so there is nothing to wait for or connect to",
-                hint="add `EXPOSE <port>` to the Dockerfile, or set dockapp_port = <port> "
-                "(ini, --dockapp-port, or port= on dockapp_factory)",
-            )
-        publish = set(exposed) | {main}
-        ports: dict[str, Any] = {f"{p}/{proto}": (self.host_ip, self.host_ports.get(p)) for p, proto in sorted(publish)}
+        main, publish = self._ports()
         begin = time.perf_counter()
-        api = self.client.api
-        host_config = api.create_host_config(port_bindings=ports, privileged=False)
         try:
-            # The low-level calls: the SDK's containers.create() and reload() each add an inspect.
-            try:
-                created = api.create_container(
-                    self.image,
-                    command=self.command,
-                    name=self.name,
-                    detach=True,
-                    ports=[(p, proto) for p, proto in sorted(publish)],
-                    environment=self.env,
-                    labels=self.owner.labels("container"),
-                    host_config=host_config,
-                )
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409:
-                    raise ContainerError(
-                        f"cannot create container {self.name}: the name is taken",
-                        evidence=str(exc.explanation or exc),
-                        evidence_title="engine said",
-                        hint=f"choose another name= (or none: the plugin makes unique names), or remove the other "
-                        f"container (docker rm -f {self.name}) if it is a leftover",
-                    ) from None
-                raise
-            self.container_id = created["Id"]
-            if self.network is not None:
-                self.client.networks.get(_network_name(self.network)).connect(
-                    self.container_id, aliases=self.aliases or None
-                )
-            try:
-                api.start(self.container_id)
-            except docker.errors.APIError as exc:
-                text = str(exc.explanation or exc)
-                if "port is already allocated" in text or "address already in use" in text:
-                    raise PortError(
-                        f"cannot publish {self.name}'s ports: a fixed host port is already in use",
-                        evidence=text,
-                        evidence_title="engine said",
-                        hint="free that port, or let the plugin pick a random host port (drop host_ports)",
-                    ) from None
-                if "cannot assign requested address" in text:
-                    raise PortError(
-                        f"cannot publish {self.name}'s ports on {self.host_ip}: the engine's host has no such address",
-                        evidence=text,
-                        evidence_title="engine said",
-                        hint="set dockapp_host_ip to an address of the engine's host, or 0.0.0.0 (every address: "
-                        "reachable from its network); dockapp_connect_host says where to dial them from here",
-                    ) from None
-                raise ContainerError(
-                    f"container {self.name} from {self.display} failed to start",
-                    evidence=text,
-                    evidence_title="engine said",
-                    hint="check the image's CMD/ENTRYPOINT and the command= you passed",
-                ) from None
-            container = self.client.containers.prepare_model(api.inspect_container(self.container_id))
-            host = self.connect_host
-            host_map: dict[int, int] = {}
-            for key, bindings in (container.attrs["NetworkSettings"].get("Ports") or {}).items():
-                if bindings:
-                    host_map[int(key.split("/")[0])] = pick_binding(bindings, host)
+            self.container_id = self._create(publish)
+            self._run()
+            container = self.client.containers.prepare_model(self.client.api.inspect_container(self.container_id))
+            host_map = {
+                int(key.split("/")[0]): pick_binding(bindings, self.connect_host)
+                for key, bindings in (container.attrs["NetworkSettings"].get("Ports") or {}).items()
+                if bindings
+            }
             readiness = wait_ready(
                 self.client,
                 container.id,
-                host=host,
-                host_port=host_map.get(main[0]),
-                container_port=main[0],
+                host=self.connect_host,
+                host_port=host_map.get(main),
+                container_port=main,
                 health_path=self.health_path,
                 mode=self.ready,
                 timeout=self.timeout,
@@ -370,15 +299,102 @@ class AppRunner:
         self.app = DockApp(
             container=container,
             image=self.image,
-            host=host,
+            host=self.connect_host,
             ports=host_map,
-            port=host_map.get(main[0]),
-            container_port=main[0],
+            port=host_map.get(main),
+            container_port=main,
             name=self.name,
             readiness=readiness,
             build=self.build,
         )
         return self.app
+
+    def _ports(self) -> tuple[int, list[tuple[int, str]]]:
+        """The main TCP port, and every port to publish (the EXPOSEd ones and the main one)."""
+        import docker.errors
+
+        try:
+            attrs = self.client.api.inspect_image(self.image)
+        except docker.errors.ImageNotFound:
+            raise ContainerError(
+                f"image {self.display} is not on the engine (any more)",
+                hint="something removed it since it was built or named (docker rmi, a prune, another "
+                "session's cleanup); rerun, or build or load it again",
+            ) from None
+        exposed = [parse_port(p) for p in (attrs.get("Config") or {}).get("ExposedPorts") or {}]
+        main = self._main_port(exposed)
+        if main is None:
+            raise PortError(
+                f"image {self.display} EXPOSEs no TCP port, so there is nothing to wait for or connect to",
+                hint="add `EXPOSE <port>` to the Dockerfile, or set dockapp_port = <port> "
+                "(ini, --dockapp-port, or port= on dockapp_factory)",
+            )
+        return main[0], sorted(set(exposed) | {main})
+
+    def _create(self, publish: list[tuple[int, str]]) -> str:
+        """Create the container (labelled, unprivileged, its ports published on the host address)."""
+        import docker.errors
+
+        api = self.client.api
+        bindings = {f"{p}/{proto}": (self.host_ip, self.host_ports.get(p)) for p, proto in publish}
+        try:
+            # The low-level calls: the SDK's containers.create() and reload() each add an inspect.
+            created = api.create_container(
+                self.image,
+                command=self.command,
+                name=self.name,
+                detach=True,
+                ports=publish,
+                environment=self.env,
+                labels=self.owner.labels("container"),
+                host_config=api.create_host_config(port_bindings=bindings, privileged=False),
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise ContainerError(
+                    f"cannot create container {self.name}: the name is taken",
+                    evidence=str(exc.explanation or exc),
+                    evidence_title="engine said",
+                    hint=f"choose another name= (or none: the plugin makes unique names), or remove the other "
+                    f"container (docker rm -f {self.name}) if it is a leftover",
+                ) from None
+            raise
+        return str(created["Id"])
+
+    def _run(self) -> None:
+        """Join the network, if any, and start; the engine's refusals become errors that say why."""
+        import docker.errors
+
+        assert self.container_id is not None
+        if self.network is not None:
+            self.client.networks.get(_network_name(self.network)).connect(
+                self.container_id, aliases=self.aliases or None
+            )
+        try:
+            self.client.api.start(self.container_id)
+        except docker.errors.APIError as exc:
+            text = str(exc.explanation or exc)
+            if "port is already allocated" in text or "address already in use" in text:
+                raise PortError(
+                    f"cannot publish {self.name}'s ports: a fixed host port is already in use",
+                    evidence=text,
+                    evidence_title="engine said",
+                    hint="free that port, or let the plugin pick a random host port (drop host_ports)",
+                ) from None
+            if "cannot assign requested address" in text:
+                raise PortError(
+                    f"cannot publish {self.name}'s ports on {self.host_ip}: the engine's host has no such address",
+                    evidence=text,
+                    evidence_title="engine said",
+                    hint="set dockapp_host_ip to an address of the engine's host, or 0.0.0.0 (every address: "
+                    "reachable from its network); dockapp_connect_host says where to dial them from here",
+                ) from None
+            raise ContainerError(
+                f"container {self.name} from {self.display} failed to start",
+                evidence=text,
+                evidence_title="engine said",
+                hint="check the image's CMD/ENTRYPOINT and the command= you passed",
+            ) from None
 
     def close(self) -> None:
         """Remove the container and its anonymous volumes (idempotent). When the engine does not
