@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import state_files
 from .endpoint import Endpoint, resolve_endpoint
@@ -85,6 +85,8 @@ def connect(timeout: float = CALL_TIMEOUT, endpoint: Endpoint | None = None) -> 
         client = docker.DockerClient(
             timeout=int(timeout), version=MINIMUM_DOCKER_API_VERSION, **endpoint.client_kwargs()
         )
+        if endpoint.scheme == "ssh":
+            _one_ssh_pool(client)
         api_version = _ping(client).get("Api-Version")
         client.api._version = api_version or client.api._retrieve_server_version()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
@@ -95,6 +97,22 @@ def connect(timeout: float = CALL_TIMEOUT, endpoint: Endpoint | None = None) -> 
             hint="start the engine (dockerd / Docker Desktop) or point DOCKER_HOST at a running one",
         ) from None
     return client
+
+
+def _one_ssh_pool(client: docker.DockerClient) -> None:
+    """Send every request through one pool of ssh channels. The SDK's ssh adapter keeps a pool per
+    request URL, and each pool holds its channels open: a session opened its 11th channel at the
+    container create and the server refused it (sshd's MaxSessions is 10 by default; seen in 5
+    of 6 runs here, docker/compose#6463)."""
+    adapter = getattr(client.api, "_custom_adapter", None)
+    get_connection = getattr(adapter, "get_connection", None)
+    if adapter is None or get_connection is None or not hasattr(adapter, "pools"):
+        return
+
+    def one_pool(url: str, proxies: Any = None) -> Any:
+        return get_connection("http+docker://ssh/", proxies)
+
+    adapter.get_connection = one_pool
 
 
 def endpoint_of(client: docker.DockerClient) -> Endpoint:

@@ -134,3 +134,19 @@ def test_an_ssh_engine_without_paramiko_names_the_extra(monkeypatch: pytest.Monk
     with pytest.raises(ConfigurationError, match="needs paramiko") as info:
         Endpoint("ssh://me@build-box", "DOCKER_HOST").client_kwargs()
     assert info.value.hint == "pip install 'pytest-dockapp[ssh]'"
+
+
+def test_an_ssh_engine_takes_many_calls_within_sshds_ten_sessions(
+    ssh_home: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's ssh adapter kept a pool, and an open channel, per request URL: the 11th distinct
+    call was refused (ChannelException 'Connect failed'; sshd's MaxSessions is 10)."""
+    from pytest_dockapp.endpoint import Endpoint
+    from pytest_dockapp.engine import connect
+
+    monkeypatch.setenv("HOME", str(pytester.path))  # paramiko reads ~/.ssh from $HOME
+    client = connect(endpoint=Endpoint(ssh_home, "DOCKER_HOST"))
+    for n in range(25):  # 25 different URLs
+        with pytest.raises(docker.errors.NotFound):
+            client.api.inspect_container(f"dockapp-no-such-container-{n}")
+    client.close()
