@@ -114,11 +114,14 @@ def test_an_ssh_engine_builds_runs_and_cleans_up(
     builder_args: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Each session opens more than ten ssh channels' worth of calls: the SDK's adapter kept one
+    open per request URL, and sshd (MaxSessions 10) refused the 11th in 5 of 6 runs."""
     monkeypatch.setenv("DOCKER_HOST", ssh_home)
     app.httpd()
     pytester.makepyfile(HOME_TEST)
-    result = pytester.runpytest_subprocess(*builder_args)
-    result.assert_outcomes(passed=1)
+    for _ in range(2):  # built, then reused
+        result = pytester.runpytest_subprocess(*builder_args)
+        result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["dockapp: engine Docker * at ssh://root@10.250.0.2 (DOCKER_HOST), builder *"])
     assert leftover_names(remote_client, SUITE_RUN_LABEL) == []
 
@@ -134,19 +137,3 @@ def test_an_ssh_engine_without_paramiko_names_the_extra(monkeypatch: pytest.Monk
     with pytest.raises(ConfigurationError, match="needs paramiko") as info:
         Endpoint("ssh://me@build-box", "DOCKER_HOST").client_kwargs()
     assert info.value.hint == "pip install 'pytest-dockapp[ssh]'"
-
-
-def test_an_ssh_engine_takes_many_calls_within_sshds_ten_sessions(
-    ssh_home: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The SDK's ssh adapter kept a pool, and an open channel, per request URL: the 11th distinct
-    call was refused (ChannelException 'Connect failed'; sshd's MaxSessions is 10)."""
-    from pytest_dockapp.endpoint import Endpoint
-    from pytest_dockapp.engine import connect
-
-    monkeypatch.setenv("HOME", str(pytester.path))  # paramiko reads ~/.ssh from $HOME
-    client = connect(endpoint=Endpoint(ssh_home, "DOCKER_HOST"))
-    for n in range(25):  # 25 different URLs
-        with pytest.raises(docker.errors.NotFound):
-            client.api.inspect_container(f"dockapp-no-such-container-{n}")
-    client.close()
