@@ -56,7 +56,9 @@ def app_url():
 
 DOCKAPP_CONFTEST = {
     "session": "import pytest\n\n@pytest.fixture\ndef app_url(dockapp):\n    return dockapp.url + '/'\n",
-    "function": "import pytest\n\n@pytest.fixture\ndef app_url(dockapp_factory):\n    return dockapp_factory().url + '/'\n",
+    "function": (
+        "import pytest\n\n@pytest.fixture\ndef app_url(dockapp_factory):\n    return dockapp_factory().url + '/'\n"
+    ),
 }
 
 TESTS = "".join(
@@ -139,8 +141,13 @@ def main() -> None:
     parser.add_argument("--only", default="S1,S2,S3,S4")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    subprocess.run(["docker", "build", "-q", "-t", "dockapp-bench/scaling:1", "-"], input=DOCKERFILE, text=True,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["docker", "build", "-q", "-t", "dockapp-bench/scaling:1", "-"],
+        input=DOCKERFILE,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
     root = Path(tempfile.mkdtemp(prefix="dockapp-scaling-"))
     rows = ["| figure | floor (raw CLI) | dockapp | vs floor |", "|---|---|---|---|"]
     try:
@@ -156,7 +163,8 @@ def main() -> None:
                     compare(f"S2 100 function-scoped apps, -n {workers}", floor, plugin, args.runs, "-n", workers)
                 )
         if "S3" in only:
-            plugin = project(root, "s3-dockapp", DOCKAPP_CONFTEST["session"], TESTS[:200], False)
+            one = "\ndef test_one(app_url):\n    import urllib.request\n    urllib.request.urlopen(app_url).read()\n"
+            plugin = project(root, "s3-dockapp", DOCKAPP_CONFTEST["session"], one, False)
             run(plugin)
             quiet = [run(plugin) for _ in range(args.runs * 2)]
             foreign(1000)
@@ -165,8 +173,10 @@ def main() -> None:
             finally:
                 remove_foreign()
             extra = (statistics.median(crowded) - statistics.median(quiet)) * 1000
-            rows.append(f"| S3 one session, 1,000 foreign containers on the engine | {fmt(quiet)} (uncrowded) | "
-                        f"{fmt(crowded)} | {extra:+.0f} ms |")
+            rows.append(
+                f"| S3 one session, 1,000 foreign containers on the engine | {fmt(quiet)} (uncrowded) | "
+                f"{fmt(crowded)} | {extra:+.0f} ms |"
+            )
         if "S4" in only:
             plugin = project(root, "s4-dockapp", "", MEMORY_TEST, False)
             run(plugin)

@@ -150,13 +150,14 @@ class Builder:
     rawjson: bool = False
     endpoint: Endpoint | None = None  # the engine every CLI call must reach
     cli_version: str = ""
+    buildx_version: str = ""
     why: str = ""  # said in the header when the choice is not the obvious one
 
     def describe(self) -> str:
         why = f"; {self.why}" if self.why else ""
         if self.name == "classic":
             return f"classic (engine API){why}"
-        via = "buildx" if self.buildx else "DOCKER_BUILDKIT=1"
+        via = f"buildx {self.buildx_version}" if self.buildx else "DOCKER_BUILDKIT=1"
         progress = "rawjson" if self.rawjson else "plain"
         version = f" {self.cli_version}" if self.cli_version else ""
         return f"buildkit ({self.cli}{version} via {via}, --progress={progress}){why}"
@@ -294,7 +295,9 @@ def resolve_builder(
     if able is not None:
         skipped = [i.lacks() for i in infos[: infos.index(able)]]
         why = f"picked over the first docker on PATH: {skipped[0]}" if skipped else ""
-        return Builder("buildkit", able.path, able.buildx, able.rawjson, endpoint, able.version, why)
+        return Builder(
+            "buildkit", able.path, able.buildx, able.rawjson, endpoint, able.version, able.buildx_version, why
+        )
     if choice == "buildkit":
         raise ConfigurationError(
             f"BuildKit was asked for, but no docker CLI here can run it ({cli or 'docker on PATH'})",

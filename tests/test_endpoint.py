@@ -125,5 +125,5 @@ def test_auto_finds_buildkit_in_any_docker_on_path_and_says_why(
         resolve_builder("buildkit")
     with_buildx = fake_cli(tmp_path / "bx", "28.2.2", buildx="0.12.1")
     assert resolve_builder("auto", str(with_buildx)).describe() == (
-        f"buildkit ({with_buildx} 28.2.2 via buildx, --progress=rawjson)"
+        f"buildkit ({with_buildx} 28.2.2 via buildx 0.12.1, --progress=rawjson)"
     )
