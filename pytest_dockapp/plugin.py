@@ -52,7 +52,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if config.getoption("collectonly") or config.getoption("setupplan", False):
         return
     state = config.stash[STATE]
-    if state.settings.lint_only:
+    if state.settings.lint_only or not any(
+        {"dockapp", "dockapp_image"} & set(getattr(item, "fixturenames", ())) for item in session.items
+    ):
         return
     from .prestart import Prestart
 

@@ -66,11 +66,11 @@ class Prestart:
     @classmethod
     def for_items(cls, state: PluginState, items: Sequence[pytest.Item]) -> Prestart | None:
         """A started prestart if some test needs the session image, else None (nothing is paid)."""
-        from .manager import BuildSpec
-
         wanted = [i for i in items if {"dockapp", "dockapp_image"} & set(getattr(i, "fixturenames", ()))]
         if not wanted or not all(_ours(i) for i in wanted):
             return None
+        from .manager import BuildSpec  # requests and the library: only for a session that needs them
+
         s = state.settings
         spec = None if s.image else BuildSpec(str(s.context), s.dockerfile, s.build_args, s.target, s.secrets)
         app = None
