@@ -156,8 +156,18 @@ SETTINGS: list[Setting] = [
         _ready,
         fixture=True,
     ),
-    Setting("builder", "auto, classic or buildkit", "auto", _builder, shown_default="auto: BuildKit when the CLI can"),
-    Setting("docker_cli", "docker CLI used for BuildKit builds", shown_default="docker on PATH"),
+    Setting(
+        "builder",
+        "auto, classic or buildkit",
+        "auto",
+        _builder,
+        shown_default="auto: BuildKit when any docker on PATH can drive it",
+    ),
+    Setting(
+        "docker_cli",
+        "docker CLI used for BuildKit builds",
+        shown_default="the first docker on PATH that can drive BuildKit",
+    ),
     Setting(
         "host_ip",
         "address published ports bind to on the engine's host (0.0.0.0: every address)",
