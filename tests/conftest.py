@@ -70,6 +70,22 @@ def remote_host(pytestconfig: pytest.Config) -> str:
     return host
 
 
+@pytest.fixture
+def on_podman(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """podman's Docker API (``.ci/podman-engine start``) as the session's engine; its client."""
+    import docker
+
+    host = os.environ.get("DOCKAPP_TEST_PODMAN_HOST")
+    if not host:
+        if os.environ.get("CI"):
+            pytest.fail("DOCKAPP_TEST_PODMAN_HOST is not set: .ci/run starts podman's service", pytrace=False)
+        pytest.skip("no podman service: run .ci/podman-engine start and set DOCKAPP_TEST_PODMAN_HOST")
+    monkeypatch.setenv("DOCKER_HOST", host)
+    monkeypatch.setenv("CONTAINERS_CONF", "/etc/dockapp-podman/containers.conf")
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    return docker.DockerClient(base_url=host)
+
+
 @pytest.fixture(scope="session")
 def remote_client(remote_host: str) -> Any:
     import docker
