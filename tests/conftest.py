@@ -23,6 +23,7 @@ from .helpers import (
     ROOT,
     SUITE_RUN_LABEL,
     App,
+    ci_engine,
     find_buildkit_cli,
     leftover_names,
     strict,
@@ -55,12 +56,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def remote_host(pytestconfig: pytest.Config) -> str:
     """The second engine's DOCKER_HOST (.ci/remote-engine start), with the busybox base loaded."""
-    host = os.environ.get("DOCKAPP_TEST_REMOTE_HOST")
-    if not host:
-        # CI must run them (.ci/run starts the second engine); a newcomer's first run need not.
-        if os.environ.get("CI"):
-            pytest.fail("DOCKAPP_TEST_REMOTE_HOST is not set: .ci/run starts a second engine", pytrace=False)
-        pytest.skip("no second engine: run .ci/remote-engine start and set DOCKAPP_TEST_REMOTE_HOST")
+    host = ci_engine("DOCKAPP_TEST_REMOTE_HOST", "a second engine", ".ci/remote-engine start")
     remote = {**os.environ, "DOCKER_HOST": host}
     remote.pop("DOCKER_CONTEXT", None)
     if subprocess.run(["docker", "image", "inspect", BUSYBOX], env=remote, capture_output=True).returncode:
@@ -75,11 +71,7 @@ def on_podman(monkeypatch: pytest.MonkeyPatch) -> Any:
     """podman's Docker API (``.ci/podman-engine start``) as the session's engine; its client."""
     import docker
 
-    host = os.environ.get("DOCKAPP_TEST_PODMAN_HOST")
-    if not host:
-        if os.environ.get("CI"):
-            pytest.fail("DOCKAPP_TEST_PODMAN_HOST is not set: .ci/run starts podman's service", pytrace=False)
-        pytest.skip("no podman service: run .ci/podman-engine start and set DOCKAPP_TEST_PODMAN_HOST")
+    host = ci_engine("DOCKAPP_TEST_PODMAN_HOST", "podman's service", ".ci/podman-engine start")
     monkeypatch.setenv("DOCKER_HOST", host)
     monkeypatch.setenv("CONTAINERS_CONF", "/etc/dockapp-podman/containers.conf")
     monkeypatch.delenv("DOCKER_CONTEXT", raising=False)

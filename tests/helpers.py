@@ -41,6 +41,17 @@ def strict(config: pytest.Config) -> bool:
     return bool(config.getoption("dockapp_strict") or os.environ.get("DOCKAPP_STRICT") or os.environ.get("CI"))
 
 
+def ci_engine(variable: str, what: str, script: str) -> str:
+    """The address of an extra engine that ``.ci/run`` starts (``what``, by ``script``) and names in
+    ``variable``: CI must have it, a newcomer's first run skips the tests that need it."""
+    value = os.environ.get(variable)
+    if not value:
+        if os.environ.get("CI"):
+            pytest.fail(f"{variable} is not set: .ci/run starts {what}", pytrace=False)
+        pytest.skip(f"{what} is not running: run {script} and set {variable}")
+    return value
+
+
 def find_buildkit_cli() -> str | None:
     """A docker CLI that can run BuildKit builds here, if any."""
     for candidate in (shutil.which("docker"), "/usr/bin/docker", "/usr/local/bin/docker"):

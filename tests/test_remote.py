@@ -11,7 +11,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from .helpers import HOME_TEST, SUITE_RUN_LABEL, App, leftover_names
+from .helpers import HOME_TEST, SUITE_RUN_LABEL, App, ci_engine, leftover_names
 
 
 @pytest.fixture
@@ -89,11 +89,7 @@ def ssh_home(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> str:
     an ``ssh`` on PATH that adds ``-F``."""
     import os
 
-    folder = os.environ.get("DOCKAPP_TEST_REMOTE_SSH")
-    if not folder:
-        if os.environ.get("CI"):
-            pytest.fail("DOCKAPP_TEST_REMOTE_SSH is not set: .ci/run starts an sshd for the second engine")
-        pytest.skip("no sshd for the second engine: run .ci/remote-engine ssh and set DOCKAPP_TEST_REMOTE_SSH")
+    folder = ci_engine("DOCKAPP_TEST_REMOTE_SSH", "an sshd for the second engine", ".ci/remote-engine ssh")
     ssh = pytester.path / ".ssh"
     ssh.mkdir(exist_ok=True)
     for name in ("config", "known_hosts"):
