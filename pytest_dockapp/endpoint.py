@@ -148,12 +148,16 @@ def resolve_endpoint(environ: Mapping[str, str] | None = None) -> Endpoint:
     return _context_endpoint(name, env)
 
 
+def _config_dir(env: Mapping[str, str]) -> str:
+    """The docker CLI's configuration folder."""
+    return env.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+
+
 def _current_context(env: Mapping[str, str]) -> str | None:
     import json
 
-    config_dir = env.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
     try:
-        with open(os.path.join(config_dir, "config.json"), encoding="utf-8") as fh:
+        with open(os.path.join(_config_dir(env), "config.json"), encoding="utf-8") as fh:
             name = json.load(fh).get("currentContext")
     except (OSError, ValueError, AttributeError):
         return None
@@ -165,7 +169,7 @@ def _context_endpoint(name: str, env: Mapping[str, str]) -> Endpoint:
     import hashlib
     import json
 
-    config_dir = env.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    config_dir = _config_dir(env)
     digest = hashlib.sha256(name.encode()).hexdigest()
     meta = os.path.join(config_dir, "contexts", "meta", digest, "meta.json")
     try:

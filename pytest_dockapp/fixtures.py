@@ -118,7 +118,7 @@ def _start_raising(state: PluginState, image: Image | str, **kwargs: Any) -> Doc
     from .errors import DockappError
 
     try:
-        early = state.prestart.take_app(image, kwargs) if state.prestart is not None else None  # type: ignore[arg-type]
+        early = state.prestart.take_app(image, kwargs) if state.prestart is not None else None
         apps = state.apps()
         app = early or apps.start(image, **kwargs)
     except DockappError as exc:

@@ -52,11 +52,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if config.getoption("collectonly") or config.getoption("setupplan", False):
         return
     state = config.stash[STATE]
-    if state.settings.lint_only or not any(
-        {"dockapp", "dockapp_image"} & set(getattr(item, "fixturenames", ())) for item in session.items
-    ):
+    if state.settings.lint_only:
         return
-    from .prestart import Prestart
+    from .prestart import Prestart  # threading and pytest only: the library loads if a test needs it
 
     state.prestart = Prestart.for_items(state, session.items)
 

@@ -121,7 +121,7 @@ class Prestart:
             raise self.image_error
         return self.image
 
-    def take_app(self, image: Image, kwargs: dict[str, Any]) -> DockApp | None:
+    def take_app(self, image: Image | str, kwargs: dict[str, Any]) -> DockApp | None:
         """The early app if it runs ``image`` with ``kwargs`` (else None); its error if it failed."""
         if self.taken or self.app_kwargs != kwargs or self.image is not image:
             return None

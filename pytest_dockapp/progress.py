@@ -32,7 +32,6 @@ class Progress:
         self.shown = False
         self._lock = threading.Lock()
         self._began: float | None = None
-        self._step = ""
         self._step_began = 0.0
         self._last_plain = 0.0
         self._output = ""
@@ -57,8 +56,7 @@ class Progress:
             if event.output:
                 self._output = event.output.strip()
             else:
-                self._step, self._step_began, self._output = f"[{event.position}] {event.text}", now, ""
-                self._position, self._text = event.position, event.text
+                self._position, self._text, self._step_began, self._output = event.position, event.text, now, ""
                 self._last_plain = 0.0
             self._draw(now)
 
@@ -74,7 +72,7 @@ class Progress:
             if self.attached:
                 return  # a fixture waits: its done() ends the display
             self._stop.set()
-            self._ticker, self._began, self._step = None, None, ""
+            self._ticker, self._began, self._text = None, None, ""
             self.attached = True
 
     def attach(self) -> None:
@@ -87,7 +85,7 @@ class Progress:
     def _draw(self, now: float) -> None:
         """Called with the lock held."""
         assert self._began is not None
-        if now - self._began < self.threshold or not self._step or not self.attached:
+        if now - self._began < self.threshold or not self._text or not self.attached:
             return
         reporter = self._reporter()
         if reporter is None:
@@ -128,7 +126,7 @@ class Progress:
         if self._ticker is not None and self._ticker is not threading.current_thread():
             self._ticker.join(timeout=1.0)
         with self._lock:
-            self._ticker, self._began, self._step = None, None, ""
+            self._ticker, self._began, self._text = None, None, ""
             self.attached = True
             if not self.shown:
                 return
@@ -143,6 +141,10 @@ class Progress:
                 else:
                     reporter.write_line(message)
                 self._resume_line(reporter)
+
+    @property
+    def _step(self) -> str:
+        return f"[{self._position}] {self._text}"
 
     def _resume_line(self, reporter: pytest.TerminalReporter) -> None:
         """Give the test's outcome letter its file name again: it would land alone on a line. (On

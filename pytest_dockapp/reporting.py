@@ -96,9 +96,8 @@ def _record_properties(item: pytest.Item) -> None:
         props = [("image", str(app.container.attrs.get("Image") or app.image))]
         record = app.build
         if record is not None:
-            cached = sum(1 for s in record.steps if s.cached)
-            counted = sum(1 for s in record.steps if s.cached is not None)
-            props.append(("build", f"{cached}/{counted} steps cached" + (", reused" if record.reused else "")))
+            counts = f"{len(record.hits)}/{len(record.cacheable_steps)} steps cached"  # as summary() counts
+            props.append(("build", counts + (", reused" if record.reused else "")))
         props.append(("ready_seconds", f"{app.readiness.seconds:.3f}"))
         item.user_properties += [(f"dockapp.{app.name}.{key}", value) for key, value in props]
 
