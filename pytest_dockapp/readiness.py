@@ -220,12 +220,8 @@ class ExecSocketTable:
     def __init__(self, client: docker.DockerClient, container_id: str):
         self.client = client
         self.container_id = container_id
-        self.scanned = True
         self.usable = True  # False once no command could read the table (the image has neither)
         self._commands = list(_TABLE_COMMANDS)
-
-    def alive(self) -> bool:
-        return True  # the wait inspects the container; an exec into an exited one fails anyway
 
     def listening(self, port: int) -> str | None:
         text = self._read()
@@ -363,11 +359,14 @@ class PortCheck:
         self._next = 0.0
         self.last: str | None = "no probe has run yet"
 
+    def _has_table(self) -> bool:
+        return not isinstance(self.table, ExecSocketTable) or self.table.usable
+
     @property
     def name(self) -> str:
         if self.health_path:
             return f"GET {self.health_path}"
-        if isinstance(self.table, ExecSocketTable) and not self.table.usable:
+        if not self._has_table():
             return "port accepts (no socket table: the image has neither cat nor sh)"
         return "port accepts"
 
@@ -384,14 +383,12 @@ class PortCheck:
 
     def _probe(self) -> str | None:
         host, port, cport = self.host, self.host_port, self.container_port
-        if isinstance(self.table, ExecSocketTable) and not self.table.usable:
+        where = self.table.listening(cport) if self._has_table() else None
+        if not self._has_table():  # the image has neither cat nor sh (known once the first read tried)
             # No way to see the app's socket: a connection the publisher keeps open for 0.25 s is
             # the best evidence left (docker-proxy closes at once when nothing listens behind it).
             return probe_http(host, port, self.health_path) if self.health_path else probe_connect(host, port, 0.25)
-        where = self.table.listening(cport)
         if where is None:
-            if isinstance(self.table, ExecSocketTable) and not self.table.usable:
-                return self._probe()
             return f"nothing listens on port {cport} inside the container yet"
         if where == "loopback":
             return (
@@ -500,7 +497,8 @@ class ContainerWatch:
         table: ProcSocketTable | ExecSocketTable,
         start: float,
     ):
-        self.client, self.container_id, self.label, self.table, self.start = client, container_id, label, table, start
+        self.client, self.container_id, self.label, self.start = client, container_id, label, start
+        self.proc = table if isinstance(table, ProcSocketTable) else None  # PID 1 is watched here
         self.state = state  # just inspected by the caller
         self._inspected, self._fresh = time.perf_counter(), True
 
@@ -517,8 +515,8 @@ class ContainerWatch:
             # as PID 1 is gone: an inspect per 5 ms turn cost a millisecond of each turn and kept the
             # engine busy while the app itself was starting.
             now = time.perf_counter()
-            local = isinstance(self.table, ProcSocketTable)
-            if not self._fresh and (not local or now - self._inspected >= _INSPECT_EVERY or not self.table.alive()):
+            proc = self.proc
+            if not self._fresh and (proc is None or now - self._inspected >= _INSPECT_EVERY or not proc.alive()):
                 self.state, self._inspected = self.client.api.inspect_container(self.container_id)["State"], now
             self._fresh = False
         except docker.errors.NotFound:
