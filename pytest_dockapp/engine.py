@@ -53,15 +53,17 @@ def is_engine_failure(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def engine_phase(phase: str) -> Iterator[None]:
-    """Turn a lost or frozen engine during ``phase`` into :class:`EngineUnavailableError`."""
+def engine_phase(phase: str, endpoint: Endpoint | None = None) -> Iterator[None]:
+    """Turn a lost or frozen engine during ``phase`` into :class:`EngineUnavailableError` that names
+    ``endpoint`` (default: the one the environment selects)."""
     try:
         yield
     except Exception as exc:
         if not is_engine_failure(exc):
             raise
         raise EngineUnavailableError(
-            f"the Docker engine at {describe_endpoint()} stopped answering while {phase}",
+            f"the Docker engine at {endpoint.describe() if endpoint else describe_endpoint()} stopped answering "
+            f"while {phase}",
             evidence=str(exc),
             evidence_title="docker SDK said",
             hint=f"check the engine (docker info); each engine call is given up after {CALL_TIMEOUT:g}s. "

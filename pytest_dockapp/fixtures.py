@@ -143,7 +143,7 @@ def _release(state: PluginState, session: pytest.Session, app: DockApp, scope: s
 
         # Function-scoped apps go in the background: the session's end waits for every removal.
         try:
-            with engine_phase(f"removing {app.name}"):
+            with engine_phase(f"removing {app.name}", apps.endpoint):
                 apps.stop(app, wait=scope == "session")
         except DockappError as exc:
             apps.engine_lost = apps.engine_lost or is_engine_failure(exc.__context__ or exc)

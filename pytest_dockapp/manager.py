@@ -216,7 +216,7 @@ class AppManager:
             )
         self.start_sweep()
         try:
-            with engine_phase(f"building {spec.context}"):
+            with engine_phase(f"building {spec.context}", self.endpoint):
                 image = self._build(spec) if self.shared_dir is None else self._build_shared(spec, key)
                 if not self._lease(image):
                     image = self._build(spec, reuse=False)  # removed since it was built: build it again
@@ -366,7 +366,7 @@ class AppManager:
         if kwargs.get("name") or runner.host_ports:
             self._finish_removals()  # an earlier test's app of that name (or port) may still be going
         try:
-            with engine_phase(f"starting {runner.name} from {runner.display}"):
+            with engine_phase(f"starting {runner.name} from {runner.display}", self.endpoint):
                 app = runner.start()
         except EngineUnavailableError:
             self.engine_lost = True
@@ -459,7 +459,7 @@ class AppManager:
         self._leases.clear()
         self.left_behind += [r.left_behind for r in self._closed if r.left_behind]
         if errors:
-            with engine_phase("removing this session's containers"):
+            with engine_phase("removing this session's containers", self.endpoint):
                 raise errors[0]
         return kept
 
