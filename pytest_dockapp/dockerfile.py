@@ -192,7 +192,9 @@ class Dockerfile:
         """Read and parse ``path``, raising :class:`DockerfileError` with the fix."""
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            # Docker reads the file as bytes: a Latin-1 comment or a byte-order mark builds on both
+            # builders, so neither may stop us (invalid bytes only ever matter in comments).
+            text = p.read_bytes().decode("utf-8-sig", errors="replace")
         except FileNotFoundError:
             raise DockerfileError(
                 f"Dockerfile not found: {p}",
@@ -206,7 +208,7 @@ class Dockerfile:
     @classmethod
     def parse(cls, text: str, path: Path | None = None) -> Dockerfile:
         """Parse Dockerfile source ``text``."""
-        lines = text.splitlines()
+        lines = text.removeprefix("\ufeff").splitlines()
         escape = "\\"
         syntax = None
         i = 0
@@ -263,6 +265,10 @@ class Dockerfile:
                         i += 1
                     heredocs.append("\n".join(body))
             if keyword == "FROM":
+                if not value.strip():
+                    raise DockerfileError(
+                        f"{where}:{start + 1}: FROM names no image", hint="write FROM <image> (or FROM scratch)"
+                    )
                 stage += 1
             flags, args = split_flags(value)
             instructions.append(

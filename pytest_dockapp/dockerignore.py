@@ -37,7 +37,9 @@ def read_patterns(context: Path, path: Path | None = None) -> list[str]:
     """The cleaned patterns of ``path`` (default ``context/.dockerignore``); none when it is missing."""
     path = path or context / ".dockerignore"
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        # Docker matches patterns byte for byte; surrogateescape keeps invalid UTF-8 as os.walk's
+        # names keep it, so a Latin-1 pattern still matches its Latin-1 file name.
+        text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     except FileNotFoundError:
         return []
     except OSError as exc:

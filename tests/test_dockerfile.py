@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pytest_dockapp.dockerfile import Dockerfile, copy_sources, expand, mount_specs
@@ -104,3 +106,26 @@ def test_unknown_stage_lists_stages() -> None:
 def test_base_images_skip_stages_and_scratch() -> None:
     df = Dockerfile.parse("ARG B=busy:1\nFROM ${B} AS one\nFROM one\nFROM scratch\n")
     assert [img for _, img in df.base_images({"B": "local:2"})] == ["local:2"]
+
+
+def test_a_dockerfile_that_is_not_utf8_is_read_as_docker_reads_it(tmp_path: Path) -> None:
+    # Trust III, 8: `docker build` takes a Latin-1 comment on both builders.
+    path = tmp_path / "Dockerfile"
+    path.write_bytes(b"# caf\xe9\nFROM scratch\nCOPY a /a\n")
+    df = Dockerfile.read(path)
+    assert [i.keyword for i in df.instructions] == ["FROM", "COPY"]
+
+
+def test_a_byte_order_mark_before_from_is_ignored(tmp_path: Path) -> None:
+    # Cache marker II, 1: 2 of 24 real repositories start with one; both builders accept it.
+    path = tmp_path / "Dockerfile"
+    path.write_bytes("\ufeffFROM scratch\nCOPY a /a\n".encode())
+    assert [(i.keyword, i.line) for i in Dockerfile.read(path).instructions] == [("FROM", 1), ("COPY", 2)]
+
+
+def test_a_bare_from_says_it_names_no_image() -> None:
+    # Trust III, 10: it said "`FROM ` names no image:  has no default and no value".
+    with pytest.raises(DockerfileError) as info:
+        Dockerfile.parse("FROM\nRUN true\n")
+    assert info.value.what == "Dockerfile:1: FROM names no image"
+    assert info.value.hint == "write FROM <image> (or FROM scratch)"

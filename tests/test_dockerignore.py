@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_dockapp.context import walk
-from pytest_dockapp.dockerignore import IgnoreRules, for_build, parse
+from pytest_dockapp.dockerignore import IgnoreRules, for_build, parse, read_patterns
 from pytest_dockapp.errors import ConfigurationError
 
 
@@ -107,3 +107,10 @@ def test_walk_prunes_excluded_directories_unless_an_exception_reaches_in(tmp_pat
     seen = [rel for rel, _ in walk(tmp_path, "Dockerfile")]
     # depth first, names sorted; the link is sent as a link, not walked into
     assert seen == [".dockerignore", "Dockerfile", "app", "app/a.js", "docs/README.md", "keep", "link-to-app"]
+
+
+def test_a_dockerignore_that_is_not_utf8_is_read_as_docker_reads_it(tmp_path: Path) -> None:
+    # Trust III, 9: docker matches its patterns byte for byte; so do we, as os.walk names files.
+    (tmp_path / ".dockerignore").write_bytes(b"caf\xe9.txt\n*.log\n")
+    patterns = read_patterns(tmp_path)
+    assert patterns == [os.fsdecode(b"caf\xe9.txt"), "*.log"]
