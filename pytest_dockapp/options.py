@@ -53,6 +53,18 @@ def _ready(value: str) -> str:
     return parse_ready(value)
 
 
+def _ip(value: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ConfigurationError(
+            f"{value!r} is not an IP address", hint="e.g. 127.0.0.1, 0.0.0.0 (every address) or ::1"
+        ) from None
+    return value.strip()
+
+
 def _age(value: str) -> float | None:
     from .cleanup import parse_age
 
@@ -105,6 +117,17 @@ class Setting:
     flag: str = ""  # the option, if not --dockapp-<name>
     metavar: str = ""
     shown_default: str = ""  # the default as the README says it, when not the value itself
+
+    @property
+    def shown(self) -> str:
+        """The default as ``--help`` and the README say it."""
+        if self.shown_default:
+            return self.shown_default
+        if self.kind == "flag":
+            return "off"
+        if self.default is None:
+            return "none"
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
 
     @property
     def option(self) -> str:
@@ -171,6 +194,7 @@ SETTINGS: list[Setting] = [
     Setting(
         "host_ip",
         "address published ports bind to on the engine's host (0.0.0.0: every address)",
+        parse=_ip,
         shown_default="127.0.0.1 for a local engine, the engine's own address for a remote one",
     ),
     Setting(
@@ -264,7 +288,7 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("dockapp", "build, run and test a Dockerfile's service (pytest-dockapp)")
     for s in SETTINGS:
         ini = f" [ini: {s.dest}]" if s.ini else ""
-        default = f" (default: {s.shown_default or s.default})" if s.kind != "flag" else ""
+        default = f" (default: {s.shown})" if s.kind != "flag" else ""
         if s.kind == "flag":
             group.addoption(s.option, dest=s.dest, action="store_true", default=None, help=s.help + ini)
         elif s.kind == "pairs":
@@ -276,7 +300,9 @@ def add_options(parser: pytest.Parser) -> None:
                 s.option, dest=s.dest, default=None, metavar=s.metavar or s.name.upper(), help=s.help + default + ini
             )
         if s.ini:
-            kind = {"flag": "bool", "pairs": "linelist"}.get(s.kind, "string")
+            # Flags are read as strings and checked by their own parser: pytest's "bool" type
+            # rejects `maybe` without naming the key.
+            kind = "linelist" if s.kind == "pairs" else "string"
             parser.addini(s.dest, s.help, type=kind, default=None if kind != "linelist" else [])  # type: ignore[arg-type]
 
 
@@ -338,9 +364,60 @@ def check_ini_keys(config: pytest.Config, strict: bool) -> None:
         message = f"unknown ini key {key!r}: {guess} (the setting keeps its default)"
         if strict:
             raise pytest.UsageError(f"dockapp: {message}")
-        from .errors import DockappWarning
+        warn_at_ini(config, message, key)
 
-        config.issue_config_time_warning(DockappWarning(message), stacklevel=2)
+
+def warn_at_ini(config: pytest.Config, message: str, key: str, *, from_cli: bool = False) -> None:
+    """A :class:`DockappWarning` about ini ``key``, reported at its line in the user's ini file
+    (pytest's ``issue_config_time_warning`` would name this module), or at the command line."""
+    import re
+    import warnings
+
+    from .errors import DockappWarning
+
+    filename, line = "command line", 1
+    path = config.inipath
+    if not from_cli and path is not None and path.is_file():
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        found = [n for n, text in enumerate(lines, 1) if re.match(rf"\s*{re.escape(key)}\s*[=:]", text)]
+        filename, line = str(path), (found[0] if found else 1)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always", DockappWarning)
+        warnings.warn_explicit(DockappWarning(message), DockappWarning, filename, line)
+    for record in records:
+        config.hook.pytest_warning_recorded.call_historic(
+            kwargs={"warning_message": record, "when": "config", "nodeid": "", "location": (filename, line, key)}
+        )
+
+
+#: A sweep age below this may remove a live run's resources: see :func:`check_values`.
+SAFE_SWEEP_AGE = 600.0
+
+
+def check_values(config: pytest.Config, settings: Settings) -> None:
+    """Warn about values that are valid but do something the user may not expect, at the line
+    of the ini file (or the command line) that gave them."""
+    from .redact import looks_secret
+
+    for name in sorted(k for k, v in settings.build_args.items() if v and looks_secret(k)):
+        warn_at_ini(
+            config,
+            f"build arg {name} looks secret: build arg values are stored in the image's history (docker history "
+            "shows them); pass secrets as BuildKit build secrets instead (--dockapp-secret, RUN --mount=type=secret)",
+            "dockapp_build_args",
+            from_cli=name in settings.from_cli.get("build_args", {}),
+        )
+    age = settings.sweep_age
+    if age is not None and age < SAFE_SWEEP_AGE:
+        warn_at_ini(
+            config,
+            f"dockapp_sweep_age {age:g}s is shorter than {SAFE_SWEEP_AGE / 60:g} minutes: leftovers whose owner "
+            "cannot be checked from here (another host, another PID namespace) are removed by age alone, so this "
+            "may remove the containers of a run that is still live on another host or in another PID namespace "
+            "sharing this engine; use an age longer than your longest session",
+            "dockapp_sweep_age",
+            from_cli="sweep_age" in settings.from_cli,
+        )
 
 
 def markdown_table() -> str:
@@ -350,15 +427,7 @@ def markdown_table() -> str:
         option = f"`{s.option} {s.metavar or s.name.upper()}`" if s.kind != "flag" else f"`{s.option}`"
         if s.kind == "pairs":
             option += " (repeatable)"
-        default = s.shown_default or (
-            "off"
-            if s.kind == "flag"
-            else "none"
-            if s.default is None
-            else f"{s.default:g}"
-            if isinstance(s.default, float)
-            else str(s.default)
-        )
+        default = s.shown
         rows.append(
             f"| {s.help} | {option} | {f'`{s.dest}`' if s.ini else ''} | "
             f"{f'`{s.dest}`' if s.fixture else ''} | {default} |"

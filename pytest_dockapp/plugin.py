@@ -11,7 +11,7 @@ import pytest
 
 from .distributed import XdistController, xdist_loaded
 from .lint_items import LintCollector
-from .options import add_options, check_ini_keys, resolve
+from .options import add_options, check_ini_keys, check_values, resolve
 from .plugin_state import STATE, PluginState
 from .signals import TerminationGuard  # standard library only: cheap to load with the plugin
 
@@ -40,6 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     state = config.stash[STATE] = PluginState(config, resolve(config))
     check_ini_keys(config, state.settings.strict)
+    check_values(config, state.settings)
     if state.settings.lint or state.settings.lint_only:
         config.pluginmanager.register(LintCollector(), "dockapp-lint")
     if xdist_loaded(config) and not hasattr(config, "workerinput"):

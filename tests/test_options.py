@@ -132,3 +132,50 @@ def test_a_misspelled_ini_key_names_the_likely_one_and_fails_under_strict(pytest
     strict = pytester.runpytest("--dockapp-strict")
     assert strict.ret == pytest.ExitCode.USAGE_ERROR
     strict.stderr.fnmatch_lines(["*dockapp: unknown ini key 'dockap_timeout': did you mean dockapp_timeout?*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "words"),
+    [
+        (["--dockapp-host-ip=not-an-ip"], "", "dockapp host ip (--dockapp-host-ip): 'not-an-ip' is not an IP address"),
+        ([], "dockapp_host_ip = 999.1.1.1", "dockapp host ip (ini dockapp_host_ip): '999.1.1.1' is not an IP address"),
+        ([], "dockapp_strict = maybe", "dockapp strict (ini dockapp_strict): 'maybe' is not a boolean"),
+    ],
+)
+def test_a_bad_value_is_a_usage_error_naming_its_key(
+    pytester: pytest.Pytester, args: list[str], ini: str, words: str
+) -> None:
+    # Trust III, 11 and 12: a bad publish address waited out the whole timeout; a bad boolean
+    # in the ini file did not say which key.
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    with pytest.raises(pytest.UsageError) as info:
+        pytester.parseconfigure(*args)
+    assert words in str(info.value)
+
+
+def test_help_shows_defaults_as_the_readme_does(pytester: pytest.Pytester) -> None:
+    # Trust III, 22: --help said "(default: None)" and "60.0" where the README says "none" and 60.
+    result = pytester.runpytest("--help")
+    text = " ".join(result.stdout.str().split())  # argparse wraps lines
+    assert "(default: None)" not in text and "60.0" not in text
+    assert "seconds to wait for the app to become ready (default: 60)" in text
+    assert "target stage to build (default: last stage)" in text
+    assert "HTTP path that answers 2xx/3xx once the app is ready (default: none)" in text
+
+
+def test_a_misspelled_ini_key_is_reported_at_the_ini_file(pytester: pytest.Pytester) -> None:
+    # Trust III, 18: the warning pointed at site-packages/pytest_dockapp/options.py.
+    pytester.makeini("[pytest]\n\ndockap_timeout = 5\n")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["*tox.ini:3: DockappWarning: unknown ini key 'dockap_timeout'*"])
+    result.stdout.no_fnmatch_line("*options.py*")
+
+
+def test_a_sweep_age_shorter_than_a_session_warns_what_it_may_remove(pytester: pytest.Pytester) -> None:
+    # Trust III, 13: with 1s the sweep removed a live run's container in another PID namespace.
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest("--dockapp-sweep-age=1s")
+    result.stdout.fnmatch_lines(
+        ["*DockappWarning: dockapp_sweep_age 1s is shorter than 10 minutes: *live* on another host*"]
+    )
