@@ -7,6 +7,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,12 @@ class DockApp:
     build: BuildRecord | None = None
     _session: requests.Session | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        # Short: pytest -vv prints the reprs of assertion operands, in the terminal and in JUnit
+        # XML, and the whole dataclass carried the build record with every step's output.
+        url = f"http://{self.host}:{self.port}" if self.port is not None else None
+        return f"DockApp(name={self.name!r}, image={self.image!r}, url={url!r})"
+
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT`` for the main port."""
@@ -110,9 +117,15 @@ class DockApp:
     def head(self, path: str = "/", **kwargs: Any) -> requests.Response:
         return self.request("HEAD", path, **kwargs)
 
-    def logs(self, tail: int | None = None, since: float | None = None) -> str:
-        """The container's stdout and stderr as text."""
-        kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "tail": "all" if tail is None else tail}
+    def logs(self, tail: int | None = None, since: float | None = None, timestamps: bool = False) -> str:
+        """The container's stdout and stderr as text (each line after the engine's RFC 3339
+        time stamp, with ``timestamps``)."""
+        kwargs: dict[str, Any] = {
+            "stdout": True,
+            "stderr": True,
+            "tail": "all" if tail is None else tail,
+            "timestamps": timestamps,
+        }
         if since is not None:
             kwargs["since"] = float(since)
         raw = self.container.client.api.logs(self.container.id, **kwargs)
@@ -201,9 +214,13 @@ class AppRunner:
         build: BuildRecord | None = None,
         display: str | None = None,
         on_notice: Callable[[str], None] | None = None,
+        creation: Callable[[str], AbstractContextManager[None]] | None = None,
     ):
         self.client = client
         self.image = image
+        #: Held while the container is created and recorded: the manager's guard against a
+        #: creation that races its close (a start in the background when the session ends).
+        self.creation = creation or (lambda what: contextlib.nullcontext())
         self.display = display or image
         self.on_notice = on_notice
         self.owner = owner or cleanup.Owner()
@@ -267,7 +284,8 @@ class AppRunner:
         main, publish = self._ports()
         begin = time.perf_counter()
         try:
-            self.container_id = self._create(publish)
+            with self.creation(f"container {self.name}"):
+                self.container_id = self._create(publish)
             self._run()
             container = self.client.containers.prepare_model(self.client.api.inspect_container(self.container_id))
             host_map = {

@@ -12,9 +12,10 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,9 @@ class Image:
     tag: str | None
     record: BuildRecord | None = None
     prebuilt: bool = False  # given by the user (--dockapp-image), not built from a spec
+
+    def __repr__(self) -> str:
+        return f"Image(id={self.id!r}, tag={self.tag!r}, prebuilt={self.prebuilt})"
 
     @property
     def ref(self) -> str:
@@ -139,11 +143,16 @@ class AppManager:
         self.left_behind: list[str] = []
         self.engine_lost = False  # set by callers that saw the engine fail: no more calls at close
         self._closed: list[AppRunner] = []
-        self._warned: set[str] = set()
+        #: Build args already warned about as secret-looking (the pytest layer warns at the
+        #: user's ini line or command line instead, and fills this in).
+        self.warned_args: set[str] = set()
         self.sweep_kept = False  # whether the sweep also takes other sessions' --dockapp-keep containers
         #: Set by :meth:`close`: an app that a background thread finishes starting afterwards is
         #: removed at once instead of being handed out.
         self.closed = False
+        #: Set by :meth:`cancel`; checked, under ``_creating``, before every container is created.
+        self.cancelled = threading.Event()
+        self._creating = threading.Lock()
 
     @classmethod
     def connect(cls, *, sweep_age: float | None = cleanup.DEFAULT_SWEEP_AGE, **kwargs: Any) -> AppManager:
@@ -204,8 +213,9 @@ class AppManager:
         for sid, source in spec.secrets.items():
             with contextlib.suppress(DockappError):  # a bad source is the build's error to raise
                 self.secrets.add(secret_value(sid, source).strip())
-        for name in sorted(k for k, v in spec.build_args.items() if v and looks_secret(k) and k not in self._warned):
-            self._warned.add(name)
+        secretive = (k for k, v in spec.build_args.items() if v and looks_secret(k))
+        for name in sorted(k for k in secretive if k not in self.warned_args):
+            self.warned_args.add(name)
             warnings.warn(
                 DockappWarning(
                     f"build arg {name} looks secret: build arg values are stored in the image's history "
@@ -227,6 +237,22 @@ class AppManager:
         self._images[key] = image
         return image
 
+    def cancel(self) -> None:
+        """Stop work under way in other threads: running BuildKit builds end, and no container is
+        created from now on (a creation under way finishes first, and is recorded for :meth:`close`)."""
+        with self._creating:
+            self.cancelled.set()
+        stop_running_builds()
+
+    @contextlib.contextmanager
+    def _creation(self, what: str) -> Iterator[None]:
+        """Create and record ``what`` under the lock :meth:`cancel` takes: either it is recorded
+        (and :meth:`close` removes it), or it is never created."""
+        with self._creating:
+            if self.cancelled.is_set():
+                raise DockappError(f"{what} was not created: the session was ending")
+            yield
+
     def _lease(self, image: Image) -> bool:
         """Pin ``image`` with a created, never started, labelled container until :meth:`close`, so
         that no other session's ``--dockapp-remove-images`` can delete it while this session may
@@ -236,16 +262,17 @@ class AppManager:
 
         if image.id in self._leases:
             return True
-        try:
-            created = self.client.api.create_container(
-                image.id,
-                command=["pytest-dockapp-lease"],
-                name=f"dockapp-lease-{self.owner.id[:8]}-{len(self._leases) + 1}",
-                labels=self.owner.labels("lease"),
-            )
-        except docker.errors.ImageNotFound:
-            return False
-        self._leases[image.id] = created["Id"]
+        with self._creation(f"the lease of {image.name}"):
+            try:
+                created = self.client.api.create_container(
+                    image.id,
+                    command=["pytest-dockapp-lease"],
+                    name=f"dockapp-lease-{self.owner.id[:8]}-{len(self._leases) + 1}",
+                    labels=self.owner.labels("lease"),
+                )
+            except docker.errors.ImageNotFound:
+                return False
+            self._leases[image.id] = created["Id"]
         return True
 
     def _build(self, spec: BuildSpec, reuse: bool = True) -> Image:
@@ -349,6 +376,7 @@ class AppManager:
         kwargs.setdefault("endpoint", self.endpoint)
         kwargs.setdefault("ready", self.ready)
         kwargs.setdefault("on_notice", self.on_notice)
+        kwargs.setdefault("creation", self._creation)
         if isinstance(image, Image):
             kwargs.setdefault("display", image.name)
         runner = AppRunner(self.client, ref, owner=self.owner, build=record, **kwargs)
@@ -412,7 +440,7 @@ class AppManager:
         is raised after everything else was tried.
         """
         self.closed = True
-        stop_running_builds()  # a build started in the background, if the session ends before it does
+        self.cancel()  # a build or start in the background, if the session ends before it does
         self.start_sweep()  # a session that started no app still sweeps
         if not self.engine_lost:
             _ = self.sweep_report  # never leave the sweep running past the session

@@ -60,12 +60,18 @@ class Prestart:
         self.image_error: BaseException | None = None
         self.app_error: BaseException | None = None
         self.taken = False
+        self._cancelled = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dockapp-prestart", daemon=True)
 
     @classmethod
     def for_items(cls, state: PluginState, items: Sequence[pytest.Item]) -> Prestart | None:
         """A started prestart if some test needs the session image, else None (nothing is paid)."""
+        if hasattr(state.config, "workerinput"):
+            # An xdist worker collects every test but runs only those it is sent, later: it cannot
+            # tell at collection whether any of its tests needs the app (trust III: each worker
+            # started one, and one with no app test only paid for it).
+            return None
         wanted = [i for i in items if {"dockapp", "dockapp_image"} & set(getattr(i, "fixturenames", ()))]
         if not wanted or not all(_ours(i) for i in wanted):
             return None
@@ -85,7 +91,7 @@ class Prestart:
         try:
             self.state.connect()
             apps = self.state.started
-            if apps is None:
+            if apps is None or self._cancelled.is_set():
                 return  # no engine: the fixture says so (skip or strict failure)
             try:
                 prebuilt = str(self.state.settings.image)
@@ -102,6 +108,21 @@ class Prestart:
                     self.app_error = exc
         finally:
             self._done.set()
+
+    #: How long the session's end waits for the early work to stop. A BuildKit build stops at
+    #: once; a classic build cannot be stopped from here, but creates no container, and after
+    #: :meth:`cancel` nothing else is created.
+    CANCEL_WAIT = 10.0
+
+    def cancel(self) -> None:
+        """At the session's end: stop the early work and wait for its thread, so that it creates
+        nothing more and removes its temporary files (a daemon thread dies with the interpreter
+        wherever it is: trust III found its containers left in state Created)."""
+        self._cancelled.set()
+        apps = self.state.started
+        if apps is not None:
+            apps.cancel()
+        self._done.wait(self.CANCEL_WAIT)
 
     def wait(self) -> None:
         """Until the early work ends; the live build progress is shown meanwhile."""

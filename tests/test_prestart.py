@@ -60,3 +60,55 @@ def test_an_early_build_failure_is_the_error_of_the_test_that_needs_it(app: App,
     result = pytester.runpytest("-p", "no:randomly")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at setup of test_app*", "*build failed at step 2*", "*early-failure-marker*"])
+
+
+# Trust III, 1: a session that ends while the early start is still creating the app (here held
+# for 2 s inside the create, once the container exists) left it behind in state Created.
+SLOW_CREATE = """
+import time
+from pytest_dockapp import app as _app
+
+_create = _app.AppRunner._create
+
+def _slow(self, publish):
+    cid = _create(self, publish)
+    time.sleep(2)
+    return cid
+
+_app.AppRunner._create = _slow
+"""
+
+FAIL_ONCE_CREATED = """
+import os, time
+import docker
+
+def test_a_fails_once_the_app_exists():
+    client = docker.from_env()
+    flt = {"label": ["org.pytest-dockapp.kind=container", f"org.pytest-dockapp.pid={os.getpid()}"]}
+    deadline = time.monotonic() + 60
+    while not client.api.containers(all=True, filters=flt) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert False, "fails on purpose"
+
+def test_b(dockapp):
+    pass
+"""
+
+
+@pytest.mark.local_engine("the inner test finds its app on this machine's engine socket")
+def test_a_session_that_ends_during_the_early_start_leaves_nothing(app: App, pytester: pytest.Pytester) -> None:
+    """The app fixture's no_leaks check is the assertion."""
+    app.httpd()
+    pytester.makeconftest(SLOW_CREATE)
+    pytester.makepyfile(FAIL_ONCE_CREATED)
+    result = pytester.runpytest_subprocess("-x", "-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+
+
+def test_an_xdist_worker_without_app_tests_starts_no_app(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(test_one="def test_plain():\n    pass\n", test_two=HOME_TEST)
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile")
+    result.assert_outcomes(passed=2)
+    ready = [line for line in result.stdout.lines if ": ready in " in line]
+    assert len(ready) == 1, result.stdout.str()
