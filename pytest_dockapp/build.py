@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cleanup import PREFIX as LABEL_PREFIX
+from .cleanup import build_dir_prefix, sweep_build_dirs
 from .dockerfile import VERTEX_INSTRUCTIONS, Dockerfile, Instruction, Stage, normalize
-from .engine import BUILD_TIMEOUT, Builder
+from .engine import BUILD_TIMEOUT, ENGINE_WATCH_EVERY, Builder, is_engine_failure, ping
 from .errors import BaseImageUnavailableError, BuildError, ConfigurationError, tail
-from .redact import redact, redact_text
+from .redact import looks_secret, mask_values, redact, secret_values
 
 if TYPE_CHECKING:
     import docker
@@ -44,6 +46,10 @@ class BuildStep:
     seconds: float = 0.0
     output: list[str] = field(default_factory=list)
     failed: bool = False
+
+    def __repr__(self) -> str:
+        # Short: pytest -vv prints reprs of assertion operands, in the terminal and JUnit XML.
+        return f"BuildStep(index={self.index}, line={self.line}, cached={self.cached}, text={self.text[:60]!r})"
 
     @property
     def line(self) -> int | None:
@@ -79,6 +85,15 @@ class BuildRecord:
     reused: bool = False  # not rebuilt: nothing it is built from changed since its last build
     built_at: float = field(default_factory=time.time)  # when the build that made the image ran
     reuse_seconds: float | None = None  # when reused: how long the check that nothing changed took
+    #: The command that builds as this build did, for a CI stage to run first (secret-looking
+    #: build args by name only: the CLI then takes their values from the environment).
+    command: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"BuildRecord(tag={self.tag!r}, builder={self.builder!r}, steps={len(self.steps)}, "
+            f"cached={len(self.hits)}/{len(self.cacheable_steps)}, reused={self.reused})"
+        )
 
     @property
     def cacheable_steps(self) -> list[BuildStep]:
@@ -108,7 +123,9 @@ class BuildRecord:
             f"--dockapp-expect-cached: the session build of {self.dockerfile} missed the layer cache at "
             f"{len(self.misses)} step(s); the image was expected to come from an earlier build "
             f"(a CI build stage) with the same context, Dockerfile and build args\n\n{self.table(marks)}",
-            hint="build with the same builder and settings before the test stage, or drop --dockapp-expect-cached",
+            hint=f"this session built with the {self.builder} builder; build the image in the earlier stage with "
+            f"exactly that builder and these settings: {self.command or 'docker build'} (or drop "
+            "--dockapp-expect-cached)",
         )
 
     def summary(self) -> str:
@@ -125,6 +142,7 @@ class BuildRecord:
             "built_at": self.built_at,
             "target": self.target,
             "build_args": self.build_args,  # already masked
+            "command": self.command,  # secret values never in it
             "steps": [
                 {
                     "index": s.index,
@@ -168,6 +186,7 @@ class BuildRecord:
             target=data["target"],
             reused=True,
             built_at=float(data["built_at"]),
+            command=str(data.get("command", "")),
         )
 
     def table(self, mark: Mapping[int, str] | None = None) -> str:
@@ -676,22 +695,33 @@ def build_image(
     if target:
         df.stage(target)  # fails early, naming the stages there are
     tag = tag or default_tag(ctx, df_path, target, args, builder.name)
+    # Every line the builder prints is masked before anything reads it: progress, the step
+    # record (kept in builds.json), errors and reprs all come from the parser (trust III, 4-6).
+    known = secret_values(args)
+    for sid, source in (secrets or {}).items():
+        with contextlib.suppress(ConfigurationError):  # a bad source is reported by the build
+            known.add(secret_value(sid, source).strip())
+
+    def mask(text: str) -> str:
+        return mask_values(text, known)
+
     start = time.perf_counter()
     parser: ClassicParser | PlainParser | RawJsonParser
     if builder.name == "classic":
         parser = ClassicParser(df, target, on_event, hidden_steps=len(labels or {}))
-        _classic(client, ctx, df_path, args, target, tag, labels or {}, parser)
+        _classic(client, ctx, df_path, args, target, tag, labels or {}, parser, mask)
         image_id = parser.image_id
     else:
         parser = (RawJsonParser if builder.rawjson else PlainParser)(df, target, on_event)
-        image_id = _buildkit(builder, ctx, df_path, args, target, tag, labels or {}, parser, secrets or {})
+        with EngineWatch(client) as watch:
+            image_id = _buildkit(builder, ctx, df_path, args, target, tag, labels or {}, parser, secrets or {}, mask)
+        if watch.failure is not None:
+            raise watch.failure  # engine_phase names the engine and the phase
     parser.finish()
     steps = parser.result()
-    for step in steps:
-        step.output = [redact_text(line, args) for line in step.output]
-    log = [redact_text(line, args) for line in parser.log]
+    log = parser.log
     if parser.error is not None:
-        parser.error = redact_text(parser.error, args)
+        parser.error = mask(parser.error)
     record = BuildRecord(
         image_id=image_id,
         tag=tag,
@@ -703,6 +733,7 @@ def build_image(
         build_args=redact(args),
         target=target,
         log=log,
+        command=reproduce_command(builder, ctx, df_path, args, target),
     )
     if parser.error is not None or not image_id:
         raise _build_failure(client, df, record, parser.error or "the builder reported no image", args, builder)
@@ -791,6 +822,7 @@ def _classic(
     tag: str,
     labels: Mapping[str, str],
     parser: ClassicParser,
+    mask: Callable[[str], str],
 ) -> None:
     import docker.errors
 
@@ -812,7 +844,7 @@ def _classic(
             timeout=BUILD_TIMEOUT,  # a step may print nothing for longer than an ordinary call may take
         )
         for chunk in stream:
-            parser.feed(chunk)
+            parser.feed(_masked(chunk, mask))
     except docker.errors.APIError as exc:
         parser.error = str(exc.explanation or exc)
     finally:
@@ -831,9 +863,11 @@ def _buildkit(
     labels: Mapping[str, str],
     parser: PlainParser | RawJsonParser,
     secrets: Mapping[str, str],
+    mask: Callable[[str], str],
 ) -> str:
     assert builder.cli is not None
-    with tempfile.TemporaryDirectory(prefix="dockapp-iid-") as tmp:
+    sweep_build_dirs()  # a killed run's folder, its secret file included
+    with tempfile.TemporaryDirectory(prefix=build_dir_prefix()) as tmp:
         iidfile = Path(tmp) / "iid"
         secret_args = []
         for sid, source in secrets.items():
@@ -870,9 +904,9 @@ def _buildkit(
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
-                parser.feed(line)
+                parser.feed(mask(line))
         except BaseException:
-            proc.terminate()  # interrupted (Ctrl-C, SIGTERM): do not wait for the build to finish
+            _stop(proc)  # interrupted (Ctrl-C, SIGTERM): do not wait for the build to finish
             raise
         finally:
             code = proc.wait()
@@ -882,9 +916,71 @@ def _buildkit(
         return iidfile.read_text().strip() if iidfile.exists() else ""
 
 
+def _masked(chunk: Any, mask: Callable[[str], str]) -> Any:
+    """``chunk`` of the engine's JSON build stream with every string in it masked."""
+    if isinstance(chunk, str):
+        return mask(chunk)
+    if isinstance(chunk, Mapping):
+        return {key: _masked(value, mask) for key, value in chunk.items()}
+    if isinstance(chunk, list):
+        return [_masked(value, mask) for value in chunk]
+    return chunk
+
+
+def reproduce_command(builder: Builder, ctx: Path, df_path: Path, args: Mapping[str, str], target: str | None) -> str:
+    """The shell command that builds as the plugin does, with the same builder: what a CI stage
+    runs before ``--dockapp-expect-cached`` (trust III, 14: a CLI that built classic while the
+    plugin built with BuildKit missed every step). Secret-looking build args are passed by name."""
+    import shlex
+
+    if builder.name == "classic":
+        cmd = ["DOCKER_BUILDKIT=0", builder.cli or "docker", "build"]
+    elif builder.buildx:
+        cmd = [builder.cli or "docker", "buildx", "build", "--load"]
+    else:
+        cmd = ["DOCKER_BUILDKIT=1", builder.cli or "docker", "build"]
+    cmd += ["-f", str(df_path)]
+    for key, value in args.items():
+        cmd += ["--build-arg", key if looks_secret(key) else f"{key}={value}"]
+    if target:
+        cmd += ["--target", target]
+    cmd.append(str(ctx))
+    return " ".join(c if c.startswith(("DOCKER_BUILDKIT=",)) else shlex.quote(c) for c in cmd)
+
+
 def _from_variables(base: str) -> list[str]:
     """The variables a FROM's image is spelled with (``${BASE_IMAGE}`` gives ``BASE_IMAGE``)."""
     return [m.group(1) or m.group(2) for m in re.finditer(r"\$\{(\w+)[^}]*\}|\$(\w+)", base)]
+
+
+class EngineWatch:
+    """Pings the engine while a BuildKit CLI build runs: the CLI waits forever on a frozen engine
+    (trust III: `still running ... (572s)`). On a failed ping the builds are stopped, and
+    :attr:`failure` says why, within ``CALL_TIMEOUT + every`` seconds of the freeze."""
+
+    def __init__(self, client: docker.DockerClient, every: float = ENGINE_WATCH_EVERY):
+        self.client = client
+        self.every = every
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dockapp-engine-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                ping(self.client)
+            except Exception as exc:
+                if is_engine_failure(exc) and not self._stop.is_set():
+                    self.failure = exc
+                    stop_running_builds()
+                    return
+
+    def __enter__(self) -> EngineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
 
 
 #: The BuildKit CLI builds running now, in any thread: a build started in the background (at
@@ -892,11 +988,30 @@ def _from_variables(base: str) -> list[str]:
 RUNNING_BUILDS: set[subprocess.Popen[str]] = set()
 
 
+#: Seconds a terminated CLI build gets before it is killed: on a frozen engine the CLI ignores
+#: SIGTERM (measured: still running 10 s after it), since it waits to cancel the build there.
+STOP_GRACE = 5.0
+
+
 def stop_running_builds() -> None:
-    """Terminate every BuildKit CLI build still running (the session is ending)."""
+    """Terminate every BuildKit CLI build still running (the session is ending, or the engine
+    stopped answering), and kill those still running :data:`STOP_GRACE` seconds later."""
     for proc in list(RUNNING_BUILDS):
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(OSError):
+        proc.terminate()
+    timer = threading.Timer(STOP_GRACE, _kill, args=(proc,))
+    timer.daemon = True
+    timer.start()
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
         with contextlib.suppress(OSError):
-            proc.terminate()
+            proc.kill()
 
 
 def secret_value(sid: str, source: str) -> str:

@@ -301,3 +301,51 @@ def leftovers(client: docker.DockerClient, session_id: str | None = None) -> lis
     names = [c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters={"label": label})]
     names += [n["Name"] for n in client.api.networks(filters={"label": label})]
     return names
+
+
+#: Temporary folders of BuildKit builds (the image ID file, and secrets given as environment
+#: variables). The name says who made them, so the next build can tell a killed run's folder.
+BUILD_DIR_PREFIX = "dockapp-build-"
+_BUILD_DIR = re.compile(rf"^{BUILD_DIR_PREFIX}(?P<pidns>\d+)-(?P<pid>\d+)-(?P<start>\d+)-")
+#: Folders of the old form (``dockapp-iid-*``, no owner in the name) go after this age.
+_UNOWNED_DIR_AGE = 24 * 3600.0
+
+
+def build_dir_prefix() -> str:
+    """The prefix of this process's build folders: PID namespace, pid and its start time."""
+    pid = os.getpid()
+    return f"{BUILD_DIR_PREFIX}{pid_namespace() or 0}-{pid}-{process_start(pid) or 0}-"
+
+
+def sweep_build_dirs(folder: str | None = None) -> list[str]:
+    """Remove the build folders of dead processes of this PID namespace (SIGKILL leaves them,
+    with any secret file in them: trust III, 7), and unowned ones older than a day."""
+    import shutil
+    import tempfile
+
+    root = folder or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(root, name)
+        m = _BUILD_DIR.match(name)
+        if m is not None:
+            if m.group("pidns") != (pid_namespace() or "0"):
+                continue  # another PID namespace's pid means nothing here
+            start = "" if m.group("start") == "0" else m.group("start")
+            if process_alive(int(m.group("pid")), start):
+                continue
+        elif name.startswith("dockapp-iid-"):
+            try:
+                if time.time() - os.stat(path).st_mtime < _UNOWNED_DIR_AGE:
+                    continue
+            except OSError:
+                continue
+        else:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

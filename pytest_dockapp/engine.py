@@ -39,17 +39,36 @@ def describe_endpoint() -> str:
         return f"an unreadable endpoint ({exc.what})"
 
 
-#: How long one engine API call may take before the engine counts as frozen. Builds are the
-#: exception: a classic build step may print nothing for longer (it gets BUILD_TIMEOUT).
+#: How long one engine API call may take before the engine counts as frozen.
 CALL_TIMEOUT = 30.0
+#: A classic build is one API call whose answer streams the build output, and the engine sends
+#: nothing while a step is silent (a `RUN` that compiles for ten minutes): the read timeout is
+#: the longest silent stretch a step may have, so it must be long. A frozen engine is still found
+#: in CALL_TIMEOUT + ENGINE_WATCH_EVERY by the ping of :class:`~pytest_dockapp.build.EngineWatch`
+#: during BuildKit builds; a classic build's stream cannot be cut from here, so it waits this out.
 BUILD_TIMEOUT = 900.0
+#: How often the engine is pinged while a BuildKit CLI build runs (the CLI waits forever).
+ENGINE_WATCH_EVERY = 5.0
 
 
 def is_engine_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` says the engine did not answer (gone, refused, frozen), not that it said no."""
-    import requests.exceptions
+    """Whether ``exc`` says the engine did not answer (gone, refused, frozen), not that it said no.
 
-    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+    A stream the engine cut mid-answer (a classic build's) reaches us as urllib3's own
+    ``ProtocolError``: the SDK reads build output from the raw response, past requests."""
+    import requests.exceptions
+    import urllib3.exceptions
+
+    return isinstance(
+        exc,
+        (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.ProtocolError,
+            urllib3.exceptions.ReadTimeoutError,
+        ),
+    )
 
 
 @contextlib.contextmanager
@@ -89,7 +108,7 @@ def connect(timeout: float = CALL_TIMEOUT, endpoint: Endpoint | None = None) -> 
         )
         if endpoint.scheme == "ssh":
             _one_ssh_pool(client)
-        api_version = _ping(client).get("Api-Version")
+        api_version = ping(client).get("Api-Version")
         client.api._version = api_version or client.api._retrieve_server_version()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise EngineUnavailableError(
@@ -128,12 +147,12 @@ def endpoint_of(client: docker.DockerClient) -> Endpoint:
 def is_podman(client: docker.DockerClient) -> bool:
     """Whether the engine is podman's Docker-compatible API (its ping names ``Libpod-Api-Version``)."""
     try:
-        return "Libpod-Api-Version" in _ping(client)
+        return "Libpod-Api-Version" in ping(client)
     except Exception:
         return False
 
 
-def _ping(client: docker.DockerClient) -> Mapping[str, str]:
+def ping(client: docker.DockerClient) -> Mapping[str, str]:
     """The headers of the engine's unversioned ``/_ping`` answer."""
     api = client.api
     response = api._get(api.base_url + "/_ping")
@@ -316,7 +335,7 @@ def engine_version(client: docker.DockerClient) -> str:
     """``"Docker 20.10.24 (linux)"`` or what the engine says of itself."""
     try:
         # "Server: Docker/20.10.24 (linux)" comes with every ping; /version is slower to answer.
-        server = _ping(client).get("Server", "")
+        server = ping(client).get("Server", "")
         name, _, rest = server.partition("/")
         if name and rest:
             return f"{'podman' if name == 'Libpod' else name} {rest}"

@@ -791,18 +791,40 @@ def test_app(dockapp):
 @pytest.mark.local_engine("its proxy forwards to this machine's engine socket")
 @pytest.mark.parametrize(
     ("fault", "phase"),
-    [("lost", "readiness"), ("lost", "test body"), ("frozen", "readiness"), ("frozen", "test body")],
+    [
+        ("lost", "readiness"),
+        ("lost", "test body"),
+        ("frozen", "readiness"),
+        ("frozen", "test body"),
+        # Trust III, 2 and 3: a raw urllib3 ProtocolError, and a wait of more than 580 s.
+        ("lost", "classic build"),
+        ("frozen", "buildkit build"),
+    ],
 )
 def test_a_lost_or_frozen_engine_is_one_clear_error_and_nothing_hangs(
-    app: App, pytester: pytest.Pytester, docker_client: Any, tmp_path: Path, fault: str, phase: str
+    app: App,
+    pytester: pytest.Pytester,
+    docker_client: Any,
+    tmp_path: Path,
+    fault: str,
+    phase: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     from .helpers import EngineProxy
 
-    app.httpd(cmd='["sleep", "600"]' if phase == "readiness" else '["httpd", "-f", "-p", "80", "-h", "/www"]')
+    token = uuid.uuid4().hex
+    app.httpd(
+        cmd='["sleep", "600"]' if phase == "readiness" else '["httpd", "-f", "-p", "80", "-h", "/www"]',
+        # The shell waits, so its command line shows the token (a last command is exec'd).
+        extra=f"RUN sleep 600 && echo {token}" if "build" in phase else "",
+    )
     pytester.makepyfile(test_engine=ENGINE_TEST)
     proxy = EngineProxy(tmp_path / "engine.sock")
+    builder = ["--dockapp-builder=" + phase.split()[0]] if "build" in phase else []
+    if phase == "buildkit build":
+        builder.append(f"--dockapp-docker-cli={request.getfixturevalue('buildkit_cli')}")
     proc = subprocess.Popen(
-        pytest_cmd("test_engine.py", "--dockapp-timeout=20", "-p", "no:xdist"),
+        pytest_cmd("test_engine.py", "--dockapp-timeout=20", "-p", "no:xdist", *builder),
         cwd=pytester.path,
         env={**os.environ, "DOCKER_HOST": proxy.url},
         text=True,
@@ -813,6 +835,8 @@ def test_a_lost_or_frozen_engine_is_one_clear_error_and_nothing_hangs(
         if phase == "readiness":
             _until(lambda: bool(_own(docker_client, proc.pid)), proc)
             time.sleep(0.5)
+        elif "build" in phase:
+            _until(lambda: _building(token), proc)
         else:
             _until((pytester.path / "in-test").exists, proc)
         faulted = time.monotonic()
@@ -826,8 +850,11 @@ def test_a_lost_or_frozen_engine_is_one_clear_error_and_nothing_hangs(
             proc.kill()
     assert "INTERNALERROR" not in out and "Traceback" not in out, out
     assert f"the Docker engine at {proxy.url} (DOCKER_HOST) stopped answering while " in out, out
-    assert "may be left on the engine: " in out, out
     assert took < 120, f"{took:.0f}s from the fault to the session's end\n{out}"
+    if "build" in phase:
+        assert f"stopped answering while building {pytester.path}" in out, out
+        return  # nothing was created yet, and a next build would run the 600 s step
+    assert "may be left on the engine: " in out, out
     # The engine is back for the next session (on the real socket): it sweeps what was left.
     assert _own(docker_client, proc.pid)
     pytester.makepyfile(test_next="def test_next(dockapp_image):\n    pass\n")
@@ -850,10 +877,18 @@ def test_build_secrets_reach_the_step_and_never_the_image(
     app: App, pytester: pytest.Pytester, docker_client: Any, buildkit_cli: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import hashlib
+    import tempfile
+
+    from pytest_dockapp.cleanup import pid_namespace
 
     value = f"s3cr3t-{uuid.uuid4().hex}"
     monkeypatch.setenv("MY_TOKEN", value)
     app.dockerfile(SECRET_DOCKERFILE.replace("NONCE", uuid.uuid4().hex))
+    # Trust III, 7: what a SIGKILLed build leaves, its secret file included: the next build sweeps it.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(tempfile.mkdtemp(prefix=f"dockapp-build-{pid_namespace() or 0}-{dead.pid}-0-"))
+    (stale / "secret-0123").write_text("left by a killed run")
     pytester.makepyfile(
         f"""
         def test_secret(dockapp, dockapp_image):
@@ -867,6 +902,7 @@ def test_build_secrets_reach_the_step_and_never_the_image(
     result.assert_outcomes(passed=1)
     history = docker_client.api.history((pytester.path / "image-id").read_text())
     assert value not in str(history)
+    assert not stale.exists()
 
 
 def test_build_secrets_on_the_classic_builder_say_they_need_buildkit(
