@@ -237,7 +237,43 @@ def fix_advice(culprit: Instruction, victim: Instruction | None) -> str:
             f"this change. To keep the {tool.name} dependency download cached, add `COPY "
             f"{' '.join(tool.manifests)} {dest}` and `RUN {tool.command}` {here}"
         )
+    named = files_named(culprit, victim)
+    if named:
+        # Moving the step above the copy would run it without its files (trust III, 17).
+        copies = " and ".join(f"`COPY {src} {dst}`" for src, dst in named)
+        return (
+            f"`{victim.text}` reads {', '.join(src for src, _ in named)}, which `{culprit.text}` copies: add "
+            f"{copies} {here}, and move `{victim.text}` ({victim.where}) right after it, so edits to other "
+            "files no longer invalidate it"
+        )
     return (
         f"if `{victim.text}` does not need the files that `{culprit.text}` copies, move it {here}; if it does, "
         "it must rerun when they change, and cached= should not require it"
     )
+
+
+def files_named(culprit: Instruction, victim: Instruction) -> list[tuple[str, str]]:
+    """The files that ``victim`` (a RUN) names on its command line and ``culprit`` (a one-source
+    COPY or ADD from the context) brings in: ``(context path, path in the image)`` each."""
+    words = split_words(culprit.args)
+    if victim.keyword != "RUN" or len(words) != 2 or "from" in culprit.flags:
+        return []
+    source, dest = words
+    into_workdir = dest in (".", "./")
+    base = dest.rstrip("/")
+    out: list[tuple[str, str]] = []
+    for token in re.split(r"[\s;&|()<>'\"=]+", victim.args):
+        if not token or token.startswith("-") or any(c in token for c in "$*:"):
+            continue
+        if into_workdir and not token.startswith("/"):
+            rel, target = token.removeprefix("./"), token
+        elif not into_workdir and token.startswith(base + "/"):
+            rel, target = token[len(base) + 1 :], token
+        else:
+            continue
+        if not re.fullmatch(r"[\w.-]*[A-Za-z_][\w-]*\.[A-Za-z][A-Za-z0-9]*", rel.rsplit("/", 1)[-1]):
+            continue  # a file has a name and an extension; `npm`, `1.5` and `-q` are not files
+        src = rel if source in (".", "./") else f"{source.rstrip('/')}/{rel}"
+        if (src, target) not in out:
+            out.append((src, target))
+    return out

@@ -214,3 +214,22 @@ def test_fix_advice_splits_a_step_that_installs_and_builds() -> None:
     df = Dockerfile.parse("FROM node\nCOPY . .\nRUN npm ci && npm run build\n")
     advice = fix_advice(df.stages[0].instructions[1], df.stages[0].instructions[2])
     assert advice.startswith("`RUN npm ci && npm run build` installs dependencies and reads the sources: split it")
+
+
+@pytest.mark.parametrize(
+    ("copy", "run", "first"),
+    [
+        ("COPY . /app", "RUN sleep 8 && sh /app/install-deps.sh", "COPY install-deps.sh /app/install-deps.sh"),
+        ("COPY scripts/ /opt/", "RUN /opt/setup.sh --quick", "COPY scripts/setup.sh /opt/setup.sh"),
+        ("COPY . .", "RUN sh ./install-deps.sh", "COPY install-deps.sh ./install-deps.sh"),
+    ],
+)
+def test_fix_advice_copies_the_files_a_step_names_instead_of_moving_it_above_their_copy(
+    copy: str, run: str, first: str
+) -> None:
+    """Trust III, 17: it proposed moving `RUN ... sh /app/install-deps.sh` above the `COPY . /app`
+    that brings the script in."""
+    df = Dockerfile.parse(f"FROM scratch\nWORKDIR /app\n{copy}\n{run}\n")
+    advice = fix_advice(df.instructions[2], df.instructions[3])
+    assert f"`{first}`" in advice, advice
+    assert "move it above" not in advice, advice
