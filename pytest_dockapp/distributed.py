@@ -28,9 +28,32 @@ class XdistController:
         self.state = state
         self.shared_dir = tempfile.mkdtemp(prefix="dockapp-xdist-")
         self.crashed = False
+        self._header = False
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["dockapp_shared_dir"] = self.shared_dir
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """The header's engine line, which the workers' collection reports cannot show here
+        (trust III, 20). Only for a project with something to build or test: the controller
+        cannot see which fixtures the tests use."""
+        if self._header or not ids:
+            return
+        self._header = True
+        s = self.state.settings
+        if not (s.image or (s.context / (s.dockerfile or "Dockerfile")).is_file()):
+            return
+        from .errors import DockappError
+        from .manager import AppManager
+        from .reporting import header_line
+
+        try:
+            line = header_line(AppManager.connect(sweep_age=None, builder=s.builder, docker_cli=s.docker_cli))
+        except DockappError as exc:
+            line = f"dockapp: no engine ({exc.what})"
+        reporter = self.state.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
 
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         output = getattr(node, "workeroutput", None) or {}

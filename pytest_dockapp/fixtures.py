@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .manager import Image
 
 from .options import BY_NAME
-from .plugin_state import ITEM_APPS, PluginState, fail_on, pick, state_of
+from .plugin_state import ITEM_APPS, PluginState, fail_on, pick, state_of, told_once
 
 # -- settings fixtures: override any of them in a conftest.py ------------------------------------
 
@@ -46,6 +46,7 @@ def _build(
     target: str | None,
     secrets: Mapping[str, str] | None = None,
 ) -> Image:
+    __tracebackhide__ = True
     from .errors import DockappError
     from .manager import BuildSpec
 
@@ -75,9 +76,19 @@ def dockapp_image(
     dockapp_target: str | None,
 ) -> Image:
     """The session's image: built from the configured Dockerfile, or ``--dockapp-image``."""
+    __tracebackhide__ = True
+    with told_once("the session build"):
+        return _session_image(
+            state_of(pytestconfig), dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target
+        )
+
+
+def _session_image(
+    state: PluginState, context: str, dockerfile: str | None, build_args: dict[str, str], target: str | None
+) -> Image:
+    __tracebackhide__ = True
     from .errors import DockappError
 
-    state = state_of(pytestconfig)
     if state.settings.image:
         try:
             early = state.prestart.take_image(None) if state.prestart is not None else None
@@ -86,10 +97,10 @@ def dockapp_image(
             fail_on(exc, state)
     image = _build(
         state,
-        pick(state, "context", dockapp_context),
-        pick(state, "dockerfile", dockapp_dockerfile),
-        dockapp_build_args,
-        pick(state, "target", dockapp_target),
+        pick(state, "context", context),
+        pick(state, "dockerfile", dockerfile),
+        build_args,
+        pick(state, "target", target),
     )
     record = image.record
     if state.settings.expect_cached and record is not None:
@@ -104,6 +115,7 @@ def dockapp_image(
 
 def _start(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
     """Start an app; a library error becomes a clean fixture failure."""
+    __tracebackhide__ = True
     from .errors import DockappError
 
     try:
@@ -115,6 +127,7 @@ def _start(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
 def _start_raising(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
     """As :func:`_start`, but raising the library's error (tests may expect a ``PortError``),
     with known secrets masked in it."""
+    __tracebackhide__ = True
     from .errors import DockappError
 
     try:
@@ -160,6 +173,7 @@ def dockapp(
     dockapp_ready: str,
 ) -> Iterator[DockApp]:
     """The app from the configured Dockerfile, running and ready, shared by the session."""
+    __tracebackhide__ = True
     state = state_of(request.config)
     kwargs = {
         "port": pick(state, "port", dockapp_port),
@@ -167,7 +181,8 @@ def dockapp(
         "timeout": pick(state, "timeout", dockapp_timeout),
         "ready": pick(state, "ready", dockapp_ready),
     }
-    app = _start(state, dockapp_image, **kwargs)
+    with told_once("the session app"):
+        app = _start(state, dockapp_image, **kwargs)
     yield app
     _release(state, request.session, app)
 
@@ -212,6 +227,8 @@ def dockapp_factory(
         name: str | None = None,
         secrets: Mapping[str, str] | None = None,
     ) -> DockApp:
+        __tracebackhide__ = True
+        _check_arguments(port=port, health_path=health_path, timeout=timeout, ready=ready)
         default = context is None and image is None
         ref: Image | str
         if image is not None:
@@ -255,12 +272,28 @@ def dockapp_factory(
             name=name,
         )
         started.append(app)
-        request.node.stash.setdefault(ITEM_APPS, []).append(app)
+        request.node.stash.setdefault(ITEM_APPS, {})[name or f"factory-{len(started)}"] = app
         return app
 
     yield factory
     for app in started:
         _release(state, request.session, app, scope="function")
+
+
+def _check_arguments(**given: Any) -> None:
+    """The factory's settings, checked by the settings table's own validators, with the error
+    naming the argument (trust III, 19: `'healty' is unknown` named nothing)."""
+    __tracebackhide__ = True
+    from .errors import ConfigurationError
+
+    for name, value in given.items():
+        parse = BY_NAME[name].parse
+        if value is None or parse is None:
+            continue
+        try:
+            parse(str(value))
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"dockapp_factory({name}={value!r}): {exc.what}", hint=exc.hint) from None
 
 
 @pytest.fixture

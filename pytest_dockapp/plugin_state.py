@@ -3,7 +3,9 @@ what to report, and the helpers every fixture uses."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -41,13 +43,18 @@ class PluginState:
     def apps(self) -> AppManager:
         """The session's manager; skips (or fails, in strict mode) without an engine. Waits for
         the early start first: the manager is not shared between threads."""
+        __tracebackhide__ = True
         if self.prestart is not None and threading.current_thread() is threading.main_thread():
             self.prestart.wait()
         self.connect()
         if self.error is not None:
             if self.settings.strict:
                 pytest.fail(f"{self.error}\n(strict mode: no engine is an error)", pytrace=False)
-            pytest.skip(f"pytest-dockapp: {self.error.what} (use --dockapp-strict to make this an error)")
+            # Reported at the test, not here (trust III, 18): pytest's own skip marks do the same.
+            raise pytest.skip.Exception(
+                f"pytest-dockapp: {self.error.what} (use --dockapp-strict to make this an error)",
+                _use_item_location=True,
+            )
         assert self._apps is not None
         return self._apps
 
@@ -75,6 +82,7 @@ class PluginState:
                     reuse_unchanged=not s.rebuild,
                 )
                 self._apps.sweep_kept = s.sweep_kept
+                self._apps.warned_args.update(s.build_args)  # warned at configure, at the user's line
             except DockappError as exc:
                 self.error = exc
 
@@ -91,7 +99,8 @@ class PluginState:
 
 STATE = pytest.StashKey[PluginState]()
 ITEM_START = pytest.StashKey[float]()
-ITEM_APPS = pytest.StashKey[list["DockApp"]]()
+#: The factory's apps of a test, by a name stable across runs: its ``name=``, else ``factory-<n>``.
+ITEM_APPS = pytest.StashKey[dict[str, "DockApp"]]()
 
 
 def state_of(config: pytest.Config) -> PluginState:
@@ -101,7 +110,20 @@ def state_of(config: pytest.Config) -> PluginState:
 def fail_on(exc: Exception, state: PluginState) -> NoReturn:
     """Report a library error as a clean fixture failure: the message is the whole story, with
     known secrets masked (it may quote a container log)."""
+    __tracebackhide__ = True
     raise pytest.fail.Exception(state.mask(str(exc)), pytrace=False) from None
+
+
+@contextlib.contextmanager
+def told_once(what: str) -> Iterator[None]:
+    """Marks the failure of a session fixture as ``what``: pytest raises that one failure again in
+    every test that asks for the fixture, and reporting says it in full once, then refers to it."""
+    __tracebackhide__ = True
+    try:
+        yield
+    except pytest.fail.Exception as exc:
+        exc.dockapp_once = what  # type: ignore[attr-defined]
+        raise
 
 
 def pick(state: PluginState, name: str, fixture_value: Any) -> Any:

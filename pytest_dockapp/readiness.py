@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -315,6 +316,9 @@ class Readiness:
 
     seconds: float
     checks: str
+    #: When our own HEALTHCHECK runs ran (epoch seconds, from and to): what they made the app
+    #: log is left out of the test's log section.
+    probe_windows: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _health_log(state: dict[str, Any]) -> str:
@@ -325,6 +329,37 @@ def _health_log(state: dict[str, Any]) -> str:
 PROBE_AGENT = "pytest-dockapp-probe"
 
 
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$")
+#: Slack around a HEALTHCHECK run: the engine stamps a line when it reads it, a little later.
+_WINDOW_SLACK = 0.1
+
+
+def without_probes(text: str, windows: Sequence[tuple[float, float]] = ()) -> tuple[list[str], int]:
+    """The lines of ``text``, a log read with the engine's timestamps (which are dropped), without
+    those of our own probes: HTTP probes by their user agent, HEALTHCHECK runs by when they ran;
+    and how many were left out."""
+    import calendar
+
+    kept, hidden = [], 0
+    for line in text.splitlines():
+        stamp, _, message = line.partition(" ")
+        m = _STAMP.match(stamp)
+        if m is None:
+            at, message = None, line
+        else:  # RFC 3339 with up to nanoseconds, trailing zeros trimmed: what the engine writes
+            at = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + float(f"0.{m.group(2) or 0}")
+        ours = at is not None and any(a - _WINDOW_SLACK <= at <= b + _WINDOW_SLACK for a, b in windows)
+        if ours or PROBE_AGENT in message:
+            hidden += 1
+        else:
+            kept.append(message)
+    return kept, hidden
+
+
+def probes_note(hidden: int) -> list[str]:
+    return [f"({hidden} lines of pytest-dockapp's own probe requests left out)"] if hidden else []
+
+
 def _logs(client: docker.DockerClient, container_id: str, lines: int = 30) -> str:
     """The log tail, without the access-log lines of our own probe requests."""
     try:
@@ -332,10 +367,8 @@ def _logs(client: docker.DockerClient, container_id: str, lines: int = 30) -> st
     except Exception:
         return "(logs unavailable)"
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    kept = [line for line in text.splitlines() if PROBE_AGENT not in line]
-    hidden = len(text.splitlines()) - len(kept)
-    note = [f"({hidden} lines of pytest-dockapp's own probe requests left out)"] if hidden else []
-    return "\n".join(kept[-lines:] + note)
+    kept, hidden = without_probes(text)
+    return "\n".join(kept[-lines:] + probes_note(hidden))
 
 
 class PortCheck:
@@ -432,6 +465,7 @@ class HealthcheckRun:
         self._pending: Future[tuple[int, str]] | None = None
         self._since = 0.0
         self._next = 0.0
+        self.windows: list[tuple[float, float]] = []  # epoch seconds; a run under way ends at +inf
 
     @property
     def running(self) -> bool:
@@ -478,9 +512,14 @@ class HealthcheckRun:
 
     def _run(self) -> tuple[int, str]:
         api = self.client.api
-        exec_id = api.exec_create(self.container_id, self.command, stdout=True, stderr=True)["Id"]
-        out = api.exec_start(exec_id)
-        code = api.exec_inspect(exec_id).get("ExitCode")
+        n = len(self.windows)
+        self.windows.append((time.time(), float("inf")))
+        try:
+            exec_id = api.exec_create(self.container_id, self.command, stdout=True, stderr=True)["Id"]
+            out = api.exec_start(exec_id)
+            code = api.exec_inspect(exec_id).get("ExitCode")
+        finally:
+            self.windows[n] = (self.windows[n][0], time.time())
         text = out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
         return (code if code is not None else -1), text
 
@@ -631,7 +670,11 @@ class ReadyWait:
                 if port_error is not None:
                     last_error = port_error
                 if port_error is None and (self.health is None or self.health.passed):
-                    return Readiness(time.perf_counter() - self.start, " + ".join(self.checks) or "running")
+                    return Readiness(
+                        time.perf_counter() - self.start,
+                        " + ".join(self.checks) or "running",
+                        list(self.health.windows) if self.health else [],
+                    )
                 if time.perf_counter() >= deadline:
                     raise self._timed_out(last_error)
                 if self.health and self.health.running and port_error is None:

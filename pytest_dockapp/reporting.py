@@ -12,6 +12,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .app import DockApp
+    from .manager import AppManager
 
 from .plugin_state import ITEM_APPS, ITEM_START, PluginState, state_of
 
@@ -31,6 +32,11 @@ def pytest_report_collectionfinish(config: pytest.Config, items: Sequence[pytest
     apps = state.started
     if apps is None:
         return [f"dockapp: no engine ({state.error.what if state.error else 'unreachable'})"]
+    return [header_line(apps)]
+
+
+def header_line(apps: AppManager) -> str:
+    """``dockapp: engine <version> at <endpoint>, builder <builder and why>``."""
     from .engine import engine_version
     from .errors import DockappError
 
@@ -38,7 +44,7 @@ def pytest_report_collectionfinish(config: pytest.Config, items: Sequence[pytest
         builder = apps.builder.describe()
     except DockappError as exc:
         builder = f"unavailable ({exc.what})"
-    return [f"dockapp: engine {engine_version(apps.client)} at {apps.endpoint.describe()}, builder {builder}"]
+    return f"dockapp: engine {engine_version(apps.client)} at {apps.endpoint.describe()}, builder {builder}"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -51,21 +57,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.when == "call":
         _record_properties(item)  # before the report is made: it copies the item's properties
     report = yield
+    _refer_to_first(item, call, report)
     if report.failed and report.when in ("setup", "call"):
-        apps: list[DockApp] = item.stash.get(ITEM_APPS, [])
-        from_fixtures = _fixture_apps(item)
+        apps = list(item.stash.get(ITEM_APPS, {}).values())
+        from_fixtures = list(_fixture_apps(item).values())
         since = item.stash.get(ITEM_START, None)
         state = state_of(item.config)
         state.failed_apps.update(a.name for a in from_fixtures + apps)
         from .errors import cap
+        from .readiness import probes_note, without_probes
 
         engine_lost = state.started is not None and state.started.engine_lost
         for app in from_fixtures + [a for a in apps if a not in from_fixtures]:
             if engine_lost:
                 report.sections.append((f"dockapp logs: {app.name}", "(not read: the engine stopped answering)"))
                 continue
+            # An app started in this test's setup logged our own probes while we waited for it
+            # (trust III, 21: `[::ffff:127.0.0.1]:53636: response:200`, a HEALTHCHECK run of ours).
             try:
-                text = app.logs(tail=200, since=since)
+                lines, hidden = without_probes(
+                    app.logs(tail=200, since=since, timestamps=True), app.readiness.probe_windows
+                )
+                text = "\n".join(lines + probes_note(hidden))
             except Exception as exc:  # the container may be gone; say so instead of failing the report
                 text = f"(no logs: {exc})"
             text = state.mask(cap(text)) or "(empty)"
@@ -80,31 +93,51 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def _fixture_apps(item: pytest.Item) -> list[DockApp]:
-    """The apps among the test's fixture values (the app module is loaded if there are any)."""
+def _refer_to_first(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+    """A session fixture's failure in full for its first test only; the others refer to it (trust
+    III, 15: a step table or a build log repeated in each of 8 tests)."""
+    exc = call.excinfo.value if call.excinfo is not None else None
+    what = getattr(exc, "dockapp_once", None)
+    if not report.failed or what is None:
+        return
+    first = getattr(exc, "dockapp_first", None)
+    if first is None:
+        exc.dockapp_first = item.nodeid  # type: ignore[union-attr]
+    elif first != item.nodeid:
+        report.longrepr = f"({what} failed: see the first error above, in {first})"
+
+
+def _fixture_apps(item: pytest.Item) -> dict[str, DockApp]:
+    """The apps among the test's fixture values, by fixture name (the app module is loaded if
+    there are any)."""
     module = sys.modules.get("pytest_dockapp.app")
-    values = getattr(item, "funcargs", {}).values()
-    return [v for v in values if module is not None and isinstance(v, module.DockApp)]
+    values = getattr(item, "funcargs", {}).items()
+    return {name: v for name, v in values if module is not None and isinstance(v, module.DockApp)}
 
 
 def _record_properties(item: pytest.Item) -> None:
     """Per app the test used: its image ID, its build's cache use and its time to ready, as
-    JUnit XML properties (``dockapp.<app>.<what>``) that CI dashboards show."""
+    JUnit XML properties (``dockapp.<key>.<what>``) that CI dashboards chart. The key is stable
+    across runs: the fixture's name (``dockapp``), the factory's ``name=``, or ``factory-<n>``."""
     apps = _fixture_apps(item)
-    apps += [a for a in item.stash.get(ITEM_APPS, []) if a not in apps]
-    for app in apps:
+    for key, app in item.stash.get(ITEM_APPS, {}).items():
+        if all(app is not known for known in apps.values()):
+            apps[key] = app
+    for key, app in apps.items():
         props = [("image", str(app.container.attrs.get("Image") or app.image))]
         record = app.build
         if record is not None:
             counts = f"{len(record.hits)}/{len(record.cacheable_steps)} steps cached"  # as summary() counts
             props.append(("build", counts + (", reused" if record.reused else "")))
         props.append(("ready_seconds", f"{app.readiness.seconds:.3f}"))
-        item.user_properties += [(f"dockapp.{app.name}.{key}", value) for key, value in props]
+        item.user_properties += [(f"dockapp.{key}.{what}", value) for what, value in props]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     state = state_of(config)
+    if state.prestart is not None:
+        state.prestart.cancel()
     apps = state.started
     if apps is not None:
         try:

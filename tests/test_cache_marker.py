@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import textwrap
 import uuid
@@ -270,6 +271,39 @@ def test_expect_cached_ci_stage(app: App, pytester: pytest.Pytester) -> None:
             "*COPY . /app*MISS*<-- MISS",
         ]
     )
+
+
+def test_the_expect_cached_hint_gives_the_command_that_builds_as_the_plugin_does(
+    app: App, pytester: pytest.Pytester, builder_args: list[str]
+) -> None:
+    """Trust III, 14: a CI stage built classic while the plugin built with BuildKit, every step
+    missed, and the hint named neither the builder nor the command. Run the hint's command as a
+    CI build stage would, on a Dockerfile no earlier run built: the test stage is then cached."""
+    import re
+    import shlex
+
+    def dockerfile() -> None:
+        app.httpd(extra=f"RUN echo {uuid.uuid4().hex} > /www/nonce")
+
+    dockerfile()
+    pytester.makepyfile(test_app="def test_up(dockapp_image):\n    assert dockapp_image.id\n")
+    first = pytester.runpytest(*builder_args, "--dockapp-expect-cached")
+    first.assert_outcomes(errors=1)
+    builder = "classic" if "classic" in builder_args[-1] else "buildkit"
+    hint = next(line for line in first.stdout.lines if "hint: this session built with the" in line)
+    assert f"the {builder} builder" in hint, hint
+    command = re.search(r"these settings: (.*) \(or drop --dockapp-expect-cached\)", hint)
+    assert command is not None, hint
+    dockerfile()  # a new step: only the hint's command can have built it
+    words = shlex.split(command.group(1))
+    env = dict(w.split("=", 1) for w in words if w.startswith("DOCKER_BUILDKIT="))
+    subprocess.run(
+        [w for w in words if not w.startswith("DOCKER_BUILDKIT=")],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+    pytester.runpytest(*builder_args, "--dockapp-expect-cached").assert_outcomes(passed=1)
 
 
 def test_lint_flags_tutorial_order_and_agrees_with_the_marker(pytester: pytest.Pytester) -> None:
