@@ -43,6 +43,56 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "remote_engine: needs the second engine (DOCKAPP_TEST_REMOTE_HOST)")
 
 
+#: The images the engine had when this suite run began: the run removes only the images it made.
+_IMAGES_BEFORE = pytest.StashKey[set[str]]()
+#: What the suite's sessions build, by repository: removed at the end unless KEEP_IMAGES is set.
+BUILT_REPOS = ("pytest-dockapp/", "dockapp-test/corpus-")
+KEEP_IMAGES = "DOCKAPP_TEST_KEEP_IMAGES"
+
+
+def _engine() -> Any:
+    import docker
+
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception:
+        return None
+    return client
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    client = None if os.environ.get(KEEP_IMAGES) or hasattr(session.config, "workerinput") else _engine()
+    if client is not None:
+        session.config.stash[_IMAGES_BEFORE] = {i["Id"] for i in client.api.images(all=True)}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The suite leaves no image of its own behind (about 30 tags per run, and a cache-warm tag
+    per cache check, before this); the local bases stay. ``DOCKAPP_TEST_KEEP_IMAGES=1`` keeps
+    them, to look at or to make the next run's builds cached."""
+    before = session.config.stash.get(_IMAGES_BEFORE, None)
+    client = _engine() if before is not None else None
+    if client is None or before is None:
+        return
+    import docker.errors
+
+    removed = 0
+    for image in client.api.images():
+        if image["Id"] in before:
+            continue
+        for tag in image.get("RepoTags") or []:
+            if tag.startswith(BUILT_REPOS):
+                try:
+                    client.api.remove_image(tag)  # never forced: another live session's lease keeps it
+                    removed += 1
+                except docker.errors.APIError:
+                    pass
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and removed:
+        reporter.write_line(f"removed the {removed} image tags this suite run built ({KEEP_IMAGES}=1 keeps them)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if ENGINE_IS_LOCAL:
         return

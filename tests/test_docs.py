@@ -86,9 +86,11 @@ def test_the_github_recipe_builds_then_tests_the_cached_build() -> None:
         "steps"
     ]
     runs = [s.get("run", "") for s in steps]
-    build = next(i for i, r in enumerate(runs) if r.startswith("docker build "))
+    build = next(i for i, r in enumerate(runs) if "docker build " in r)
     test = next(i for i, r in enumerate(runs) if r.startswith("pytest "))
     assert build < test and "--dockapp-expect-cached" in runs[test] and "--dockapp-strict" in runs[test]
+    # One builder in both stages (trust III, 14): they keep separate caches.
+    assert runs[build].startswith("DOCKER_BUILDKIT=1 docker build ") and "--dockapp-builder=buildkit" in runs[test]
 
 
 def test_the_gitlab_recipe_reaches_the_dind_service_where_ports_are_published() -> None:
