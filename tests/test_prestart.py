@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import pytest
 
 from .helpers import HOME_TEST, App
@@ -105,10 +108,24 @@ def test_a_session_that_ends_during_the_early_start_leaves_nothing(app: App, pyt
     result.assert_outcomes(failed=1)
 
 
-def test_an_xdist_worker_without_app_tests_starts_no_app(app: App, pytester: pytest.Pytester) -> None:
+def test_an_xdist_worker_without_app_tests_starts_no_app(
+    app: App, pytester: pytest.Pytester, docker_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker collects every test: with the early start, the one that got only test_one
+    created an app too (and removed it, unseen in the summary): the engine's events show it."""
+    import time
+    import uuid
+
+    run = f"org.pytest-dockapp.test.xdist-run={uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("DOCKAPP_LABELS", f"{os.environ.get('DOCKAPP_LABELS', '')},{run}")
     app.httpd()
     pytester.makepyfile(test_one="def test_plain():\n    pass\n", test_two=HOME_TEST)
-    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile")
-    result.assert_outcomes(passed=2)
-    ready = [line for line in result.stdout.lines if ": ready in " in line]
-    assert len(ready) == 1, result.stdout.str()
+    began = int(time.time()) - 1
+    pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile").assert_outcomes(passed=2)
+    events = docker_client.api.events(
+        since=began,
+        until=int(time.time()) + 1,
+        filters={"event": "create", "label": [run, "org.pytest-dockapp.kind=container"]},
+        decode=True,
+    )
+    assert len(list(events)) == 1

@@ -131,7 +131,7 @@ def test_a_skip_for_a_missing_engine_names_the_users_test(
 ) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     monkeypatch.delenv("DOCKAPP_STRICT", raising=False)
-    pytester.makepyfile(test_factory="def test_f(dockapp_factory):\n    dockapp_factory()\n")
+    pytester.makepyfile(test_factory=f"def test_f(dockapp_factory):\n    dockapp_factory(image='{BUSYBOX}')\n")
     result = pytester.runpytest_subprocess("-rs", f"--dockapp-context={tmp_path}", "-p", "no:randomly")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED [[]1[]] test_factory.py:1: pytest-dockapp: no Docker engine answered*"])
