@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cleanup import PREFIX as LABEL_PREFIX
 from .cleanup import build_dir_prefix, sweep_build_dirs
-from .dockerfile import VERTEX_INSTRUCTIONS, Dockerfile, Instruction, Stage, normalize
+from .dockerfile import VERTEX_INSTRUCTIONS, Dockerfile, Instruction, Stage, normalize, split_flags, split_words
 from .engine import BUILD_TIMEOUT, ENGINE_WATCH_EVERY, Builder, is_engine_failure, ping
 from .errors import BaseImageUnavailableError, BuildError, ConfigurationError, tail
 from .redact import looks_secret, mask_values, redact, secret_values
@@ -238,13 +238,17 @@ def _same(ins: Instruction, text: str) -> bool:
     """Whether a builder's step ``text`` is ``ins`` (FROM: the builder prints the resolved
     image reference, so the keyword must do; BuildKit prints build args expanded, so a
     variable in the instruction stands for any text)."""
+    keyword, _, rest = text.partition(" ")
+    if keyword.upper() != ins.keyword:  # instructions are case-insensitive: `run`, `From`
+        return False
     if ins.keyword == "FROM":
-        return text.split(" ", 1)[0].upper() == "FROM"
+        return True
+    text = f"{ins.keyword} {rest}"
     if ins.text == text:
         return True
     mine, theirs = _words(ins.text), _words(text)
-    if mine == theirs:
-        return True
+    if mine == theirs or split_words(ins.args) == split_words(split_flags(rest)[1]):
+        return True  # the same words once quotes are parsed: BuildKit prints `WORKDIR '/app'` unquoted
     if "$" not in mine:
         return False
     parts = re.split(r"\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*", mine)

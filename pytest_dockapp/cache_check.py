@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from . import cleanup
+from .advice import Advice, advise
 from .build import BuildRecord, BuildStep, build_image, read_dockerfile, resolve_paths, spec_digest
 from .context import context_files, copy_context
 from .dockerfile import Dockerfile, Instruction, consumed_files, mount_specs, normalize, split_words
 from .engine import Builder, is_podman
 from .errors import CacheMarkerUsageError, CacheRegressionError, ConfigurationError
-from .lint import fix_advice
 
 if TYPE_CHECKING:
     import docker
@@ -84,7 +84,12 @@ class Expectation:
 
 
 def expected_misses(
-    df: Dockerfile, changed_files: Iterable[str], changed_args: Iterable[str] = (), *, strict: bool = False
+    df: Dockerfile,
+    changed_files: Iterable[str],
+    changed_args: Iterable[str] = (),
+    *,
+    strict: bool = False,
+    build_args: Mapping[str, str] | None = None,
 ) -> Expectation:
     """Compute the steps a rebuild may miss after ``changed_files`` and ``changed_args`` change.
 
@@ -97,6 +102,7 @@ def expected_misses(
     """
     files = sorted(set(changed_files))
     args = set(changed_args)
+    scopes = df.scopes(build_args)  # `COPY ${JAR_FILE} app.jar` reads what the ARG names
     exp = Expectation()
     dirty: dict[int, Instruction] = {}  # rebuilt stage -> the step the change reached first
     meta_changed = args & set(df.meta_args)
@@ -115,7 +121,7 @@ def expected_misses(
             if ins.keyword == "ARG":
                 declared |= {w.partition("=")[0] for w in split_words(ins.args)} & args
                 continue
-            hit = consumed_files(ins, files)
+            hit = consumed_files(ins, files, scopes[ins.key].variables)
             if hit:
                 first = (ins, f"copies {_names(hit)}, which changed", ins)
                 continue
@@ -200,6 +206,9 @@ class CacheReport:
     required: dict[tuple[int, int], CachedPattern]  # instruction key -> the cached= pattern that selected it
     dockerfile: Dockerfile
     strict: bool = False
+    #: For a failing check: the fix for its first unexpected miss (verified by a build when it
+    #: reorders the Dockerfile; see :class:`~pytest_dockapp.advice.Advice`).
+    advice: Advice | None = None
 
     @property
     def steps(self) -> list[BuildStep]:
@@ -215,6 +224,11 @@ class CacheReport:
 
     def _required(self, step: BuildStep) -> bool:
         return step.instruction is not None and step.instruction.key in self.required
+
+    @property
+    def allowed(self) -> list[BuildStep]:
+        """Steps the change lets miss: the first that reads it, and all that follow it."""
+        return [s for s in self.steps if self.expectation.allows(s.instruction)]
 
     @property
     def demanded(self) -> list[BuildStep]:
@@ -265,13 +279,21 @@ class CacheReport:
             )
         return verdict
 
+    def first_unexpected(self) -> tuple[BuildStep, Instruction | None, Instruction | None, Instruction | None]:
+        """The first unexpected miss: its step and instruction, the first miss of its stage, and
+        the step the change reached first (the culprit)."""
+        first = self.unexpected[0]
+        key = first.instruction.key if first.instruction is not None else None
+        origin = self.expectation.origin.get(key) if key else None
+        culprit = self.expectation.culprit.get(key) if key else None
+        return first, first.instruction, origin, culprit
+
     def explain(self) -> str:
         """The failure message: what missed, the table, who invalidated it and how to fix it."""
         bad = self.unexpected
         if not bad:
             return "every step was cached as expected"
-        first = bad[0]
-        ins = first.instruction
+        first, ins, origin, culprit = self.first_unexpected()
         where = f"{self.dockerfile.path}:{first.line}" if first.line else str(self.dockerfile.path)
         change = ", ".join(self.changed_files + [f"--build-arg {k}" for k in self.changed_args]) or "nothing"
         if ins is not None and ins.key in self.required:
@@ -283,8 +305,6 @@ class CacheReport:
             head = f"unexpected cache miss: step {first.index} `{first.text}` ({where}) after changing {change}"
         lines = [head]
         key = ins.key if ins is not None else None
-        origin = self.expectation.origin.get(key) if key else None
-        culprit = self.expectation.culprit.get(key) if key else None
         if culprit is not None and culprit.key != key:
             reason = self.expectation.may_miss.get(culprit.key, "")
             lines.append(
@@ -299,9 +319,8 @@ class CacheReport:
                     else ""
                 )
             )
-            fix = fix_advice(culprit, ins)
-            if fix:
-                lines.append(f"fix: {fix}")
+            if self.advice is not None:
+                lines.append(self.advice.render())
         elif culprit is not None:
             lines.append(f"it {self.expectation.may_miss[culprit.key]}")
         else:
@@ -360,11 +379,15 @@ def check_cache(
     strict: bool = False,
     owner: cleanup.Owner | None = None,
     workdir: str | os.PathLike[str] | None = None,
+    verify_advice: bool = True,
 ) -> CacheReport:
     """Build a copy of the context, change it, rebuild, and compare the two builds' cache use.
 
     The user's tree is never touched. Raises :class:`CacheMarkerUsageError` for a
     change path that is not in the context or a ``cached`` pattern that matches no step.
+    When the check fails, its fix is worked out and, when it reorders the Dockerfile and
+    ``verify_advice`` holds, verified by building that order in another copy with the same
+    change (two builds that reuse the layer cache).
     """
     if is_podman(client):
         raise ConfigurationError(
@@ -413,11 +436,85 @@ def check_cache(
             build_args={**base_args, **arg_changes},
             tag=rebuild_tag,
         )
+        expectation = expected_misses(df, changed, arg_changes, strict=strict, build_args={**base_args, **arg_changes})
+        report = CacheReport(warm, rebuild, changed, arg_changes, expectation, required, df, strict)
+        if not report.ok:
+            _, victim, _, culprit = report.first_unexpected()
+            if culprit is not None and victim is not None and culprit.key != victim.key:
+                report.advice = advise(
+                    df,
+                    culprit,
+                    victim,
+                    files=sent,
+                    read=lambda rel: _read_text(ctx / rel),
+                    build_args=base_args,
+                )
+            if verify_advice and report.advice is not None and report.advice.dockerfile is not None:
+                fix = Fix(client, ctx, df_path, builder, target, base_args, arg_changes, owner)
+                fix.verify(report.advice, tmp / "fix", paths, edit, tags)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_tags(client, tags)
-    expectation = expected_misses(df, changed, arg_changes, strict=strict)
-    return CacheReport(warm, rebuild, changed, arg_changes, expectation, required, df, strict)
+    return report
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+@dataclass
+class Fix:
+    """Builds a proposed Dockerfile as the check built the user's: same builder and settings."""
+
+    client: docker.DockerClient
+    context: Path
+    dockerfile: Path
+    builder: Builder
+    target: str | None
+    build_args: dict[str, str]
+    arg_changes: dict[str, str]
+    owner: cleanup.Owner
+
+    def verify(
+        self, advice: Advice, folder: Path, paths: Sequence[str], edit: Callable[[Path], Any] | None, tags: list[str]
+    ) -> None:
+        """Build ``advice.dockerfile``, make the same change, rebuild: ``advice.keep`` must hit."""
+        from .errors import DockappError
+
+        assert advice.dockerfile is not None
+        folder.mkdir()
+        sent = set(copy_context(self.context, folder, self.dockerfile, self.builder.name))
+        try:
+            build_df = folder / self.dockerfile.relative_to(self.context)
+        except ValueError:
+            build_df = folder.parent / "fix.Dockerfile"  # the Dockerfile lives outside the context
+        build_df.write_text(advice.dockerfile)
+        try:
+            for n, args in ((2, self.build_args), (3, {**self.build_args, **self.arg_changes})):
+                tags.append(self.owner.scratch_tag(n))
+                record = build_image(
+                    self.client,
+                    folder,
+                    build_df,
+                    builder=self.builder,
+                    target=self.target,
+                    build_args=args,
+                    tag=tags[-1],
+                )
+                if n == 2:
+                    _apply_change(folder, build_df, self.builder.name, sent, paths, edit)
+        except DockappError as exc:
+            advice.verified = False
+            advice.verify_note = f"a build of this order failed: {exc.what.splitlines()[0]}"
+            return
+        hits = {s.line for s in record.steps if s.cached}
+        missed = [line for line in advice.keep if line not in hits]
+        advice.verified = not missed
+        if missed:
+            advice.verify_note = "a build of this order still missed line(s) " + ", ".join(map(str, missed))
 
 
 def _validate(

@@ -396,6 +396,40 @@ class Dockerfile:
                 out.append((st, image))
         return out
 
+    def scopes(self, build_args: Mapping[str, str] | None = None) -> dict[tuple[int, int], Scope]:
+        """Per instruction (by key): the variables it sees and the WORKDIR and USER in effect.
+
+        An ARG takes the build arg's value, else its default, else the meta ARG's; an ENV
+        (also inherited from a parent stage) wins over an ARG of the same name, as in Docker.
+        """
+        args = dict(build_args or {})
+        meta = self.arg_values(args)
+        out: dict[tuple[int, int], Scope] = {}
+        ends: dict[int, Scope] = {}  # stage -> its scope after its last instruction
+        for st in self.stages:
+            parent = next((o for o in self.stages[: st.index] if o.is_named(st.base)), None)
+            inherited = ends.get(parent.index) if parent is not None else None
+            env = dict(inherited.env) if inherited else {}
+            workdir, user = (inherited.workdir, inherited.user) if inherited else ("/", "")
+            argv: dict[str, str] = {}
+            for ins in st.instructions:
+                out[ins.key] = Scope({**argv, **env}, env, workdir, user)
+                variables = {**argv, **env}
+                if ins.keyword == "ARG":
+                    for name, default in _arg_defaults(ins.args).items():
+                        value = args.get(name, expand(default, variables) if default is not None else meta.get(name))
+                        if value is not None:
+                            argv[name] = value
+                elif ins.keyword == "ENV":
+                    env.update({k: expand(v, variables) for k, v in _env_pairs(ins.args).items()})
+                elif ins.keyword == "WORKDIR":
+                    path = expand(split_words(ins.args)[0] if ins.args.strip() else "/", variables)
+                    workdir = posixpath.normpath(posixpath.join(workdir, path))
+                elif ins.keyword == "USER":
+                    user = expand(ins.args.strip(), variables)
+            ends[st.index] = Scope({**argv, **env}, env, workdir, user)
+        return out
+
     def arg_values(self, build_args: Mapping[str, str] | None = None) -> dict[str, str | None]:
         """Meta ARG values after applying ``build_args``."""
         values = dict(self.meta_args)
@@ -412,6 +446,24 @@ class Dockerfile:
                 for word in ins.args.split():
                     ports.append(word if "/" in word else f"{word}/tcp")
         return ports
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What an instruction sees: variables (ARG and ENV), the ENV alone, WORKDIR and USER."""
+
+    variables: Mapping[str, str]
+    env: Mapping[str, str]
+    workdir: str
+    user: str
+
+
+def _env_pairs(args: str) -> dict[str, str]:
+    """``ENV A=1 B="two"`` (or the legacy ``ENV A one value``) as a mapping."""
+    words = split_words(args)
+    if words and "=" not in words[0]:
+        return {words[0]: " ".join(words[1:])}
+    return dict(w.split("=", 1) for w in words if "=" in w)
 
 
 def _arg_defaults(args: str) -> dict[str, str | None]:
@@ -502,11 +554,16 @@ def source_covers(source: str, path: str) -> bool:
     return path == src or path.startswith(src + "/")
 
 
-def consumed_files(ins: Instruction, changed: Iterable[str]) -> list[str]:
-    """The changed context files that ``ins`` reads (COPY/ADD sources, RUN bind mounts)."""
+def consumed_files(
+    ins: Instruction, changed: Iterable[str], variables: Mapping[str, str | None] | None = None
+) -> list[str]:
+    """The changed context files that ``ins`` reads (COPY/ADD sources, RUN bind mounts), with
+    ``variables`` expanded in them (``COPY ${JAR_FILE} app.jar``)."""
     sources = list(copy_sources(ins))
     if ins.keyword == "RUN":
         for mount in mount_specs(ins):
             if mount.get("type") == "bind" and "from" not in mount:
                 sources.append(mount.get("source") or mount.get("src") or ".")
+    if variables:
+        sources = [expand(s, variables) for s in sources]
     return [p for p in changed if any(source_covers(s, p) for s in sources)]

@@ -14,6 +14,7 @@ import pytest
 if TYPE_CHECKING:
     from .app import DockApp
     from .build import BuildRecord
+    from .cache_check import CacheReport
 
 
 @pytest.hookspec
@@ -25,3 +26,14 @@ def pytest_dockapp_build_finished(config: pytest.Config, record: BuildRecord) ->
 def pytest_dockapp_app_ready(config: pytest.Config, app: DockApp) -> None:
     """An app is running and ready, before any test gets it. An exception here fails the fixture
     that started it (and the app is still removed)."""
+
+
+@pytest.hookspec
+def pytest_dockapp_cache_checked(config: pytest.Config, item: pytest.Item, report: CacheReport) -> None:
+    """A ``dockapp_cache`` check of ``item`` ran, before its verdict fails or passes the test.
+
+    ``report.steps``: the rebuild's steps (``index``, ``stage``, ``line``, ``text``, ``cached``,
+    ``cacheable``); ``report.allowed``: those the Dockerfile lets miss after the change;
+    ``report.demanded``: those ``cached=`` requires that missed; ``report.ok`` and
+    ``report.summary()``: the verdict; ``report.warm.tag``: the warm image; ``report.advice``:
+    the fix of a failing check (``.text``, ``.dockerfile``, ``.verified``)."""

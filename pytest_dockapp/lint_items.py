@@ -16,8 +16,7 @@ class LintCollector:
 
     @staticmethod
     def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-        name = file_path.name
-        if name == "Dockerfile" or name.startswith("Dockerfile.") or name.endswith(".Dockerfile"):
+        if is_dockerfile(file_path.name):
             return DockerfileLintFile.from_parent(parent, path=file_path)
         return None
 
@@ -33,6 +32,15 @@ class LintCollector:
             if others:
                 config.hook.pytest_deselected(items=others)
                 items[:] = [i for i in items if isinstance(i, DockerfileLintItem)]
+
+
+def is_dockerfile(name: str) -> bool:
+    """``Dockerfile``, ``Dockerfile.dev``, ``app.Dockerfile``, ``app.dockerfile``, in any case (the
+    builders take any name with -f), but not ``Dockerfile.dockerignore``."""
+    low = name.lower()
+    if low.endswith(".dockerignore"):
+        return False
+    return low == "dockerfile" or low.startswith("dockerfile.") or low.endswith(".dockerfile")
 
 
 class DockerfileLintItem(pytest.Item):

@@ -72,6 +72,7 @@ def dockapp_cache_report(
         fail_on(exc, state)
     state.cache_reports.append((request.node.nodeid, report))
     request.node.stash[_CACHE_REPORT] = report
+    request.config.hook.pytest_dockapp_cache_checked(config=request.config, item=request.node, report=report)
     return report
 
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TOOLBOX_IMAGE = "dockapp-test/toolbox:2"
+TOOLBOX_IMAGE = "dockapp-test/toolbox:3"
 TOOLBOX_DOCKERFILE = """
 FROM dockapp-test/busybox:1
-RUN for t in npm yarn pnpm pip poetry uv bundle go composer mvn gradle dotnet; do \
+RUN for t in npm yarn pnpm pip poetry uv bundle go composer mvn gradle dotnet deno bun mix; do \
       printf '#!/bin/sh\\necho "%s $*"\\n' "$t" > /bin/$t && chmod +x /bin/$t; done
 RUN printf '#!/bin/sh\\n[ "$1 $2" = "chef prepare" ] && echo fixed-recipe > recipe.json\\necho "cargo $*"\\n' \
       > /bin/cargo && chmod +x /bin/cargo
 """
-ONBUILD_PARENT = "dockapp-test/onbuild-node:2"
+ONBUILD_PARENT = "dockapp-test/onbuild-node:3"
 ONBUILD_PARENT_DOCKERFILE = f"""
 FROM {TOOLBOX_IMAGE}
 WORKDIR /app
@@ -46,6 +46,9 @@ class Case:
     strict: bool = False
     builders: tuple[str, ...] = ("classic", "buildkit")
     unprotected: bool = False  # the report must show steps allowed to miss that hit
+    build_args: dict[str, str] = field(default_factory=dict)
+    #: For a failing case: the files the advice must copy first (verified by a build), in order.
+    advice: tuple[str, ...] = ()
 
 
 T = TOOLBOX_IMAGE
@@ -56,6 +59,118 @@ CARGO_CHEF = (
     "RUN cargo chef cook --release --recipe-path recipe.json\nCOPY . .\nRUN cargo build --release\n"
 )
 CARGO_FILES = {"Cargo.toml": "[p]\n", "Cargo.lock": "#\n", "src/main.rs": "fn main(){}\n"}
+# Shapes of real Dockerfiles that the marker got wrong (cache marker II), written afresh.
+NPM_FIRST = "COPY package.json package-lock.json ./\nRUN npm ci\nCOPY . .\n"
+SHAPES = [
+    Case(
+        "bom",
+        "a byte-order mark before FROM (2 of 24 real repositories)",
+        f"\ufeffFROM {T}\nWORKDIR /app\n{NPM_FIRST}",
+        NODE_FILES,
+        ["server.js"],
+        ["RUN npm ci"],
+    ),
+    Case(
+        "copy-arg-default",
+        "COPY ${JAR_FILE} with the ARG's default (Spring layertools)",
+        f"FROM {T}\nWORKDIR /app\nARG JAR_FILE=target/*.jar\nRUN echo prepare > /prep\nCOPY ${{JAR_FILE}} app.jar\n"
+        "RUN echo unpack\n",
+        {"target/app.jar": "jar\n", "src/Main.java": "class Main {}\n"},
+        ["target/app.jar"],
+        ["RUN echo prepare*"],
+    ),
+    Case(
+        "copy-arg-build-arg",
+        "COPY $JAR_FILE with the value given as a build arg",
+        f"FROM {T}\nWORKDIR /app\nARG JAR_FILE\nRUN echo prepare > /prep\nCOPY $JAR_FILE app.jar\nRUN echo unpack\n",
+        {"build/libs/app.jar": "jar\n", "src/Main.java": "class Main {}\n"},
+        ["build/libs/app.jar"],
+        ["RUN echo prepare*"],
+        build_args={"JAR_FILE": "build/libs/app.jar"},
+    ),
+    Case(
+        "lowercase",
+        "lowercase instructions",
+        f"from {T}\nworkdir /app\ncopy package.json package-lock.json ./\nrun npm ci\ncopy . .\nrun pnpm build\n",
+        NODE_FILES,
+        ["server.js"],
+        ["RUN npm ci"],
+    ),
+    Case(
+        "quoted-workdir",
+        "a quoted WORKDIR (BuildKit prints it unquoted)",
+        f"FROM {T}\nWORKDIR '/app'\n{NPM_FIRST}",
+        NODE_FILES,
+        ["server.js"],
+        ["RUN npm ci"],
+    ),
+    Case(
+        "manifest-in-subfolder",
+        "pip: the app folder copied whole before the install (cache-hostile)",
+        f"FROM {T}\nWORKDIR /app\nCOPY app/ /app\nRUN pip install -r requirements.txt\nRUN echo done\n",
+        {"app/requirements.txt": "flask\n", "app/main.py": "1\n"},
+        ["app/main.py"],
+        ["RUN pip install*"],
+        ok={"classic": False, "buildkit": False},
+        lint="pip",
+        advice=("app/requirements.txt",),
+    ),
+    Case(
+        "workdir-switch",
+        "npm: a second install in another WORKDIR after COPY . (cache-hostile)",
+        f"FROM {T}\nWORKDIR /app\n{NPM_FIRST}WORKDIR /app/frontend\nRUN npm install\nRUN npm run build\n",
+        {
+            **NODE_FILES,
+            "frontend/package.json": "{}\n",
+            "frontend/package-lock.json": "{}\n",
+            "frontend/src/a.js": "1\n",
+        },
+        ["frontend/src/a.js"],
+        ["RUN npm install"],
+        ok={"classic": False, "buildkit": False},
+        lint="npm",
+        advice=("frontend/package.json", "frontend/package-lock.json"),
+    ),
+    Case(
+        "pnpm-workspace",
+        "pnpm workspace: COPY . before the install (cache-hostile)",
+        f"FROM {T}\nWORKDIR /app\nCOPY . .\nRUN pnpm install --frozen-lockfile\nRUN pnpm -r build\n",
+        {
+            "package.json": "{}\n",
+            "pnpm-lock.yaml": "x\n",
+            "pnpm-workspace.yaml": "packages:\n  - 'packages/*'\n",
+            "packages/a/package.json": "{}\n",
+            "packages/a/src/index.ts": "1\n",
+        },
+        ["packages/a/src/index.ts"],
+        ["RUN pnpm install*"],
+        ok={"classic": False, "buildkit": False},
+        lint="pnpm",
+        advice=("package.json", "pnpm-lock.yaml", "pnpm-workspace.yaml", "packages/a/package.json"),
+    ),
+    Case(
+        "deno-named-file",
+        "deno: deno cache of a file the broad COPY brings (cache-hostile)",
+        f"FROM {T}\nWORKDIR /app\nCOPY . .\nRUN deno cache src/dep.ts\nRUN echo done\n",
+        {"deno.json": "{}\n", "src/dep.ts": "1\n", "src/main.ts": "2\n"},
+        ["src/main.ts"],
+        ["RUN deno cache*"],
+        ok={"classic": False, "buildkit": False},
+        lint="deno",
+        advice=("deno.json", "src/dep.ts"),
+    ),
+    Case(
+        "install-script",
+        "a RUN of a script the broad COPY brings (the new user's case)",
+        f"FROM {T}\nWORKDIR /app\nCOPY . /app\nRUN sh /app/install-deps.sh\nRUN echo done\n",
+        {"install-deps.sh": "echo deps\n", "server.js": "1\n"},
+        ["server.js"],
+        ["RUN sh /app/install-deps.sh"],
+        ok={"classic": False, "buildkit": False},
+        advice=("install-deps.sh",),
+    ),
+]
+
 CASES = [
     Case(
         "npm-good",
@@ -285,4 +400,5 @@ CASES = [
         ["b.txt"],
         [("base", "RUN cat a.txt*")],
     ),
+    *SHAPES,
 ]

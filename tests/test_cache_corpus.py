@@ -63,7 +63,7 @@ def cli_outcome(case: Case, ctx: Path, builder: str, cli: str, client: Any) -> O
     steps hit: the ground truth."""
     copy = ctx.parent / f"{ctx.name}-cli-{builder}"
     shutil.copytree(ctx, copy, symlinks=True)
-    args = []
+    args = [w for k, v in case.build_args.items() for w in ("--build-arg", f"{k}={v}")]
     for item in case.change:
         m = re.match(r"--build-arg (\w+=.*)", item)
         if m:
@@ -114,7 +114,10 @@ def _read_classic(df: Dockerfile, out: str) -> Outcome:
 
 
 def _canon(text: str) -> str:
-    return " ".join(re.sub(r'[\[\]",]', " ", text).split())
+    """Instruction text as BuildKit may print it: JSON punctuation and quotes dropped, the
+    keyword in capitals (instructions are case-insensitive)."""
+    words = re.sub(r"[\[\]\",']", " ", text).split()
+    return " ".join(words[:1]).upper() + " " + " ".join(words[1:])
 
 
 def _read_plain(df: Dockerfile, out: str, args: dict[str, str]) -> Outcome:
@@ -159,7 +162,14 @@ def test_cache_check_agrees_with_the_cli(
     ctx = _write(case, tmp_path / "ctx")
     bk = Builder("buildkit", buildkit_cli) if builder == "buildkit" else Builder("classic")
     report = check_cache(
-        docker_client, ctx, builder=bk, change=case.change, cached=case.cached, strict=case.strict, workdir=tmp_path
+        docker_client,
+        ctx,
+        builder=bk,
+        change=case.change,
+        cached=case.cached,
+        strict=case.strict,
+        workdir=tmp_path,
+        build_args=case.build_args,
     )
     observed = {
         s.instruction.key: bool(s.cached)
@@ -173,4 +183,8 @@ def test_cache_check_agrees_with_the_cli(
     assert bool(report.unprotected) == case.unprotected, report.rebuild.table()
     findings = lint(Dockerfile.read(ctx / "Dockerfile"))
     assert [f.tool for f in findings][:1] == ([case.lint] if case.lint else [])
+    if case.advice:  # the fix copies exactly what the step reads, and a build proved it
+        assert report.advice is not None and report.advice.copies == list(case.advice), report.explain()
+        assert report.advice.verified, report.explain()
+        assert "fix verified: with this order lines " in report.explain()
     print(f"corpus {case.name} {builder}: {len(truth)} steps agree; verdict {'pass' if report.ok else 'fail'}")

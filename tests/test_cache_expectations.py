@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pytest_dockapp.advice import advise
 from pytest_dockapp.cache_check import (
     Expectation,
     expected_misses,
@@ -15,7 +17,7 @@ from pytest_dockapp.cache_check import (
 )
 from pytest_dockapp.dockerfile import Dockerfile, source_covers
 from pytest_dockapp.errors import CacheMarkerUsageError
-from pytest_dockapp.lint import fix_advice, lint
+from pytest_dockapp.lint import lint
 
 
 def lines(exp: Expectation) -> list[int]:
@@ -108,7 +110,9 @@ def test_harmless_token_is_whitespace_and_unique() -> None:
 def test_lint_agrees_with_expectations() -> None:
     findings = lint(BAD)
     assert [(f.copy.line, f.victim.line, f.tool) for f in findings] == [(4, 5, "npm")]
-    assert "fix: copy only what `RUN npm install` needs first (`COPY package.json package-lock.json /app`)" in str(
+    # package.json is copied at line 3 already: only the lock file is proposed (cache marker II, 8)
+    assert "fix: `RUN npm install` reads package-lock.json, which `COPY . /app` copies" in str(findings[0])
+    assert "add above line 4:\n    COPY package-lock.json /app/\n    RUN npm install\n  and remove line 5" in str(
         findings[0]
     )
     assert lint(GOOD) == []
@@ -129,6 +133,13 @@ def test_lint_agrees_with_expectations() -> None:
         ("composer install", "composer"),
         ("mvn -B dependency:go-offline", "maven"),
         ("uv sync --frozen", "uv"),
+        # Cache marker II, 11.
+        ("deno cache src/deps.ts", "deno"),
+        ("deno install", "deno"),
+        ("bun install --frozen-lockfile", "bun"),
+        ("mix deps.get", "mix"),
+        ("pnpm install --frozen-lockfile", "pnpm"),
+        ("pnpm", "pnpm"),
     ],
 )
 def test_lint_knows_installers(run: str, tool: str) -> None:
@@ -204,24 +215,24 @@ def test_lint_locations_are_editor_links() -> None:
 def test_fix_advice_never_moves_a_copy_below_the_step_that_needs_it() -> None:
     df = Dockerfile.parse("FROM golang\nWORKDIR /src\nCOPY . .\nRUN go build -o /app .\n")
     copy, build = df.stages[0].instructions[2], df.stages[0].instructions[3]
-    advice = fix_advice(copy, build)
+    advice = _advice(df, copy, build)
     assert "reads the sources, so it must rerun" in advice
-    assert "`COPY go.mod go.sum .` and `RUN go mod download` above line 3" in advice
+    assert "add above line 3 (`COPY . .`):\n    COPY go.mod go.sum /src/\n    RUN go mod download" in advice
     assert "move `COPY . .`" not in advice
 
 
 def test_fix_advice_splits_a_step_that_installs_and_builds() -> None:
     df = Dockerfile.parse("FROM node\nCOPY . .\nRUN npm ci && npm run build\n")
-    advice = fix_advice(df.stages[0].instructions[1], df.stages[0].instructions[2])
+    advice = _advice(df, df.stages[0].instructions[1], df.stages[0].instructions[2])
     assert advice.startswith("`RUN npm ci && npm run build` installs dependencies and reads the sources: split it")
 
 
 @pytest.mark.parametrize(
     ("copy", "run", "first"),
     [
-        ("COPY . /app", "RUN sleep 8 && sh /app/install-deps.sh", "COPY install-deps.sh /app/install-deps.sh"),
-        ("COPY scripts/ /opt/", "RUN /opt/setup.sh --quick", "COPY scripts/setup.sh /opt/setup.sh"),
-        ("COPY . .", "RUN sh ./install-deps.sh", "COPY install-deps.sh ./install-deps.sh"),
+        ("COPY . /app", "RUN sleep 8 && sh /app/install-deps.sh", "COPY install-deps.sh /app/"),
+        ("COPY scripts/ /opt/", "RUN /opt/setup.sh --quick", "COPY scripts/setup.sh /opt/"),
+        ("COPY . .", "RUN sh ./install-deps.sh", "COPY install-deps.sh /app/"),
     ],
 )
 def test_fix_advice_copies_the_files_a_step_names_instead_of_moving_it_above_their_copy(
@@ -230,6 +241,29 @@ def test_fix_advice_copies_the_files_a_step_names_instead_of_moving_it_above_the
     """Trust III, 17: it proposed moving `RUN ... sh /app/install-deps.sh` above the `COPY . /app`
     that brings the script in."""
     df = Dockerfile.parse(f"FROM scratch\nWORKDIR /app\n{copy}\n{run}\n")
-    advice = fix_advice(df.instructions[2], df.instructions[3])
-    assert f"`{first}`" in advice, advice
+    advice = _advice(df, df.instructions[2], df.instructions[3])
+    assert f"\n    {first}\n    {run}\n" in advice, advice
     assert "move it above" not in advice, advice
+
+
+def _advice(df: Dockerfile, culprit: Any, victim: Any) -> str:
+    found = advise(df, culprit, victim)
+    assert found is not None
+    return found.text
+
+
+def test_lint_judges_each_install_in_its_own_workdir() -> None:
+    """Cache marker II, 10: a second `npm install` in another WORKDIR after `COPY . .` was not
+    reported, because an install in /app was seen before."""
+    df = Dockerfile.parse(
+        "FROM node\nWORKDIR /app\nCOPY package.json package-lock.json ./\nRUN npm ci\nCOPY . .\n"
+        "WORKDIR /app/frontend\nRUN npm install\n"
+    )
+    assert [(f.copy.line, f.victim.line, f.tool) for f in lint(df)] == [(5, 7, "npm")]
+
+
+def test_lint_sees_a_folder_copied_whole_before_its_install() -> None:
+    df = Dockerfile.parse("FROM python\nWORKDIR /app\nCOPY app/ /app\nRUN pip install -r requirements.txt\n")
+    assert [(f.copy.line, f.tool) for f in lint(df)] == [(3, "pip")]
+    files = Dockerfile.parse("FROM ruby\nWORKDIR /app\nCOPY Gemfile Gemfile.lock ./\nRUN bundle install\n")
+    assert lint(files) == []  # files without an extension are not folders

@@ -72,8 +72,12 @@ def test_tutorial_order_fails_with_explanation(app: App, builder_args: list[str]
             "but cached='RUN npm install' requires a hit",
             "invalidated by line 5 `COPY . /app`: copies server.js, which changed; "
             "every later step of the stage rebuilds",
-            "fix: copy only what `RUN npm install` needs first (`COPY package.json package-lock.json /app`), run it, "
-            "and move `COPY . /app` (line 5) below it (line 6)*",
+            # package.json is copied at line 4 already; the proposed order was built to check it
+            "fix verified: with this order, line 5 stays cached after the change. `RUN npm install` reads only "
+            "files copied before `COPY . /app`: run it before that copy, so edits to other files no longer "
+            "invalidate it. Add above line 5:",
+            "    RUN npm install",
+            "  and remove line 6",
             "#*stage*line*instruction*cache*secs*",
             "*4*COPY package.json /app*HIT*",
             "*5*COPY . /app*MISS*<-- invalidated here",
@@ -316,7 +320,7 @@ def test_lint_flags_tutorial_order_and_agrees_with_the_marker(pytester: pytest.P
         [
             "*/Dockerfile:6: `RUN npm install` comes after `COPY . /app` (*/Dockerfile:5): any source edit reruns "
             "the npm dependency install",
-            "  fix: copy only what `RUN npm install` needs first (`COPY package.json package-lock.json /app`)*",
+            "  fix: `RUN npm install` reads package-lock.json, which `COPY . /app` copies: copy only those first*",
         ]
     )
 
@@ -429,3 +433,55 @@ def test_lint_only_checks_dockerfiles_and_runs_no_test(
     result.assert_outcomes(failed=1, deselected=1)
     result.stdout.fnmatch_lines(["*Dockerfile:6: `RUN npm install` comes after `COPY . /app`*"])
     result.stdout.no_fnmatch_line("dockapp: engine*")
+
+
+def test_lint_finds_dockerfiles_by_any_common_name(pytester: pytest.Pytester) -> None:
+    """Cache marker II, 12: `local/app.dockerfile` was linted only when named by the setting; a
+    byte-order mark (cache marker II, 1) gave a traceback."""
+    bad = TUTORIAL_BAD.replace("{BUSYBOX}", "scratch").lstrip()
+    for name in ("local/app.dockerfile", "ci/Dockerfile.ci", "web.Dockerfile"):
+        pytester.path.joinpath(name).parent.mkdir(parents=True, exist_ok=True)
+        pytester.path.joinpath(name).write_text(("\ufeff" if name.startswith("local") else "") + bad)
+    pytester.path.joinpath("Dockerfile.dockerignore").write_text("*.md\n")  # an ignore file, not a Dockerfile
+    result = pytester.runpytest("--dockapp-lint-only")
+    result.assert_outcomes(failed=3)
+    for name in ("app.dockerfile", "Dockerfile.ci", "web.Dockerfile"):
+        result.stdout.fnmatch_lines([f"*{name}:6: `RUN npm install` comes after `COPY . /app`*"])
+
+
+def test_other_plugins_hear_of_every_cache_check(app: App, pytester: pytest.Pytester) -> None:
+    """Cache marker II, 13: a public hook carries the whole check, so a dashboard needs no internals."""
+    project(app, TUTORIAL_GOOD)
+    pytester.makeconftest(
+        """
+        import json
+
+        def pytest_dockapp_cache_checked(config, item, report):
+            open("heard.json", "w").write(json.dumps({
+                "item": item.name,
+                "ok": report.ok,
+                "steps": [[s.index, s.stage, s.line, s.text, s.cached, s.cacheable] for s in report.steps],
+                "allowed": [s.line for s in report.allowed],
+                "demanded": [s.line for s in report.demanded],
+                "warm": report.warm.tag,
+                "advice": report.advice is not None,
+            }))
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.dockapp_cache(change=["server.js"], cached=["RUN npm install"])
+        def test_cached():
+            pass
+        """
+    )
+    pytester.runpytest("--dockapp-builder=classic").assert_outcomes(passed=1)
+    import json
+
+    heard = json.loads((pytester.path / "heard.json").read_text())
+    assert heard["item"] == "test_cached" and heard["ok"] is True and heard["demanded"] == []
+    assert heard["warm"].startswith("pytest-dockapp/cache-warm:") and heard["advice"] is False
+    assert any(text.startswith("RUN npm install") and cached for _, _, _, text, cached, _ in heard["steps"])
+    assert heard["allowed"] and all(isinstance(line, int) for line in heard["allowed"])
