@@ -186,5 +186,5 @@ def test_cache_check_agrees_with_the_cli(
     if case.advice:  # the fix copies exactly what the step reads, and a build proved it
         assert report.advice is not None and report.advice.copies == list(case.advice), report.explain()
         assert report.advice.verified, report.explain()
-        assert "fix verified: with this order lines " in report.explain()
+        assert "fix verified: with this order, line" in report.explain()
     print(f"corpus {case.name} {builder}: {len(truth)} steps agree; verdict {'pass' if report.ok else 'fail'}")

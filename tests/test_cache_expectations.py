@@ -112,7 +112,7 @@ def test_lint_agrees_with_expectations() -> None:
     assert [(f.copy.line, f.victim.line, f.tool) for f in findings] == [(4, 5, "npm")]
     # package.json is copied at line 3 already: only the lock file is proposed (cache marker II, 8)
     assert "fix: `RUN npm install` reads package-lock.json, which `COPY . /app` copies" in str(findings[0])
-    assert "add above line 4:\n    COPY package-lock.json /app/\n    RUN npm install\n  and remove line 5" in str(
+    assert "Add above line 4:\n    COPY package-lock.json /app/\n    RUN npm install\n  and remove line 5" in str(
         findings[0]
     )
     assert lint(GOOD) == []
