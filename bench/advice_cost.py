@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import docker
 
-from pytest_dockapp.cache_check import check_cache
-from pytest_dockapp.engine import resolve_builder
+from pytest_dockapp.cache.check import check_cache
+from pytest_dockapp.engine.client import resolve_builder
 from tests.corpus import CASES
 
 SHAPES = ("manifest-in-subfolder", "workdir-switch", "pnpm-workspace")

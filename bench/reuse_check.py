@@ -18,10 +18,10 @@ from pathlib import Path
 import docker
 
 try:
-    from pytest_dockapp.build_reuse import fingerprint
+    from pytest_dockapp.builds.reuse import fingerprint
 except ImportError:  # versions before the module was renamed
     from pytest_dockapp.buildcache import fingerprint  # type: ignore[no-redef]
-from pytest_dockapp.dockerfile import Dockerfile
+from pytest_dockapp.builds.dockerfile import Dockerfile
 
 
 def main() -> None:

@@ -10,44 +10,44 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import *  # noqa: F403 (the error tree, listed in errors.__all__)
-from .errors import __all__ as _ERRORS
+from .core.errors import *  # noqa: F403 (the error tree, listed in errors.__all__)
+from .core.errors import __all__ as _ERRORS
 
 __version__ = "0.1.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    "AppRunner": "app",
-    "DockApp": "app",
-    "BuildRecord": "build",
-    "BuildStep": "build",
-    "build_image": "build",
-    "CacheReport": "cache_check",
-    "check_cache": "cache_check",
-    "Dockerfile": "dockerfile",
-    "AppManager": "manager",
-    "BuildSpec": "manager",
-    "Image": "manager",
-    "wait_ready": "readiness",
-    "resolve_builder": "engine",
+    "AppRunner": "run.app",
+    "DockApp": "run.app",
+    "BuildRecord": "builds.record",
+    "BuildStep": "builds.record",
+    "build_image": "builds.image",
+    "CacheReport": "cache.check",
+    "check_cache": "cache.check",
+    "Dockerfile": "builds.dockerfile",
+    "AppManager": "run.manager",
+    "BuildSpec": "run.images",
+    "Image": "run.images",
+    "wait_ready": "run.readiness.wait",
+    "resolve_builder": "engine.client",
 }
 
 __all__ = sorted([*_EXPORTS, *_ERRORS])
 
 if TYPE_CHECKING:  # for type checkers (re-exports); tests/test_options.py checks it names exactly _EXPORTS
-    from .app import AppRunner as AppRunner
-    from .app import DockApp as DockApp
-    from .build import BuildRecord as BuildRecord
-    from .build import BuildStep as BuildStep
-    from .build import build_image as build_image
-    from .cache_check import CacheReport as CacheReport
-    from .cache_check import check_cache as check_cache
-    from .dockerfile import Dockerfile as Dockerfile
-    from .engine import resolve_builder as resolve_builder
-    from .manager import AppManager as AppManager
-    from .manager import BuildSpec as BuildSpec
-    from .manager import Image as Image
-    from .readiness import wait_ready as wait_ready
+    from .builds.dockerfile import Dockerfile as Dockerfile
+    from .builds.image import build_image as build_image
+    from .builds.record import BuildRecord as BuildRecord
+    from .builds.record import BuildStep as BuildStep
+    from .cache.check import CacheReport as CacheReport
+    from .cache.check import check_cache as check_cache
+    from .engine.client import resolve_builder as resolve_builder
+    from .run.app import AppRunner as AppRunner
+    from .run.app import DockApp as DockApp
+    from .run.images import BuildSpec as BuildSpec
+    from .run.images import Image as Image
+    from .run.manager import AppManager as AppManager
+    from .run.readiness.wait import wait_ready as wait_ready
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ import pytest
 if TYPE_CHECKING:
     pass
 
-from .plugin_state import PluginState
+from pytest_dockapp.plugin_state import PluginState
 
 
 def xdist_loaded(config: pytest.Config) -> bool:
@@ -43,9 +43,9 @@ class XdistController:
         s = self.state.settings
         if not (s.image or (s.context / (s.dockerfile or "Dockerfile")).is_file()):
             return
-        from .errors import DockappError
-        from .manager import AppManager
-        from .reporting import header_line
+        from pytest_dockapp.core.errors import DockappError
+        from pytest_dockapp.reporting import header_line
+        from pytest_dockapp.run.manager import AppManager
 
         try:
             line = header_line(AppManager.connect(sweep_age=None, builder=s.builder, docker_cli=s.docker_cli))
@@ -65,9 +65,9 @@ class XdistController:
         # A crashed worker ran no teardown: its pid is gone now, so the sweep takes what it left.
         # Workers that finished cleaned up after themselves: no need to make the run wait.
         if self.crashed:
-            from . import cleanup
-            from .engine import connect
-            from .errors import DockappError
+            from pytest_dockapp.core.errors import DockappError
+            from pytest_dockapp.engine import cleanup
+            from pytest_dockapp.engine.client import connect
 
             age = self.state.settings.sweep_age
             if age is None:

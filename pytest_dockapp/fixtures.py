@@ -1,5 +1,5 @@
 """The fixtures: the settings a conftest.py may override, the image, the app, the factory and a
-network; each is a thin layer over the library's :class:`~pytest_dockapp.manager.AppManager`."""
+network; each is a thin layer over the library's :class:`~pytest_dockapp.run.manager.AppManager`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .app import DockApp
-    from .manager import Image
+    from pytest_dockapp.run.app import DockApp
+    from pytest_dockapp.run.manager import Image
 
-from .options import BY_NAME
-from .plugin_state import ITEM_APPS, PluginState, fail_on, pick, state_of, told_once
+from pytest_dockapp.options import BY_NAME
+from pytest_dockapp.plugin_state import ITEM_APPS, PluginState, fail_on, pick, state_of, told_once
 
 # -- settings fixtures: override any of them in a conftest.py ------------------------------------
 
@@ -47,8 +47,8 @@ def _build(
     secrets: Mapping[str, str] | None = None,
 ) -> Image:
     __tracebackhide__ = True
-    from .errors import DockappError
-    from .manager import BuildSpec
+    from pytest_dockapp.core.errors import DockappError
+    from pytest_dockapp.run.manager import BuildSpec
 
     args = {**build_args, **state.settings.from_cli.get("build_args", {})}
     spec = BuildSpec(context, dockerfile, args, target, {**state.settings.secrets, **(secrets or {})})
@@ -87,7 +87,7 @@ def _session_image(
     state: PluginState, context: str, dockerfile: str | None, build_args: dict[str, str], target: str | None
 ) -> Image:
     __tracebackhide__ = True
-    from .errors import DockappError
+    from pytest_dockapp.core.errors import DockappError
 
     if state.settings.image:
         try:
@@ -104,7 +104,7 @@ def _session_image(
     )
     record = image.record
     if state.settings.expect_cached and record is not None:
-        from .errors import CacheRegressionError
+        from pytest_dockapp.core.errors import CacheRegressionError
 
         try:
             record.assert_fully_cached()
@@ -116,7 +116,7 @@ def _session_image(
 def _start(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
     """Start an app; a library error becomes a clean fixture failure."""
     __tracebackhide__ = True
-    from .errors import DockappError
+    from pytest_dockapp.core.errors import DockappError
 
     try:
         return _start_raising(state, image, **kwargs)
@@ -128,7 +128,7 @@ def _start_raising(state: PluginState, image: Image | str, **kwargs: Any) -> Doc
     """As :func:`_start`, but raising the library's error (tests may expect a ``PortError``),
     with known secrets masked in it."""
     __tracebackhide__ = True
-    from .errors import DockappError
+    from pytest_dockapp.core.errors import DockappError
 
     try:
         early = state.prestart.take_app(image, kwargs) if state.prestart is not None else None
@@ -151,8 +151,8 @@ def _release(state: PluginState, session: pytest.Session, app: DockApp, scope: s
         return  # left running on purpose; listed in the terminal summary
     apps = state.started
     if apps is not None and not apps.engine_lost:
-        from .engine import engine_phase, is_engine_failure
-        from .errors import DockappError
+        from pytest_dockapp.core.errors import DockappError
+        from pytest_dockapp.engine.client import engine_phase, is_engine_failure
 
         # Function-scoped apps go in the background: the session's end waits for every removal.
         try:
@@ -284,7 +284,7 @@ def _check_arguments(**given: Any) -> None:
     """The factory's settings, checked by the settings table's own validators, with the error
     naming the argument (trust III, 19: `'healty' is unknown` named nothing)."""
     __tracebackhide__ = True
-    from .errors import ConfigurationError
+    from pytest_dockapp.core.errors import ConfigurationError
 
     for name, value in given.items():
         parse = BY_NAME[name].parse
@@ -305,7 +305,7 @@ def dockapp_network(request: pytest.FixtureRequest) -> Iterator[Any]:
     configured testcontainers yourself, Ryuk is disabled when its image is not on the
     engine, and published ports are reached through the Docker host.
     """
-    from .interop import create_network, remove_network
+    from pytest_dockapp.engine.interop import create_network, remove_network
 
     apps = state_of(request.config).apps()
     network = create_network(apps.client, apps.owner)

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .app import DockApp
-    from .build import BuildRecord
-    from .cache_check import CacheReport
+    from pytest_dockapp.builds.record import BuildRecord
+    from pytest_dockapp.cache.check import CacheReport
+    from pytest_dockapp.run.app import DockApp
 
 
 @pytest.hookspec

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from .plugin_state import state_of
+from pytest_dockapp.plugin_state import state_of
 
 
 class LintCollector:
@@ -52,8 +52,8 @@ class DockerfileLintItem(pytest.Item):
         self.funcargs: dict[str, Any] = {}
 
     def runtest(self) -> None:
-        from .dockerfile import Dockerfile
-        from .lint import lint
+        from pytest_dockapp.builds.dockerfile import Dockerfile
+        from pytest_dockapp.cache.lint import lint
 
         findings = lint(Dockerfile.read(self.path))
         if findings:

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .cache_check import CacheReport
+    from pytest_dockapp.cache.check import CacheReport
 
-from .plugin_state import fail_on, pick, state_of
+from pytest_dockapp.plugin_state import fail_on, pick, state_of
 
 # -- the cache-regression marker ----------------------------------------------------------------
 
@@ -28,8 +28,8 @@ def dockapp_cache_report(
     dockapp_target: str | None,
 ) -> CacheReport:
     """The ``dockapp_cache`` marker's report: both builds, hits, misses, the verdict."""
-    from .cache_check import check_cache
-    from .errors import DockappError
+    from pytest_dockapp.cache.check import check_cache
+    from pytest_dockapp.core.errors import DockappError
 
     marker = request.node.get_closest_marker("dockapp_cache")
     if marker is None:

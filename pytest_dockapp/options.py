@@ -17,38 +17,38 @@ from typing import Any
 
 import pytest
 
-from .errors import ConfigurationError
+from pytest_dockapp.core.errors import ConfigurationError
 
 STRICT_ENV = "DOCKAPP_STRICT"
 
 
 def _port(value: str) -> str:
-    from .app import parse_port
+    from pytest_dockapp.run.app import parse_port
 
     parse_port(value)
     return value
 
 
 def _timeout(value: str) -> float:
-    from .readiness import parse_timeout
+    from pytest_dockapp.run.readiness.settings import parse_timeout
 
     return parse_timeout(value)
 
 
 def _health_path(value: str) -> str:
-    from .readiness import parse_health_path
+    from pytest_dockapp.run.readiness.settings import parse_health_path
 
     return parse_health_path(value)
 
 
 def _builder(value: str) -> str:
-    from .engine import parse_builder
+    from pytest_dockapp.engine.client import parse_builder
 
     return parse_builder(value)
 
 
 def _ready(value: str) -> str:
-    from .readiness import parse_ready
+    from pytest_dockapp.run.readiness.settings import parse_ready
 
     return parse_ready(value)
 
@@ -66,7 +66,7 @@ def _ip(value: str) -> str:
 
 
 def _age(value: str) -> float | None:
-    from .cleanup import parse_age
+    from pytest_dockapp.engine.cleanup import parse_age
 
     return parse_age(value)
 
@@ -139,8 +139,8 @@ class Setting:
 
 
 def _defaults() -> dict[str, Any]:
-    from .cleanup import DEFAULT_SWEEP_AGE
-    from .readiness import DEFAULT_TIMEOUT, READY_CHOICES
+    from pytest_dockapp.engine.cleanup import DEFAULT_SWEEP_AGE
+    from pytest_dockapp.run.readiness.settings import DEFAULT_TIMEOUT, READY_CHOICES
 
     return {"timeout": DEFAULT_TIMEOUT, "sweep_age": DEFAULT_SWEEP_AGE, "ready": READY_CHOICES[0]}
 
@@ -373,7 +373,7 @@ def warn_at_ini(config: pytest.Config, message: str, key: str, *, from_cli: bool
     import re
     import warnings
 
-    from .errors import DockappWarning
+    from pytest_dockapp.core.errors import DockappWarning
 
     filename, line = "command line", 1
     path = config.inipath
@@ -397,7 +397,7 @@ SAFE_SWEEP_AGE = 600.0
 def check_values(config: pytest.Config, settings: Settings) -> None:
     """Warn about values that are valid but do something the user may not expect, at the line
     of the ini file (or the command line) that gave them."""
-    from .redact import looks_secret
+    from pytest_dockapp.core.redact import looks_secret
 
     for name in sorted(k for k, v in settings.build_args.items() if v and looks_secret(k)):
         warn_at_ini(

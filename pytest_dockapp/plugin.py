@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from .distributed import XdistController, xdist_loaded
-from .lint_items import LintCollector
-from .options import add_options, check_ini_keys, check_values, resolve
-from .plugin_state import STATE, PluginState
-from .signals import TerminationGuard  # standard library only: cheap to load with the plugin
+from pytest_dockapp.distributed import XdistController, xdist_loaded
+from pytest_dockapp.engine.signals import TerminationGuard  # standard library only: cheap to load with the plugin
+from pytest_dockapp.lint_items import LintCollector
+from pytest_dockapp.options import add_options, check_ini_keys, check_values, resolve
+from pytest_dockapp.plugin_state import STATE, PluginState
 
 pytest_plugins = ["pytest_dockapp.fixtures", "pytest_dockapp.marker", "pytest_dockapp.reporting"]
 
@@ -25,7 +25,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from . import hookspecs
+    from pytest_dockapp import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
 
@@ -55,7 +55,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     state = config.stash[STATE]
     if state.settings.lint_only:
         return
-    from .prestart import Prestart  # threading and pytest only: the library loads if a test needs it
+    from pytest_dockapp.prestart import Prestart  # threading and pytest only: the library loads if a test needs it
 
     state.prestart = Prestart.for_items(state, session.items)
 

@@ -7,19 +7,31 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import pytest
 
 if TYPE_CHECKING:
-    from .app import DockApp
-    from .cache_check import CacheReport
-    from .errors import DockappError
-    from .manager import AppManager
-    from .prestart import Prestart
+    from pytest_dockapp.cache.check import CacheReport
+    from pytest_dockapp.core.errors import DockappError
+    from pytest_dockapp.run.app import DockApp
+    from pytest_dockapp.run.manager import AppManager, BuildSpec, Image
 
-from .options import Settings
-from .progress import Progress
+from pytest_dockapp.options import Settings
+from pytest_dockapp.progress import Progress
+
+
+class EarlyStart(Protocol):
+    """What the session needs of :class:`~pytest_dockapp.prestart.Prestart` (a protocol, so that
+    the two modules do not import each other)."""
+
+    def wait(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def take_image(self, spec: BuildSpec | None) -> Image | None: ...
+
+    def take_app(self, image: Image | str, kwargs: dict[str, Any]) -> DockApp | None: ...
 
 
 class PluginState:
@@ -37,7 +49,7 @@ class PluginState:
         self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps
         self.teardown_error: str | None = None
         self.progress = Progress(config)
-        self.prestart: Prestart | None = None  # the session image and app, started at collection
+        self.prestart: EarlyStart | None = None  # the session image and app, started at collection
         self._connecting = threading.Lock()
 
     def apps(self) -> AppManager:
@@ -60,8 +72,8 @@ class PluginState:
 
     def connect(self) -> None:
         """Connect once (from the main thread or the prestart's); a failure is kept in :attr:`error`."""
-        from .errors import DockappError
-        from .manager import AppManager
+        from pytest_dockapp.core.errors import DockappError
+        from pytest_dockapp.run.manager import AppManager
 
         with self._connecting:
             if self._apps is not None or self.error is not None:
@@ -92,7 +104,7 @@ class PluginState:
 
     def mask(self, text: str) -> str:
         """``text`` with the session's known secret values masked."""
-        from .redact import mask_values
+        from pytest_dockapp.core.redact import mask_values
 
         return mask_values(text, self._apps.secrets) if self._apps is not None else text
 

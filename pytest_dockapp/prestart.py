@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .app import DockApp
-    from .manager import BuildSpec, Image
-    from .plugin_state import PluginState
+    from pytest_dockapp.plugin_state import PluginState
+    from pytest_dockapp.run.app import DockApp
+    from pytest_dockapp.run.manager import BuildSpec, Image
 
 #: The fixtures whose values the early start assumes; an override by a conftest.py turns it off.
 TRUSTED = (
@@ -75,7 +75,7 @@ class Prestart:
         wanted = [i for i in items if {"dockapp", "dockapp_image"} & set(getattr(i, "fixturenames", ()))]
         if not wanted or not all(_ours(i) for i in wanted):
             return None
-        from .manager import BuildSpec  # requests and the library: only for a session that needs them
+        from pytest_dockapp.run.manager import BuildSpec  # requests and the library: only for a session that needs them
 
         s = state.settings
         spec = None if s.image else BuildSpec(str(s.context), s.dockerfile, s.build_args, s.target, s.secrets)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .build import BuildEvent
+    from pytest_dockapp.builds.record import BuildEvent
 
 
 class Progress:

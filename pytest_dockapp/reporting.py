@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .app import DockApp
-    from .manager import AppManager
+    from pytest_dockapp.run.app import DockApp
+    from pytest_dockapp.run.manager import AppManager
 
-from .plugin_state import ITEM_APPS, ITEM_START, PluginState, state_of
+from pytest_dockapp.plugin_state import ITEM_APPS, ITEM_START, PluginState, state_of
 
 # -- reporting -----------------------------------------------------------------------------------
 
@@ -37,8 +37,8 @@ def pytest_report_collectionfinish(config: pytest.Config, items: Sequence[pytest
 
 def header_line(apps: AppManager) -> str:
     """``dockapp: engine <version> at <endpoint>, builder <builder and why>``."""
-    from .engine import engine_version
-    from .errors import DockappError
+    from pytest_dockapp.core.errors import DockappError
+    from pytest_dockapp.engine.client import engine_version
 
     try:
         builder = apps.builder.describe()
@@ -64,8 +64,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         since = item.stash.get(ITEM_START, None)
         state = state_of(item.config)
         state.failed_apps.update(a.name for a in from_fixtures + apps)
-        from .errors import cap
-        from .readiness import probes_note, without_probes
+        from pytest_dockapp.core.errors import cap
+        from pytest_dockapp.run.readiness.logs import probes_note, without_probes
 
         engine_lost = state.started is not None and state.started.engine_lost
         for app in from_fixtures + [a for a in apps if a not in from_fixtures]:
@@ -110,7 +110,7 @@ def _refer_to_first(item: pytest.Item, call: pytest.CallInfo[None], report: pyte
 def _fixture_apps(item: pytest.Item) -> dict[str, DockApp]:
     """The apps among the test's fixture values, by fixture name (the app module is loaded if
     there are any)."""
-    module = sys.modules.get("pytest_dockapp.app")
+    module = sys.modules.get("pytest_dockapp.run.app")
     values = getattr(item, "funcargs", {}).items()
     return {name: v for name, v in values if module is not None and isinstance(v, module.DockApp)}
 

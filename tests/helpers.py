@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from pytest_dockapp import cleanup
-from pytest_dockapp.endpoint import resolve_endpoint
-from pytest_dockapp.engine import cli_info
+from pytest_dockapp.engine import cleanup
+from pytest_dockapp.engine.client import cli_info
+from pytest_dockapp.engine.endpoint import resolve_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "dockapp-test/busybox:1"

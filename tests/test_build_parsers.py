@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 
-from pytest_dockapp.build import ClassicParser, PlainParser, RawJsonParser
-from pytest_dockapp.dockerfile import Dockerfile
+from pytest_dockapp.builds.dockerfile import Dockerfile
+from pytest_dockapp.builds.output.classic import ClassicParser
+from pytest_dockapp.builds.output.plain import PlainParser
+from pytest_dockapp.builds.output.rawjson import RawJsonParser
 
 DF = Dockerfile.parse(
     "FROM base AS deps\nWORKDIR /app\nCOPY req.txt .\nRUN pip install -r req.txt\n"
@@ -320,8 +322,8 @@ def test_a_fully_cached_build_passes_and_a_miss_names_its_step() -> None:
 
     import pytest
 
-    from pytest_dockapp.build import BuildRecord, BuildStep
-    from pytest_dockapp.errors import CacheRegressionError
+    from pytest_dockapp.builds.record import BuildRecord, BuildStep
+    from pytest_dockapp.core.errors import CacheRegressionError
 
     df = Dockerfile.parse("FROM base\nRUN a\nRUN b\n")
     steps = [BuildStep(i + 1, ins.text, ins, "stage-0", None if i == 0 else True) for i, ins in enumerate(df.steps())]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dockapp.build_reuse import BuildCache, Entry, _files_read, _image_refs, _Unknown
-from pytest_dockapp.context import walk
-from pytest_dockapp.dockerfile import Dockerfile, normalize_source, parse_triggers
+from pytest_dockapp.builds.context import walk
+from pytest_dockapp.builds.dockerfile import Dockerfile, normalize_source, parse_triggers
+from pytest_dockapp.builds.reuse import BuildCache, Entry, _files_read, _image_refs, _Unknown
 
 
 def test_base_and_from_images_count_stages_do_not() -> None:

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from pytest_dockapp.build import read_dockerfile
-from pytest_dockapp.cache_check import check_cache
-from pytest_dockapp.dockerfile import Dockerfile, expand, normalize
-from pytest_dockapp.engine import Builder
-from pytest_dockapp.lint import lint
+from pytest_dockapp.builds.dockerfile import Dockerfile, expand, normalize
+from pytest_dockapp.builds.image import read_dockerfile
+from pytest_dockapp.cache.check import check_cache
+from pytest_dockapp.cache.lint import lint
+from pytest_dockapp.engine.client import Builder
 
 from .corpus import CASES, ONBUILD_PARENT, ONBUILD_PARENT_DOCKERFILE, TOOLBOX_DOCKERFILE, TOOLBOX_IMAGE, Case
 

@@ -7,17 +7,12 @@ from typing import Any
 
 import pytest
 
-from pytest_dockapp.advice import advise
-from pytest_dockapp.cache_check import (
-    Expectation,
-    expected_misses,
-    harmless_token,
-    match_pattern,
-    parse_change,
-)
-from pytest_dockapp.dockerfile import Dockerfile, source_covers
-from pytest_dockapp.errors import CacheMarkerUsageError
-from pytest_dockapp.lint import lint
+from pytest_dockapp.builds.dockerfile import Dockerfile, source_covers
+from pytest_dockapp.cache.advice import advise
+from pytest_dockapp.cache.check import harmless_token, parse_change
+from pytest_dockapp.cache.expectations import Expectation, expected_misses, match_pattern
+from pytest_dockapp.cache.lint import lint
+from pytest_dockapp.core.errors import CacheMarkerUsageError
 
 
 def lines(exp: Expectation) -> list[int]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dockapp.context import TarStream, context_files
-from pytest_dockapp.errors import ConfigurationError
+from pytest_dockapp.builds.context import TarStream, context_files
+from pytest_dockapp.core.errors import ConfigurationError
 
 
 def read(stream: TarStream) -> tarfile.TarFile:

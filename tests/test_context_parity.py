@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dockapp.context import context_files
+from pytest_dockapp.builds.context import context_files
 
 FILES = [
     "Dockerfile",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dockapp.dockerfile import Dockerfile, copy_sources, expand, mount_specs
-from pytest_dockapp.errors import DockerfileError
+from pytest_dockapp.builds.dockerfile import Dockerfile, copy_sources, expand, mount_specs
+from pytest_dockapp.core.errors import DockerfileError
 
 TUTORIAL = """\
 # syntax=docker/dockerfile:1

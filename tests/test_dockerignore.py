@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dockapp.context import walk
-from pytest_dockapp.dockerignore import IgnoreRules, for_build, parse, read_patterns
-from pytest_dockapp.errors import ConfigurationError
+from pytest_dockapp.builds.context import walk
+from pytest_dockapp.builds.dockerignore import IgnoreRules, for_build, parse, read_patterns
+from pytest_dockapp.core.errors import ConfigurationError
 
 
 def excluded(patterns: list[str], path: str) -> bool:

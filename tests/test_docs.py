@@ -94,7 +94,7 @@ def test_the_github_recipe_builds_then_tests_the_cached_build() -> None:
 
 
 def test_the_gitlab_recipe_reaches_the_dind_service_where_ports_are_published() -> None:
-    from pytest_dockapp.endpoint import resolve_endpoint
+    from pytest_dockapp.engine.endpoint import resolve_endpoint
 
     job = yaml.safe_load((ROOT / "examples" / "ci" / "gitlab-ci.yml").read_text())["integration"]
     assert {"name": "docker:dind", "alias": "docker"} in job["services"]

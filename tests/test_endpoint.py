@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_dockapp.app import pick_binding
-from pytest_dockapp.endpoint import DEFAULT_SOCKET, Endpoint, resolve_endpoint
-from pytest_dockapp.engine import resolve_builder
-from pytest_dockapp.errors import ConfigurationError
+from pytest_dockapp.core.errors import ConfigurationError
+from pytest_dockapp.engine.client import resolve_builder
+from pytest_dockapp.engine.endpoint import DEFAULT_SOCKET, Endpoint, resolve_endpoint
+from pytest_dockapp.run.app import pick_binding
 
 
 def write_context(config_dir: Path, name: str, host: str) -> None:
@@ -81,7 +81,7 @@ def test_podman_builds_classic_and_refuses_buildkit() -> None:
 
 
 def test_podman_tags_are_matched_without_their_registry_prefix() -> None:
-    from pytest_dockapp.cleanup import normalize_tag
+    from pytest_dockapp.engine.cleanup import normalize_tag
 
     assert normalize_tag("docker.io/pytest-dockapp/cache-check:x") == "pytest-dockapp/cache-check:x"
     assert normalize_tag("localhost/pytest-dockapp/app:1") == "pytest-dockapp/app:1"

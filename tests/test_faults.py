@@ -89,7 +89,7 @@ def test_fixed_host_port_in_use(app: App, pytester: pytest.Pytester) -> None:
         """
         import socket
         import pytest
-        from pytest_dockapp.errors import PortError
+        from pytest_dockapp.core.errors import PortError
 
         def test_taken(dockapp_factory):
             with socket.socket() as held:
@@ -594,7 +594,7 @@ def test_sweep_leaves_a_pid_namespace_neighbour_alone(app: App, pytester: pytest
     nothing here: its resources must not be judged dead by pid."""
     import socket
 
-    from pytest_dockapp import cleanup
+    from pytest_dockapp.engine import cleanup
 
     neighbour = docker_client.api.create_container(
         app.busybox,
@@ -686,7 +686,7 @@ def test_a_name_taken_by_another_container_is_a_clear_error(
         result.stdout.fnmatch_lines(
             [f"*cannot create container {name}: the name is taken*", "*hint: choose another name=*"]
         )
-        result.stdout.fnmatch_lines(["E*pytest_dockapp.errors.ContainerError: cannot create container*"])
+        result.stdout.fnmatch_lines(["E*pytest_dockapp.core.errors.ContainerError: cannot create container*"])
     finally:
         docker_client.api.remove_container(other["Id"], force=True)
 
@@ -879,7 +879,7 @@ def test_build_secrets_reach_the_step_and_never_the_image(
     import hashlib
     import tempfile
 
-    from pytest_dockapp.cleanup import pid_namespace
+    from pytest_dockapp.engine.cleanup import pid_namespace
 
     value = f"s3cr3t-{uuid.uuid4().hex}"
     monkeypatch.setenv("MY_TOKEN", value)

@@ -95,7 +95,7 @@ def test_factory_build_args_each_get_their_own_image(app: App, pytester: pytest.
 
 
 def test_cache_check_warm_builds_of_other_args_do_not_share_a_tag(app: App, pytester: pytest.Pytester) -> None:
-    from pytest_dockapp.cache_check import warm_tag
+    from pytest_dockapp.cache.check import warm_tag
 
     base = warm_tag(Path("/ctx"), Path("/ctx/Dockerfile"), None, {"MSG": "a"}, "classic")
     assert base != warm_tag(Path("/ctx"), Path("/ctx/Dockerfile"), None, {"MSG": "b"}, "classic")
@@ -127,7 +127,7 @@ def test_concurrent_sessions_with_different_args_each_serve_their_own(
 
 
 def test_tag_names_the_whole_spec_and_never_a_secret() -> None:
-    from pytest_dockapp.build import default_tag
+    from pytest_dockapp.builds.image import default_tag
 
     ctx, df = Path("/ctx"), Path("/ctx/Dockerfile")
     tags = {
@@ -378,7 +378,7 @@ def test_remove_images_says_what_it_removed(app: App, pytester: pytest.Pytester,
 
 
 def _store_many(args: tuple[str, int]) -> None:
-    from pytest_dockapp.build_reuse import BuildCache, Entry
+    from pytest_dockapp.builds.reuse import BuildCache, Entry
 
     path, worker = args
     cache = BuildCache(Path(path))
@@ -396,7 +396,7 @@ def test_concurrent_sessions_lose_no_build_records(tmp_path: Path) -> None:
 
 
 def test_unwritable_cache_leaves_no_temporary_file(tmp_path: Path) -> None:
-    from pytest_dockapp.build_reuse import BuildCache, Entry
+    from pytest_dockapp.builds.reuse import BuildCache, Entry
 
     path = tmp_path / "builds.json"
     path.mkdir()  # cannot be replaced by a file: the write fails, as on a read-only folder

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_dockapp import cleanup, distributed, engine, plugin_state
+from pytest_dockapp import distributed, plugin_state
+from pytest_dockapp.engine import cleanup
+from pytest_dockapp.engine import client as engine
 
 
 @pytest.mark.parametrize(("age", "swept"), [("off", None), ("0", 0.0), ("90m", 5400.0)])
@@ -95,7 +97,7 @@ def test_the_public_surface_is_one_list() -> None:
     import importlib
 
     import pytest_dockapp
-    from pytest_dockapp import errors
+    from pytest_dockapp.core import errors
 
     from .helpers import ROOT
 

@@ -69,7 +69,7 @@ def test_an_early_build_failure_is_the_error_of_the_test_that_needs_it(app: App,
 # for 2 s inside the create, once the container exists) left it behind in state Created.
 SLOW_CREATE = """
 import time
-from pytest_dockapp import app as _app
+from pytest_dockapp.run import app as _app
 
 _create = _app.AppRunner._create
 

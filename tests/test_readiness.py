@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_dockapp.readiness import ProcSocketTable
+from pytest_dockapp.run.readiness.sockets import ProcSocketTable
 
 from .helpers import ENDPOINT
 
@@ -81,8 +81,8 @@ def test_probe_refuses_a_pid_of_another_container(run: Any) -> None:
 def test_an_ipv6_only_listener_is_not_ready(docker_client: Any, busybox: str) -> None:
     """[::] with IPV6_V6ONLY looks like any other listener in the socket table, but docker-proxy
     forwards IPv4 and is refused: the wait must see that."""
-    from pytest_dockapp.errors import ReadinessTimeoutError
-    from pytest_dockapp.readiness import wait_ready
+    from pytest_dockapp.core.errors import ReadinessTimeoutError
+    from pytest_dockapp.run.readiness.wait import wait_ready
 
     container = docker_client.containers.run(
         busybox,
@@ -105,7 +105,7 @@ def test_an_ipv6_only_listener_is_not_ready(docker_client: Any, busybox: str) ->
 @pytest.mark.remote
 def test_the_socket_table_read_through_exec_sees_listen_loopback_and_nothing(run: Any, docker_client: Any) -> None:
     """What a remote engine gets: the same answers as /proc, through the engine."""
-    from pytest_dockapp.readiness import ExecSocketTable
+    from pytest_dockapp.run.readiness.sockets import ExecSocketTable
 
     idle = ExecSocketTable(docker_client, run("sleep", "30").id)
     assert idle.listening(80) is None and idle.usable
@@ -117,7 +117,7 @@ def test_the_socket_table_read_through_exec_sees_listen_loopback_and_nothing(run
 
 @pytest.mark.remote
 def test_the_socket_table_is_read_by_a_shell_when_the_image_has_no_cat(run: Any, docker_client: Any) -> None:
-    from pytest_dockapp.readiness import ExecSocketTable
+    from pytest_dockapp.run.readiness.sockets import ExecSocketTable
 
     container = run("sh", "-c", "rm /bin/cat; exec httpd -f -p 80")
     table = ExecSocketTable(docker_client, container.id)
@@ -130,7 +130,8 @@ def test_an_image_with_neither_cat_nor_sh_falls_back_to_a_held_connection(docker
     """Distroless-like images: no command can print the table, so the wait says what it relies on."""
     import io
 
-    from pytest_dockapp.readiness import ExecSocketTable, PortCheck
+    from pytest_dockapp.run.readiness.port import PortCheck
+    from pytest_dockapp.run.readiness.sockets import ExecSocketTable
 
     dockerfile = f"FROM {busybox} AS tools\nFROM scratch\nCOPY --from=tools /bin/busybox /httpd\nEXPOSE 80\n"
     image, _ = docker_client.images.build(

@@ -41,7 +41,7 @@ def test_healthcheck_on_an_image_without_one_is_an_error(app: App, pytester: pyt
     pytester.makepyfile(
         """
         import pytest
-        from pytest_dockapp.errors import ConfigurationError
+        from pytest_dockapp.core.errors import ConfigurationError
 
         def test_factory(dockapp_factory):
             with pytest.raises(ConfigurationError, match="healthcheck, but the image of .* has no HEALTHCHECK"):

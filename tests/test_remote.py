@@ -125,8 +125,8 @@ def test_an_ssh_engine_builds_runs_and_cleans_up(
 def test_an_ssh_engine_without_paramiko_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from pytest_dockapp.endpoint import Endpoint
-    from pytest_dockapp.errors import ConfigurationError
+    from pytest_dockapp.core.errors import ConfigurationError
+    from pytest_dockapp.engine.endpoint import Endpoint
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "paramiko" else real(name, *a))

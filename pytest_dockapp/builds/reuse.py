@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import state_files
-from .context import walk
-from .dockerfile import (
+from pytest_dockapp.builds.context import walk
+from pytest_dockapp.builds.dockerfile import (
     Dockerfile,
     Instruction,
     consumed_files,
@@ -40,7 +39,8 @@ from .dockerfile import (
     parse_triggers,
     split_words,
 )
-from .dockerignore import ignore_file
+from pytest_dockapp.builds.dockerignore import ignore_file
+from pytest_dockapp.core import state_files
 
 if TYPE_CHECKING:
     import docker

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import state_files
-from .endpoint import Endpoint, resolve_endpoint
-from .errors import ConfigurationError, EngineUnavailableError
+from pytest_dockapp.core import state_files
+from pytest_dockapp.core.errors import ConfigurationError, EngineUnavailableError
+from pytest_dockapp.engine.endpoint import Endpoint, resolve_endpoint
 
 if TYPE_CHECKING:
     import docker
@@ -44,7 +44,7 @@ CALL_TIMEOUT = 30.0
 #: A classic build is one API call whose answer streams the build output, and the engine sends
 #: nothing while a step is silent (a `RUN` that compiles for ten minutes): the read timeout is
 #: the longest silent stretch a step may have, so it must be long. A frozen engine is still found
-#: in CALL_TIMEOUT + ENGINE_WATCH_EVERY by the ping of :class:`~pytest_dockapp.build.EngineWatch`
+#: in CALL_TIMEOUT + ENGINE_WATCH_EVERY by the ping of :class:`~pytest_dockapp.builds.image.EngineWatch`
 #: during BuildKit builds; a classic build's stream cannot be cut from here, so it waits this out.
 BUILD_TIMEOUT = 900.0
 #: How often the engine is pinged while a BuildKit CLI build runs (the CLI waits forever).

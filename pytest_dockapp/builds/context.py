@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from . import dockerignore
+from pytest_dockapp.builds import dockerignore
 
 
 def walk(

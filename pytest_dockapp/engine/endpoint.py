@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigurationError
+from pytest_dockapp.core.errors import ConfigurationError
 
 #: What a unix socket URL means when nothing else is set.
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"

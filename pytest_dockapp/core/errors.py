@@ -135,3 +135,8 @@ class CacheMarkerUsageError(ConfigurationError):
 
 class DockappWarning(UserWarning):
     """Something works, but is risky or will surprise: a secret in a build arg, say."""
+
+
+# Shown as users import them (`pytest_dockapp.PortError`), not by the module that defines them.
+for _name in __all__:
+    globals()[_name].__module__ = "pytest_dockapp"

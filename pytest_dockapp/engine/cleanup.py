@@ -57,7 +57,7 @@ def process_start(pid: int) -> str:
 
 def parse_age(value: str | float | None) -> float | None:
     """``"off"`` (None: no sweep), seconds, or a number with an ``s``, ``m``, ``h`` or ``d`` suffix."""
-    from .errors import ConfigurationError
+    from pytest_dockapp.core.errors import ConfigurationError
 
     text = str(value).strip().lower()
     if text in ("off", "never", "none"):
@@ -109,7 +109,7 @@ LABELS_ENV = "DOCKAPP_LABELS"
 
 def extra_labels(text: str | None = None) -> dict[str, str]:
     """The labels ``DOCKAPP_LABELS`` (or ``text``) asks for."""
-    from .errors import ConfigurationError
+    from pytest_dockapp.core.errors import ConfigurationError
 
     raw = os.environ.get(LABELS_ENV, "") if text is None else text
     out = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .dockerfile import Instruction
+from pytest_dockapp.builds.dockerfile import Instruction
 
 
 @dataclass(frozen=True)

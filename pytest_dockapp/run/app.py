@@ -14,17 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import requests  # the docker SDK imports it anyway
 
-from . import cleanup
-from .endpoint import Endpoint
-from .engine import endpoint_of, is_engine_failure
-from .errors import ContainerError, ContainerGoneError, PortError, tail
-from .readiness import DEFAULT_TIMEOUT, Readiness, wait_ready
+from pytest_dockapp.core.errors import ContainerError, ContainerGoneError, PortError, tail
+from pytest_dockapp.engine import cleanup
+from pytest_dockapp.engine.client import endpoint_of, is_engine_failure
+from pytest_dockapp.engine.endpoint import Endpoint
+from pytest_dockapp.run.readiness.settings import DEFAULT_TIMEOUT
+from pytest_dockapp.run.readiness.wait import Readiness, wait_ready
 
 if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
 
-    from .build import BuildRecord
+    from pytest_dockapp.builds.record import BuildRecord
 
 _counter = itertools.count(1)
 

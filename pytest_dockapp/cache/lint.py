@@ -8,9 +8,17 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from .advice import advise
-from .dockerfile import Dockerfile, Instruction, Scope, Stage, copy_sources, parse_triggers, split_words
-from .tools import TOOLS, run_reads
+from pytest_dockapp.builds.dockerfile import (
+    Dockerfile,
+    Instruction,
+    Scope,
+    Stage,
+    copy_sources,
+    parse_triggers,
+    split_words,
+)
+from pytest_dockapp.cache.advice import advise
+from pytest_dockapp.cache.tools import TOOLS, run_reads
 
 
 @dataclass(frozen=True)

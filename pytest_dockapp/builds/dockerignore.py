@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigurationError
+from pytest_dockapp.core.errors import ConfigurationError
 
 # Characters with a meaning in a regex but none in a Go filepath pattern.
 _ESCAPE = set(".+()|{}$")

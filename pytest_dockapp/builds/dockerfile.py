@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import DockerfileError
+from pytest_dockapp.core.errors import DockerfileError
 
 KNOWN_INSTRUCTIONS = frozenset(
     {
@@ -231,17 +231,7 @@ class Dockerfile:
                 i += 1
                 continue
             start = i
-            parts: list[str] = []
-            line = lines[i].rstrip()
-            # Join continuation lines; comment and blank lines inside a continuation are dropped.
-            while line.endswith(escape) and i + 1 < len(lines):
-                parts.append(line[: -len(escape)])
-                i += 1
-                while i < len(lines) and (not lines[i].strip() or lines[i].lstrip().startswith("#")):
-                    i += 1
-                line = lines[i].rstrip() if i < len(lines) else ""
-            parts.append(line[: -len(escape)] if line.endswith(escape) else line)
-            joined = " ".join(p.strip() for p in parts)
+            joined, i = _joined(lines, i, escape)
             keyword, _, value = joined.partition(" ")
             keyword = keyword.upper()
             if keyword not in KNOWN_INSTRUCTIONS:
@@ -253,17 +243,7 @@ class Dockerfile:
                 )
             heredocs: list[str] = []
             if keyword in ("RUN", "COPY", "ADD"):
-                for m in _HEREDOC.finditer(value):
-                    strip_tabs, terminator = m.group(1) == "-", m.group(3)
-                    body: list[str] = []
-                    i += 1
-                    while i < len(lines):
-                        candidate = lines[i].lstrip("\t") if strip_tabs else lines[i]
-                        if candidate == terminator:
-                            break
-                        body.append(lines[i])
-                        i += 1
-                    heredocs.append("\n".join(body))
+                heredocs, i = _heredocs(lines, i, value)
             if keyword == "FROM":
                 if not value.strip():
                     raise DockerfileError(
@@ -446,6 +426,38 @@ class Dockerfile:
                 for word in ins.args.split():
                     ports.append(word if "/" in word else f"{word}/tcp")
         return ports
+
+
+def _joined(lines: list[str], i: int, escape: str) -> tuple[str, int]:
+    """The instruction starting at line ``i``, its continuation lines joined (comment and blank
+    lines inside a continuation are dropped), and the index of its last line."""
+    parts: list[str] = []
+    line = lines[i].rstrip()
+    while line.endswith(escape) and i + 1 < len(lines):
+        parts.append(line[: -len(escape)])
+        i += 1
+        while i < len(lines) and (not lines[i].strip() or lines[i].lstrip().startswith("#")):
+            i += 1
+        line = lines[i].rstrip() if i < len(lines) else ""
+    parts.append(line[: -len(escape)] if line.endswith(escape) else line)
+    return " ".join(p.strip() for p in parts), i
+
+
+def _heredocs(lines: list[str], i: int, value: str) -> tuple[list[str], int]:
+    """The bodies of the heredocs ``value`` opens after line ``i``, and the index of the last line."""
+    heredocs: list[str] = []
+    for m in _HEREDOC.finditer(value):
+        strip_tabs, terminator = m.group(1) == "-", m.group(3)
+        body: list[str] = []
+        i += 1
+        while i < len(lines):
+            candidate = lines[i].lstrip("\t") if strip_tabs else lines[i]
+            if candidate == terminator:
+                break
+            body.append(lines[i])
+            i += 1
+        heredocs.append("\n".join(body))
+    return heredocs, i
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,17 @@ import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from .dockerfile import Dockerfile, Instruction, Scope, copy_sources, expand, normalize_source, source_covers
-from .dockerfile import split_words as words_of
-from .tools import RunReads, run_reads
+from pytest_dockapp.builds.dockerfile import (
+    Dockerfile,
+    Instruction,
+    Scope,
+    copy_sources,
+    expand,
+    normalize_source,
+    source_covers,
+)
+from pytest_dockapp.builds.dockerfile import split_words as words_of
+from pytest_dockapp.cache.tools import RunReads, run_reads
 
 #: Reads a context file's text (None when it is missing): for workspace manifests.
 Reader = Callable[[str], "str | None"]
@@ -74,38 +82,21 @@ def advise(
     copies = _traced(culprit, c_scope, needed, files)
     copies = [c for c in copies if not _copied_before(df, culprit, victim, c[0], scopes)]
     here = f"above {culprit.where} (`{culprit.text}`)"
-    if reads.builds and not reads.installs:
-        tool = reads.builds[0]
-        if not copies:
-            return Advice(
-                f"`{victim.text}` reads the sources, so it must rerun when they change: it cannot be cached "
-                f"across this change. To keep the {tool.name} dependency download cached, copy "
-                f"{' '.join(tool.manifests)} and run `{tool.command}` {here}"
+    if reads.builds:  # the step reads the sources: it must rerun, but its dependencies need not
+        tool = (reads.installs or reads.builds)[0]
+        if reads.installs:
+            why = (
+                f"`{victim.text}` installs dependencies and reads the sources: split it. To install from the "
+                "manifests alone"
             )
-        return _insert(
-            df,
-            culprit,
-            victim,
-            copies,
-            [f"RUN {tool.command}"],
-            f"`{victim.text}` reads the sources, so it must rerun when they change: it cannot be cached across "
-            f"this change. To keep the {tool.name} dependency download cached",
-            v_scope,
-            c_scope,
-        )
-    if reads.installs and reads.builds:
-        tool = reads.installs[0]
-        return _insert(
-            df,
-            culprit,
-            victim,
-            copies,
-            [f"RUN {tool.command}"],
-            f"`{victim.text}` installs dependencies and reads the sources: split it. To install from the "
-            "manifests alone",
-            v_scope,
-            c_scope,
-        )
+        else:
+            why = (
+                f"`{victim.text}` reads the sources, so it must rerun when they change: it cannot be cached across "
+                f"this change. To keep the {tool.name} dependency download cached"
+            )
+            if not copies:
+                return Advice(f"{why}, copy {' '.join(tool.manifests)} and run `{tool.command}` {here}")
+        return _insert(df, culprit, victim, copies, [f"RUN {tool.command}"], why, v_scope, c_scope)
     if copies or reads.installs:
         return _move(df, culprit, victim, copies, v_scope, c_scope)
     return Advice(

@@ -12,7 +12,7 @@ import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import cleanup
+from pytest_dockapp.engine import cleanup
 
 if TYPE_CHECKING:
     import docker

@@ -1,0 +1,1 @@
+"""One module per builder output format, each folding it into :class:`BuildStep` records."""

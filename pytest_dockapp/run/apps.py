@@ -1,0 +1,123 @@
+"""The running apps of one session: started, removed after their test (in the background for a
+test's own apps), and every one removed when the session ends."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_dockapp.engine import cleanup
+from pytest_dockapp.run.app import AppRunner, DockApp
+from pytest_dockapp.run.images import Image
+
+if TYPE_CHECKING:
+    import docker
+
+
+@dataclass
+class AppStat:
+    name: str
+    image: str
+    ready_seconds: float
+    checks: str
+    teardown_seconds: float | None = None
+
+
+class Apps:
+    """Runs apps for a session and removes them; :meth:`close` removes what is still running."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        owner: cleanup.Owner,
+        defaults: Callable[[], dict[str, Any]],
+        creation: Callable[[str], AbstractContextManager[None]],
+    ):
+        self.client = client
+        self.owner = owner
+        self._defaults = defaults  # AppRunner settings the manager knows (endpoint, podman, ...)
+        self._creation = creation
+        self._runners: list[AppRunner] = []
+        self._remover = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dockapp-remove")
+        self._removals: list[Future[None]] = []
+        self._closed: list[AppRunner] = []
+        self.stats: list[AppStat] = []
+
+    def runner(self, image: Image | str, **kwargs: Any) -> AppRunner:
+        """An :class:`AppRunner` for ``image`` that :meth:`close` will also remove."""
+        ref = image.ref if isinstance(image, Image) else image
+        record = image.record if isinstance(image, Image) else None
+        defaults = self._defaults()
+        podman = defaults.pop("podman")
+        for key, value in defaults.items():
+            kwargs.setdefault(key, value)
+        kwargs.setdefault("creation", self._creation)
+        if isinstance(image, Image):
+            kwargs.setdefault("display", image.name)
+        runner = AppRunner(self.client, ref, owner=self.owner, build=record, **kwargs)
+        runner.podman = podman
+        self._runners.append(runner)
+        return runner
+
+    def stop(self, app: DockApp, wait: bool = True) -> None:
+        """Remove ``app``'s container. With ``wait=False`` the removal runs in the background
+        (the next test need not wait for the engine); :meth:`close` waits for it."""
+        for runner in list(self._runners):
+            if runner.app is app:
+                self._runners.remove(runner)
+                if wait or runner.host_ports:  # a fixed host port must be free before anyone reuses it
+                    self._close(runner)
+                else:
+                    self._removals.append(self._remover.submit(self._close, runner))
+
+    def finish_removals(self) -> None:
+        """Wait for the background removals (of earlier tests' apps); their errors surface at close."""
+        for removal in self._removals:
+            with contextlib.suppress(Exception):
+                removal.result()
+
+    def _close(self, runner: AppRunner) -> None:
+        self._closed.append(runner)
+        runner.close()
+        for stat in self.stats:
+            if stat.name == runner.name:
+                stat.teardown_seconds = runner.teardown_seconds
+
+    def close(
+        self, keep: Iterable[str], failed: Callable[[Exception], None], engine_lost: Callable[[], bool]
+    ) -> tuple[list[DockApp], list[str]]:
+        """Remove every app but those named in ``keep``, which are renamed ``<name>-kept``; each
+        error goes to ``failed``, and once ``engine_lost()`` no further call is made. Returns
+        the kept apps and the names of what could not be removed."""
+        wanted = set(keep)
+        kept, left = [], []
+        for runner in [r for r in self._runners if r.app is not None and r.app.name in wanted]:
+            self._runners.remove(runner)
+            assert runner.app is not None and runner.container_id is not None
+            try:
+                self.client.api.rename(runner.container_id, runner.app.name + cleanup.KEPT)
+                runner.app.name += cleanup.KEPT
+            except Exception as exc:  # kept all the same, under its old name
+                failed(exc)
+            kept.append(runner.app)
+        for removal in self._removals:
+            try:
+                removal.result()
+            except Exception as exc:
+                failed(exc)
+        self._removals.clear()
+        for runner in list(self._runners):
+            self._runners.remove(runner)
+            if engine_lost():
+                left.append(runner.name)
+                continue
+            try:
+                self._close(runner)
+            except Exception as exc:  # one failed removal must not leak the rest
+                failed(exc)
+        left += [r.left_behind for r in self._closed if r.left_behind]
+        return kept, left

@@ -1,0 +1,271 @@
+"""The images of one session: built once per spec (and once across pytest-xdist workers),
+reused when nothing they are built from changed, and pinned by a lease until the session ends."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_dockapp.builds.dockerfile import Dockerfile
+from pytest_dockapp.builds.image import build_image, resolve_paths
+from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
+from pytest_dockapp.builds.reuse import BuildCache, fingerprint
+from pytest_dockapp.builds.reuse import Entry as CacheEntry
+from pytest_dockapp.core.errors import ConfigurationError
+from pytest_dockapp.engine import cleanup
+from pytest_dockapp.engine.client import Builder
+
+if TYPE_CHECKING:
+    import docker
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build: context folder, Dockerfile, build args and target stage."""
+
+    context: str | os.PathLike[str]
+    dockerfile: str | os.PathLike[str] | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    #: BuildKit build secrets, ``{id: file path or environment variable name}``.
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+    def key(self) -> str:
+        ctx, df = resolve_paths(self.context, self.dockerfile)
+        raw = json.dumps([str(ctx), str(df), sorted(self.build_args.items()), self.target, sorted(self.secrets)])
+        return hashlib.sha1(raw.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Image:
+    """A built or prebuilt image, with the record of the build that made it when known."""
+
+    id: str
+    tag: str | None
+    record: BuildRecord | None = None
+    prebuilt: bool = False  # given by the user (--dockapp-image), not built from a spec
+
+    def __repr__(self) -> str:
+        return f"Image(id={self.id!r}, tag={self.tag!r}, prebuilt={self.prebuilt})"
+
+    @property
+    def ref(self) -> str:
+        """What apps run: the image ID, so that a tag moved by another build cannot swap it."""
+        return self.id
+
+    @property
+    def short_id(self) -> str:
+        """The ID as ``docker images`` shows it."""
+        return self.id.split(":")[-1][:12]
+
+    @property
+    def name(self) -> str:
+        """The tag when there is one (readable in ``docker ps`` and reports), else the short ID."""
+        return self.tag or self.short_id
+
+
+class Images:
+    """Builds (or reuses) and leases the images of one session; :meth:`release` ends the leases."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        owner: cleanup.Owner,
+        builder: Callable[[], Builder],
+        creation: Callable[[str], AbstractContextManager[None]],
+        *,
+        shared_dir: Path | None = None,
+        on_event: ProgressCallback | None = None,
+        reuse_unchanged: bool = True,
+        build_cache: BuildCache | None = None,
+    ):
+        self.client = client
+        self.owner = owner
+        self._builder = builder  # resolved when the first build needs it
+        self._creation = creation
+        self.shared_dir = shared_dir
+        self.on_event = on_event
+        self.reuse_unchanged = reuse_unchanged
+        self._build_cache = build_cache or BuildCache()
+        self._images: dict[str, Image] = {}
+        self._leases: dict[str, str] = {}  # image ID -> the lease container that pins it
+        self.builds: list[BuildRecord] = []
+        self.shared_images: list[Image] = []
+        self.prebuilt_images: list[Image] = []
+
+    @property
+    def builder(self) -> Builder:
+        return self._builder()
+
+    def get(self, spec: BuildSpec) -> Image:
+        """``spec``'s image: built once, or its last build reused when nothing changed; leased."""
+        key = spec.key()
+        if key not in self._images:
+            image = self._build(spec) if self.shared_dir is None else self._build_shared(spec, key)
+            if not self._lease(image):
+                image = self._build(spec, reuse=False)  # removed since it was built: build it again
+                self._lease(image)
+            self._images[key] = image
+        return self._images[key]
+
+    def _lease(self, image: Image) -> bool:
+        """Pin ``image`` with a created, never started, labelled container until :meth:`close`, so
+        that no other session's ``--dockapp-remove-images`` can delete it while this session may
+        still start it (the engine refuses to remove an image a container uses). False when the
+        image is already gone."""
+        import docker.errors
+
+        if image.id in self._leases:
+            return True
+        with self._creation(f"the lease of {image.name}"):
+            try:
+                created = self.client.api.create_container(
+                    image.id,
+                    command=["pytest-dockapp-lease"],
+                    name=f"dockapp-lease-{self.owner.id[:8]}-{len(self._leases) + 1}",
+                    labels=self.owner.labels("lease"),
+                )
+            except docker.errors.ImageNotFound:
+                return False
+            self._leases[image.id] = created["Id"]
+        return True
+
+    def _build(self, spec: BuildSpec, reuse: bool = True) -> Image:
+        started = time.perf_counter()
+        ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
+        inputs = None
+        if self.reuse_unchanged and reuse:
+            df = Dockerfile.read(df_path)
+            inputs = fingerprint(
+                self.client,
+                ctx,
+                df_path,
+                df,
+                build_args=spec.build_args,
+                target=spec.target,
+                builder=self.builder.name,
+            )
+            last = self._build_cache.lookup(spec.key()) if inputs else None
+            if last is not None and last.fingerprint == inputs and self._tagged(last.tag, last.image_id):
+                try:
+                    record = BuildRecord.from_json(last.record, ctx, df)
+                except (KeyError, TypeError, ValueError):
+                    pass  # an entry of an older version, or damaged: build
+                else:
+                    record.reuse_seconds = time.perf_counter() - started
+                    self.builds.append(record)
+                    return Image(record.image_id, record.tag, record)
+        record = build_image(
+            self.client,
+            spec.context,
+            spec.dockerfile,
+            builder=self.builder,
+            build_args=spec.build_args,
+            target=spec.target,
+            # One label: on the classic builder each label is a build step of its own.
+            labels={cleanup.OWNER: cleanup.OWNER_VALUE},
+            on_event=self.on_event,
+            secrets=spec.secrets,
+        )
+        self.builds.append(record)
+        if inputs and record.tag:
+            self._build_cache.store(spec.key(), CacheEntry(inputs, record.image_id, record.tag, record.to_json()))
+        return Image(record.image_id, record.tag, record)
+
+    def _tagged(self, tag: str, image_id: str) -> bool:
+        import docker.errors
+
+        try:
+            return bool(self.client.api.inspect_image(tag)["Id"] == image_id)
+        except docker.errors.ImageNotFound:
+            return False
+
+    def _build_shared(self, spec: BuildSpec, key: str) -> Image:
+        import docker.errors
+        from filelock import FileLock
+
+        assert self.shared_dir is not None
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        result = self.shared_dir / f"build-{key}.json"
+        with FileLock(str(self.shared_dir / f"build-{key}.lock")):
+            if result.exists():
+                data = json.loads(result.read_text())
+                try:
+                    self.client.api.inspect_image(data["id"])
+                except docker.errors.ImageNotFound:
+                    pass  # removed since: build again
+                else:
+                    ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
+                    record = BuildRecord.from_json(data["record"], ctx, Dockerfile.read(df_path))
+                    image = Image(data["id"], data["tag"], record)
+                    self.shared_images.append(image)
+                    return image
+            image = self._build(spec)
+            assert image.record is not None
+            result.write_text(json.dumps({"id": image.id, "tag": image.tag, "record": image.record.to_json()}))
+            return image
+
+    def prebuilt(self, ref: str) -> Image:
+        """An image that was built elsewhere (an earlier CI stage); it must be on the engine."""
+        import docker.errors
+
+        try:
+            attrs = self.client.api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            raise ConfigurationError(
+                f"image {ref!r} is not on the engine",
+                hint="build or load it first (docker build -t / docker load), or drop --dockapp-image "
+                "to let the plugin build the Dockerfile",
+            ) from None
+        image = Image(attrs["Id"], ref, prebuilt=True)
+        self._lease(image)
+        self.prebuilt_images.append(image)
+        return image
+
+    def release(self, engine_lost: bool) -> tuple[list[str], list[Exception]]:
+        """Remove the leases: what could not be removed (the engine stopped answering), and errors."""
+        left, errors = [], []
+        for lease in self._leases.values():
+            if engine_lost:
+                left.append(lease[:12])
+                continue
+            try:
+                cleanup.remove_container(self.client, lease)
+            except Exception as exc:
+                errors.append(exc)
+        self._leases.clear()
+        return left, errors
+
+    def remove_built(self) -> list[str]:
+        """Remove the images this session built or reused (they are also the layer cache), after
+        the session's apps are removed; one line per image says what happened. Never forced: an image that a
+        container of another live session uses (its app, or its lease) is kept."""
+        import docker.errors
+
+        lines = []
+        done: set[str] = set()
+        for image in self._images.values():
+            if image.id in done or image.prebuilt:
+                continue
+            done.add(image.id)
+            ref = image.tag or image.id
+            try:
+                answer = self.client.api.remove_image(ref)
+            except docker.errors.ImageNotFound:
+                continue
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    lines.append(f"kept image {image.name}: another live session uses it ({exc.explanation})")
+                else:
+                    lines.append(f"could not remove image {image.name}: {exc.explanation or exc}")
+                continue
+            deleted = any("Deleted" in item for item in answer or [])
+            lines.append(f"removed image {image.name}" if deleted else f"untagged {ref}: the image has other tags")
+        return lines

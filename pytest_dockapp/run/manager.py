@@ -1,0 +1,303 @@
+"""The builds and apps of one test session, usable without pytest.
+
+>>> with AppManager.connect() as apps:
+...     image = apps.image(BuildSpec("./my-app"))
+...     with apps.run(image, health_path="/health") as app:
+...         assert app.get("/").ok
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pytest_dockapp.builds.image import secret_value, stop_running_builds
+from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
+from pytest_dockapp.builds.reuse import BuildCache
+from pytest_dockapp.core.errors import DockappError, DockappWarning, EngineUnavailableError
+from pytest_dockapp.core.redact import looks_secret, secret_values
+from pytest_dockapp.engine import cleanup
+from pytest_dockapp.engine.client import (
+    Builder,
+    connect,
+    endpoint_of,
+    engine_phase,
+    is_engine_failure,
+    is_podman,
+    resolve_builder,
+)
+from pytest_dockapp.engine.endpoint import Endpoint, resolve_endpoint
+from pytest_dockapp.run.app import AppRunner, DockApp
+from pytest_dockapp.run.apps import Apps, AppStat
+from pytest_dockapp.run.images import BuildSpec, Image, Images
+
+if TYPE_CHECKING:
+    import docker
+
+__all__ = ["AppManager", "AppStat", "BuildSpec", "Image"]
+
+
+class AppManager:
+    """The builds and apps of one session: it composes :class:`Images` (building, reuse, leases)
+    and :class:`Apps` (running and removing), and owns what both need: the engine connection,
+    the sweep, the builder, and the cancellation a session's end needs."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        builder: str = "auto",
+        docker_cli: str | None = None,
+        owner: cleanup.Owner | None = None,
+        host_ip: str | None = None,
+        connect_host: str | None = None,
+        ready: str = "auto",
+        endpoint: Endpoint | None = None,
+        shared_dir: Path | None = None,
+        on_event: ProgressCallback | None = None,
+        on_notice: Callable[[str], None] | None = None,
+        reuse_unchanged: bool = True,
+        build_cache: BuildCache | None = None,
+    ):
+        self.client = client
+        self.owner = owner or cleanup.Owner()
+        self.endpoint = endpoint or endpoint_of(client)
+        self.host_ip = host_ip
+        self.connect_host = connect_host
+        self.ready = ready
+        self.on_notice = on_notice
+        self._podman: bool | None = None
+        self._builder_choice = builder
+        self._docker_cli = docker_cli
+        self._builder: Builder | None = None
+        self.images = Images(
+            client,
+            self.owner,
+            lambda: self.builder,
+            self._creation,
+            shared_dir=shared_dir,
+            on_event=on_event,
+            reuse_unchanged=reuse_unchanged,
+            build_cache=build_cache,
+        )
+        self.running = Apps(client, self.owner, self._app_defaults, self._creation)
+        self._sweep: Future[cleanup.SweepReport] | None = None
+        self._sweep_age: float | None = None
+        #: Values of secret-looking build args and app env vars: masked in every report.
+        self.secrets: set[str] = set()
+        #: What could not be removed because the engine stopped answering (names).
+        self.left_behind: list[str] = []
+        self.engine_lost = False  # set by callers that saw the engine fail: no more calls at close
+        #: Build args already warned about as secret-looking (the pytest layer warns at the
+        #: user's ini line or command line instead, and fills this in).
+        self.warned_args: set[str] = set()
+        self.sweep_kept = False  # whether the sweep also takes other sessions' --dockapp-keep containers
+        #: Set by :meth:`close`: an app that a background thread finishes starting afterwards is
+        #: removed at once instead of being handed out.
+        self.closed = False
+        #: Set by :meth:`cancel`; checked, under ``_creating``, before every container is created.
+        self.cancelled = threading.Event()
+        self._creating = threading.Lock()
+
+    @property
+    def builds(self) -> list[BuildRecord]:
+        return self.images.builds
+
+    @property
+    def shared_images(self) -> list[Image]:
+        return self.images.shared_images
+
+    @property
+    def prebuilt_images(self) -> list[Image]:
+        return self.images.prebuilt_images
+
+    @property
+    def apps(self) -> list[AppStat]:
+        """Each app started: its time to ready, the checks that passed, its removal time."""
+        return self.running.stats
+
+    @classmethod
+    def connect(cls, *, sweep_age: float | None = cleanup.DEFAULT_SWEEP_AGE, **kwargs: Any) -> AppManager:
+        """Connect to the engine. Leftovers of killed sessions (older than ``sweep_age``
+        elsewhere; None: never) are swept in the background from the first build or app on,
+        or at :meth:`close` at the latest."""
+        endpoint = kwargs.pop("endpoint", None) or resolve_endpoint()
+        apps = cls(connect(endpoint=endpoint), endpoint=endpoint, **kwargs)
+        apps._sweep_age = sweep_age
+        return apps
+
+    def start_sweep(self, max_age: float | None = None) -> None:
+        """Sweep leftovers of dead sessions in the background (once per manager).
+
+        It touches nothing of ours, so nobody waits for it. It starts with the first build or
+        app rather than at connect, so that a session that only collects pays nothing, and so
+        that its 10-20 ms of engine listings overlap engine work we wait on anyway.
+        """
+        age = self._sweep_age if max_age is None else max_age
+        if self._sweep is not None or age is None:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-sweep")
+        self._sweep = pool.submit(cleanup.sweep, self.client, self.owner, age, kept=self.sweep_kept)
+        pool.shutdown(wait=False)
+
+    @property
+    def sweep_report(self) -> cleanup.SweepReport | None:
+        """What the sweep removed (waits for it to finish); None when no sweep ran or it failed."""
+        if self._sweep is None:
+            return None
+        try:
+            return self._sweep.result()
+        except Exception:  # an unreachable engine is reported by whoever needs it
+            return None
+
+    @property
+    def podman(self) -> bool:
+        """Whether the engine is podman (asked once)."""
+        if self._podman is None:
+            self._podman = is_podman(self.client)
+        return self._podman
+
+    @property
+    def builder(self) -> Builder:
+        if self._builder is None:
+            self._builder = resolve_builder(
+                self._builder_choice, self._docker_cli, endpoint=self.endpoint, podman=self.podman
+            )
+        return self._builder
+
+    def image(self, spec: BuildSpec) -> Image:
+        """Build ``spec`` (once per session, and once across pytest-xdist workers), or reuse its
+        last build when nothing it reads changed. The image is leased until :meth:`close`."""
+        self.secrets |= secret_values(spec.build_args)
+        for sid, source in spec.secrets.items():
+            with contextlib.suppress(DockappError):  # a bad source is the build's error to raise
+                self.secrets.add(secret_value(sid, source).strip())
+        secretive = (k for k, v in spec.build_args.items() if v and looks_secret(k))
+        for name in sorted(k for k in secretive if k not in self.warned_args):
+            self.warned_args.add(name)
+            warnings.warn(
+                DockappWarning(
+                    f"build arg {name} looks secret: build arg values are stored in the image's history "
+                    "(docker history shows them); pass secrets as BuildKit build secrets instead "
+                    "(RUN --mount=type=secret)"
+                ),
+                stacklevel=2,
+            )
+        self.start_sweep()
+        try:
+            with engine_phase(f"building {spec.context}", self.endpoint):
+                return self.images.get(spec)
+        except EngineUnavailableError:
+            self.engine_lost = True
+            raise
+
+    def cancel(self) -> None:
+        """Stop work under way in other threads: running BuildKit builds end, and no container is
+        created from now on (a creation under way finishes first, and is recorded for :meth:`close`)."""
+        with self._creating:
+            self.cancelled.set()
+        stop_running_builds()
+
+    @contextlib.contextmanager
+    def _creation(self, what: str) -> Iterator[None]:
+        """Create and record ``what`` under the lock :meth:`cancel` takes: either it is recorded
+        (and :meth:`close` removes it), or it is never created."""
+        with self._creating:
+            if self.cancelled.is_set():
+                raise DockappError(f"{what} was not created: the session was ending")
+            yield
+
+    def prebuilt(self, ref: str) -> Image:
+        """An image that was built elsewhere (an earlier CI stage); it must be on the engine."""
+        return self.images.prebuilt(ref)
+
+    def _app_defaults(self) -> dict[str, Any]:
+        return {
+            "host_ip": self.host_ip,
+            "connect_host": self.connect_host,
+            "endpoint": self.endpoint,
+            "ready": self.ready,
+            "on_notice": self.on_notice,
+            "podman": self.podman,
+        }
+
+    def run(self, image: Image | str, **kwargs: Any) -> AppRunner:
+        """An :class:`AppRunner` for ``image`` that :meth:`close` will also remove."""
+        return self.running.runner(image, **kwargs)
+
+    def start(self, image: Image | str, **kwargs: Any) -> DockApp:
+        """Start an app and wait until it is ready; it stays up until :meth:`stop` or :meth:`close`."""
+        runner = self.run(image, **kwargs)
+        self.secrets |= secret_values(runner.env)
+        self.start_sweep()
+        if runner.host_ports:
+            _ = self.sweep_report  # a killed session's container may still hold that fixed port
+        if kwargs.get("name") or runner.host_ports:
+            self.running.finish_removals()  # an earlier test's app of that name (or port) may still be going
+        try:
+            with engine_phase(f"starting {runner.name} from {runner.display}", self.endpoint):
+                app = runner.start()
+        except EngineUnavailableError:
+            self.engine_lost = True
+            if runner.left_behind:
+                self.left_behind.append(runner.left_behind)
+            raise
+        if self.closed:  # the session ended while this app was starting (in the background)
+            runner.close()
+            raise DockappError(f"{app.name} became ready after the session ended; it was removed")
+        self.running.stats.append(AppStat(app.name, runner.image, app.readiness.seconds, app.readiness.checks))
+        return app
+
+    def stop(self, app: DockApp, wait: bool = True) -> None:
+        """Remove ``app``'s container. With ``wait=False`` the removal runs in the background
+        (the next test need not wait for the engine); :meth:`close` waits for it."""
+        self.running.stop(app, wait)
+
+    def close(self, keep: Iterable[str] = ()) -> list[DockApp]:
+        """Remove every container still running, but the apps named in ``keep``: those are
+        renamed ``<name>-kept`` (the sweep of later sessions leaves them alone) and returned.
+
+        Once the engine fails to answer, no further call is made (each would wait out the call
+        timeout): what is left is in :attr:`left_behind`, and an :class:`EngineUnavailableError`
+        is raised after everything else was tried.
+        """
+        self.closed = True
+        self.cancel()  # a build or start in the background, if the session ends before it does
+        self.start_sweep()  # a session that started no app still sweeps
+        if not self.engine_lost:
+            _ = self.sweep_report  # never leave the sweep running past the session
+        errors: list[Exception] = []
+
+        def failed(exc: Exception) -> None:
+            errors.append(exc)
+            self.engine_lost = self.engine_lost or is_engine_failure(exc)
+
+        kept, left = self.running.close(keep, failed, lambda: self.engine_lost)
+        leases, lease_errors = self.images.release(self.engine_lost)
+        for exc in lease_errors:
+            failed(exc)
+        self.left_behind += leases + left
+        if errors:
+            with engine_phase("removing this session's containers", self.endpoint):
+                raise errors[0]
+        return kept
+
+    def remove_built_images(self) -> list[str]:
+        """Remove the images this manager built or reused (they are also the layer cache), after
+        :meth:`close`; one line per image says what happened. Never forced: an image that a
+        container of another live session uses (its app, or its lease) is kept."""
+        return self.images.remove_built()
+
+    def __enter__(self) -> AppManager:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

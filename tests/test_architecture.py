@@ -1,0 +1,126 @@
+"""ARCHITECTURE.md's rules, checked on the source: each package imports only the layers below
+it, no import cycle (``TYPE_CHECKING`` and function-level imports count too), and no folder,
+module or function past its size limit."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from .helpers import ROOT
+
+PACKAGE = ROOT / "pytest_dockapp"
+
+#: Each layer and the layers it may import (its own included). The pytest layer (the modules at
+#: the top of the package) may import every layer; no layer may import it.
+LAYERS = {
+    "core": {"core"},
+    "engine": {"core", "engine"},
+    "builds": {"core", "engine", "builds"},
+    "cache": {"core", "engine", "builds", "cache"},
+    "run": {"core", "engine", "builds", "run"},
+}
+MAX_MODULES, MAX_LINES, MAX_FUNCTION = 12, 600, 80
+
+
+def _name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package's modules that ``path`` imports, wherever the import stands."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")
+                parent = parent[: len(parent) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        for target in targets:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name and target != "pytest_dockapp":
+                out.add(target)
+    return out
+
+
+def _layer(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else None
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    modules = _modules()
+    wrong = []
+    for name, path in modules.items():
+        layer = _layer(name)
+        if layer is None:
+            continue  # the pytest layer and the package's public surface
+        for target in _imports(name, path, set(modules)):
+            theirs = _layer(target)
+            if theirs not in LAYERS[layer]:
+                wrong.append(f"{name} ({layer}) imports {target} ({theirs or 'the pytest layer'})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycle() -> None:
+    modules = _modules()
+    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+    graph = {n: {t for t in deps if not t.startswith(n + ".")} for n, deps in graph.items()}  # a package's own
+
+    def visit(node: str, stack: list[str], done: set[str]) -> list[str] | None:
+        if node in stack:
+            return [*stack[stack.index(node) :], node]
+        if node in done:
+            return None
+        for target in sorted(graph.get(node, ())):
+            cycle = visit(target, [*stack, node], done)
+            if cycle:
+                return cycle
+        done.add(node)
+        return None
+
+    done: set[str] = set()
+    for name in sorted(graph):
+        if name == "pytest_dockapp":
+            continue  # the lazy public surface names every layer by design
+        cycle = visit(name, [], done)
+        assert cycle is None, " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("folder", sorted({p.parent for p in PACKAGE.rglob("*.py")}), ids=str)
+def test_no_folder_holds_more_than_twelve_modules(folder: Path) -> None:
+    assert len(list(folder.glob("*.py"))) <= MAX_MODULES
+
+
+def test_no_module_or_function_is_too_long() -> None:
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_LINES:
+            long.append(f"{path.relative_to(ROOT)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = (node.end_lineno or 0) - node.body[0].lineno + 1  # the signature's lines not counted
+                if body > MAX_FUNCTION:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {body} lines")
+    assert not long, "\n".join(long)
+
+
+def test_architecture_md_names_every_package() -> None:
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    for layer in LAYERS:
+        assert f"`{layer}/`" in text
