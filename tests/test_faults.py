@@ -686,7 +686,7 @@ def test_a_name_taken_by_another_container_is_a_clear_error(
         result.stdout.fnmatch_lines(
             [f"*cannot create container {name}: the name is taken*", "*hint: choose another name=*"]
         )
-        result.stdout.fnmatch_lines(["E*pytest_dockapp.core.errors.ContainerError: cannot create container*"])
+        result.stdout.fnmatch_lines(["E*pytest_dockapp.ContainerError: cannot create container*"])
     finally:
         docker_client.api.remove_container(other["Id"], force=True)
 
