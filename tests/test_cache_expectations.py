@@ -262,3 +262,11 @@ def test_lint_sees_a_folder_copied_whole_before_its_install() -> None:
     assert [(f.copy.line, f.tool) for f in lint(df)] == [(3, "pip")]
     files = Dockerfile.parse("FROM ruby\nWORKDIR /app\nCOPY Gemfile Gemfile.lock ./\nRUN bundle install\n")
     assert lint(files) == []  # files without an extension are not folders
+
+
+def test_fix_advice_never_expands_a_secret_looking_variable() -> None:
+    df = Dockerfile.parse(
+        "FROM scratch\nWORKDIR /app\nARG API_TOKEN=leaked.value\nCOPY . /app\nRUN sh /app/run.sh ${API_TOKEN}\n"
+    )
+    found = advise(df, df.instructions[3], df.instructions[4], build_args={"API_TOKEN": "leaked.value"})
+    assert found is not None and "leaked.value" not in found.text and found.copies == ["run.sh"]

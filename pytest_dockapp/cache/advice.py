@@ -30,6 +30,7 @@ from pytest_dockapp.builds.dockerfile import (
 )
 from pytest_dockapp.builds.dockerfile import split_words as words_of
 from pytest_dockapp.cache.tools import RunReads, run_reads
+from pytest_dockapp.core.redact import looks_secret
 
 #: Reads a context file's text (None when it is missing): for workspace manifests.
 Reader = Callable[[str], "str | None"]
@@ -116,7 +117,9 @@ def _needed(victim: Instruction, reads: RunReads, scope: Scope, read: Reader | N
         out += [posixpath.join(wd, m) for m in tool.manifests]
         if tool.name in ("npm", "yarn", "pnpm", "bun"):
             out += _workspace_manifests(tool.name, wd, read)
-    for token in re.split(r"[\s;&|()<>'\"=]+", expand(victim.args, scope.variables)):
+    # Secret-looking variables stay unexpanded: their values must not reach the advice.
+    variables = {k: v for k, v in scope.variables.items() if not looks_secret(k)}
+    for token in re.split(r"[\s;&|()<>'\"=]+", expand(victim.args, variables)):
         if not token or token.startswith("-") or any(c in token for c in "$*:"):
             continue
         name = token.rsplit("/", 1)[-1]
