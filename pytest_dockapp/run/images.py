@@ -229,19 +229,20 @@ class Images:
         self.prebuilt_images.append(image)
         return image
 
-    def release(self, engine_lost: bool) -> tuple[list[str], list[Exception]]:
-        """Remove the leases: what could not be removed (the engine stopped answering), and errors."""
-        left, errors = [], []
+    def release(self, failed: Callable[[Exception], None], engine_lost: Callable[[], bool]) -> list[str]:
+        """Remove the leases; each error goes to ``failed``, and once ``engine_lost()`` no
+        further call is made. Returns the leases that could not be removed."""
+        left = []
         for lease in self._leases.values():
-            if engine_lost:
+            if engine_lost():
                 left.append(lease[:12])
                 continue
             try:
                 cleanup.remove_container(self.client, lease)
             except Exception as exc:
-                errors.append(exc)
+                failed(exc)
         self._leases.clear()
-        return left, errors
+        return left
 
     def remove_built(self) -> list[str]:
         """Remove the images this session built or reused (they are also the layer cache), after

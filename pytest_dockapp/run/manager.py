@@ -279,10 +279,8 @@ class AppManager:
             self.engine_lost = self.engine_lost or is_engine_failure(exc)
 
         kept, left = self.running.close(keep, failed, lambda: self.engine_lost)
-        leases, lease_errors = self.images.release(self.engine_lost)
-        for exc in lease_errors:
-            failed(exc)
-        self.left_behind += leases + left
+        leases = self.images.release(failed, lambda: self.engine_lost)
+        self.left_behind += left + leases
         if errors:
             with engine_phase("removing this session's containers", self.endpoint):
                 raise errors[0]
