@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_dockapp.options import BY_NAME
+from pytest_dockapp.plugin_state import ITEM_APPS, PluginState, fail_on, pick, state_of, told_once
+
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import Image
 
-from pytest_dockapp.options import BY_NAME
-from pytest_dockapp.plugin_state import ITEM_APPS, PluginState, fail_on, pick, state_of, told_once
 
 # -- settings fixtures: override any of them in a conftest.py ------------------------------------
 

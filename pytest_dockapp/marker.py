@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_dockapp.plugin_state import fail_on, pick, state_of
+
 if TYPE_CHECKING:
     from pytest_dockapp.cache.check import CacheReport
 
-from pytest_dockapp.plugin_state import fail_on, pick, state_of
 
 # -- the cache-regression marker ----------------------------------------------------------------
 

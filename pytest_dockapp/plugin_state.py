@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import pytest
 
+from pytest_dockapp.options import Settings
+from pytest_dockapp.progress import Progress
+
 if TYPE_CHECKING:
     from pytest_dockapp.cache.check import CacheReport
     from pytest_dockapp.core.errors import DockappError
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import AppManager, BuildSpec, Image
-
-from pytest_dockapp.options import Settings
-from pytest_dockapp.progress import Progress
 
 
 class EarlyStart(Protocol):

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_dockapp.plugin_state import ITEM_APPS, ITEM_START, PluginState, state_of
+
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import AppManager
 
-from pytest_dockapp.plugin_state import ITEM_APPS, ITEM_START, PluginState, state_of
 
 # -- reporting -----------------------------------------------------------------------------------
 

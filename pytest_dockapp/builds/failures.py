@@ -6,16 +6,13 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from pytest_dockapp.builds.dockerfile import (
-    Dockerfile,
-)
+from pytest_dockapp.builds.dockerfile import Dockerfile
+from pytest_dockapp.builds.record import BuildRecord
 from pytest_dockapp.core.errors import BaseImageUnavailableError, BuildError, tail
 from pytest_dockapp.engine.client import Builder
 
 if TYPE_CHECKING:
     import docker
-
-from pytest_dockapp.builds.record import BuildRecord
 
 
 def feature_needs(df: Dockerfile, builder: str) -> list[str]:
@@ -58,7 +55,7 @@ def _from_variables(base: str) -> list[str]:
     return [m.group(1) or m.group(2) for m in re.finditer(r"\$\{(\w+)[^}]*\}|\$(\w+)", base)]
 
 
-def _build_failure(
+def build_failure(
     client: docker.DockerClient,
     df: Dockerfile,
     record: BuildRecord,

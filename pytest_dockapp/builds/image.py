@@ -17,9 +17,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_dockapp.builds.dockerfile import (
-    Dockerfile,
-)
+from pytest_dockapp.builds.dockerfile import Dockerfile
+from pytest_dockapp.builds.failures import build_failure
+from pytest_dockapp.builds.mapper import StepMapper
+from pytest_dockapp.builds.output.classic import ClassicParser
+from pytest_dockapp.builds.output.plain import PlainParser
+from pytest_dockapp.builds.output.rawjson import RawJsonParser
+from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
 from pytest_dockapp.core.errors import BuildError, ConfigurationError, tail
 from pytest_dockapp.core.redact import looks_secret, mask_values, redact, secret_values
 from pytest_dockapp.engine.cleanup import build_dir_prefix, sweep_build_dirs
@@ -27,15 +31,6 @@ from pytest_dockapp.engine.client import BUILD_TIMEOUT, ENGINE_WATCH_EVERY, Buil
 
 if TYPE_CHECKING:
     import docker
-
-from pytest_dockapp.builds.failures import _build_failure
-from pytest_dockapp.builds.mapper import StepMapper
-from pytest_dockapp.builds.output.classic import ClassicParser
-from pytest_dockapp.builds.output.plain import PlainParser
-from pytest_dockapp.builds.output.rawjson import RawJsonParser
-from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
-
-# -- the build ----------------------------------------------------------------------------------
 
 
 def spec_digest(
@@ -142,7 +137,7 @@ def build_image(
         command=reproduce_command(builder, ctx, df_path, args, target),
     )
     if parser.error is not None or not image_id:
-        raise _build_failure(client, df, record, parser.error or "the builder reported no image", args, builder)
+        raise build_failure(client, df, record, parser.error or "the builder reported no image", args, builder)
     if not any(s.instruction is not None for s in steps) and _has_steps(parser.mapper, target, builder):
         raise BuildError(
             f"could not read what the {builder.describe()} builder did: no step of {df_path} was recognised "

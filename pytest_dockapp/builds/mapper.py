@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from pytest_dockapp.builds.dockerfile import (
     VERTEX_INSTRUCTIONS,
@@ -14,12 +13,6 @@ from pytest_dockapp.builds.dockerfile import (
     split_flags,
     split_words,
 )
-
-if TYPE_CHECKING:
-    pass
-
-
-# -- step mapping -------------------------------------------------------------------------------
 
 
 def _words(text: str) -> str:

@@ -6,15 +6,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pytest_dockapp.builds.dockerfile import (
-    Dockerfile,
-    Instruction,
-)
-
-if TYPE_CHECKING:
-    pass
+from pytest_dockapp.builds.dockerfile import Dockerfile, Instruction
 
 
 @dataclass

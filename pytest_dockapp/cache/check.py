@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_dockapp.builds.context import context_files, copy_context
-from pytest_dockapp.builds.dockerfile import (
-    Dockerfile,
-    Instruction,
-)
+from pytest_dockapp.builds.dockerfile import Dockerfile, Instruction
 from pytest_dockapp.builds.image import build_image, read_dockerfile, resolve_paths, spec_digest
 from pytest_dockapp.builds.record import BuildRecord, BuildStep
 from pytest_dockapp.cache.advice import Advice, advise
+from pytest_dockapp.cache.expectations import CachedPattern, ChangeSpec, Expectation, expected_misses, match_pattern
 from pytest_dockapp.core.errors import CacheMarkerUsageError, CacheRegressionError, ConfigurationError
 from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import Builder, is_podman
@@ -32,7 +30,6 @@ from pytest_dockapp.engine.client import Builder, is_podman
 if TYPE_CHECKING:
     import docker
 
-from pytest_dockapp.cache.expectations import CachedPattern, ChangeSpec, Expectation, expected_misses, match_pattern
 
 _BUILD_ARG_CHANGE = re.compile(r"^--build-arg\s+([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 

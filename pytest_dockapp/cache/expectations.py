@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from pytest_dockapp.builds.dockerfile import (
     Dockerfile,
@@ -23,16 +23,9 @@ from pytest_dockapp.builds.dockerfile import (
 )
 from pytest_dockapp.core.errors import CacheMarkerUsageError
 
-if TYPE_CHECKING:
-    pass
-
-
 Change = Union[str, os.PathLike[str]]
 ChangeSpec = Union[Sequence[Change], Callable[[Path], Any], None]
 CachedPattern = Union[str, int, tuple[str, str]]
-
-
-# -- expectations -------------------------------------------------------------------------------
 
 
 @dataclass

@@ -5,22 +5,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pytest_dockapp.builds.dockerfile import (
-    Dockerfile,
-    Instruction,
-    normalize,
-)
-from pytest_dockapp.engine.cleanup import PREFIX as LABEL_PREFIX
-
-if TYPE_CHECKING:
-    pass
-
+from pytest_dockapp.builds.dockerfile import Dockerfile, Instruction, normalize
 from pytest_dockapp.builds.mapper import StepMapper
 from pytest_dockapp.builds.record import BuildEvent, BuildStep, ProgressCallback
-
-# -- classic builder and podman (engine API stream) ---------------------------------------------
+from pytest_dockapp.engine.cleanup import PREFIX as LABEL_PREFIX
 
 _CLASSIC_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$", re.DOTALL)
 _CLASSIC_CACHE = " ---> Using cache"

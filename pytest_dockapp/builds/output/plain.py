@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
 
-if TYPE_CHECKING:
-    pass
+from pytest_dockapp.builds.output.vertices import VertexFolder
 
-from pytest_dockapp.builds.output.vertices import _PLAIN, _PLAIN_DONE, _PLAIN_OUTPUT, _VertexFolder
+_PLAIN = re.compile(r"^#(\d+) (.*)$")
+_PLAIN_DONE = re.compile(r"^DONE (\d+(?:\.\d+)?)s$")
+_PLAIN_OUTPUT = re.compile(r"^\d+(?:\.\d+)? (.*)$")
 
 
-class PlainParser(_VertexFolder):
+class PlainParser(VertexFolder):
     """Parses ``docker build --progress=plain`` (``#N [i/n] INSTR``, ``#N CACHED``)."""
 
     def feed(self, line: str) -> None:

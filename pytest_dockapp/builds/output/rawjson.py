@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import TYPE_CHECKING
+import re
 
-if TYPE_CHECKING:
-    pass
-
-from pytest_dockapp.builds.output.vertices import _rfc3339_delta, _VertexFolder
+from pytest_dockapp.builds.output.vertices import VertexFolder
 
 
-class RawJsonParser(_VertexFolder):
+class RawJsonParser(VertexFolder):
     """Parses ``--progress=rawjson`` (buildx >= 0.12): vertices folded by digest, last wins."""
 
     def feed(self, line: str) -> None:
@@ -51,3 +48,16 @@ class RawJsonParser(_VertexFolder):
 
     def finish(self) -> None:
         pass
+
+
+def _rfc3339_delta(start: str, end: str) -> float:
+    from datetime import datetime
+
+    def parse(ts: str) -> datetime:
+        ts = re.sub(r"(\.\d{6})\d*", r"\1", ts.replace("Z", "+00:00"))
+        return datetime.fromisoformat(ts)
+
+    try:
+        return max(0.0, (parse(end) - parse(start)).total_seconds())
+    except ValueError:
+        return 0.0

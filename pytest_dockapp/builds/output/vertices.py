@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
 
-from pytest_dockapp.builds.dockerfile import (
-    Dockerfile,
-    normalize,
-)
-
-if TYPE_CHECKING:
-    pass
-
+from pytest_dockapp.builds.dockerfile import Dockerfile, normalize
 from pytest_dockapp.builds.mapper import StepMapper
 from pytest_dockapp.builds.record import BuildEvent, BuildStep, ProgressCallback
 
-# -- BuildKit (CLI --progress=plain) ------------------------------------------------------------
-
-_PLAIN = re.compile(r"^#(\d+) (.*)$")
 # "[build 2/5] RUN make", "[ 2/10] COPY . .", "[child  1/10] RUN x": the position is padded.
 _PLAIN_NAME = re.compile(r"^\[\s*(?:(\S+)\s+)?(\d+)/(\d+)\] (.*)$", re.DOTALL)
-_PLAIN_DONE = re.compile(r"^DONE (\d+(?:\.\d+)?)s$")
-_PLAIN_OUTPUT = re.compile(r"^\d+(?:\.\d+)? (.*)$")
 
 
-class _VertexFolder:
+class VertexFolder:
     """Shared by both BuildKit parsers: vertices folded into steps by name."""
 
     def __init__(self, dockerfile: Dockerfile, target: str | None = None, on_event: ProgressCallback | None = None):
@@ -80,16 +67,3 @@ class _VertexFolder:
             if step.keyword == "FROM":
                 step.cached = None
         return out
-
-
-def _rfc3339_delta(start: str, end: str) -> float:
-    from datetime import datetime
-
-    def parse(ts: str) -> datetime:
-        ts = re.sub(r"(\.\d{6})\d*", r"\1", ts.replace("Z", "+00:00"))
-        return datetime.fromisoformat(ts)
-
-    try:
-        return max(0.0, (parse(end) - parse(start)).total_seconds())
-    except ValueError:
-        return 0.0

@@ -5,10 +5,6 @@ from __future__ import annotations
 import http.client
 import socket
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 from pytest_dockapp.run.readiness.logs import PROBE_AGENT
 from pytest_dockapp.run.readiness.sockets import ExecSocketTable, ProcSocketTable

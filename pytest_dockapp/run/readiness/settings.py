@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from pytest_dockapp.core.errors import (
-    ConfigurationError,
-)
-
-if TYPE_CHECKING:
-    pass
-
+from pytest_dockapp.core.errors import ConfigurationError
 
 #: Seconds to wait for an app to become ready, unless told otherwise.
 DEFAULT_TIMEOUT = 60.0

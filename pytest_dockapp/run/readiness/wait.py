@@ -13,16 +13,15 @@ from pytest_dockapp.core.errors import (
     ReadinessTimeoutError,
     tail,
 )
-
-if TYPE_CHECKING:
-    import docker
-
 from pytest_dockapp.run.readiness.healthcheck import HealthcheckRun, healthcheck_command
 from pytest_dockapp.run.readiness.logs import log_tail
 from pytest_dockapp.run.readiness.port import PortCheck
 from pytest_dockapp.run.readiness.settings import DEFAULT_TIMEOUT, parse_ready
 from pytest_dockapp.run.readiness.sockets import ProcSocketTable, socket_table
 from pytest_dockapp.run.readiness.watch import ContainerWatch
+
+if TYPE_CHECKING:
+    import docker
 
 
 @dataclass

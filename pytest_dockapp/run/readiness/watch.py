@@ -11,13 +11,12 @@ from pytest_dockapp.core.errors import (
     UnhealthyError,
     tail,
 )
-
-if TYPE_CHECKING:
-    import docker
-
 from pytest_dockapp.run.readiness.healthcheck import health_log
 from pytest_dockapp.run.readiness.logs import log_tail
 from pytest_dockapp.run.readiness.sockets import INSPECT_EVERY, ExecSocketTable, ProcSocketTable
+
+if TYPE_CHECKING:
+    import docker
 
 
 class ContainerWatch:
