@@ -110,6 +110,13 @@ class Stage:
         return (self.name is not None and self.name.lower() == ref.lower()) or ref == str(self.index)
 
 
+def decode(data: bytes) -> str:
+    """A Dockerfile's bytes as text. Docker reads the file as bytes: a Latin-1 comment or a
+    byte-order mark builds on both builders, so neither may stop us (invalid bytes only ever
+    matter in comments)."""
+    return data.decode("utf-8-sig", errors="replace")
+
+
 def normalize(text: str) -> str:
     """Fold runs of whitespace so instruction texts compare reliably."""
     return " ".join(text.split())
@@ -192,9 +199,7 @@ class Dockerfile:
         """Read and parse ``path``, raising :class:`DockerfileError` with the fix."""
         p = Path(path)
         try:
-            # Docker reads the file as bytes: a Latin-1 comment or a byte-order mark builds on both
-            # builders, so neither may stop us (invalid bytes only ever matter in comments).
-            text = p.read_bytes().decode("utf-8-sig", errors="replace")
+            text = decode(p.read_bytes())
         except FileNotFoundError:
             raise DockerfileError(
                 f"Dockerfile not found: {p}",

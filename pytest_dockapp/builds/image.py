@@ -98,10 +98,7 @@ def build_image(
     tag = tag or default_tag(ctx, df_path, target, args, builder.name)
     # Every line the builder prints is masked before anything reads it: progress, the step
     # record (kept in builds.json), errors and reprs all come from the parser (trust III, 4-6).
-    known = secret_values(args)
-    for sid, source in (secrets or {}).items():
-        with contextlib.suppress(ConfigurationError):  # a bad source is reported by the build
-            known.add(secret_value(sid, source).strip())
+    known = known_secrets(args, secrets or {})
 
     def mask(text: str) -> str:
         return mask_values(text, known)
@@ -241,23 +238,10 @@ def _buildkit(
             # to a file only we can read, in a folder removed with the build.
             path = secret_file(sid, source, Path(tmp))
             secret_args += ["--secret", f"id={sid},src={path}"]
-        cmd = [
-            builder.cli,
-            "build",
-            "--progress=" + ("rawjson" if builder.rawjson else "plain"),
-            "-f",
-            str(df_path),
-            "-t",
-            tag,
-            "--iidfile",
-            str(iidfile),
-        ]
-        for key, value in args.items():
-            cmd += ["--build-arg", f"{key}={value}"]
+        cmd = [builder.cli, "build", "--progress=" + ("rawjson" if builder.rawjson else "plain")]
+        cmd += [*_cli_flags(df_path, args, target), "-t", tag, "--iidfile", str(iidfile)]
         for key, value in labels.items():
             cmd += ["--label", f"{key}={value}"]
-        if target:
-            cmd += ["--target", target]
         cmd += secret_args
         if builder.buildx:
             cmd.append("--load")
@@ -299,19 +283,22 @@ def reproduce_command(builder: Builder, ctx: Path, df_path: Path, args: Mapping[
     plugin built with BuildKit missed every step). Secret-looking build args are passed by name."""
     import shlex
 
-    if builder.name == "classic":
-        cmd = ["DOCKER_BUILDKIT=0", builder.cli or "docker", "build"]
-    elif builder.buildx:
-        cmd = [builder.cli or "docker", "buildx", "build", "--load"]
-    else:
-        cmd = ["DOCKER_BUILDKIT=1", builder.cli or "docker", "build"]
-    cmd += ["-f", str(df_path)]
+    buildkit = builder.name != "classic"
+    cmd = [f"DOCKER_BUILDKIT={int(buildkit)}", builder.cli or "docker", "build"]
+    cmd += ["--load"] if buildkit and builder.buildx else []
+    cmd += [*_cli_flags(df_path, args, target, secrets_by_name=True), str(ctx)]
+    return " ".join(c if c.startswith("DOCKER_BUILDKIT=") else shlex.quote(c) for c in cmd)
+
+
+def _cli_flags(
+    df_path: Path, args: Mapping[str, str], target: str | None, *, secrets_by_name: bool = False
+) -> list[str]:
+    """The Dockerfile, build args and target as the CLI takes them: one list for the BuildKit
+    build the plugin runs and for the command the hint shows, so the two cannot drift apart."""
+    flags = ["-f", str(df_path)]
     for key, value in args.items():
-        cmd += ["--build-arg", key if looks_secret(key) else f"{key}={value}"]
-    if target:
-        cmd += ["--target", target]
-    cmd.append(str(ctx))
-    return " ".join(c if c.startswith(("DOCKER_BUILDKIT=",)) else shlex.quote(c) for c in cmd)
+        flags += ["--build-arg", key if secrets_by_name and looks_secret(key) else f"{key}={value}"]
+    return flags + (["--target", target] if target else [])
 
 
 class EngineWatch:
@@ -373,6 +360,16 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(OSError):
             proc.kill()
+
+
+def known_secrets(build_args: Mapping[str, str], secrets: Mapping[str, str]) -> set[str]:
+    """The values to mask for a build: secret-looking build args and the build secrets' values
+    (a source that cannot be read is the build's error to report, not this one's)."""
+    known = secret_values(build_args)
+    for sid, source in secrets.items():
+        with contextlib.suppress(ConfigurationError):
+            known.add(secret_value(sid, source).strip())
+    return known
 
 
 def secret_value(sid: str, source: str) -> str:

@@ -24,6 +24,7 @@ from pytest_dockapp.builds.dockerfile import (
     Instruction,
     Scope,
     copy_sources,
+    decode,
     expand,
     normalize_source,
     source_covers,
@@ -70,13 +71,15 @@ def advise(
     files: Collection[str] | None = None,
     read: Reader | None = None,
     build_args: dict[str, str] | None = None,
+    scopes: dict[tuple[int, int], Scope] | None = None,
 ) -> Advice | None:
     """The fix for ``victim``, which reruns because ``culprit`` (a COPY/ADD) copies changed files.
     ``files`` are the files the build sends and ``read`` reads one: with them, only files that
-    exist are proposed, and workspace members are found."""
+    exist are proposed, and workspace members are found. ``scopes``: :meth:`Dockerfile.scopes`,
+    when the caller has them already."""
     if culprit.keyword not in ("COPY", "ADD") or victim is None:
         return None
-    scopes = df.scopes(build_args)
+    scopes = scopes if scopes is not None else df.scopes(build_args)
     reads = run_reads(victim)
     v_scope, c_scope = scopes[victim.key], scopes[culprit.key]
     needed = _needed(victim, reads, v_scope, read)
@@ -218,7 +221,7 @@ def _source(df: Dockerfile) -> list[str] | None:
     if df.path is None:
         return None
     try:
-        return df.path.read_bytes().decode("utf-8-sig", errors="replace").splitlines()
+        return decode(df.path.read_bytes()).splitlines()
     except OSError:
         return None
 
@@ -247,13 +250,8 @@ def _insert(
 ) -> Advice:
     block = _wrap(_copy_lines(copies) + steps, v_scope, c_scope)
     text = f"{why}, add above {culprit.where} (`{culprit.text}`):\n" + "\n".join("    " + b for b in block)
-    src = _source(df)
-    if src is None or not copies or not _reorder_safe(df, culprit, victim):
-        return Advice(text, copies=[c for c, _ in copies])
-    start = culprit.line - 1
-    proposed = src[:start] + block + src[start:]
-    keep = [start + 1 + n for n, line in enumerate(block) if not line.startswith(("WORKDIR", "USER"))]
-    return Advice(text, "\n".join(proposed) + "\n", keep, [c for c, _ in copies])
+    safe = copies and _reorder_safe(df, culprit, victim)
+    return _reordered(text, _source(df) if safe else None, culprit, block, copies)
 
 
 def _move(
@@ -278,9 +276,23 @@ def _move(
         + "\n".join("    " + b for b in block)
         + f"\n  and remove {victim.where}"
     )
-    if src is None or not _reorder_safe(df, culprit, victim):
-        return Advice(text, copies=[c for c, _ in copies])
+    return _reordered(text, src if _reorder_safe(df, culprit, victim) else None, culprit, block, copies, victim)
+
+
+def _reordered(
+    text: str,
+    src: list[str] | None,
+    culprit: Instruction,
+    block: list[str],
+    copies: list[tuple[str, str]],
+    removed: Instruction | None = None,
+) -> Advice:
+    """The advice, with the Dockerfile ``src`` reordered: ``block`` above ``culprit``, and the
+    lines of ``removed`` dropped. Without ``src`` (no safe reorder), the text alone."""
+    names = [c for c, _ in copies]
+    if src is None:
+        return Advice(text, copies=names)
     start = culprit.line - 1
-    proposed = src[:start] + block + src[start : victim.line - 1] + src[victim.end_line :]
+    rest = src[start:] if removed is None else src[start : removed.line - 1] + src[removed.end_line :]
     keep = [start + 1 + n for n, line in enumerate(block) if not line.startswith(("WORKDIR", "USER"))]
-    return Advice(text, "\n".join(proposed) + "\n", keep, [c for c, _ in copies])
+    return Advice(text, "\n".join(src[:start] + block + rest) + "\n", keep, names)

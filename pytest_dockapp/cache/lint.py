@@ -93,7 +93,8 @@ def lint(df: Dockerfile) -> list[Finding]:
                 # downloads them again on every source edit when no earlier step did.
                 tools += [t for t in reads.builds if (t.name, workdir) not in installed and t.name in _IMPLICIT]
                 if tools and ins.key not in found:
-                    advice = advise(df, culprit, ins) if ins.key in scopes and culprit.key in scopes else None
+                    known = ins.key in scopes and culprit.key in scopes
+                    advice = advise(df, culprit, ins, scopes=scopes) if known else None
                     found[ins.key] = Finding(culprit, ins, tools[0].name, path, advice.text if advice else "")
             installed |= {(t.name, workdir) for t in reads.installs}
             dest = _wide_destination(ins, scope)

@@ -104,6 +104,10 @@ class Images:
     def builder(self) -> Builder:
         return self._builder()
 
+    def known(self, spec: BuildSpec) -> Image | None:
+        """``spec``'s image if this session has it already."""
+        return self._images.get(spec.key())
+
     def get(self, spec: BuildSpec) -> Image:
         """``spec``'s image: built once, or its last build reused when nothing changed; leased."""
         key = spec.key()

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from pytest_dockapp.builds.image import secret_value, stop_running_builds
+from pytest_dockapp.builds.image import known_secrets, stop_running_builds
 from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
 from pytest_dockapp.builds.reuse import BuildCache
 from pytest_dockapp.core.errors import DockappError, DockappWarning, EngineUnavailableError
@@ -174,10 +174,10 @@ class AppManager:
     def image(self, spec: BuildSpec) -> Image:
         """Build ``spec`` (once per session, and once across pytest-xdist workers), or reuse its
         last build when nothing it reads changed. The image is leased until :meth:`close`."""
-        self.secrets |= secret_values(spec.build_args)
-        for sid, source in spec.secrets.items():
-            with contextlib.suppress(DockappError):  # a bad source is the build's error to raise
-                self.secrets.add(secret_value(sid, source).strip())
+        known = self.images.known(spec)
+        if known is not None:
+            return known  # its secrets were read and its build args warned about the first time
+        self.secrets |= known_secrets(spec.build_args, spec.secrets)
         secretive = (k for k, v in spec.build_args.items() if v and looks_secret(k))
         for name in sorted(k for k in secretive if k not in self.warned_args):
             self.warned_args.add(name)
