@@ -16,6 +16,7 @@ from pytest_dockapp.plugin_state import ITEM_APPS, PluginState, fail_on, pick, s
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import Image
+    from pytest_dockapp.services.stack import Stack
 
 
 # -- settings fixtures: override any of them in a conftest.py ------------------------------------
@@ -70,14 +71,20 @@ def _build(
 
 @pytest.fixture(scope="session")
 def dockapp_image(
+    request: pytest.FixtureRequest,
     pytestconfig: pytest.Config,
     dockapp_context: str,
     dockapp_dockerfile: str | None,
     dockapp_build_args: dict[str, str],
     dockapp_target: str | None,
+    dockapp_compose: list[str] | str,
 ) -> Image:
-    """The session's image: built from the configured Dockerfile, or ``--dockapp-image``."""
+    """The session's image: built from the configured Dockerfile, or ``--dockapp-image``; with
+    ``dockapp_compose``, the image of the app's service."""
     __tracebackhide__ = True
+    if dockapp_compose and not state_of(pytestconfig).settings.image:
+        stack = request.getfixturevalue("dockapp_services")
+        return stack.images[stack.main_name]  # type: ignore[no-any-return]
     with told_once("the session build"):
         return _session_image(
             state_of(pytestconfig), dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target
@@ -182,10 +189,96 @@ def dockapp(
         "timeout": pick(state, "timeout", dockapp_timeout),
         "ready": pick(state, "ready", dockapp_ready),
     }
+    if state.settings.image is None and request.getfixturevalue("dockapp_compose"):
+        yield request.getfixturevalue("dockapp_services").main  # the stack fixture removes it
+        return
     with told_once("the session app"):
         app = _start(state, dockapp_image, **kwargs)
     yield app
     _release(state, request.session, app)
+
+
+# -- services from a compose file ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dockapp_services(
+    request: pytest.FixtureRequest,
+    dockapp_compose: list[str] | str,
+    dockapp_service: str | None,
+    dockapp_port: str | None,
+    dockapp_health_path: str | None,
+    dockapp_timeout: float,
+    dockapp_ready: str,
+) -> Iterator[Stack]:
+    """Every running service of the ``dockapp_compose`` stack by name, each a ready app (the
+    ``dockapp`` fixture is its app's service); the stack is removed when the session ends."""
+    __tracebackhide__ = True
+    state = state_of(request.config)
+    files = pick(state, "compose", dockapp_compose)
+    if not files:
+        pytest.fail("dockapp_services needs a compose file: set dockapp_compose = compose.yaml", pytrace=False)
+    main_options = {
+        "port": pick(state, "port", dockapp_port),
+        "health_path": pick(state, "health_path", dockapp_health_path),
+        "ready": pick(state, "ready", dockapp_ready),
+    }
+    with told_once("the session stack"):
+        stack = _stack(state, files, pick(state, "service", dockapp_service), main_options, dockapp_timeout)
+    yield stack
+    if state.started is not None and not state.started.engine_lost:
+        from pytest_dockapp.core.errors import DockappError
+
+        try:
+            stack.close()
+        except DockappError as exc:
+            fail_on(exc, state)
+
+
+def _stack(
+    state: PluginState,
+    files: list[str] | str,
+    service: str | None,
+    main_options: dict[str, Any],
+    timeout: float,
+) -> Stack:
+    """Load, build and start a stack; a library error becomes a clean fixture failure."""
+    __tracebackhide__ = True
+    from pytest_dockapp.core.errors import CacheRegressionError, DockappError
+    from pytest_dockapp.services.compose import load_project
+    from pytest_dockapp.services.stack import Stack
+
+    root = state.config.rootpath
+    paths = [root / f for f in ([files] if isinstance(files, str) else files)]
+    s = state.settings
+    try:
+        project = load_project(paths, profiles=s.compose_profiles, wanted=service)
+        for svc in project.services.values():
+            if svc.build is not None:  # the command line's build args win, as for the Dockerfile alone
+                svc.build.args.update(s.from_cli.get("build_args", {}))
+        stack = Stack(state.apps(), project, main=service, host_ports=s.compose_host_ports, main_options=main_options)
+        stack.timeout = timeout
+        state.stacks.append(stack)
+        try:
+            stack.build()
+        finally:
+            state.progress.done("")
+        for name, image in stack.images.items():
+            if image.record is not None:
+                state.config.hook.pytest_dockapp_build_finished(config=state.config, record=image.record)
+                if s.expect_cached:
+                    try:
+                        image.record.assert_fully_cached()
+                    except CacheRegressionError as exc:
+                        raise CacheRegressionError(
+                            f"service {name}: {exc.what}", evidence=exc.evidence, hint=exc.hint
+                        ) from None
+        stack.start()
+    except DockappError as exc:
+        fail_on(exc, state)
+    for app in stack.services.values():
+        state.config.hook.pytest_dockapp_app_ready(config=state.config, app=app)
+    return stack
 
 
 @pytest.fixture

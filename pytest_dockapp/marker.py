@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_dockapp.plugin_state import fail_on, pick, state_of
+from pytest_dockapp.plugin_state import PluginState, fail_on, pick, state_of
 
 if TYPE_CHECKING:
     from pytest_dockapp.cache.check import CacheReport
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 # -- the cache-regression marker ----------------------------------------------------------------
 
-_MARKER_KEYS = ("change", "cached", "context", "dockerfile", "build_args", "target", "strict")
+_MARKER_KEYS = ("change", "cached", "context", "dockerfile", "build_args", "target", "strict", "service")
 _CACHE_REPORT = pytest.StashKey["CacheReport"]()
 
 
@@ -43,8 +43,8 @@ def dockapp_cache_report(
             + f"; valid keywords: {', '.join(_MARKER_KEYS)}",
             pytrace=False,
         )
-    kw = marker.kwargs
     state = state_of(request.config)
+    kw = {**marker.kwargs, **_service_build(request, state, marker.kwargs)}
     apps = state.apps()
     context = kw.get("context") or pick(state, "context", dockapp_context)
     ctx = Path(context)
@@ -75,6 +75,38 @@ def dockapp_cache_report(
     request.node.stash[_CACHE_REPORT] = report
     request.config.hook.pytest_dockapp_cache_checked(config=request.config, item=request.node, report=report)
     return report
+
+
+def _service_build(request: pytest.FixtureRequest, state: PluginState, kw: dict[str, Any]) -> dict[str, Any]:
+    """With ``dockapp_compose`` (and no ``context=``): the build of the marker's ``service=``, or
+    of the app's service, as marker arguments."""
+    __tracebackhide__ = True
+    from pytest_dockapp.core.errors import DockappError
+    from pytest_dockapp.services.compose import load_project
+
+    files = pick(state, "compose", request.getfixturevalue("dockapp_compose"))
+    if kw.get("context") is not None or not (files or kw.get("service")):
+        return {}
+    if not files:
+        pytest.fail("dockapp_cache(service=...) needs a compose file: set dockapp_compose", pytrace=False)
+    root = request.config.rootpath
+    try:
+        project = load_project([root / f for f in ([files] if isinstance(files, str) else files)])
+        wanted = kw.get("service") or pick(state, "service", request.getfixturevalue("dockapp_service"))
+        name = project.main_service(wanted)
+    except DockappError as exc:
+        fail_on(exc, state)
+    build = project.services[name].build
+    if build is None:
+        pytest.fail(
+            f"dockapp_cache: service {name} has no build: in {files}, so it has no cache to check", pytrace=False
+        )
+    return {
+        "context": str(build.context),
+        "dockerfile": kw.get("dockerfile") or build.dockerfile,
+        "build_args": {**build.args, **(kw.get("build_args") or {})},
+        "target": kw.get("target") or build.target,
+    }
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:

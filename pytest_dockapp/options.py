@@ -111,7 +111,7 @@ class Setting:
     help: str
     default: Any = None
     parse: Callable[[str], Any] | None = None  # a library validator (ConfigurationError on bad values)
-    kind: str = "value"  # value | flag (store_true) | pairs (repeatable KEY=VALUE, a dict)
+    kind: str = "value"  # value | flag (store_true) | pairs (repeatable KEY=VALUE, a dict) | list (repeatable)
     ini: bool = True  # also an ini key dockapp_<name>
     fixture: bool = False  # also a session fixture dockapp_<name> a conftest.py can override
     flag: str = ""  # the option, if not --dockapp-<name>
@@ -212,6 +212,36 @@ SETTINGS: list[Setting] = [
         metavar="ID=SOURCE",
         shown_default="none",
     ),
+    Setting(
+        "compose",
+        "compose files to run as the session's stack; several override in order, as docker compose -f a -f b",
+        [],
+        kind="list",
+        fixture=True,
+        metavar="FILE",
+        shown_default="none: the Dockerfile alone",
+    ),
+    Setting(
+        "service",
+        "the compose service that is the app under test (dockapp)",
+        fixture=True,
+        shown_default="the one service with a build:",
+    ),
+    Setting(
+        "compose_profiles",
+        "compose profiles to enable (services without a profile always run)",
+        [],
+        kind="list",
+        metavar="PROFILE",
+        shown_default="none",
+    ),
+    Setting(
+        "compose_host_ports",
+        "publish the fixed host ports a compose file names (parallel runs then collide)",
+        False,
+        _bool,
+        kind="flag",
+    ),
     Setting("strict", f"no Docker engine is an error, not a skip (also {STRICT_ENV}=1)", False, _bool, kind="flag"),
     Setting(
         "expect_cached",
@@ -266,6 +296,10 @@ class Settings:
     host_ip: str | None = None
     connect_host: str | None = None
     secrets: dict[str, str] = field(default_factory=dict)
+    compose: list[str] = field(default_factory=list)
+    service: str | None = None
+    compose_profiles: list[str] = field(default_factory=list)
+    compose_host_ports: bool = False
     strict: bool = False
     expect_cached: bool = False
     sweep_age: float | None = _D["sweep_age"]
@@ -291,7 +325,7 @@ def add_options(parser: pytest.Parser) -> None:
         default = f" (default: {s.shown})" if s.kind != "flag" else ""
         if s.kind == "flag":
             group.addoption(s.option, dest=s.dest, action="store_true", default=None, help=s.help + ini)
-        elif s.kind == "pairs":
+        elif s.kind in ("pairs", "list"):
             group.addoption(
                 s.option, dest=s.dest, action="append", default=[], metavar=s.metavar, help=s.help + default + ini
             )
@@ -302,8 +336,8 @@ def add_options(parser: pytest.Parser) -> None:
         if s.ini:
             # Flags are read as strings and checked by their own parser: pytest's "bool" type
             # rejects `maybe` without naming the key.
-            kind = "linelist" if s.kind == "pairs" else "string"
-            parser.addini(s.dest, s.help, type=kind, default=None if kind != "linelist" else [])  # type: ignore[arg-type]
+            kind = {"pairs": "linelist", "list": "args"}.get(s.kind, "string")
+            parser.addini(s.dest, s.help, type=kind, default=None if kind == "string" else [])  # type: ignore[arg-type]
 
 
 def _parsed(s: Setting, value: Any, where: str) -> Any:
@@ -323,11 +357,16 @@ def resolve(config: pytest.Config) -> Settings:
     values: dict[str, Any] = {}
     from_cli: dict[str, Any] = {}
     for s in SETTINGS:
+        value: Any
         cli = config.getoption(s.dest)
         ini = config.getini(s.dest) if s.ini else None
         if s.kind == "pairs":
             # ini lines first, the command line on top
             value = {**_parsed(s, ini or [], f"ini {s.dest}"), **_parsed(s, cli or [], s.option)}
+            if cli:
+                from_cli[s.name] = value
+        elif s.kind == "list":
+            value = [str(v) for v in (cli or ini or [])]
             if cli:
                 from_cli[s.name] = value
         elif cli not in (None, ""):
@@ -425,7 +464,7 @@ def markdown_table() -> str:
     rows = ["| setting | command line | ini key | conftest fixture | default |", "|---|---|---|---|---|"]
     for s in SETTINGS:
         option = f"`{s.option} {s.metavar or s.name.upper()}`" if s.kind != "flag" else f"`{s.option}`"
-        if s.kind == "pairs":
+        if s.kind in ("pairs", "list"):
             option += " (repeatable)"
         default = s.shown
         rows.append(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pytest_dockapp.core.errors import DockappError
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import AppManager, BuildSpec, Image
+    from pytest_dockapp.services.stack import Stack
 
 
 class EarlyStart(Protocol):
@@ -44,6 +45,7 @@ class PluginState:
         self.error: DockappError | None = None
         self.kept: list[DockApp] = []
         self.cache_reports: list[tuple[str, CacheReport]] = []
+        self.stacks: list[Stack] = []  # the compose stacks the session started
         self.worker_lines: list[str] = []
         self.removed_images: list[str] = []
         self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 TRUSTED = (
     "dockapp",
     "dockapp_image",
+    "dockapp_compose",
     "dockapp_context",
     "dockapp_dockerfile",
     "dockapp_build_args",
@@ -73,6 +74,8 @@ class Prestart:
             # started one, and one with no app test only paid for it).
             return None
         wanted = [i for i in items if {"dockapp", "dockapp_image"} & set(getattr(i, "fixturenames", ()))]
+        if state.settings.compose:
+            return None  # a stack starts when its fixture is first asked for
         if not wanted or not all(_ours(i) for i in wanted):
             return None
         from pytest_dockapp.run.manager import BuildSpec  # requests and the library: only for a session that needs them

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -110,10 +110,20 @@ def _refer_to_first(item: pytest.Item, call: pytest.CallInfo[None], report: pyte
 
 def _fixture_apps(item: pytest.Item) -> dict[str, DockApp]:
     """The apps among the test's fixture values, by fixture name (the app module is loaded if
-    there are any)."""
+    there are any); an app of a compose stack brings every service of its stack, by service name."""
     module = sys.modules.get("pytest_dockapp.run.app")
-    values = getattr(item, "funcargs", {}).items()
-    return {name: v for name, v in values if module is not None and isinstance(v, module.DockApp)}
+    if module is None:
+        return {}
+    found: dict[str, DockApp] = {}
+    for name, value in getattr(item, "funcargs", {}).items():
+        stack = getattr(value, "services", None) if isinstance(value, module.DockApp) else None
+        if isinstance(value, Mapping) and value and all(isinstance(v, module.DockApp) for v in value.values()):
+            stack = value  # dockapp_services
+        if stack:
+            found.update(stack)
+        elif isinstance(value, module.DockApp):
+            found[name] = value
+    return found
 
 
 def _record_properties(item: pytest.Item) -> None:
@@ -156,10 +166,14 @@ def _summary_lines(state: PluginState) -> list[str]:
     apps = state.started
     if apps is None:
         return []
-    lines = []
+    lines, in_stacks = _stack_lines(state)
     for image in apps.prebuilt_images:
+        if image.id in in_stacks:
+            continue
         lines.append(f"testing prebuilt image {image.tag} ({image.short_id}): not built")
     for record in apps.builds:
+        if id(record) in in_stacks:
+            continue
         if record.reused:
             built_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.built_at))
             lines.append(
@@ -170,8 +184,12 @@ def _summary_lines(state: PluginState) -> list[str]:
         else:
             lines.append(f"built {record.tag} ({record.builder}) in {record.summary()}")
     for image in apps.shared_images:
+        if image.id in in_stacks:
+            continue
         lines.append(f"reused {image.tag}: built once by another pytest-xdist worker")
     for stat in apps.apps:
+        if stat.name in in_stacks:
+            continue
         down = f", removed in {stat.teardown_seconds:.2f}s" if stat.teardown_seconds is not None else ""
         lines.append(f"{stat.name}: ready in {stat.ready_seconds:.2f}s ({stat.checks}){down}")
     for nodeid, report in state.cache_reports:
@@ -197,6 +215,45 @@ def _summary_lines(state: PluginState) -> list[str]:
             + (f", {len(swept.leases)} image leases" if swept.leases else "")
         )
     return lines
+
+
+def _stack_lines(state: PluginState) -> tuple[list[str], set[Any]]:
+    """One line per service of each stack: its build (or image) and its time to ready; and what
+    those lines tell, so that the per-build and per-app lines do not repeat it."""
+    lines: list[str] = []
+    told: set[Any] = set()
+    stats = {s.name: s for s in state.started.apps} if state.started is not None else {}
+    shared = state.started.shared_images if state.started is not None else []
+    for stack in state.stacks:
+        lines.append(f"stack {stack.name} ({' + '.join(str(f.name) for f in stack.project.files)}):")
+        for name in stack.order:
+            image = stack.images.get(name)
+            if image is None:
+                continue
+            record = image.record
+            told |= {image.id, id(record)}
+            if any(image is other for other in shared):
+                how = f"reused {image.name}: built once by another pytest-xdist worker"
+            elif record is not None and record.reused:
+                how = f"reused {record.tag}: nothing it is built from changed since its last build ({record.summary()})"
+            elif record is not None:
+                how = f"built {record.tag} ({record.builder}) in {record.summary()}"
+            else:
+                how = f"image {image.name}"
+            app = stack.services.get(name) or stack.completed.get(name)
+            if app is None:
+                lines.append(f"  service {name}: {how}; not started")
+                continue
+            told.add(app.name)
+            stat = stats.get(app.name)
+            down = f", removed in {stat.teardown_seconds:.2f}s" if stat and stat.teardown_seconds is not None else ""
+            if name in stack.completed:
+                lines.append(f"  service {name}: {how}; ran to the end: {app.readiness.checks}")
+            else:
+                lines.append(
+                    f"  service {name}: {how}; ready in {app.readiness.seconds:.2f}s ({app.readiness.checks}){down}"
+                )
+    return lines, told
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -20,6 +20,7 @@ from .helpers import (
     ENDPOINT,
     ENGINE_IS_LOCAL,
     NODE_BASE,
+    REDIS_BASE,
     ROOT,
     SUITE_RUN_LABEL,
     App,
@@ -174,6 +175,12 @@ def node_base(docker_client: Any) -> str:
 
 
 @pytest.fixture(scope="session")
+def redis_base(docker_client: Any) -> str:
+    """A local redis-server base (mmdebstrap, built once when missing)."""
+    return _ensure_base(docker_client, REDIS_BASE, "redis")
+
+
+@pytest.fixture(scope="session")
 def buildkit_cli(pytestconfig: pytest.Config) -> str:
     cli = find_buildkit_cli()
     if cli is None:
@@ -203,7 +210,7 @@ def no_leaks(docker_client: Any) -> Iterator[None]:
     before = set(leftover_names(docker_client, SUITE_RUN_LABEL))
     yield
     after = set(leftover_names(docker_client, SUITE_RUN_LABEL)) - before
-    assert not after, f"leaked containers/networks: {sorted(after)}"
+    assert not after, f"leaked containers/volumes/networks: {sorted(after)}"
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from pytest_dockapp.engine.endpoint import resolve_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "dockapp-test/busybox:1"
+REDIS_BASE = "dockapp-test/redis:bookworm"
 NODE_BASE = os.environ.get("DOCKAPP_TEST_NODE_BASE", "dockapp-test/node:bookworm")
 
 #: The engine this suite runs against, and where its published ports are dialled.
@@ -66,10 +67,11 @@ SUITE_RUN_LABEL = f"org.pytest-dockapp.test.suite-run={uuid.uuid4().hex[:12]}"
 
 
 def leftover_names(client: Any, label: str | None = None) -> list[str]:
-    """Names of labelled containers (leases included) and networks; of ``label`` only, if given."""
+    """Names of labelled containers (leases included), volumes and networks; of ``label`` only, if given."""
     if label is None:
         return cleanup.leftovers(client)
     names = [c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters={"label": label})]
+    names += [v["Name"] for v in (client.api.volumes(filters={"label": label}) or {}).get("Volumes") or []]
     return names + [n["Name"] for n in client.api.networks(filters={"label": label})]
 
 

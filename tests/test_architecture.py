@@ -21,6 +21,7 @@ LAYERS = {
     "builds": {"core", "engine", "builds"},
     "cache": {"core", "engine", "builds", "cache"},
     "run": {"core", "engine", "builds", "run"},
+    "services": {"core", "engine", "builds", "run", "services"},
 }
 MAX_MODULES, MAX_LINES, MAX_FUNCTION = 12, 600, 80
 

@@ -20,3 +20,10 @@ def test_unknown_path_is_404(dockapp):
 
 def test_logs_show_the_listen_line(dockapp):
     assert "listening on 80" in dockapp.logs()
+
+
+def test_visits_are_counted_in_redis(dockapp, dockapp_services):
+    first = dockapp.post("/visits").json()["visits"]
+    assert dockapp.post("/visits").json()["visits"] == first + 1
+    code, out = dockapp_services["redis"].exec(["redis-cli", "get", "visits"])
+    assert (code, out.strip()) == (0, str(first + 1))

@@ -13,6 +13,7 @@ __all__ = [
     "BuildError",
     "CacheMarkerUsageError",
     "CacheRegressionError",
+    "ComposeError",
     "ConfigurationError",
     "ContainerError",
     "ContainerExitedError",
@@ -91,6 +92,10 @@ class ConfigurationError(DockappError):
 
 class DockerfileError(ConfigurationError):
     """The Dockerfile cannot be read or parsed."""
+
+
+class ComposeError(ConfigurationError):
+    """A compose file cannot be read, or asks for something the plugin does not support."""
 
 
 class BuildError(DockappError):

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import requests  # the docker SDK imports it anyway
 
-from pytest_dockapp.core.errors import ContainerError, ContainerGoneError, PortError, tail
+from pytest_dockapp.core.errors import ContainerError, ContainerGoneError, PortError, ReadinessTimeoutError, tail
 from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import endpoint_of, is_engine_failure
 from pytest_dockapp.engine.endpoint import Endpoint
+from pytest_dockapp.run.readiness.logs import log_tail
 from pytest_dockapp.run.readiness.settings import DEFAULT_TIMEOUT
 from pytest_dockapp.run.readiness.wait import Readiness, wait_ready
 
@@ -73,6 +74,9 @@ class DockApp:
     name: str
     readiness: Readiness
     build: BuildRecord | None = None
+    #: In a compose stack: the service's name, and every running service of its stack by name.
+    service: str | None = None
+    services: Mapping[str, DockApp] = field(default_factory=dict, repr=False)
     _session: requests.Session | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -216,6 +220,11 @@ class AppRunner:
         display: str | None = None,
         on_notice: Callable[[str], None] | None = None,
         creation: Callable[[str], AbstractContextManager[None]] | None = None,
+        publish: Sequence[int | str] = (),
+        require_port: bool = True,
+        options: Mapping[str, Any] | None = None,
+        host_options: Mapping[str, Any] | None = None,
+        on_started: Callable[[], None] | None = None,
     ):
         self.client = client
         self.image = image
@@ -243,8 +252,19 @@ class AppRunner:
         self.health_path = health_path
         self.timeout = timeout
         self.build = build
+        #: Container ports to publish besides the EXPOSEd ones (a compose file's ports: and expose:).
+        self.publish = [parse_port(p) for p in publish]
+        #: Without a TCP port the app is ready once it runs (and its HEALTHCHECK passes), as a
+        #: compose service without ports is (a worker); the session's app must have one.
+        self.require_port = require_port
+        #: More arguments of the engine's create call (entrypoint, user, healthcheck, labels, ...)
+        #: and of its host config (binds, tmpfs, init, network_mode).
+        self.options = dict(options or {})
+        self.host_options = dict(host_options or {})
+        self.on_started = on_started
         # Named after the tag (``display``) when the image is run by ID.
         slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", self.display.split("/")[-1].split(":")[0])[:30] or "app"
+        self.name_given = bool(name)
         self.name = name or f"dockapp-{slug}-{self.owner.id[:8]}-{next(_counter)}"
         self.container_id: str | None = None
         self.left_behind: str | None = None  # the name of a container the engine did not let us remove
@@ -288,6 +308,8 @@ class AppRunner:
             with self.creation(f"container {self.name}"):
                 self.container_id = self._create(publish)
             self._run()
+            if self.on_started is not None:
+                self.on_started()
             container = self.client.containers.prepare_model(self.client.api.inspect_container(self.container_id))
             host_map = {
                 int(key.split("/")[0]): pick_binding(bindings, self.connect_host)
@@ -298,7 +320,7 @@ class AppRunner:
                 self.client,
                 container.id,
                 host=self.connect_host,
-                host_port=host_map.get(main),
+                host_port=host_map.get(main) if main is not None else None,
                 container_port=main,
                 health_path=self.health_path,
                 mode=self.ready,
@@ -320,7 +342,7 @@ class AppRunner:
             image=self.image,
             host=self.connect_host,
             ports=host_map,
-            port=host_map.get(main),
+            port=host_map.get(main) if main is not None else None,
             container_port=main,
             name=self.name,
             readiness=readiness,
@@ -328,7 +350,44 @@ class AppRunner:
         )
         return self.app
 
-    def _ports(self) -> tuple[int, list[tuple[int, str]]]:
+    def run_to_end(self) -> tuple[int, DockApp]:
+        """Create and start the container, and wait (up to the timeout) until it exits: a one-shot
+        job, such as a migration a compose service waits for with ``service_completed_successfully``."""
+        _, publish = self._ports()
+        try:
+            with self.creation(f"container {self.name}"):
+                self.container_id = self._create(publish)
+            self._run()
+            begin = time.perf_counter()
+            try:
+                code = int(self.client.api.wait(self.container_id, timeout=self.timeout)["StatusCode"])
+            except requests.exceptions.ReadTimeout:
+                raise ReadinessTimeoutError(
+                    f"{self.name} did not finish within {self.timeout:g}s",
+                    evidence=tail(log_tail(self.client, self.container_id), 30),
+                    evidence_title="container log (last lines)",
+                    hint="a service others wait for with service_completed_successfully must exit; raise "
+                    "dockapp_timeout if it is just slow",
+                ) from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.close()
+            raise
+        attrs = self.client.api.inspect_container(self.container_id)
+        self.app = DockApp(
+            container=self.client.containers.prepare_model(attrs),
+            image=self.image,
+            host=self.connect_host,
+            ports={},
+            port=None,
+            container_port=None,
+            name=self.name,
+            readiness=Readiness(time.perf_counter() - begin, f"exited with code {code}"),
+            build=self.build,
+        )
+        return code, self.app
+
+    def _ports(self) -> tuple[int | None, list[tuple[int, str]]]:
         """The main TCP port, and every port to publish (the EXPOSEd ones and the main one)."""
         import docker.errors
 
@@ -340,8 +399,12 @@ class AppRunner:
                 hint="something removed it since it was built or named (docker rmi, a prune, another "
                 "session's cleanup); rerun, or build or load it again",
             ) from None
-        exposed = [parse_port(p) for p in (attrs.get("Config") or {}).get("ExposedPorts") or {}]
+        exposed = sorted(
+            {parse_port(p) for p in (attrs.get("Config") or {}).get("ExposedPorts") or {}} | set(self.publish)
+        )
         main = self._main_port(exposed)
+        if main is None and not self.require_port:
+            return None, exposed
         if main is None:
             raise PortError(
                 f"image {self.display} EXPOSEs no TCP port, so there is nothing to wait for or connect to",
@@ -365,8 +428,8 @@ class AppRunner:
                 detach=True,
                 ports=publish,
                 environment=self.env,
-                labels=self.owner.labels("container"),
-                host_config=api.create_host_config(port_bindings=bindings, privileged=False),
+                **{**self.options, "labels": {**self.options.get("labels", {}), **self.owner.labels("container")}},
+                host_config=api.create_host_config(port_bindings=bindings, privileged=False, **self.host_options),
             )
         except docker.errors.APIError as exc:
             if exc.status_code == 409:

@@ -104,6 +104,9 @@ class AppManager:
         #: Set by :meth:`cancel`; checked, under ``_creating``, before every container is created.
         self.cancelled = threading.Event()
         self._creating = threading.Lock()
+        #: Called first by :meth:`close`: what owns more than containers (a compose stack's
+        #: network and volumes) removes it in order.
+        self.closers: list[Callable[[], None]] = []
 
     @property
     def builds(self) -> list[BuildRecord]:
@@ -233,12 +236,15 @@ class AppManager:
 
     def start(self, image: Image | str, **kwargs: Any) -> DockApp:
         """Start an app and wait until it is ready; it stays up until :meth:`stop` or :meth:`close`."""
-        runner = self.run(image, **kwargs)
+        return self.start_runner(self.run(image, **kwargs))
+
+    def start_runner(self, runner: AppRunner) -> DockApp:
+        """Start what :meth:`run` made, as :meth:`start` does."""
         self.secrets |= secret_values(runner.env)
         self.start_sweep()
         if runner.host_ports:
             _ = self.sweep_report  # a killed session's container may still hold that fixed port
-        if kwargs.get("name") or runner.host_ports:
+        if runner.name_given or runner.host_ports:
             self.running.finish_removals()  # an earlier test's app of that name (or port) may still be going
         try:
             with engine_phase(f"starting {runner.name} from {runner.display}", self.endpoint):
@@ -278,6 +284,11 @@ class AppManager:
             errors.append(exc)
             self.engine_lost = self.engine_lost or is_engine_failure(exc)
 
+        for closer in list(self.closers):
+            try:
+                closer()
+            except Exception as exc:  # one failed removal must not leak the rest
+                failed(exc)
         kept, left = self.running.close(keep, failed, lambda: self.engine_lost)
         leases = self.images.release(failed, lambda: self.engine_lost)
         self.left_behind += left + leases

@@ -1,0 +1,291 @@
+"""A compose project run as one stack: its own network and volumes, each service built by the
+session's builder and ready by the session's readiness, independent services started in
+parallel, and everything labelled, so that a killed run's stack is swept like any app.
+
+>>> with AppManager.connect() as apps, Stack(apps, load_project(["compose.yaml"])) as stack:
+...     assert stack.main.get("/").ok
+...     stack["db"].exec("pg_isready")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pytest_dockapp.core.errors import ComposeError, ConfigurationError, ContainerExitedError, DockappError
+from pytest_dockapp.core.redact import secret_values
+from pytest_dockapp.engine.client import is_engine_failure
+from pytest_dockapp.run.app import DockApp
+from pytest_dockapp.run.images import BuildSpec, Image
+from pytest_dockapp.services.compose import Project, ServiceDef
+from pytest_dockapp.services.order import start_order
+
+if TYPE_CHECKING:
+    from pytest_dockapp.run.manager import AppManager
+
+STACK_LABEL = "org.pytest-dockapp.stack"
+SERVICE_LABEL = "org.pytest-dockapp.service"
+_counter = itertools.count(1)
+
+
+class _DependencyFailed(DockappError):
+    """A service did not start because one it depends on failed (that one's error is told)."""
+
+
+class Stack(Mapping[str, DockApp]):
+    """The running services of a compose project, by name; :attr:`main` is the app under test."""
+
+    def __init__(
+        self,
+        manager: AppManager,
+        project: Project,
+        *,
+        main: str | None = None,
+        host_ports: bool = False,
+        main_options: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ):
+        self.manager = manager
+        self.project = project
+        self.main_name = project.main_service(main)
+        self.host_ports = host_ports
+        self.main_options = dict(main_options or {})
+        self.timeout = timeout
+        self.name = f"dockapp-{project.name[:30]}-{manager.owner.id[:8]}-{next(_counter)}"
+        self.order = start_order({n: s.depends_on for n, s in project.services.items()}, self._where)
+        self.images: dict[str, Image] = {}
+        self.services: dict[str, DockApp] = {}
+        #: One-shot services (``service_completed_successfully``), by name: exited, kept for their logs.
+        self.completed: dict[str, DockApp] = {}
+        self._apps: list[DockApp] = []
+        self._network: str | None = None
+        self._volumes: list[str] = []
+        self._closed = False
+
+    @property
+    def _where(self) -> str:
+        return " + ".join(str(f) for f in self.project.files)
+
+    @property
+    def main(self) -> DockApp:
+        return self.services[self.main_name]
+
+    def __getitem__(self, name: str) -> DockApp:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise KeyError(
+                f"{name!r} is not a running service of this stack; running: {', '.join(self.services)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.services)
+
+    def __len__(self) -> int:
+        return len(self.services)
+
+    def __repr__(self) -> str:
+        return f"Stack(name={self.name!r}, services={list(self.services)!r})"
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def build(self) -> dict[str, Image]:
+        """Build (or reuse) every service's image, and check that the others are on the engine."""
+        for name in self.order:
+            if name not in self.images:
+                self.images[name] = self._image(self.project.services[name])
+        return self.images
+
+    def _image(self, svc: ServiceDef) -> Image:
+        if svc.build is not None:
+            b = svc.build
+            return self.manager.image(BuildSpec(b.context, b.dockerfile, b.args, b.target, b.secrets))
+        assert svc.image is not None
+        try:
+            return self.manager.prebuilt(svc.image)
+        except ConfigurationError:
+            raise ComposeError(
+                f"service {svc.name} runs image {svc.image!r}, which is not on the engine",
+                hint=f"load or build it first (docker pull / docker load / docker build -t {svc.image}), or give "
+                f"the service a build: in {self._where}",
+            ) from None
+
+    def start(self) -> Stack:
+        """Build, then start every service once what it depends on is started, ready or done;
+        on any failure (Ctrl-C too) everything already made is removed."""
+        self.manager.closers.append(self.close)
+        try:
+            self.build()
+            self._create_shared()
+            self._start_all()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped the start is the one to tell
+                self.close()
+            raise
+        return self
+
+    def _create_shared(self) -> None:
+        labels = {**self.manager.owner.labels("network"), STACK_LABEL: self.name}
+        client = self.manager.client
+        with self.manager._creation(f"network {self.name}"):
+            self._network = client.api.create_network(self.name, driver="bridge", labels=labels)["Id"]
+        for volume in self.project.volumes:
+            name = f"{self.name}_{volume}"
+            with self.manager._creation(f"volume {name}"):
+                client.api.create_volume(name, labels={**self.manager.owner.labels("volume"), STACK_LABEL: self.name})
+                self._volumes.append(name)
+
+    def _start_all(self) -> None:
+        started = {n: threading.Event() for n in self.order}
+        ready = {n: threading.Event() for n in self.order}
+        failed = threading.Event()
+        errors: dict[str, BaseException] = {}
+
+        def wait_for(name: str) -> None:
+            for dep, condition in self.project.services[name].depends_on.items():
+                event = started[dep] if condition == "service_started" else ready[dep]
+                while not event.wait(0.05):
+                    if failed.is_set():
+                        raise _DependencyFailed(f"{name} was not started: {dep} failed")
+
+        def run(name: str) -> None:
+            try:
+                wait_for(name)
+                self._start_one(name, started[name].set)
+                started[name].set()
+                ready[name].set()
+            except BaseException as exc:
+                errors[name] = exc
+                failed.set()
+
+        with ThreadPoolExecutor(max_workers=len(self.order), thread_name_prefix="dockapp-stack") as pool:
+            for future in [pool.submit(run, n) for n in self.order]:
+                future.result()
+        if errors:
+            first = next(e for e in errors.values() if not isinstance(e, _DependencyFailed))
+            raise first
+
+    def _one_shot(self, name: str) -> bool:
+        return any(s.depends_on.get(name) == "service_completed_successfully" for s in self.project.services.values())
+
+    def _start_one(self, name: str, on_started: Any) -> None:
+        svc = self.project.services[name]
+        runner = self.manager.run(self.images[name], **self._runner_options(svc), on_started=on_started)
+        if not self._one_shot(name):
+            app = self.manager.start_runner(runner)
+            app.service, app.services = name, self.services
+            self.services[name] = app
+            self._apps.append(app)
+            return
+        self.manager.secrets |= secret_values(runner.env)
+        code, app = runner.run_to_end()
+        app.service = name
+        self.completed[name] = app
+        self._apps.append(app)
+        if code != 0:
+            raise ContainerExitedError(
+                f"service {name} exited with code {code}, and others wait for it to complete successfully",
+                evidence="\n".join(app.logs(tail=30).splitlines()[-30:]),
+                evidence_title=f"{name}'s log (last lines)",
+                hint=f"run it by hand to see why: docker run --rm {self.images[name].name}",
+            )
+
+    def _runner_options(self, svc: ServiceDef) -> dict[str, Any]:
+        api = self.manager.client.api
+        aliases = [svc.name, *svc.aliases]
+        tmpfs = list(svc.tmpfs) + [m.target for m in svc.mounts if m.kind == "tmpfs"]
+        binds = {
+            (f"{self.name}_{m.source}" if m.kind == "volume" else m.source): {
+                "bind": m.target,
+                "mode": "ro" if m.read_only else "rw",
+            }
+            for m in svc.mounts
+            if m.kind in ("volume", "bind")
+        }
+        anonymous = [m.target for m in svc.mounts if m.kind == "anonymous"]
+        options: dict[str, Any] = {
+            "labels": {**svc.labels, STACK_LABEL: self.name, SERVICE_LABEL: svc.name},
+            "networking_config": api.create_networking_config({self.name: api.create_endpoint_config(aliases=aliases)}),
+        }
+        for key in ("entrypoint", "working_dir", "user", "hostname", "healthcheck"):
+            if getattr(svc, key) is not None:
+                options[key] = getattr(svc, key)
+        if anonymous:
+            options["volumes"] = anonymous
+        host: dict[str, Any] = {"network_mode": self.name}
+        if binds:
+            host["binds"] = binds
+        if tmpfs:
+            host["tmpfs"] = tmpfs
+        if svc.init is not None:
+            host["init"] = bool(svc.init)
+        tcp = [p.container for p in svc.ports if p.protocol == "tcp"]
+        kwargs: dict[str, Any] = {
+            "name": f"{self.name}-{svc.name}",
+            "env": svc.environment,
+            "command": svc.command,
+            "publish": [f"{p.container}/{p.protocol}" for p in svc.ports + svc.expose],
+            "require_port": False,
+            "port": tcp[0] if tcp else None,
+            "options": options,
+            "host_options": host,
+        }
+        if self.host_ports:
+            kwargs["host_ports"] = {p.container: p.host for p in svc.ports if p.host is not None}
+        if self.timeout is not None:
+            kwargs["timeout"] = self.timeout
+        if svc.name == self.main_name:
+            kwargs.update({k: v for k, v in self.main_options.items() if v is not None})
+            kwargs["require_port"] = True
+        return kwargs
+
+    def close(self) -> None:
+        """Remove the services, then the network and the volumes (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(ValueError):
+            self.manager.closers.remove(self.close)
+        errors: list[Exception] = []
+        for app in reversed(self._apps):
+            try:
+                self.manager.stop(app)
+            except Exception as exc:
+                errors.append(exc)
+                if is_engine_failure(exc):
+                    self.manager.engine_lost = True
+        self._remove_shared(errors)
+        if errors:
+            raise errors[0]
+
+    def _remove_shared(self, errors: list[Exception]) -> None:
+        import docker.errors
+
+        from pytest_dockapp.engine.interop import remove_network
+
+        if self.manager.engine_lost:
+            self.manager.left_behind += [n for n in [self._network and self.name, *self._volumes] if n]
+            return
+        if self._network is not None:
+            try:
+                remove_network(self.manager.client, self._network)
+            except Exception as exc:
+                errors.append(exc)
+        for volume in self._volumes:
+            try:
+                self.manager.client.api.remove_volume(volume)
+            except docker.errors.NotFound:
+                pass
+            except Exception as exc:
+                errors.append(exc)

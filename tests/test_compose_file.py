@@ -1,0 +1,186 @@
+"""Reading a compose file as the Compose Specification says (no engine needed)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_dockapp import ComposeError
+from pytest_dockapp.services.compose import load_project, parse_duration
+from pytest_dockapp.services.interpolate import interpolate
+from pytest_dockapp.services.order import start_order
+
+
+def write(folder: Path, text: str, name: str = "compose.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("$SET and ${SET}", "yes and yes"),
+        ("${UNSET:-d} ${EMPTY:-d} ${UNSET-d} ${EMPTY-d}", "d d d "),
+        ("${SET:+alt} ${EMPTY:+alt} ${EMPTY+alt} ${UNSET+alt}", "alt  alt "),
+        ("$$SET costs $$5", "$SET costs $5"),
+        ("${UNSET:-${SET}}", "yes"),
+        ("a lone $ stays", "a lone $ stays"),
+    ],
+)
+def test_interpolation_follows_the_compose_specification(text: str, expected: str) -> None:
+    assert interpolate(text, {"SET": "yes", "EMPTY": ""}, "f") == expected
+
+
+def test_a_required_variable_names_itself_and_the_file() -> None:
+    with pytest.raises(ComposeError, match=r"compose.yaml: required variable DB_URL is missing a value: set it"):
+        interpolate("${DB_URL:?set it}", {"DB_URL": ""}, "compose.yaml")
+
+
+def test_env_file_anchors_merge_keys_and_extension_fields(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TAG=from-dotenv\nexport PORT=8080 # a comment\nQUOTED='$literal'\n")
+    write(
+        tmp_path,
+        """
+        x-env: &env
+          LOG: debug
+          TAG: ${TAG}
+        x-ignored: {anything: here}
+        services:
+          web:
+            build: {context: ., args: [VERSION=1]}
+            environment:
+              <<: *env
+              PORT: ${PORT}
+              QUOTED: ${QUOTED}
+            ports: ["${PORT}"]
+            x-note: ignored too
+        """,
+    )
+    project = load_project([tmp_path / "compose.yaml"], env={})
+    web = project.services["web"]
+    assert web.environment == {"LOG": "debug", "TAG": "from-dotenv", "PORT": "8080", "QUOTED": "$literal"}
+    assert web.build is not None and web.build.args == {"VERSION": "1"} and web.build.context == tmp_path
+    assert [p.container for p in web.ports] == [8080]
+
+
+def test_the_environment_wins_over_the_dotenv_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TAG=from-dotenv\n")
+    write(tmp_path, "services:\n  web:\n    image: app:${TAG}\n")
+    assert load_project([tmp_path / "compose.yaml"], env={"TAG": "from-env"}).services["web"].image == "app:from-env"
+
+
+def test_override_files_merge_as_compose_merges_them(tmp_path: Path) -> None:
+    base = write(
+        tmp_path,
+        """
+        services:
+          web:
+            build: .
+            environment: [A=1, B=2]
+            ports: ["80"]
+            command: ["serve"]
+            volumes: ["./data:/data"]
+          db:
+            image: db
+        """,
+    )
+    override = write(
+        tmp_path,
+        """
+        services:
+          web:
+            environment: {B: "3", C: "4"}
+            ports: ["81"]
+            command: ["serve", "--debug"]
+            volumes: ["./other:/data"]
+            depends_on: [db]
+        """,
+        "compose.test.yaml",
+    )
+    web = load_project([base, override], env={}).services["web"]
+    assert web.environment == {"A": "1", "B": "3", "C": "4"}
+    assert [p.container for p in web.ports] == [80, 81]
+    assert web.command == ["serve", "--debug"]
+    assert [m.source for m in web.mounts] == [str(tmp_path / "other")]
+    assert web.depends_on == {"db": "service_started"}
+
+
+def test_profiles_leave_out_services_unless_enabled_or_needed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        services:
+          web: {build: ., depends_on: [db]}
+          db: {image: db, profiles: [backend]}
+          debug: {image: tools, profiles: [debug]}
+        """,
+    )
+    assert set(load_project([path], env={}, wanted="web").services) == {"web", "db"}
+    assert set(load_project([path], env={}, profiles=["debug"], wanted="web").services) == {"web", "db", "debug"}
+    with pytest.raises(ComposeError, match=r"service web depends on db, whose profiles \['backend'\] are off"):
+        load_project([path], env={})
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("    deploy: {replicas: 2}\n", r"service web: key 'deploy' is not supported"),
+        ("    build: {context: ., ssh: [default]}\n", r"service web: build key 'ssh' is not supported"),
+        ("    depends_on: [nowhere]\n", r"service web depends on 'nowhere', which is not a service"),
+        ("    volumes: [data:/data]\n", r"mounts volume 'data', which is not in the top-level volumes"),
+        ("    ports: [http]\n", r"service web: 'http' is not a port mapping"),
+        ("    healthcheck: {test: [CMD, x], interval: soon}\n", r"'soon' is not a duration"),
+        ("    healthcheck: {test: true}\n", r"healthcheck test True is neither a string nor a list"),
+        ("    environment: 5\n", r"service web: a value has the wrong shape"),
+        ("    depends_on: {db: {condition: service_ready}}\n", r"condition 'service_ready' is unknown"),
+    ],
+)
+def test_an_unsupported_or_wrong_key_is_an_error_naming_it(tmp_path: Path, body: str, message: str) -> None:
+    path = write(tmp_path, "services:\n  db: {image: db}\n  web:\n    image: web\n" + body)
+    with pytest.raises(ComposeError, match=message) as info:
+        load_project([path], env={})
+    assert str(path) in info.value.what
+
+
+def test_a_dependency_cycle_is_named() -> None:
+    with pytest.raises(ComposeError, match=r"depends_on has a cycle: a -> b -> c -> a"):
+        start_order({"a": {"b": "service_started"}, "b": {"c": "service_healthy"}, "c": {"a": "service_started"}})
+
+
+def test_dependencies_start_first() -> None:
+    order = start_order({"web": {"db": "x", "cache": "x"}, "cache": {}, "db": {"migrate": "x"}, "migrate": {}})
+    assert order.index("migrate") < order.index("db") < order.index("web") and order.index("cache") < order.index("web")
+
+
+def test_the_app_service_is_the_one_with_a_build_or_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "services:\n  api: {build: .}\n  worker: {build: .}\n  db: {image: db}\n")
+    project = load_project([path], env={})
+    with pytest.raises(ComposeError, match=r"has 2 services with a build:.*") as info:
+        project.main_service(None)
+    assert info.value.hint == "set dockapp_service to one of: api, worker, db"
+    assert project.main_service("worker") == "worker"
+    with pytest.raises(ComposeError, match=r"dockapp_service 'wrker' is not a service"):
+        project.main_service("wrker")
+
+
+def test_durations_and_healthchecks_take_the_engine_api_form(tmp_path: Path) -> None:
+    assert parse_duration("1m30s", "f") == 90_000_000_000 and parse_duration("500ms", "f") == 500_000_000
+    path = write(
+        tmp_path,
+        """
+        services:
+          db: {image: db, healthcheck: {test: pg_isready, interval: 2s, retries: 3}}
+          off: {image: db, healthcheck: {disable: true}}
+        """,
+    )
+    services = load_project([path], env={}).services
+    assert services["db"].healthcheck == {"test": ["CMD-SHELL", "pg_isready"], "interval": 2_000_000_000, "retries": 3}
+    assert services["off"].healthcheck == {"test": ["NONE"]}
+
+
+def test_yaml_1_2_booleans_as_compose_reads_them(tmp_path: Path) -> None:
+    path = write(tmp_path, "services:\n  off:\n    image: db\n    environment: {DEBUG: yes, FAST: true, MODE: on}\n")
+    assert load_project([path], env={}).services["off"].environment == {"DEBUG": "yes", "FAST": "true", "MODE": "on"}

@@ -1,0 +1,166 @@
+"""Services from a compose file, run as a user would: a real Dockerfile, compose file and ini."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+from .helpers import App, pytest_cmd
+
+COMPOSE = """
+services:
+  web:
+    build: .
+    environment:
+      CACHE_HOST: cache
+    depends_on:
+      cache: {condition: service_healthy}
+      migrate: {condition: service_completed_successfully}
+  cache:
+    image: REDIS
+    healthcheck: {test: [CMD, redis-cli, ping], interval: 1s}
+    volumes: [cachedata:/data]
+    networks:
+      default: {aliases: [redis]}
+  migrate:
+    image: BUSYBOX
+    command: [sh, -c, "echo migrated"]
+volumes:
+  cachedata:
+"""
+
+STACK_TESTS = """
+def test_the_app_is_the_built_service(dockapp):
+    assert dockapp.get("/").text == "hello\\n"
+    assert dockapp.exec(["sh", "-c", "echo $CACHE_HOST"])[1] == "cache\\n"
+
+def test_services_reach_each_other_by_name_and_alias(dockapp):
+    for name in ("cache", "redis"):
+        assert dockapp.exec(["sh", "-c", f"printf 'PING\\r\\n' | nc -w 5 {name} 6379"])[1] == "+PONG\\r\\n"
+
+def test_a_test_talks_to_the_database_directly(dockapp_services):
+    assert sorted(dockapp_services) == ["cache", "web"]
+    assert dockapp_services["cache"].exec(["redis-cli", "set", "k", "v"])[1] == "OK\\n"
+    assert dockapp_services["cache"].port is not None
+
+def test_failing(dockapp_services):
+    assert dockapp_services["web"].get("/").text == "bye"
+"""
+
+
+def project(app: App, redis: str, compose: str = COMPOSE) -> None:
+    app.httpd()
+    (app.pytester.path / "compose.yaml").write_text(
+        textwrap.dedent(compose).lstrip().replace("REDIS", redis).replace("BUSYBOX", app.busybox)
+    )
+
+
+def test_a_compose_project_runs_with_one_ini_line_and_no_conftest(
+    app: App, pytester: pytest.Pytester, redis_base: str
+) -> None:
+    project(app, redis_base)
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makepyfile(STACK_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=1)
+    # the failing test's report has a log section per service of its stack
+    result.stdout.fnmatch_lines(["*dockapp logs: dockapp-*-cache (since this test started)*"])
+    result.stdout.fnmatch_lines(["*dockapp logs: dockapp-*-web (since this test started)*"])
+    result.stdout.fnmatch_lines(
+        [
+            "stack dockapp-* (compose.yaml):",
+            "  service cache: image *redis*; ready in *s (HEALTHCHECK + port accepts), removed in *s",
+            "  service migrate: image *busybox*; ran to the end: exited with code 0",
+            "  service web: built * in *; ready in *s (port accepts), removed in *s",
+        ]
+    )
+
+
+HOSTILE = {
+    "a one-shot service that fails": (
+        "  web: {build: ., depends_on: {migrate: {condition: service_completed_successfully}}}\n"
+        "  migrate: {image: BUSYBOX, command: [sh, -c, 'echo no such table >&2; exit 3']}\n",
+        ["*service migrate exited with code 3, and others wait for it to complete successfully*", "*no such table*"],
+    ),
+    "a health check that never passes": (
+        "  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n"
+        "  db: {image: BUSYBOX, command: [sleep, '600'], healthcheck: {test: [CMD, 'false'], interval: 1s}}\n",
+        ["*container dockapp-*-db did not become ready within 3s*"],
+    ),
+    "a service that exits": (
+        "  web: {build: ., depends_on: [db]}\n  db: {image: BUSYBOX, command: [sh, -c, 'echo bye; exit 1']}\n",
+        ["*dockapp-*-db exited with code 1*"],
+    ),
+    "an image that is not on the engine": (
+        "  web: {build: ., depends_on: [db]}\n  db: {image: 'no-such/image:1'}\n",
+        ["*service db runs image 'no-such/image:1', which is not on the engine*"],
+    ),
+    "a dependency cycle": (
+        "  web: {build: ., depends_on: [a]}\n  a: {image: BUSYBOX, depends_on: [b]}\n"
+        "  b: {image: BUSYBOX, depends_on: [a]}\n",
+        ["*depends_on has a cycle: a -> b -> a*"],
+    ),
+    "an unknown key": (
+        "  web: {build: ., deploy: {replicas: 2}}\n",
+        ["*service web: key 'deploy' is not supported*"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_compose_file_gets_one_clear_error(app: App, pytester: pytest.Pytester, case: str) -> None:
+    services, lines = HOSTILE[case]
+    app.httpd()
+    (pytester.path / "compose.yaml").write_text("services:\n" + services.replace("BUSYBOX", app.busybox))
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_timeout = 3\n")
+    pytester.makepyfile("def test_one(dockapp):\n    pass\n\ndef test_two(dockapp):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(lines)
+    result.stdout.fnmatch_lines(["*(the session stack failed: see the first error above*"])
+    assert "Traceback" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_stack_killed_while_starting_leaves_nothing_after_the_next_run(
+    app: App, pytester: pytest.Pytester, docker_client: Any, how: signal.Signals
+) -> None:
+    app.httpd()
+    (pytester.path / "compose.yaml").write_text(
+        "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n"
+        f"  db: {{image: {app.busybox}, command: [sleep, '600'], volumes: [data:/data],"
+        " healthcheck: {test: [CMD, 'false'], interval: 1s}}\nvolumes:\n  data:\n"
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makepyfile(test_stack="def test_one(dockapp):\n    pass\n")
+    proc = subprocess.Popen(pytest_cmd("test_stack.py"), cwd=pytester.path, stdout=subprocess.PIPE, text=True)
+    flt = {"label": f"org.pytest-dockapp.pid={proc.pid}"}
+    deadline = time.monotonic() + 120
+    while not docker_client.api.containers(filters={**flt, "name": "-db"}):  # db is up, its health never passes
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(how)
+    proc.communicate(timeout=60)
+
+    def left() -> list[str]:
+        names = [c["Names"][0] for c in docker_client.api.containers(all=True, filters=flt)]
+        names += [n["Name"] for n in docker_client.api.networks(filters=flt)]
+        return names + [v["Name"] for v in (docker_client.api.volumes(filters=flt) or {}).get("Volumes") or []]
+
+    if how == signal.SIGTERM:
+        assert left() == []  # its own teardown removed the stack
+        return
+    assert left(), "SIGKILL runs no teardown: the stack is still there"
+    pytester.makepyfile(test_next="def test_two(dockapp_image):\n    pass\n")
+    (pytester.path / "compose.yaml").write_text("services:\n  web: {build: .}\n")
+    result = pytester.runpytest_subprocess("test_next.py")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["swept leftovers of killed sessions: * containers, 1 networks, 1 volumes, *"])
+    assert left() == []
+    assert os.environ.get("DOCKAPP_LABELS")  # the leak check of `app` covered this run's own resources too
