@@ -36,7 +36,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "dockapp_cache(change=None, cached=None, context=None, dockerfile=None, build_args=None, "
-        "target=None, strict=False, service=None): fail when a rebuild after `change` misses the layer cache unexpectedly",
+        "target=None, strict=False, service=None): fail when a rebuild after `change` misses the layer cache "
+        "unexpectedly",
     )
     state = config.stash[STATE] = PluginState(config, resolve(config))
     check_ini_keys(config, state.settings.strict)
