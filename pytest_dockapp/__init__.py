@@ -29,6 +29,8 @@ _EXPORTS = {
     "BuildSpec": "run.images",
     "Image": "run.images",
     "wait_ready": "run.readiness.wait",
+    "Stack": "services.stack",
+    "load_project": "services.compose",
     "resolve_builder": "engine.client",
 }
 
@@ -48,6 +50,8 @@ if TYPE_CHECKING:  # for type checkers (re-exports); tests/test_options.py check
     from .run.images import Image as Image
     from .run.manager import AppManager as AppManager
     from .run.readiness.wait import wait_ready as wait_ready
+    from .services.compose import load_project as load_project
+    from .services.stack import Stack as Stack
 
 
 def __getattr__(name: str) -> Any:

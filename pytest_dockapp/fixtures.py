@@ -226,6 +226,10 @@ def dockapp_services(
     with told_once("the session stack"):
         stack = _stack(state, files, pick(state, "service", dockapp_service), main_options, dockapp_timeout)
     yield stack
+    _close_stack(state, stack)
+
+
+def _close_stack(state: PluginState, stack: Stack) -> None:
     if state.started is not None and not state.started.engine_lost:
         from pytest_dockapp.core.errors import DockappError
 
@@ -297,10 +301,13 @@ def dockapp_factory(
 
     ``dockapp_factory(context=None, *, dockerfile=None, build_args=None, target=None, image=None,
     port=None, health_path=None, timeout=None, ready=None, env=None, command=None, network=None, aliases=(),
-    host_ports=None, name=None)``. Without ``context`` or ``image`` it uses the session's settings.
+    host_ports=None, name=None, compose=None, service=None)``. Without ``context`` or ``image`` it uses the
+    session's settings. With ``compose`` (files relative to the rootdir) it starts a stack of the
+    test's own and returns its ``service`` (``app.services`` has the others).
     """
     state = state_of(request.config)
     started: list[DockApp] = []
+    stacks: list[Stack] = []
 
     def factory(
         context: str | os.PathLike[str] | None = None,
@@ -320,9 +327,15 @@ def dockapp_factory(
         host_ports: Mapping[int, int] | None = None,
         name: str | None = None,
         secrets: Mapping[str, str] | None = None,
+        compose: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        service: str | None = None,
     ) -> DockApp:
         __tracebackhide__ = True
         _check_arguments(port=port, health_path=health_path, timeout=timeout, ready=ready)
+        if compose is not None:  # a stack of this test's own, removed after it
+            options = {"port": port, "health_path": health_path, "ready": ready}
+            stacks.append(_own_stack(state, request, compose, service, options, timeout or dockapp_timeout))
+            return stacks[-1].main
         default = context is None and image is None
         ref: Image | str
         if image is not None:
@@ -341,14 +354,8 @@ def dockapp_factory(
             )
         else:
             ctx = Path(context)  # type: ignore[arg-type]
-            ref = _build(
-                state,
-                str(ctx if ctx.is_absolute() else request.config.rootpath / ctx),  # one base: the rootdir
-                dockerfile,
-                dict(build_args or {}),
-                target,
-                secrets,
-            )
+            where = str(ctx if ctx.is_absolute() else request.config.rootpath / ctx)  # one base: the rootdir
+            ref = _build(state, where, dockerfile, dict(build_args or {}), target, secrets)
         app = _start_raising(
             state,
             ref,
@@ -358,12 +365,8 @@ def dockapp_factory(
             else (pick(state, "health_path", dockapp_health_path) if default else None),
             timeout=timeout or pick(state, "timeout", dockapp_timeout),
             ready=ready or pick(state, "ready", dockapp_ready),
-            env=env,
-            command=command,
-            network=network,
-            aliases=aliases,
-            host_ports=host_ports,
-            name=name,
+            **{"env": env, "command": command, "network": network, "aliases": aliases},
+            **{"host_ports": host_ports, "name": name},
         )
         started.append(app)
         request.node.stash.setdefault(ITEM_APPS, {})[name or f"factory-{len(started)}"] = app
@@ -372,6 +375,23 @@ def dockapp_factory(
     yield factory
     for app in started:
         _release(state, request.session, app, scope="function")
+    for stack in stacks:
+        _close_stack(state, stack)
+
+
+def _own_stack(
+    state: PluginState,
+    request: pytest.FixtureRequest,
+    compose: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    service: str | None,
+    options: dict[str, Any],
+    timeout: float,
+) -> Stack:
+    __tracebackhide__ = True
+    files = [compose] if isinstance(compose, (str, os.PathLike)) else list(compose)
+    stack = _stack(state, [str(f) for f in files], service, options, timeout)
+    request.node.stash.setdefault(ITEM_APPS, {}).update(stack.services)
+    return stack
 
 
 def _check_arguments(**given: Any) -> None:

@@ -104,7 +104,8 @@ def _service_build(request: pytest.FixtureRequest, state: PluginState, kw: dict[
     return {
         "context": str(build.context),
         "dockerfile": kw.get("dockerfile") or build.dockerfile,
-        "build_args": {**build.args, **(kw.get("build_args") or {})},
+        # the compose file's, then the command line's, then the marker's own
+        "build_args": {**build.args, **state.settings.from_cli.get("build_args", {}), **(kw.get("build_args") or {})},
         "target": kw.get("target") or build.target,
     }
 

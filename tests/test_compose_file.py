@@ -184,3 +184,13 @@ def test_durations_and_healthchecks_take_the_engine_api_form(tmp_path: Path) -> 
 def test_yaml_1_2_booleans_as_compose_reads_them(tmp_path: Path) -> None:
     path = write(tmp_path, "services:\n  off:\n    image: db\n    environment: {DEBUG: yes, FAST: true, MODE: on}\n")
     assert load_project([path], env={}).services["off"].environment == {"DEBUG": "yes", "FAST": "true", "MODE": "on"}
+
+
+def test_the_readme_keys_table_is_the_generated_one() -> None:
+    from pytest_dockapp.services.compose import keys_table
+
+    from .helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- compose-keys -->")
+    assert readme[readme.index("\n", start) + 1 : readme.index("<!-- end compose-keys -->")].strip() == keys_table()

@@ -164,3 +164,32 @@ def test_a_stack_killed_while_starting_leaves_nothing_after_the_next_run(
     result.stdout.fnmatch_lines(["swept leftovers of killed sessions: * containers, 1 networks, 1 volumes, *"])
     assert left() == []
     assert os.environ.get("DOCKAPP_LABELS")  # the leak check of `app` covered this run's own resources too
+
+
+def test_the_cache_marker_and_the_factory_take_a_service(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    worker = pytester.path / "worker"
+    worker.mkdir()
+    (worker / "job.sh").write_text("echo working\n")
+    app.dockerfile('FROM {BUSYBOX}\nCOPY job.sh /job.sh\nCMD ["sleep", "600"]\n', path=worker)
+    (pytester.path / "compose.yaml").write_text("services:\n  web: {build: .}\n  worker: {build: ./worker}\n")
+    (pytester.path / "extra.yaml").write_text(
+        "services:\n  web: {build: ., depends_on: [side]}\n"
+        f"  side: {{image: {app.busybox}, command: [sleep, '600']}}\n"
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_service = web\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.dockapp_cache(service="worker", change=["job.sh"])  # relative to its context
+        def test_worker_cache(dockapp_cache_report):
+            assert dockapp_cache_report.step("COPY job.sh /job.sh").cached is False
+
+        def test_own_stack(dockapp_factory, dockapp):
+            mine = dockapp_factory(compose="extra.yaml", service="web")
+            assert mine.get("/").text == "hello\\n" and mine.name != dockapp.name
+            assert sorted(mine.services) == ["side", "web"]
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)

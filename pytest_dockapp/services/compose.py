@@ -20,7 +20,7 @@ from pytest_dockapp.services.interpolate import interpolate_tree, read_env_file
 #: Service keys applied as compose applies them.
 SUPPORTED = {
     "build": "context, dockerfile, args, target, secrets; built by the plugin's builder",
-    "image": "run as is (must be on the engine); with `build:`, the tag of the build",
+    "image": "run as is (must be on the engine); beside `build:`, the build is run and not tagged with it",
     "command": "string or list",
     "entrypoint": "string or list",
     "environment": "list or map",
@@ -520,3 +520,11 @@ def _aliases(name: str, raw: Any, networks: set[str], where: str) -> list[str]:
             raise ComposeError(f"{where}: service {name}: network option {unknown[0]!r} is not supported")
         aliases += [str(a) for a in (body or {}).get("aliases") or []]
     return aliases
+
+
+def keys_table() -> str:
+    """The README's table of service keys."""
+    rows = ["| service key | how |", "|---|---|"]
+    rows += [f"| `{key}` | {how or 'as compose applies it'} |" for key, how in SUPPORTED.items()]
+    rows += [f"| `{key}` | read; {how} |" for key, how in ACCEPTED.items()]
+    return "\n".join(rows)
