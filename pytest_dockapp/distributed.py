@@ -28,7 +28,10 @@ class XdistController:
         self._header = False
 
     def pytest_configure_node(self, node: Any) -> None:
+        import os
+
         node.workerinput["dockapp_shared_dir"] = self.shared_dir
+        node.workerinput["dockapp_controller_pid"] = os.getpid()  # the owner of stacks the workers share
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """The header's engine line, which the workers' collection reports cannot show here
@@ -59,6 +62,7 @@ class XdistController:
         self.crashed = self.crashed or error is not None
 
     def pytest_sessionfinish(self) -> None:
+        self._remove_shared_stacks()
         # A crashed worker ran no teardown: its pid is gone now, so the sweep takes what it left.
         # Workers that finished cleaned up after themselves: no need to make the run wait.
         if self.crashed:
@@ -71,6 +75,31 @@ class XdistController:
                 return  # --dockapp-sweep-age off: the user asked for no sweep at all
             with contextlib.suppress(DockappError):
                 cleanup.sweep(connect(), cleanup.Owner(), age, kept=self.state.settings.sweep_kept)
+
+    def _remove_shared_stacks(self) -> None:
+        """The compose stack the workers shared (dockapp_compose_scope = session): removed once
+        every worker is done with it."""
+        from pathlib import Path
+
+        from pytest_dockapp.services.shared import recorded_stacks
+
+        names = recorded_stacks(Path(self.shared_dir))
+        if not names:
+            return
+        from pytest_dockapp.core.errors import DockappError
+        from pytest_dockapp.engine.client import connect
+        from pytest_dockapp.services.stack import remove_stack
+
+        try:
+            client = connect()
+        except DockappError as exc:
+            self.state.worker_lines.append(f"shared stacks {', '.join(names)} not removed: {exc.what}")
+            return
+        for name in names:
+            left = remove_stack(client, name)
+            self.state.worker_lines.append(
+                f"removed {name}, the stack the workers shared" + (f"; left: {' '.join(left)}" if left else "")
+            )
 
     def pytest_unconfigure(self) -> None:
         import shutil

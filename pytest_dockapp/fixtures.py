@@ -224,7 +224,7 @@ def dockapp_services(
         "ready": pick(state, "ready", dockapp_ready),
     }
     with told_once("the session stack"):
-        stack = _stack(state, files, pick(state, "service", dockapp_service), main_options, dockapp_timeout)
+        stack = _stack(state, files, pick(state, "service", dockapp_service), main_options, dockapp_timeout, True)
     yield stack
     _close_stack(state, stack)
 
@@ -245,44 +245,74 @@ def _stack(
     service: str | None,
     main_options: dict[str, Any],
     timeout: float,
+    shared: bool = False,
 ) -> Stack:
-    """Load, build and start a stack; a library error becomes a clean fixture failure."""
+    """Load, build and start a stack (``shared``: the one all pytest-xdist workers share, under
+    ``dockapp_compose_scope = session``); a library error becomes a clean fixture failure."""
     __tracebackhide__ = True
-    from pytest_dockapp.core.errors import CacheRegressionError, DockappError
+    from pytest_dockapp.core.errors import DockappError
     from pytest_dockapp.services.compose import load_project
     from pytest_dockapp.services.stack import Stack
 
-    root = state.config.rootpath
-    paths = [root / f for f in ([files] if isinstance(files, str) else files)]
     s = state.settings
     try:
-        project = load_project(paths, profiles=s.compose_profiles, wanted=service)
+        project = load_project(
+            [state.config.rootpath / f for f in ([files] if isinstance(files, str) else files)],
+            profiles=s.compose_profiles,
+            wanted=service,
+        )
         for svc in project.services.values():
             if svc.build is not None:  # the command line's build args win, as for the Dockerfile alone
                 svc.build.args.update(s.from_cli.get("build_args", {}))
-        stack = Stack(state.apps(), project, main=service, host_ports=s.compose_host_ports, main_options=main_options)
-        stack.timeout = timeout
-        state.stacks.append(stack)
-        try:
-            stack.build()
-        finally:
-            state.progress.done("")
-        for name, image in stack.images.items():
-            if image.record is not None:
-                state.config.hook.pytest_dockapp_build_finished(config=state.config, record=image.record)
-                if s.expect_cached:
-                    try:
-                        image.record.assert_fully_cached()
-                    except CacheRegressionError as exc:
-                        raise CacheRegressionError(
-                            f"service {name}: {exc.what}", evidence=exc.evidence, hint=exc.hint
-                        ) from None
-        stack.start()
+        options: dict[str, Any] = {"main": service, "host_ports": s.compose_host_ports, "main_options": main_options}
+        workerinput = getattr(state.config, "workerinput", None)
+        if shared and workerinput is not None and s.compose_scope == "session":
+            stack = _shared_stack(state, project, workerinput, {**options, "timeout": timeout})
+            state.stacks.append(stack)
+            _check_builds(state, stack)
+        else:
+            stack = Stack(state.apps(), project, **options, timeout=timeout)
+            state.stacks.append(stack)
+            _check_builds(state, stack)
+            stack.start()
     except DockappError as exc:
         fail_on(exc, state)
     for app in stack.services.values():
         state.config.hook.pytest_dockapp_app_ready(config=state.config, app=app)
     return stack
+
+
+def _shared_stack(state: PluginState, project: Any, workerinput: dict[str, Any], options: dict[str, Any]) -> Stack:
+    """The stack every worker shares: it carries the controller's pid, and the controller removes it."""
+    from pytest_dockapp.engine.cleanup import Owner
+    from pytest_dockapp.services.shared import shared_stack
+
+    owner = Owner(pid=int(workerinput["dockapp_controller_pid"]))
+    try:
+        return shared_stack(state.apps(), project, Path(workerinput["dockapp_shared_dir"]), owner, **options)
+    finally:
+        state.progress.done("")
+
+
+def _check_builds(state: PluginState, stack: Stack) -> None:
+    """Build the stack's images (if not yet), tell the hook, and hold them to --dockapp-expect-cached."""
+    from pytest_dockapp.core.errors import CacheRegressionError
+
+    try:
+        stack.build()
+    finally:
+        state.progress.done("")
+    for name, image in stack.images.items():
+        if image.record is None:
+            continue
+        state.config.hook.pytest_dockapp_build_finished(config=state.config, record=image.record)
+        if state.settings.expect_cached:
+            try:
+                image.record.assert_fully_cached()
+            except CacheRegressionError as exc:
+                raise CacheRegressionError(
+                    f"service {name}: {exc.what}", evidence=exc.evidence, hint=exc.hint
+                ) from None
 
 
 @pytest.fixture

@@ -65,6 +65,13 @@ def _ip(value: str) -> str:
     return value.strip()
 
 
+def _scope(value: str) -> str:
+    text = value.strip().lower()
+    if text not in ("session", "worker"):
+        raise ConfigurationError(f"{value!r} is not a stack scope", hint="valid: session, worker")
+    return text
+
+
 def _age(value: str) -> float | None:
     from pytest_dockapp.engine.cleanup import parse_age
 
@@ -242,6 +249,13 @@ SETTINGS: list[Setting] = [
         _bool,
         kind="flag",
     ),
+    Setting(
+        "compose_scope",
+        "under pytest-xdist: one stack for all workers (session), or one per worker, with its own network and "
+        "volumes (worker: for tests that write to the database)",
+        "session",
+        _scope,
+    ),
     Setting("strict", f"no Docker engine is an error, not a skip (also {STRICT_ENV}=1)", False, _bool, kind="flag"),
     Setting(
         "expect_cached",
@@ -300,6 +314,7 @@ class Settings:
     service: str | None = None
     compose_profiles: list[str] = field(default_factory=list)
     compose_host_ports: bool = False
+    compose_scope: str = "session"
     strict: bool = False
     expect_cached: bool = False
     sweep_age: float | None = _D["sweep_age"]

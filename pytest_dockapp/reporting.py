@@ -225,7 +225,12 @@ def _stack_lines(state: PluginState) -> tuple[list[str], set[Any]]:
     stats = {s.name: s for s in state.started.apps} if state.started is not None else {}
     shared = state.started.shared_images if state.started is not None else []
     for stack in state.stacks:
-        lines.append(f"stack {stack.name} ({' + '.join(str(f.name) for f in stack.project.files)}):")
+        files = " + ".join(str(f.name) for f in stack.project.files)
+        if stack.attached:
+            lines.append(f"stack {stack.name} ({files}): shared, started by another pytest-xdist worker")
+            continue
+        shared_out = "; shared by every pytest-xdist worker" if stack.shared_owner is not None else ""
+        lines.append(f"stack {stack.name} ({files}{shared_out}):")
         for name in stack.order:
             image = stack.images.get(name)
             if image is None:

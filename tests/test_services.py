@@ -193,3 +193,33 @@ def test_the_cache_marker_and_the_factory_take_a_service(app: App, pytester: pyt
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+XDIST_TESTS = """
+import os, pytest
+
+@pytest.mark.parametrize("n", range(6))
+def test_stack(dockapp_services, n):
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    with open(f"seen-{worker}-{n}", "w") as fh:
+        fh.write(dockapp_services["cache"].container.id)
+    assert dockapp_services["web"].get("/").status_code == 200
+"""
+
+
+@pytest.mark.parametrize(("scope", "stacks"), [("session", 1), ("worker", 2)])
+def test_xdist_workers_share_one_stack_or_run_one_each(
+    app: App, pytester: pytest.Pytester, redis_base: str, scope: str, stacks: int
+) -> None:
+    project(app, redis_base)
+    pytester.makeini(f"[pytest]\ndockapp_compose = compose.yaml\ndockapp_compose_scope = {scope}\n")
+    pytester.makepyfile(XDIST_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=6)
+    seen = {p.read_text() for p in pytester.path.glob("seen-*")}
+    workers = {p.name.split("-")[1] for p in pytester.path.glob("seen-*")}
+    assert len(workers) == 2 and len(seen) == stacks
+    if scope == "session":  # the workers' lines come in the order the workers ended
+        result.stdout.fnmatch_lines(["*stack dockapp-* (compose.yaml; shared by every pytest-xdist worker):"])
+        result.stdout.fnmatch_lines(["*stack dockapp-* (compose.yaml): shared, started by another pytest-xdist worker"])
+        result.stdout.fnmatch_lines(["removed dockapp-*, the stack the workers shared"])

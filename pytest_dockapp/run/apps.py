@@ -58,9 +58,12 @@ class Apps:
         kwargs.setdefault("creation", self._creation)
         if isinstance(image, Image):
             kwargs.setdefault("display", image.name)
-        runner = AppRunner(self.client, ref, owner=self.owner, build=record, **kwargs)
+        owner = kwargs.pop("owner", None) or self.owner
+        track = kwargs.pop("track", True)  # False: the caller removes it (a stack others share)
+        runner = AppRunner(self.client, ref, owner=owner, build=record, **kwargs)
         runner.podman = podman
-        self._runners.append(runner)
+        if track:
+            self._runners.append(runner)
         return runner
 
     def stop(self, app: DockApp, wait: bool = True) -> None:

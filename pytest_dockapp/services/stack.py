@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_dockapp.core.errors import ComposeError, ConfigurationError, ContainerExitedError, DockappError
 from pytest_dockapp.core.redact import secret_values
+from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import is_engine_failure
-from pytest_dockapp.run.app import DockApp
+from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.images import BuildSpec, Image
 from pytest_dockapp.services.compose import Project, ServiceDef
 from pytest_dockapp.services.order import start_order
 
 if TYPE_CHECKING:
+    import docker
+
     from pytest_dockapp.run.manager import AppManager
 
 STACK_LABEL = "org.pytest-dockapp.stack"
@@ -49,8 +52,13 @@ class Stack(Mapping[str, DockApp]):
         host_ports: bool = False,
         main_options: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        owner: cleanup.Owner | None = None,
     ):
         self.manager = manager
+        #: Set for a stack that outlives this manager's session (one stack for all pytest-xdist
+        #: workers): its resources carry this owner's labels, and the manager's close leaves them.
+        self.shared_owner = owner
+        self.owner = owner or manager.owner
         self.project = project
         self.main_name = project.main_service(main)
         self.host_ports = host_ports
@@ -62,8 +70,10 @@ class Stack(Mapping[str, DockApp]):
         self.services: dict[str, DockApp] = {}
         #: One-shot services (``service_completed_successfully``), by name: exited, kept for their logs.
         self.completed: dict[str, DockApp] = {}
-        self._apps: list[DockApp] = []
+        self._runners: list[AppRunner] = []
         self._network: str | None = None
+        #: Set by :meth:`attach`: another process started this stack and removes it.
+        self.attached = False
         self._volumes: list[str] = []
         self._closed = False
 
@@ -124,26 +134,27 @@ class Stack(Mapping[str, DockApp]):
     def start(self) -> Stack:
         """Build, then start every service once what it depends on is started, ready or done;
         on any failure (Ctrl-C too) everything already made is removed."""
-        self.manager.closers.append(self.close)
+        if self.shared_owner is None:
+            self.manager.closers.append(self.close)
         try:
             self.build()
             self._create_shared()
             self._start_all()
         except BaseException:
             with contextlib.suppress(Exception):  # the error that stopped the start is the one to tell
-                self.close()
+                self._remove()
             raise
         return self
 
     def _create_shared(self) -> None:
-        labels = {**self.manager.owner.labels("network"), STACK_LABEL: self.name}
+        labels = {**self.owner.labels("network"), STACK_LABEL: self.name}
         client = self.manager.client
         with self.manager._creation(f"network {self.name}"):
             self._network = client.api.create_network(self.name, driver="bridge", labels=labels)["Id"]
         for volume in self.project.volumes:
             name = f"{self.name}_{volume}"
             with self.manager._creation(f"volume {name}"):
-                client.api.create_volume(name, labels={**self.manager.owner.labels("volume"), STACK_LABEL: self.name})
+                client.api.create_volume(name, labels={**self.owner.labels("volume"), STACK_LABEL: self.name})
                 self._volumes.append(name)
 
     def _start_all(self) -> None:
@@ -181,18 +192,18 @@ class Stack(Mapping[str, DockApp]):
 
     def _start_one(self, name: str, on_started: Any) -> None:
         svc = self.project.services[name]
-        runner = self.manager.run(self.images[name], **self._runner_options(svc), on_started=on_started)
+        shared = {"owner": self.shared_owner, "track": False} if self.shared_owner else {}
+        runner = self.manager.run(self.images[name], **self._runner_options(svc), on_started=on_started, **shared)
+        self._runners.append(runner)
         if not self._one_shot(name):
             app = self.manager.start_runner(runner)
             app.service, app.services = name, self.services
             self.services[name] = app
-            self._apps.append(app)
             return
         self.manager.secrets |= secret_values(runner.env)
         code, app = runner.run_to_end()
         app.service = name
         self.completed[name] = app
-        self._apps.append(app)
         if code != 0:
             raise ContainerExitedError(
                 f"service {name} exited with code {code}, and others wait for it to complete successfully",
@@ -251,16 +262,24 @@ class Stack(Mapping[str, DockApp]):
         return kwargs
 
     def close(self) -> None:
-        """Remove the services, then the network and the volumes (idempotent)."""
+        """Remove the services, then the network and the volumes (idempotent). A stack shared
+        with other processes is left to whoever shares it out (see :func:`remove_stack`)."""
+        if self.shared_owner is None and not self.attached:
+            self._remove()
+
+    def _remove(self) -> None:
         if self._closed:
             return
         self._closed = True
         with contextlib.suppress(ValueError):
             self.manager.closers.remove(self.close)
         errors: list[Exception] = []
-        for app in reversed(self._apps):
+        for runner in reversed(self._runners):
             try:
-                self.manager.stop(app)
+                if runner.app is not None and self.shared_owner is None:
+                    self.manager.stop(runner.app)  # records its removal time
+                else:
+                    runner.close()
             except Exception as exc:
                 errors.append(exc)
                 if is_engine_failure(exc):
@@ -289,3 +308,80 @@ class Stack(Mapping[str, DockApp]):
                 pass
             except Exception as exc:
                 errors.append(exc)
+
+    def record(self) -> dict[str, Any]:
+        """What another process needs to :meth:`attach` to this running stack (JSON-able)."""
+
+        def app(a: DockApp) -> dict[str, Any]:
+            return {
+                "id": a.container.id,
+                "name": a.name,
+                "image": a.image,
+                "host": a.host,
+                "ports": {str(k): v for k, v in a.ports.items()},
+                "port": a.port,
+                "container_port": a.container_port,
+                "ready": [a.readiness.seconds, a.readiness.checks],
+            }
+
+        return {
+            "name": self.name,
+            "main": self.main_name,
+            "images": {n: [i.id, i.tag] for n, i in self.images.items()},
+            "services": {n: app(a) for n, a in self.services.items()},
+            "completed": {n: app(a) for n, a in self.completed.items()},
+        }
+
+    @classmethod
+    def attach(cls, manager: AppManager, project: Project, data: dict[str, Any]) -> Stack:
+        """The stack another process started and recorded with :meth:`record`."""
+        from pytest_dockapp.run.readiness.wait import Readiness
+
+        stack = cls(manager, project, main=data["main"])
+        stack.name, stack.attached = data["name"], True
+        stack.images = {n: Image(i, t, prebuilt=True) for n, (i, t) in data["images"].items()}
+        client = manager.client
+        for bucket, key in ((stack.services, "services"), (stack.completed, "completed")):
+            for name, a in data[key].items():
+                bucket[name] = DockApp(
+                    container=client.containers.prepare_model(client.api.inspect_container(a["id"])),
+                    image=a["image"],
+                    host=a["host"],
+                    ports={int(k): v for k, v in a["ports"].items()},
+                    port=a["port"],
+                    container_port=a["container_port"],
+                    name=a["name"],
+                    readiness=Readiness(*a["ready"]),
+                    service=name,
+                    services=stack.services,
+                )
+        return stack
+
+
+def remove_stack(client: docker.DockerClient, name: str) -> list[str]:
+    """Remove a stack by its label (containers, then its network, then its volumes), as the
+    process that shared it out does at its end; returns what could not be removed."""
+    import docker.errors
+
+    from pytest_dockapp.engine.interop import remove_network
+
+    label = {"label": f"{STACK_LABEL}={name}"}
+    failed: list[str] = []
+    for c in client.api.containers(all=True, filters=label):
+        try:
+            cleanup.remove_container(client, c["Id"])
+        except docker.errors.APIError:
+            failed.append(c["Names"][0].lstrip("/"))
+    for n in client.api.networks(filters=label):
+        try:
+            remove_network(client, n["Id"])
+        except docker.errors.APIError:
+            failed.append(n["Name"])
+    for v in (client.api.volumes(filters=label) or {}).get("Volumes") or []:
+        try:
+            client.api.remove_volume(v["Name"])
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError:
+            failed.append(v["Name"])
+    return failed
