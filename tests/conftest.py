@@ -20,6 +20,7 @@ from .helpers import (
     ENDPOINT,
     ENGINE_IS_LOCAL,
     NODE_BASE,
+    POSTGRES_BASE,
     REDIS_BASE,
     ROOT,
     SUITE_RUN_LABEL,
@@ -178,6 +179,12 @@ def node_base(docker_client: Any) -> str:
 def redis_base(docker_client: Any) -> str:
     """A local redis-server base (mmdebstrap, built once when missing)."""
     return _ensure_base(docker_client, REDIS_BASE, "redis")
+
+
+@pytest.fixture(scope="session")
+def postgres_base(docker_client: Any) -> str:
+    """A local PostgreSQL 15 base (mmdebstrap, built once when missing)."""
+    return _ensure_base(docker_client, POSTGRES_BASE, "postgres")
 
 
 @pytest.fixture(scope="session")

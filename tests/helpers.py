@@ -22,6 +22,7 @@ from pytest_dockapp.engine.endpoint import resolve_endpoint
 ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "dockapp-test/busybox:1"
 REDIS_BASE = "dockapp-test/redis:bookworm"
+POSTGRES_BASE = "dockapp-test/postgres:bookworm"
 NODE_BASE = os.environ.get("DOCKAPP_TEST_NODE_BASE", "dockapp-test/node:bookworm")
 
 #: The engine this suite runs against, and where its published ports are dialled.

@@ -24,7 +24,7 @@ services:
       migrate: {condition: service_completed_successfully}
   cache:
     image: REDIS
-    healthcheck: {test: [CMD, redis-cli, ping], interval: 1s}
+    healthcheck: {test: [CMD, redis-cli, ping], interval: 1s, retries: 30}
     volumes: [cachedata:/data]
     networks:
       default: {aliases: [redis]}
@@ -90,8 +90,17 @@ HOSTILE = {
     ),
     "a health check that never passes": (
         "  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n"
-        "  db: {image: BUSYBOX, command: [sleep, '600'], healthcheck: {test: [CMD, 'false'], interval: 1s}}\n",
+        "  db: {image: BUSYBOX, command: [sleep, '600'], healthcheck: {test: [CMD, 'false'], interval: 1s, retries: 1000}}\n",
         ["*container dockapp-*-db did not become ready within 3s*"],
+    ),
+    "a health check the engine gives up on": (
+        "  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n"
+        "  db: {image: BUSYBOX, command: [sleep, '600'], healthcheck: {test: [CMD, 'false'], interval: 200ms,"
+        " retries: 2}}\n",
+        [
+            "*service db: container dockapp-*-db is unhealthy*",
+            "*give its healthcheck in * a start_period or more retries*",
+        ],
     ),
     "a service that exits": (
         "  web: {build: ., depends_on: [db]}\n  db: {image: BUSYBOX, command: [sh, -c, 'echo bye; exit 1']}\n",
@@ -127,7 +136,7 @@ def test_a_hostile_compose_file_gets_one_clear_error(app: App, pytester: pytest.
     assert "Traceback" not in result.stdout.str()
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "Ctrl-C"])
 def test_a_stack_killed_while_starting_leaves_nothing_after_the_next_run(
     app: App, pytester: pytest.Pytester, docker_client: Any, how: signal.Signals
 ) -> None:
@@ -135,7 +144,7 @@ def test_a_stack_killed_while_starting_leaves_nothing_after_the_next_run(
     (pytester.path / "compose.yaml").write_text(
         "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n"
         f"  db: {{image: {app.busybox}, command: [sleep, '600'], volumes: [data:/data],"
-        " healthcheck: {test: [CMD, 'false'], interval: 1s}}\nvolumes:\n  data:\n"
+        " healthcheck: {test: [CMD, 'false'], interval: 1s, retries: 1000}}\nvolumes:\n  data:\n"
     )
     pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
     pytester.makepyfile(test_stack="def test_one(dockapp):\n    pass\n")
@@ -153,7 +162,7 @@ def test_a_stack_killed_while_starting_leaves_nothing_after_the_next_run(
         names += [n["Name"] for n in docker_client.api.networks(filters=flt)]
         return names + [v["Name"] for v in (docker_client.api.volumes(filters=flt) or {}).get("Volumes") or []]
 
-    if how == signal.SIGTERM:
+    if how != signal.SIGKILL:
         assert left() == []  # its own teardown removed the stack
         return
     assert left(), "SIGKILL runs no teardown: the stack is still there"
@@ -223,3 +232,55 @@ def test_xdist_workers_share_one_stack_or_run_one_each(
         result.stdout.fnmatch_lines(["*stack dockapp-* (compose.yaml; shared by every pytest-xdist worker):"])
         result.stdout.fnmatch_lines(["*stack dockapp-* (compose.yaml): shared, started by another pytest-xdist worker"])
         result.stdout.fnmatch_lines(["removed dockapp-*, the stack the workers shared"])
+
+
+@pytest.mark.remote
+def test_an_app_with_postgres_and_redis_passes_with_two_ini_lines(
+    app: App, pytester: pytest.Pytester, redis_base: str, postgres_base: str
+) -> None:
+    """The user's project of issue 22, as it is: locally, and in .ci/run's remote subset with
+    DOCKER_HOST alone pointing at the second engine."""
+    app.httpd()
+    (pytester.path / "compose.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            services:
+              web:
+                build: .
+                environment: {{DATABASE_URL: "postgresql://postgres@db/postgres", REDIS_HOST: cache}}
+                depends_on:
+                  db: {{condition: service_healthy}}
+                  cache: {{condition: service_healthy}}
+              db:
+                image: {postgres_base}
+                volumes: [pgdata:/var/lib/postgresql/data]
+                healthcheck: {{test: pg_isready -h 127.0.0.1, interval: 1s, retries: 30}}
+              cache:
+                image: {redis_base}
+                healthcheck: {{test: [CMD, redis-cli, ping], interval: 1s, retries: 30}}
+            volumes:
+              pgdata:
+            """
+        )
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_service = web\n")
+    pytester.makepyfile(
+        """
+        import socket
+
+        def test_app(dockapp):
+            assert dockapp.get("/").text == "hello\\n"
+
+        def test_database_from_the_test(dockapp_services):
+            db = dockapp_services["db"]
+            assert db.exec(["psql", "-h", "127.0.0.1", "-tAc", "select 40 + 2"]) == (0, "42\\n")
+            with socket.create_connection((db.host, db.ports[5432]), timeout=10):
+                pass  # published, reachable from the tests
+
+        def test_the_app_reaches_both(dockapp):
+            for host, port in (("db", 5432), ("cache", 6379)):
+                code, out = dockapp.exec(["sh", "-c", f"echo | nc -w 3 {host} {port}; echo rc=$?"])
+                assert "rc=0" in out, out
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)

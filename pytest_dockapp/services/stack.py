@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from pytest_dockapp.core.errors import ComposeError, ConfigurationError, ContainerExitedError, DockappError
+from pytest_dockapp.core.errors import (
+    ComposeError,
+    ConfigurationError,
+    ContainerExitedError,
+    DockappError,
+    UnhealthyError,
+)
 from pytest_dockapp.core.redact import secret_values
 from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import is_engine_failure
@@ -196,7 +202,19 @@ class Stack(Mapping[str, DockApp]):
         runner = self.manager.run(self.images[name], **self._runner_options(svc), on_started=on_started, **shared)
         self._runners.append(runner)
         if not self._one_shot(name):
-            app = self.manager.start_runner(runner)
+            try:
+                app = self.manager.start_runner(runner)
+            except UnhealthyError as exc:
+                if not svc.healthcheck:
+                    raise
+                raise UnhealthyError(
+                    f"service {name}: {exc.what}",
+                    evidence=exc.evidence,
+                    evidence_title=exc.evidence_title,
+                    hint=f"the engine gives up after the healthcheck's retries (3 by default): if {name} is only slow "
+                    f"to start, give its healthcheck in {self._where} a start_period or more retries; else "
+                    f"{exc.hint}",
+                ) from None
             app.service, app.services = name, self.services
             self.services[name] = app
             return
