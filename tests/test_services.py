@@ -67,8 +67,12 @@ def test_a_compose_project_runs_with_one_ini_line_and_no_conftest(
     project(app, redis_base)
     pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
     pytester.makepyfile(STACK_TESTS)
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--junitxml=junit.xml")
     result.assert_outcomes(passed=3, failed=1)
+    # JUnit properties name each service by its compose name: stable across runs
+    junit = (pytester.path / "junit.xml").read_text()
+    for prop in ("dockapp.web.image", "dockapp.web.build", "dockapp.cache.ready_seconds"):
+        assert f'name="{prop}"' in junit
     # the failing test's report has a log section per service of its stack
     result.stdout.fnmatch_lines(["*dockapp logs: dockapp-*-cache (since this test started)*"])
     result.stdout.fnmatch_lines(["*dockapp logs: dockapp-*-web (since this test started)*"])
