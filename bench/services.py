@@ -180,11 +180,12 @@ def xdist(root: Path, runs: int) -> None:
         for scope, folder in folders.items():
             seconds, out = session(sys.executable, folder, "-n", "4")
             times[f"-n 4, scope {scope}"].append(seconds)
-            built = out.count("  service web: built ") + out.count("  service web: reused ")
+            # a build, or the reuse of an unchanged one; the other workers take that image
+            built = out.count("  service web: built ") + out.count("nothing it is built from changed")
             counts[scope] = (built, out.count(" stack dockapp-") - out.count("started by another"))
     table(times, "-n 4, scope session")
     for scope, (built, stacks) in counts.items():
-        print(f"scope {scope}: {built} build(s) of the app and {stacks} stack(s) in the last run")
+        print(f"scope {scope}: {built} build (or reuse) of the app and {stacks} stack(s) in the last run")
 
 
 if __name__ == "__main__":
