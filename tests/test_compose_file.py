@@ -194,3 +194,13 @@ def test_the_readme_keys_table_is_the_generated_one() -> None:
     readme = (ROOT / "README.md").read_text()
     start = readme.index("<!-- compose-keys -->")
     assert readme[readme.index("\n", start) + 1 : readme.index("<!-- end compose-keys -->")].strip() == keys_table()
+
+
+def test_env_file_is_one_path_or_a_list(tmp_path: Path) -> None:
+    (tmp_path / "a.env").write_text("A=1\n")
+    (tmp_path / "b.env").write_text("B=2\n")
+    path = write(
+        tmp_path, "services:\n  one: {image: x, env_file: a.env}\n  two: {image: x, env_file: [a.env, b.env]}\n"
+    )
+    services = load_project([path], env={}).services
+    assert services["one"].environment == {"A": "1"} and services["two"].environment == {"A": "1", "B": "2"}

@@ -94,7 +94,8 @@ HOSTILE = {
     ),
     "a health check that never passes": (
         "  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n"
-        "  db: {image: BUSYBOX, command: [sleep, '600'], healthcheck: {test: [CMD, 'false'], interval: 1s, retries: 1000}}\n",
+        "  db: {image: BUSYBOX, command: [sleep, '600'],"
+        " healthcheck: {test: [CMD, 'false'], interval: 1s, retries: 1000}}\n",
         ["*container dockapp-*-db did not become ready within 3s*"],
     ),
     "a health check the engine gives up on": (
@@ -288,3 +289,50 @@ def test_an_app_with_postgres_and_redis_passes_with_two_ini_lines(
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+@pytest.mark.local_engine("a bind mount names a folder of this machine")
+def test_the_run_keys_reach_the_container(app: App, pytester: pytest.Pytester) -> None:
+    import socket
+
+    app.httpd()
+    with socket.socket() as s:  # a free port for the one fixed host port the file asks for
+        s.bind(("127.0.0.1", 0))
+        fixed = s.getsockname()[1]
+    (pytester.path / "data").mkdir()
+    (pytester.path / "data" / "seed.txt").write_text("seeded\n")
+    (pytester.path / "web.env").write_text("FROM_FILE=1\nOVERRIDDEN=file\n")
+    (pytester.path / "compose.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            services:
+              web:
+                build: .
+                env_file: web.env
+                environment: [OVERRIDDEN=compose]
+                entrypoint: ["/bin/sh", "-c"]
+                command: ["echo started as $$(id -u) in $$(pwd); exec httpd -f -p 80 -h /www"]
+                working_dir: /tmp
+                user: "1000"
+                tmpfs: [/scratch]
+                labels: {{team: payments}}
+                volumes: ["./data:/seed:ro"]
+                ports: ["{fixed}:80"]
+            """
+        )
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_compose_host_ports = true\n")
+    pytester.makepyfile(
+        f"""
+        def test_keys(dockapp):
+            assert dockapp.port == {fixed}
+            assert "started as 1000 in /tmp" in dockapp.logs()
+            env = dockapp.exec(["env"])[1]
+            assert "FROM_FILE=1" in env and "OVERRIDDEN=compose" in env
+            assert dockapp.exec(["cat", "/seed/seed.txt"]) == (0, "seeded\\n")
+            assert dockapp.exec(["sh", "-c", "touch /seed/x"])[0] != 0  # read-only
+            assert "/scratch" in dockapp.exec(["sh", "-c", "grep scratch /proc/mounts"])[1]
+            assert dockapp.container.labels["team"] == "payments"
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)

@@ -275,6 +275,8 @@ def _merge(base: Any, over: Any, key: str = "") -> Any:
         return out
     if key in ("environment", "labels", "depends_on", "args") and isinstance(base, (list, dict)):
         return {**_as_map(base, key), **_as_map(over, key)}
+    if key in ("tmpfs", "env_file") and isinstance(base, str):
+        base = [base]
     if key in ("ports", "expose", "tmpfs", "env_file", "profiles") and isinstance(base, list):
         extra = over if isinstance(over, list) else [over]
         return base + [v for v in extra if v not in base]
@@ -383,7 +385,8 @@ def _build(name: str, raw: Any, directory: Path, secrets: dict[str, str], where:
 
 def _environment(name: str, body: dict[str, Any], directory: Path, where: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for item in body.get("env_file") or []:
+    env_files = body.get("env_file") or []
+    for item in [env_files] if isinstance(env_files, str) else env_files:  # one file, or a list
         spec = item if isinstance(item, dict) else {"path": item}
         path = directory / os.path.expanduser(str(spec["path"]))
         if not path.is_file():
