@@ -82,13 +82,33 @@ def dockapp_image(
     """The session's image: built from the configured Dockerfile, or ``--dockapp-image``; with
     ``dockapp_compose``, the image of the app's service."""
     __tracebackhide__ = True
-    if dockapp_compose and not state_of(pytestconfig).settings.image:
+    state = state_of(pytestconfig)
+    if dockapp_compose and not state.settings.image:
         stack = request.getfixturevalue("dockapp_services")
-        return stack.images[stack.main_name]  # type: ignore[no-any-return]
-    with told_once("the session build"):
-        return _session_image(
-            state_of(pytestconfig), dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target
-        )
+        image: Image = stack.images[stack.main_name]
+    else:
+        with told_once("the session build"):
+            image = _session_image(state, dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target)
+    with told_once("the session image's budget"):
+        _session_budget(state, image, ("size", "layers", "wasted", "build"))
+    return image
+
+
+def _session_budget(state: PluginState, image: Image, kinds: Sequence[str]) -> None:
+    """The ``dockapp_budget_*`` settings, held against the session image (or its app)."""
+    __tracebackhide__ = True
+    given = {k: getattr(state.settings, f"budget_{k}") for k in kinds}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return
+    from pytest_dockapp.budgets.check import Budget
+    from pytest_dockapp.core.errors import BudgetExceededError
+    from pytest_dockapp.marker import budget_report
+
+    report = budget_report(state, image, Budget.parse(given))
+    if not report.ok:
+        hint = "the dockapp_budget_* settings set these limits (ini, or --dockapp-budget-* options)"
+        fail_on(BudgetExceededError(report.explain(), hint=hint), state)
 
 
 def _session_image(
@@ -190,10 +210,19 @@ def dockapp(
         "ready": pick(state, "ready", dockapp_ready),
     }
     if state.settings.image is None and request.getfixturevalue("dockapp_compose"):
-        yield request.getfixturevalue("dockapp_services").main  # the stack fixture removes it
+        main = request.getfixturevalue("dockapp_services").main
+        with told_once("the session app's budget"):
+            _session_budget(state, dockapp_image, ("ready",))
+        yield main  # the stack fixture removes it
         return
     with told_once("the session app"):
         app = _start(state, dockapp_image, **kwargs)
+    try:
+        with told_once("the session app's budget"):
+            _session_budget(state, dockapp_image, ("ready",))
+    except BaseException:
+        _release(state, request.session, app)
+        raise
     yield app
     _release(state, request.session, app)
 

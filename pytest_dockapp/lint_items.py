@@ -44,7 +44,8 @@ def is_dockerfile(name: str) -> bool:
 
 
 class DockerfileLintItem(pytest.Item):
-    """One Dockerfile checked for cache-hostile layer order (``--dockapp-lint``)."""
+    """One Dockerfile checked for cache-hostile layer order and package caches left in a layer
+    (``--dockapp-lint``)."""
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -52,10 +53,12 @@ class DockerfileLintItem(pytest.Item):
         self.funcargs: dict[str, Any] = {}
 
     def runtest(self) -> None:
+        from pytest_dockapp.budgets.lint import size_lint
         from pytest_dockapp.builds.dockerfile import Dockerfile
         from pytest_dockapp.cache.lint import lint
 
-        findings = lint(Dockerfile.read(self.path))
+        df = Dockerfile.read(self.path)
+        findings: list[object] = [*lint(df), *size_lint(df)]
         if findings:
             raise _LintFailure("\n".join(str(f) for f in findings))
 

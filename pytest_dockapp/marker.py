@@ -10,7 +10,10 @@ import pytest
 from pytest_dockapp.plugin_state import PluginState, fail_on, pick, state_of
 
 if TYPE_CHECKING:
+    from pytest_dockapp.budgets.check import Budget, BudgetReport, Figures
     from pytest_dockapp.cache.check import CacheReport
+    from pytest_dockapp.run.app import DockApp
+    from pytest_dockapp.run.images import Image
 
 
 # -- the cache-regression marker ----------------------------------------------------------------
@@ -113,8 +116,11 @@ def _service_build(request: pytest.FixtureRequest, state: PluginState, kw: dict[
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         names: list[str] | None = getattr(item, "fixturenames", None)
-        if names is not None and item.get_closest_marker("dockapp_cache") and "dockapp_cache_report" not in names:
-            names.append("dockapp_cache_report")
+        if names is None:
+            continue
+        for marker, fixture in (("dockapp_cache", "dockapp_cache_report"), ("dockapp_budget", "dockapp_budget_report")):
+            if item.get_closest_marker(marker) and fixture not in names:
+                names.append(fixture)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -122,3 +128,98 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     report = item.stash.get(_CACHE_REPORT, None)
     if report is not None and not report.ok:
         pytest.fail(report.explain(), pytrace=False)
+    budget = item.stash.get(_BUDGET_REPORT, None)
+    if budget is not None and not budget.ok:
+        pytest.fail(budget.explain(), pytrace=False)
+
+
+# -- the budget marker ---------------------------------------------------------------------------
+
+_BUDGET_KEYS = ("size", "layers", "wasted", "ready", "build", "service", "time_on_remote")
+_BUDGET_REPORT = pytest.StashKey["BudgetReport"]()
+
+
+@pytest.fixture
+def dockapp_budget_report(request: pytest.FixtureRequest) -> BudgetReport:
+    """The ``dockapp_budget`` marker's report: the image's figures, and what is over budget."""
+    __tracebackhide__ = True
+    from pytest_dockapp.budgets.check import Budget
+    from pytest_dockapp.core.errors import ConfigurationError
+
+    marker = request.node.get_closest_marker("dockapp_budget")
+    if marker is None:
+        raise pytest.UsageError("dockapp_budget_report needs the test to carry @pytest.mark.dockapp_budget(...)")
+    kw = dict(marker.kwargs)
+    unknown = sorted(set(kw) - set(_BUDGET_KEYS))
+    if marker.args or unknown or not set(kw) & {"size", "layers", "wasted", "ready", "build"}:
+        what = f"unknown keyword(s) {', '.join(unknown)}" if unknown else "takes budgets as keywords"
+        pytest.fail(f"dockapp_budget marker on {request.node.nodeid}: {what}; valid: {', '.join(_BUDGET_KEYS)}",
+                    pytrace=False)  # fmt: skip
+    service = kw.pop("service", None)
+    try:
+        budget = Budget.parse(kw)
+    except ConfigurationError as exc:
+        pytest.fail(f"dockapp_budget marker on {request.node.nodeid}: {exc.what}; {exc.hint}", pytrace=False)
+    app = None
+    if service is not None:
+        stack = request.getfixturevalue("dockapp_services")
+        image, app = stack.images[service], stack.get(service)
+    else:
+        image = request.getfixturevalue("dockapp_image")
+        if budget.ready is not None:
+            app = request.getfixturevalue("dockapp")  # its start is a figure
+    state = state_of(request.config)
+    report = budget_report(state, image, budget, app)
+    request.node.stash[_BUDGET_REPORT] = report
+    if report.skipped and report.ok and all(_only_skipped(budget, report)):
+        pytest.skip("; ".join(report.skipped))
+    return report
+
+
+def _only_skipped(budget: Budget, report: BudgetReport) -> list[bool]:
+    """Whether every budget the marker asked for was skipped (time budgets on a remote engine)."""
+    asked = [k for k in ("size", "layers", "ready", "build") if getattr(budget, k) is not None]
+    asked += ["wasted"] if budget.needs_walk else []
+    return [any(f"the {k} budget" in s for s in report.skipped) for k in asked]
+
+
+def budget_report(state: PluginState, image: Image, budget: Budget, app: DockApp | None = None) -> BudgetReport:
+    """``image`` measured (once per session, walked when a budget needs it) and checked; ``app``
+    is a start of it that another pytest-xdist worker may have made (a shared stack's)."""
+    __tracebackhide__ = True
+    from pytest_dockapp.budgets.check import check
+    from pytest_dockapp.core.errors import DockappError
+
+    apps = state.apps()
+    try:
+        figures = image_figures(state, image, walk=budget.needs_walk)
+        if figures.ready is None and app is not None:
+            figures.ready, figures.ready_samples = app.readiness.seconds, 1
+        report = check(budget, figures, remote=not apps.endpoint.is_local, record=image.record)
+        if not report.ok and figures.walk is None and budget.size is not None:
+            # a failed size budget is worth a walk: it finds the package cache left behind, and the fix
+            report = check(budget, image_figures(state, image, walk=True), remote=not apps.endpoint.is_local,
+                           record=image.record)  # fmt: skip
+    except DockappError as exc:
+        fail_on(exc, state)
+    return report
+
+
+def image_figures(state: PluginState, image: Image, walk: bool = False) -> Figures:
+    """The figures of ``image``, measured once per session (walked at most once)."""
+    from pytest_dockapp.budgets.check import measure
+
+    apps = state.apps()
+    known = state.figures.get(image.id)
+    if known is None or (walk and known.walk is None):
+        samples = [s.ready_seconds for s in apps.apps if s.image == image.ref]
+        known = measure(apps.client, image.id, image.name, record=image.record, ready_samples=samples, walk=walk,
+                        prebuilt=image.prebuilt)  # fmt: skip
+        state.figures[image.id] = known
+    else:
+        import statistics
+
+        samples = [s.ready_seconds for s in apps.apps if s.image == image.ref]
+        if samples:  # apps started since it was measured
+            known.ready, known.ready_samples = statistics.median(samples), len(samples)
+    return known

@@ -72,6 +72,16 @@ def _scope(value: str) -> str:
     return text
 
 
+def _budget(kind: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        from pytest_dockapp.budgets.check import Budget
+
+        Budget.parse({kind: value})
+        return value.strip()
+
+    return parse
+
+
 def _age(value: str) -> float | None:
     from pytest_dockapp.engine.cleanup import parse_age
 
@@ -256,6 +266,22 @@ SETTINGS: list[Setting] = [
         "session",
         _scope,
     ),
+    Setting("budget_size", "fail the session image over this size, e.g. 80MB", parse=_budget("size"), metavar="SIZE"),
+    Setting("budget_layers", "fail the session image with more layers than this", parse=_budget("layers"), metavar="N"),
+    Setting(
+        "budget_wasted",
+        "fail the session image when later layers delete or overwrite more than this: 10MB or 5%",
+        parse=_budget("wasted"),
+        metavar="SIZE",
+    ),
+    Setting(
+        "budget_ready", "fail when the session app takes longer than this to be ready, e.g. 2s", parse=_budget("ready")
+    ),
+    Setting(
+        "budget_build",
+        "fail when the session image's build (if one ran) takes longer: 60s",
+        parse=_budget("build"),
+    ),
     Setting("strict", f"no Docker engine is an error, not a skip (also {STRICT_ENV}=1)", False, _bool, kind="flag"),
     Setting(
         "expect_cached",
@@ -315,6 +341,11 @@ class Settings:
     compose_profiles: list[str] = field(default_factory=list)
     compose_host_ports: bool = False
     compose_scope: str = "session"
+    budget_size: str | None = None
+    budget_layers: str | None = None
+    budget_wasted: str | None = None
+    budget_ready: str | None = None
+    budget_build: str | None = None
     strict: bool = False
     expect_cached: bool = False
     sweep_age: float | None = _D["sweep_age"]
@@ -336,17 +367,18 @@ def add_options(parser: pytest.Parser) -> None:
     """The option group and the ini keys, from the table."""
     group = parser.getgroup("dockapp", "build, run and test a Dockerfile's service (pytest-dockapp)")
     for s in SETTINGS:
+        text = s.help.replace("%", "%%")  # argparse formats help texts with %
         ini = f" [ini: {s.dest}]" if s.ini else ""
         default = f" (default: {s.shown})" if s.kind != "flag" else ""
         if s.kind == "flag":
-            group.addoption(s.option, dest=s.dest, action="store_true", default=None, help=s.help + ini)
+            group.addoption(s.option, dest=s.dest, action="store_true", default=None, help=text + ini)
         elif s.kind in ("pairs", "list"):
             group.addoption(
-                s.option, dest=s.dest, action="append", default=[], metavar=s.metavar, help=s.help + default + ini
+                s.option, dest=s.dest, action="append", default=[], metavar=s.metavar, help=text + default + ini
             )
         else:
             group.addoption(
-                s.option, dest=s.dest, default=None, metavar=s.metavar or s.name.upper(), help=s.help + default + ini
+                s.option, dest=s.dest, default=None, metavar=s.metavar or s.name.upper(), help=text + default + ini
             )
         if s.ini:
             # Flags are read as strings and checked by their own parser: pytest's "bool" type

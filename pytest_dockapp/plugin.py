@@ -39,6 +39,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "target=None, strict=False, service=None): fail when a rebuild after `change` misses the layer cache "
         "unexpectedly",
     )
+    config.addinivalue_line(
+        "markers",
+        "dockapp_budget(size=None, layers=None, wasted=None, ready=None, build=None, service=None, "
+        "time_on_remote=False): fail when the image or its app is over budget (80MB, 12, 5% or 10MB, 2s, 60s)",
+    )
     state = config.stash[STATE] = PluginState(config, resolve(config))
     check_ini_keys(config, state.settings.strict)
     check_values(config, state.settings)

@@ -15,6 +15,7 @@ from pytest_dockapp.options import Settings
 from pytest_dockapp.progress import Progress
 
 if TYPE_CHECKING:
+    from pytest_dockapp.budgets.check import Figures
     from pytest_dockapp.cache.check import CacheReport
     from pytest_dockapp.core.errors import DockappError
     from pytest_dockapp.run.app import DockApp
@@ -46,6 +47,7 @@ class PluginState:
         self.kept: list[DockApp] = []
         self.cache_reports: list[tuple[str, CacheReport]] = []
         self.stacks: list[Stack] = []  # the compose stacks the session started
+        self.figures: dict[str, Figures] = {}  # what budgets measured, by image ID
         self.worker_lines: list[str] = []
         self.removed_images: list[str] = []
         self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps

@@ -141,7 +141,38 @@ def _record_properties(item: pytest.Item) -> None:
             counts = f"{len(record.hits)}/{len(record.cacheable_steps)} steps cached"  # as summary() counts
             props.append(("build", counts + (", reused" if record.reused else "")))
         props.append(("ready_seconds", f"{app.readiness.seconds:.3f}"))
+        props += _image_properties(item, app)
         item.user_properties += [(f"dockapp.{key}.{what}", value) for what, value in props]
+
+
+def _image_name(state: PluginState, image_id: str, app: DockApp) -> str:
+    """The tag the session knows ``image_id`` by (the apps run it by ID)."""
+    if app.build is not None and app.build.tag:
+        return app.build.tag
+    apps = state.started
+    known = [i for s in state.stacks for i in s.images.values()]
+    known += (apps.prebuilt_images + apps.shared_images) if apps is not None else []
+    return next((i.name for i in known if i.id == image_id and i.tag), image_id.split(":")[-1][:12])
+
+
+def _image_properties(item: pytest.Item, app: DockApp) -> list[tuple[str, str]]:
+    """The image's size and layers (its wasted bytes too once a budget walked it, its build time
+    when a build ran), measured once per image per session."""
+    state = state_of(item.config)
+    image_id = str(app.container.attrs.get("Image") or "")
+    apps = state.started
+    if not image_id or apps is None or apps.engine_lost:
+        return []
+    figures = state.figures.get(image_id)
+    if figures is None:
+        from pytest_dockapp.budgets.check import measure
+
+        try:
+            figures = measure(apps.client, image_id, _image_name(state, image_id, app), record=app.build)
+            state.figures[image_id] = figures
+        except Exception:  # a report must not fail on a figure
+            return []
+    return figures.properties()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -197,6 +228,7 @@ def _summary_lines(state: PluginState) -> list[str]:
             f"cache check {nodeid}: warm build {report.warm.seconds:.2f}s, "
             f"rebuild {report.rebuild.summary()}: {report.summary()}"
         )
+    lines += [figures.line() for figures in state.figures.values()]
     lines += state.removed_images
     if state.teardown_error is not None:
         lines.append(f"teardown failed: {state.teardown_error}")

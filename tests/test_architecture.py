@@ -22,6 +22,7 @@ LAYERS = {
     "cache": {"core", "engine", "builds", "cache"},
     "run": {"core", "engine", "builds", "run"},
     "services": {"core", "engine", "builds", "run", "services"},
+    "budgets": {"core", "engine", "builds", "budgets"},
 }
 MAX_MODULES, MAX_LINES, MAX_FUNCTION = 12, 600, 80
 

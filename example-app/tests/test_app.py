@@ -1,5 +1,7 @@
 """The example service, tested through pytest-dockapp's public fixtures only."""
 
+import pytest
+
 
 def test_home(dockapp):
     assert dockapp.get("/").status_code == 200
@@ -27,3 +29,8 @@ def test_visits_are_counted_in_redis(dockapp, dockapp_services):
     assert dockapp.post("/visits").json()["visits"] == first + 1
     code, out = dockapp_services["redis"].exec(["redis-cli", "get", "visits"])
     assert (code, out.strip()) == (0, str(first + 1))
+
+
+@pytest.mark.dockapp_budget(size="500MB", ready="10s")
+def test_the_image_and_its_start_stay_within_budget(dockapp):
+    """The node base is about 395 MB; the app starts in well under a second here."""

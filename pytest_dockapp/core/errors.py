@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "BaseImageUnavailableError",
+    "BudgetExceededError",
     "BuildError",
     "CacheMarkerUsageError",
     "CacheRegressionError",
@@ -132,6 +133,10 @@ class ReadinessTimeoutError(ContainerError):
 
 class CacheRegressionError(DockappError):
     """A rebuild missed the layer cache where it should have hit."""
+
+
+class BudgetExceededError(DockappError):
+    """An image or its app is over a budget (size, layers, wasted bytes, time to ready, build time)."""
 
 
 class CacheMarkerUsageError(ConfigurationError):
