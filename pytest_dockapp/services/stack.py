@@ -78,6 +78,7 @@ class Stack(Mapping[str, DockApp]):
         self.completed: dict[str, DockApp] = {}
         self._runners: list[AppRunner] = []
         self._network: str | None = None
+        self._cancelled = threading.Event()  # set when a start failed or was interrupted
         #: Set by :meth:`attach`: another process started this stack and removes it.
         self.attached = False
         self._volumes: list[str] = []
@@ -186,12 +187,30 @@ class Stack(Mapping[str, DockApp]):
                 errors[name] = exc
                 failed.set()
 
-        with ThreadPoolExecutor(max_workers=len(self.order), thread_name_prefix="dockapp-stack") as pool:
-            for future in [pool.submit(run, n) for n in self.order]:
-                future.result()
+        pool = ThreadPoolExecutor(max_workers=len(self.order), thread_name_prefix="dockapp-stack")
+        futures = [pool.submit(run, n) for n in self.order]
+        try:
+            while not all(f.done() for f in futures) and not failed.wait(0.05):
+                pass
+        finally:
+            # On a failure (or Ctrl-C, SIGTERM) the starts still waiting must not hold the stack up
+            # until their readiness timeout: nothing more is created, and the caller removes what was,
+            # which ends those waits at once.
+            if failed.is_set() or not all(f.done() for f in futures):
+                self._cancelled.set()
+                failed.set()
+            pool.shutdown(wait=not self._cancelled.is_set(), cancel_futures=True)
         if errors:
-            first = next(e for e in errors.values() if not isinstance(e, _DependencyFailed))
-            raise first
+            real = [e for e in errors.values() if not isinstance(e, _DependencyFailed)]
+            raise (real or list(errors.values()))[0]
+
+    @contextlib.contextmanager
+    def _creation(self, what: str) -> Iterator[None]:
+        """The manager's guard, and this stack's: once its start failed, nothing more is created."""
+        with self.manager._creation(what):
+            if self._cancelled.is_set():
+                raise DockappError(f"{what} was not created: the stack's start had stopped")
+            yield
 
     def _one_shot(self, name: str) -> bool:
         return any(s.depends_on.get(name) == "service_completed_successfully" for s in self.project.services.values())
@@ -261,6 +280,7 @@ class Stack(Mapping[str, DockApp]):
             host["init"] = bool(svc.init)
         tcp = [p.container for p in svc.ports if p.protocol == "tcp"]
         kwargs: dict[str, Any] = {
+            "creation": self._creation,
             "name": f"{self.name}-{svc.name}",
             "env": svc.environment,
             "command": svc.command,
@@ -288,6 +308,9 @@ class Stack(Mapping[str, DockApp]):
     def _remove(self) -> None:
         if self._closed:
             return
+        self._cancelled.set()
+        with self.manager._creating:  # a creation under way is recorded before the removal reads the list
+            pass
         self._closed = True
         with contextlib.suppress(ValueError):
             self.manager.closers.remove(self.close)
