@@ -152,16 +152,16 @@ def _start(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
         fail_on(exc, state)
 
 
-def _start_raising(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
+def _start_raising(state: PluginState, image: Image | str, fresh: bool = False, **kwargs: Any) -> DockApp:
     """As :func:`_start`, but raising the library's error (tests may expect a ``PortError``),
-    with known secrets masked in it."""
+    with known secrets masked in it. A ``fresh`` app (one test's) may come from a warm spare."""
     __tracebackhide__ = True
     from pytest_dockapp.core.errors import DockappError
 
     try:
-        early = state.prestart.take_app(image, kwargs) if state.prestart is not None else None
+        early = state.prestart.take_app(image, kwargs) if state.prestart is not None and not fresh else None
         apps = state.apps()
-        app = early or apps.start(image, **kwargs)
+        app = early or (apps.start_fresh(image, **kwargs) if fresh else apps.start(image, **kwargs))
     except DockappError as exc:
         raise type(exc)(
             state.mask(exc.what), evidence=state.mask(exc.evidence), evidence_title=exc.evidence_title, hint=exc.hint
@@ -415,18 +415,14 @@ def dockapp_factory(
             ctx = Path(context)  # type: ignore[arg-type]
             where = str(ctx if ctx.is_absolute() else request.config.rootpath / ctx)  # one base: the rootdir
             ref = _build(state, where, dockerfile, dict(build_args or {}), target, secrets)
-        app = _start_raising(
-            state,
-            ref,
-            port=port if port is not None else (pick(state, "port", dockapp_port) if default else None),
-            health_path=health_path
-            if health_path is not None
-            else (pick(state, "health_path", dockapp_health_path) if default else None),
-            timeout=timeout or pick(state, "timeout", dockapp_timeout),
-            ready=ready or pick(state, "ready", dockapp_ready),
-            **{"env": env, "command": command, "network": network, "aliases": aliases},
-            **{"host_ports": host_ports, "name": name},
-        )
+        given: dict[str, Any] = {"env": env, "command": command, "network": network, "aliases": aliases}
+        given.update(host_ports=host_ports, name=name, port=port, health_path=health_path)
+        for key, fixture_value in (("port", dockapp_port), ("health_path", dockapp_health_path)):
+            if given[key] is None and default:  # the session's settings, where the call gives none
+                given[key] = pick(state, key, fixture_value)
+        given["timeout"] = timeout or pick(state, "timeout", dockapp_timeout)
+        given["ready"] = ready or pick(state, "ready", dockapp_ready)
+        app = _start_raising(state, ref, True, **given)  # fresh: one test's app, maybe a warm spare
         started.append(app)
         request.node.stash.setdefault(ITEM_APPS, {})[name or f"factory-{len(started)}"] = app
         return app
@@ -467,6 +463,24 @@ def _check_arguments(**given: Any) -> None:
             parse(str(value))
         except ConfigurationError as exc:
             raise ConfigurationError(f"dockapp_factory({name}={value!r}): {exc.what}", hint=exc.hint) from None
+
+
+@pytest.fixture
+def dockapp_fresh(
+    request: pytest.FixtureRequest,
+    dockapp_factory: Callable[..., DockApp],
+    dockapp_compose: list[str] | str,
+    dockapp_service: str | None,
+) -> DockApp:
+    """An app of the session's image and settings for this test alone, removed after it. It
+    comes from a warm spare (``dockapp_spares``) that started while the test before ran; with
+    ``dockapp_compose``, it is a stack of the test's own."""
+    __tracebackhide__ = True
+    state = state_of(request.config)
+    files = pick(state, "compose", dockapp_compose)
+    if files and state.settings.image is None:
+        return dockapp_factory(compose=files, service=pick(state, "service", dockapp_service))
+    return dockapp_factory()
 
 
 @pytest.fixture

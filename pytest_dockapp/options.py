@@ -82,6 +82,16 @@ def _budget(kind: str) -> Callable[[str], str]:
     return parse
 
 
+def _count(value: str) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ConfigurationError(f"{value!r} is not a count", hint="0 (off), 1, 2, ...")
+    return number
+
+
 def _age(value: str) -> float | None:
     from pytest_dockapp.engine.cleanup import parse_age
 
@@ -266,6 +276,14 @@ SETTINGS: list[Setting] = [
         "session",
         _scope,
     ),
+    Setting(
+        "spares",
+        "warm spares: apps of a test's image and settings started ahead, so the next test's fresh app is ready "
+        "(0: off)",
+        1,
+        _count,
+        metavar="N",
+    ),
     Setting("budget_size", "fail the session image over this size, e.g. 80MB", parse=_budget("size"), metavar="SIZE"),
     Setting("budget_layers", "fail the session image with more layers than this", parse=_budget("layers"), metavar="N"),
     Setting(
@@ -341,6 +359,7 @@ class Settings:
     compose_profiles: list[str] = field(default_factory=list)
     compose_host_ports: bool = False
     compose_scope: str = "session"
+    spares: int = 1
     budget_size: str | None = None
     budget_layers: str | None = None
     budget_wasted: str | None = None

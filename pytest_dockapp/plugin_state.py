@@ -96,6 +96,7 @@ class PluginState:
                     on_notice=self.progress.notice,
                     shared_dir=Path(shared) if shared else None,
                     reuse_unchanged=not s.rebuild,
+                    spares=s.spares,
                 )
                 self._apps.sweep_kept = s.sweep_kept
                 self._apps.warned_args.update(s.build_args)  # warned at configure, at the user's line

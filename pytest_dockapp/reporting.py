@@ -223,6 +223,12 @@ def _summary_lines(state: PluginState) -> list[str]:
             continue
         down = f", removed in {stat.teardown_seconds:.2f}s" if stat.teardown_seconds is not None else ""
         lines.append(f"{stat.name}: ready in {stat.ready_seconds:.2f}s ({stat.checks}){down}")
+    spares = apps.spares
+    if spares.started:
+        lines.append(
+            f"warm spares: {spares.started} started, {spares.used} taken by tests, "
+            f"{spares.started - spares.used} never used (removed; dockapp_spares = 0 turns them off)"
+        )
     for nodeid, report in state.cache_reports:
         lines.append(
             f"cache check {nodeid}: warm build {report.warm.seconds:.2f}s, "

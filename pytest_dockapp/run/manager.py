@@ -36,6 +36,7 @@ from pytest_dockapp.engine.endpoint import Endpoint, resolve_endpoint
 from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.apps import Apps, AppStat
 from pytest_dockapp.run.images import BuildSpec, Image, Images
+from pytest_dockapp.run.spares import Spares, spareable
 
 if TYPE_CHECKING:
     import docker
@@ -64,6 +65,7 @@ class AppManager:
         on_notice: Callable[[str], None] | None = None,
         reuse_unchanged: bool = True,
         build_cache: BuildCache | None = None,
+        spares: int = 1,
     ):
         self.client = client
         self.owner = owner or cleanup.Owner()
@@ -104,6 +106,8 @@ class AppManager:
         #: Set by :meth:`cancel`; checked, under ``_creating``, before every container is created.
         self.cancelled = threading.Event()
         self._creating = threading.Lock()
+        #: Warm spares for :meth:`start_fresh`: ``spares`` apps per image and settings, started ahead.
+        self.spares = Spares(self.start, spares)
         #: Called first by :meth:`close`: what owns more than containers (a compose stack's
         #: network and volumes) removes it in order.
         self.closers: list[Callable[[], None]] = []
@@ -238,6 +242,17 @@ class AppManager:
         """Start an app and wait until it is ready; it stays up until :meth:`stop` or :meth:`close`."""
         return self.start_runner(self.run(image, **kwargs))
 
+    def start_fresh(self, image: Image | str, **kwargs: Any) -> DockApp:
+        """As :meth:`start`, for an app of one test: taken from a warm spare when one is there, and
+        the next one for the same image and settings starts in the background meanwhile."""
+        if not spareable(kwargs):
+            return self.start(image, **kwargs)
+        app = self.spares.take(image, kwargs)
+        if app is None:
+            app = self.start(image, **kwargs)
+        self.spares.refill(image, kwargs)
+        return app
+
     def start_runner(self, runner: AppRunner) -> DockApp:
         """Start what :meth:`run` made, as :meth:`start` does."""
         self.secrets |= secret_values(runner.env)
@@ -290,6 +305,9 @@ class AppManager:
             except Exception as exc:  # one failed removal must not leak the rest
                 failed(exc)
         kept, left = self.running.close(keep, failed, lambda: self.engine_lost)
+        self.spares.close()  # the starts under way end once their containers are gone
+        kept_late, left_late = self.running.close(keep, failed, lambda: self.engine_lost)  # a spare that won a race
+        kept, left = kept + kept_late, list(dict.fromkeys(left + left_late))
         leases = self.images.release(failed, lambda: self.engine_lost)
         self.left_behind += left + leases
         if errors:

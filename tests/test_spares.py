@@ -1,0 +1,78 @@
+"""A fresh app per test, from warm spares: never shared, never leaked."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from .helpers import App, pytest_cmd
+
+FRESH_TESTS = """
+import os, pytest
+
+@pytest.mark.parametrize("n", range(5))
+def test_fresh(dockapp_fresh, n):
+    with open(f"seen-{n}", "w") as fh:
+        fh.write(dockapp_fresh.container.id)
+    assert dockapp_fresh.get("/").text == "hello\\n"
+    dockapp_fresh.exec(["sh", "-c", "echo dirty > /www/index.html"])  # what one test leaves, the next never sees
+"""
+
+
+def test_each_test_gets_its_own_app_and_unused_spares_are_removed(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(FRESH_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5)
+    seen = [p.read_text() for p in pytester.path.glob("seen-*")]
+    assert len(seen) == len(set(seen)) == 5  # never shared
+    result.stdout.fnmatch_lines(["warm spares: 5 started, 4 taken by tests, 1 never used (removed*"])
+    # `app`'s leak check: the unused spare is gone with the session
+
+
+def test_spares_off(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(FRESH_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-spares", "0")
+    result.assert_outcomes(passed=5)
+    result.stdout.no_fnmatch_line("warm spares*")
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_session_killed_with_spares_alive_leaves_nothing_after_the_next_run(
+    app: App, pytester: pytest.Pytester, docker_client: Any, how: signal.Signals
+) -> None:
+    app.httpd()
+    pytester.makepyfile(
+        test_hold="""
+        import os, time
+
+        def test_hold(dockapp_fresh):
+            open("ready", "w").write("")
+            while True:
+                time.sleep(0.1)
+        """
+    )
+    proc = subprocess.Popen(pytest_cmd("test_hold.py"), cwd=pytester.path, stdout=subprocess.PIPE, text=True)
+    flt = {"label": f"org.pytest-dockapp.pid={proc.pid}"}
+    deadline = time.monotonic() + 120
+    # the test's app, and its spare (running, not only created)
+    while not (pytester.path / "ready").exists() or len(docker_client.api.containers(filters={**flt, "label": [
+        f"org.pytest-dockapp.pid={proc.pid}", "org.pytest-dockapp.kind=container"]})) < 2:  # fmt: skip
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(how)
+    proc.communicate(timeout=60)
+    if how == signal.SIGTERM:
+        assert docker_client.api.containers(all=True, filters=flt) == []
+        return
+    assert docker_client.api.containers(all=True, filters=flt)  # SIGKILL: no teardown ran
+    pytester.makepyfile(test_next="def test_next(dockapp_image):\n    pass\n")
+    result = pytester.runpytest_subprocess("test_next.py")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["swept leftovers of killed sessions: 2 containers, *"])
+    assert docker_client.api.containers(all=True, filters=flt) == []
