@@ -137,7 +137,7 @@ WALKED = {
         "RUN rm -rf /d\n",
         2 * MiB,
     ),
-    "a folder emptied and filled again (an opaque whiteout)": (
+    "a folder emptied and filled again in one RUN": (
         "RUN mkdir /d && dd if=/dev/urandom of=/d/a bs=1M count=3\n"
         "RUN rm -rf /d && mkdir /d && dd if=/dev/urandom of=/d/b bs=1M count=1\n",
         3 * MiB,
