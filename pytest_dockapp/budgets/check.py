@@ -94,6 +94,7 @@ class Figures:
     ready_samples: int = 0
     build: float | None = None
     build_note: str = ""  # why there is no build time (reused, prebuilt)
+    built_here: bool = False  # whether the image came from a build record (ran, or reused)
     walk: LayerWalk | None = None
     contributors: list[tuple[int, str]] = field(default_factory=list)  # (bytes, what made the layer)
 
@@ -102,8 +103,8 @@ class Figures:
         out = [("size_bytes", str(self.size)), ("layers", str(self.layers))]
         if self.wasted is not None:
             out.append(("wasted_bytes", str(self.wasted)))
-        if self.build is not None:
-            out.append(("build_seconds", f"{self.build:.3f}"))
+        if self.built_here:  # named in every run: "reused" when no build ran in this one
+            out.append(("build_seconds", f"{self.build:.3f}" if self.build is not None else "reused"))
         return out
 
     def line(self) -> str:
@@ -145,6 +146,7 @@ def measure(
     )
     if ready_samples:
         figures.ready, figures.ready_samples = statistics.median(ready_samples), len(ready_samples)
+    figures.built_here = record is not None
     if record is not None and not record.reused:
         figures.build = record.seconds
     else:

@@ -147,6 +147,7 @@ class Stack(Mapping[str, DockApp]):
             self.build()
             self._create_shared()
             self._start_all()
+            self._check_still_running()
         except BaseException:
             with contextlib.suppress(Exception):  # the error that stopped the start is the one to tell
                 self._remove()
@@ -203,6 +204,24 @@ class Stack(Mapping[str, DockApp]):
         if errors:
             real = [e for e in errors.values() if not isinstance(e, _DependencyFailed)]
             raise (real or list(errors.values()))[0]
+
+    def _check_still_running(self) -> None:
+        """A service that was ready (or only started) but exited before the stack was handed
+        over: with a failure code it is an error; with 0 it was a one-shot job, and is done."""
+        for name, app in list(self.services.items()):
+            status = app.exit_status()
+            if status is None:
+                continue
+            code = int(self.manager.client.api.inspect_container(app.container.id)["State"].get("ExitCode") or 0)
+            if code == 0:
+                self.completed[name] = self.services.pop(name)
+                continue
+            raise ContainerExitedError(
+                f"service {name} {status}, while the stack started",
+                evidence="\n".join(app.logs(tail=30).splitlines()[-30:]),
+                evidence_title=f"{name}'s log (last lines)",
+                hint=f"run it by hand to see why: docker run --rm {self.images[name].name}",
+            )
 
     @contextlib.contextmanager
     def _creation(self, what: str) -> Iterator[None]:
