@@ -206,20 +206,14 @@ def _line_labels(record: BuildRecord | None) -> list[Instruction]:
     """The instructions of the final stage (and of the stages it is FROM), for naming layers."""
     if record is None:
         return []
+    from pytest_dockapp.budgets.lint import carried_stages
     from pytest_dockapp.builds.dockerfile import Dockerfile
 
     try:
-        df = Dockerfile.read(record.dockerfile)
-        stage = df.target_stage(record.target)
+        stages = carried_stages(Dockerfile.read(record.dockerfile), record.target)
     except Exception:  # a Dockerfile that changed or vanished since: name layers by their history
         return []
-    chain = [stage]
-    while True:
-        parent = next((s for s in df.stages[: chain[-1].index] if s.is_named(chain[-1].base)), None)
-        if parent is None:
-            break
-        chain.append(parent)
-    return [i for s in reversed(chain) for i in s.instructions if i.keyword in ("RUN", "COPY", "ADD")]
+    return [i for s in stages for i in s.instructions if i.keyword in ("RUN", "COPY", "ADD")]
 
 
 def label(created_by: str, instructions: Sequence[Instruction]) -> str:
