@@ -343,3 +343,24 @@ def test_the_run_keys_reach_the_container(app: App, pytester: pytest.Pytester) -
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_dockapp_fresh_under_compose_is_a_stack_of_the_tests_own(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    (pytester.path / "compose.yaml").write_text(
+        "services:\n  web: {build: ., depends_on: [side]}\n"
+        f"  side: {{image: {app.busybox}, command: [sleep, '600']}}\n"
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(2))
+        def test_fresh(dockapp_fresh, n):
+            assert sorted(dockapp_fresh.services) == ["side", "web"]
+            open(f"seen-{n}", "w").write(dockapp_fresh.services["side"].container.id)
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert len({p.read_text() for p in pytester.path.glob("seen-*")}) == 2  # a stack per test
