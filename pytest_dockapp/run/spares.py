@@ -67,13 +67,6 @@ class Spares:
                 ahead.append(self._pool.submit(self._start, image, **kwargs))
                 self.started += 1
 
-    @property
-    def unused(self) -> list[DockApp]:
-        """The spares that are ready and that no test took."""
-        with self._lock:
-            futures = [f for ahead in self._ahead.values() for f in ahead]
-        return [f.result() for f in futures if f.done() and f.exception() is None]
-
     def close(self) -> None:
         """No more spares; wait for the starts under way (the manager removes their apps)."""
         with self._lock:

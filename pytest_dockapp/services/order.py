@@ -31,14 +31,3 @@ def start_order(depends: Mapping[str, Mapping[str, str]], where: str = "the comp
     for name in depends:
         visit(name, [])
     return order
-
-
-def needed_by(depends: Mapping[str, Mapping[str, str]], main: str) -> list[str]:
-    """``main`` and everything it needs, transitively, in start order."""
-    wanted, todo = set(), [main]
-    while todo:
-        name = todo.pop()
-        if name not in wanted:
-            wanted.add(name)
-            todo += list(depends[name])
-    return [n for n in start_order(depends) if n in wanted]
