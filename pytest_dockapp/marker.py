@@ -190,16 +190,15 @@ def budget_report(state: PluginState, image: Image, budget: Budget, app: DockApp
     from pytest_dockapp.budgets.check import check
     from pytest_dockapp.core.errors import DockappError
 
-    apps = state.apps()
+    remote = not state.apps().endpoint.is_local
     try:
         figures = image_figures(state, image, walk=budget.needs_walk)
         if figures.ready is None and app is not None:
             figures.ready, figures.ready_samples = app.readiness.seconds, 1
-        report = check(budget, figures, remote=not apps.endpoint.is_local, record=image.record)
+        report = check(budget, figures, remote=remote, record=image.record)
         if not report.ok and figures.walk is None and budget.size is not None:
             # a failed size budget is worth a walk: it finds the package cache left behind, and the fix
-            report = check(budget, image_figures(state, image, walk=True), remote=not apps.endpoint.is_local,
-                           record=image.record)  # fmt: skip
+            report = check(budget, image_figures(state, image, walk=True), remote=remote, record=image.record)
     except DockappError as exc:
         fail_on(exc, state)
     return report
@@ -212,14 +211,7 @@ def image_figures(state: PluginState, image: Image, walk: bool = False) -> Figur
     apps = state.apps()
     known = state.figures.get(image.id)
     if known is None or (walk and known.walk is None):
-        samples = [s.ready_seconds for s in apps.apps if s.image == image.ref]
-        known = measure(apps.client, image.id, image.name, record=image.record, ready_samples=samples, walk=walk,
-                        prebuilt=image.prebuilt)  # fmt: skip
+        known = measure(apps.client, image.id, image.name, record=image.record, walk=walk, prebuilt=image.prebuilt)
         state.figures[image.id] = known
-    else:
-        import statistics
-
-        samples = [s.ready_seconds for s in apps.apps if s.image == image.ref]
-        if samples:  # apps started since it was measured
-            known.ready, known.ready_samples = statistics.median(samples), len(samples)
+    known.set_ready([s.ready_seconds for s in apps.apps if s.image == image.ref])  # every start so far
     return known

@@ -98,6 +98,11 @@ class Figures:
     walk: LayerWalk | None = None
     contributors: list[tuple[int, str]] = field(default_factory=list)  # (bytes, what made the layer)
 
+    def set_ready(self, samples: Sequence[float]) -> None:
+        """The time to ready as the median of these starts (kept as it was when there are none)."""
+        if samples:
+            self.ready, self.ready_samples = statistics.median(samples), len(samples)
+
     def properties(self) -> list[tuple[str, str]]:
         """JUnit properties, named the same in every run."""
         out = [("size_bytes", str(self.size)), ("layers", str(self.layers))]
@@ -144,8 +149,7 @@ def measure(
     figures.contributors = sorted(
         ((int(h.get("Size") or 0), str(h.get("CreatedBy") or "")) for h in history if h.get("Size")), reverse=True
     )
-    if ready_samples:
-        figures.ready, figures.ready_samples = statistics.median(ready_samples), len(ready_samples)
+    figures.set_ready(ready_samples)
     figures.built_here = record is not None
     if record is not None and not record.reused:
         figures.build = record.seconds
