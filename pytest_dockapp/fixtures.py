@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_dockapp.options import BY_NAME
-from pytest_dockapp.plugin_state import ITEM_APPS, PluginState, fail_on, pick, state_of, told_once
+from pytest_dockapp.plugin_state import ITEM_APPS, PluginState, fail_on, load_compose, pick, state_of, told_once
 
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
@@ -280,19 +280,11 @@ def _stack(
     ``dockapp_compose_scope = session``); a library error becomes a clean fixture failure."""
     __tracebackhide__ = True
     from pytest_dockapp.core.errors import DockappError
-    from pytest_dockapp.services.compose import load_project
     from pytest_dockapp.services.stack import Stack
 
     s = state.settings
     try:
-        project = load_project(
-            [state.config.rootpath / f for f in ([files] if isinstance(files, str) else files)],
-            profiles=s.compose_profiles,
-            wanted=service,
-        )
-        for svc in project.services.values():
-            if svc.build is not None:  # the command line's build args win, as for the Dockerfile alone
-                svc.build.args.update(s.from_cli.get("build_args", {}))
+        project = load_compose(state, files, service)
         options: dict[str, Any] = {"main": service, "host_ports": s.compose_host_ports, "main_options": main_options}
         workerinput = getattr(state.config, "workerinput", None)
         if shared and workerinput is not None and s.compose_scope == "session":

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_dockapp.plugin_state import PluginState, fail_on, pick, state_of
+from pytest_dockapp.plugin_state import PluginState, fail_on, load_compose, pick, state_of
 
 if TYPE_CHECKING:
     from pytest_dockapp.budgets.check import Budget, BudgetReport, Figures
@@ -85,17 +85,15 @@ def _service_build(request: pytest.FixtureRequest, state: PluginState, kw: dict[
     of the app's service, as marker arguments."""
     __tracebackhide__ = True
     from pytest_dockapp.core.errors import DockappError
-    from pytest_dockapp.services.compose import load_project
 
     files = pick(state, "compose", request.getfixturevalue("dockapp_compose"))
     if kw.get("context") is not None or not (files or kw.get("service")):
         return {}
     if not files:
         pytest.fail("dockapp_cache(service=...) needs a compose file: set dockapp_compose", pytrace=False)
-    root = request.config.rootpath
     try:
-        project = load_project([root / f for f in ([files] if isinstance(files, str) else files)])
         wanted = kw.get("service") or pick(state, "service", request.getfixturevalue("dockapp_service"))
+        project = load_compose(state, files, wanted)
         name = project.main_service(wanted)
     except DockappError as exc:
         fail_on(exc, state)
@@ -107,8 +105,8 @@ def _service_build(request: pytest.FixtureRequest, state: PluginState, kw: dict[
     return {
         "context": str(build.context),
         "dockerfile": kw.get("dockerfile") or build.dockerfile,
-        # the compose file's, then the command line's, then the marker's own
-        "build_args": {**build.args, **state.settings.from_cli.get("build_args", {}), **(kw.get("build_args") or {})},
+        # the compose file's with the command line's on top (load_compose), then the marker's own
+        "build_args": {**build.args, **(kw.get("build_args") or {})},
         "target": kw.get("target") or build.target,
     }
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pytest_dockapp.core.errors import DockappError
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import AppManager, BuildSpec, Image
+    from pytest_dockapp.services.compose import Project
     from pytest_dockapp.services.stack import Stack
 
 
@@ -146,3 +147,18 @@ def told_once(what: str) -> Iterator[None]:
 def pick(state: PluginState, name: str, fixture_value: Any) -> Any:
     """The command line wins over a conftest.py fixture override (which wins over the ini file)."""
     return state.settings.from_cli.get(name, fixture_value)
+
+
+def load_compose(state: PluginState, files: str | list[str], wanted: str | None) -> Project:
+    """The session's compose project as the stack and the cache marker both see it: files from
+    the rootdir, the enabled profiles (and ``wanted``), and the command line's build args on top
+    of each service's."""
+    from pytest_dockapp.services.compose import load_project
+
+    s = state.settings
+    paths = [state.config.rootpath / f for f in ([files] if isinstance(files, str) else files)]
+    project = load_project(paths, profiles=s.compose_profiles, wanted=wanted)
+    for svc in project.services.values():
+        if svc.build is not None:  # the command line's build args win, as for the Dockerfile alone
+            svc.build.args.update(s.from_cli.get("build_args", {}))
+    return project
