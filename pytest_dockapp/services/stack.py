@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
     from pytest_dockapp.run.manager import AppManager
 
-STACK_LABEL = "org.pytest-dockapp.stack"
-SERVICE_LABEL = "org.pytest-dockapp.service"
+STACK_LABEL = cleanup.PREFIX + "stack"
+SERVICE_LABEL = cleanup.PREFIX + "service"
 _counter = itertools.count(1)
 
 
@@ -216,12 +216,7 @@ class Stack(Mapping[str, DockApp]):
             if code == 0:
                 self.completed[name] = self.services.pop(name)
                 continue
-            raise ContainerExitedError(
-                f"service {name} {status}, while the stack started",
-                evidence="\n".join(app.logs(tail=30).splitlines()[-30:]),
-                evidence_title=f"{name}'s log (last lines)",
-                hint=f"run it by hand to see why: docker run --rm {self.images[name].name}",
-            )
+            raise self._exited(name, app, f"{status}, while the stack started")
 
     @contextlib.contextmanager
     def _creation(self, what: str) -> Iterator[None]:
@@ -261,12 +256,15 @@ class Stack(Mapping[str, DockApp]):
         app.service = name
         self.completed[name] = app
         if code != 0:
-            raise ContainerExitedError(
-                f"service {name} exited with code {code}, and others wait for it to complete successfully",
-                evidence="\n".join(app.logs(tail=30).splitlines()[-30:]),
-                evidence_title=f"{name}'s log (last lines)",
-                hint=f"run it by hand to see why: docker run --rm {self.images[name].name}",
-            )
+            raise self._exited(name, app, f"exited with code {code}, and others wait for it to complete successfully")
+
+    def _exited(self, name: str, app: DockApp, how: str) -> ContainerExitedError:
+        return ContainerExitedError(
+            f"service {name} {how}",
+            evidence="\n".join(app.logs(tail=30).splitlines()[-30:]),
+            evidence_title=f"{name}'s log (last lines)",
+            hint=f"run it by hand to see why: docker run --rm {self.images[name].name}",
+        )
 
     def _runner_options(self, svc: ServiceDef) -> dict[str, Any]:
         api = self.manager.client.api
