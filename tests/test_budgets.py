@@ -192,3 +192,35 @@ def test_the_lint_flags_package_caches_left_in_carried_layers_only(pytester: pyt
     # the builder stage's layers are not shipped; ENV PIP_NO_CACHE_DIR, a cache mount and a clean RUN are fine
     assert "Dockerfile:2:" not in out and "Dockerfile:3:" not in out and "pip" not in out
     assert "Dockerfile:8:" not in out and "Dockerfile:9:" not in out
+
+
+def test_an_oci_layout_export_is_walked_too() -> None:
+    """Docker 25+ exports blobs/sha256/<digest>, config and layers alike; the engine here is older."""
+    import io
+    import json
+    import tarfile
+
+    def tar_of(files: dict[str, bytes]) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return out.getvalue()
+
+    layers = [tar_of({"big": b"x" * 3000}), tar_of({".wh.big": b""})]
+    config = json.dumps({"history": [{"created_by": "RUN a"}, {"created_by": "RUN b"}]}).encode()
+    manifest = json.dumps([{"Config": "blobs/sha256/c", "Layers": ["blobs/sha256/l0", "blobs/sha256/l1"]}]).encode()
+    export = tar_of({"blobs/sha256/l0": layers[0], "blobs/sha256/c": config, "blobs/sha256/l1": layers[1],
+                     "manifest.json": manifest})  # fmt: skip
+
+    class Api:
+        def get_image(self, image: str, chunk_size: int) -> Any:
+            return iter([export[i : i + 777] for i in range(0, len(export), 777)])
+
+    class Client:
+        api = Api()
+
+    result = walk_image(Client(), "img")  # type: ignore[arg-type]
+    assert result.wasted == 3000 and [x.created_by for x in result.layers] == ["RUN a", "RUN b"]

@@ -151,16 +151,27 @@ def walk_image(client: docker.DockerClient, image_id: str) -> LayerWalk:
             if data is None:
                 continue
             if member.name.endswith("layer.tar") or member.name.startswith("blobs/"):
-                try:
-                    by_name[member.name] = list(_entries(data))
-                except tarfile.ReadError:
-                    configs[member.name] = json.loads(data.read() or b"{}") if member.size < 1 << 20 else {}
+                # Docker 25+ exports an OCI layout: a blob is a layer or a JSON document, and only
+                # the name says which in the manifest read last. A small blob is read whole, so that
+                # a failed JSON parse can still read it as a layer (a stream cannot be rewound).
+                source: IO[bytes] = data
+                if member.size < 1 << 20:
+                    raw = data.read()
+                    try:
+                        configs[member.name] = json.loads(raw)
+                        continue
+                    except ValueError:
+                        source = io.BytesIO(raw)
+                by_name[member.name] = list(_entries(source))
             elif member.name == "manifest.json":
                 manifest = json.loads(data.read())
             elif member.name.endswith(".json"):
                 configs[member.name] = json.loads(data.read())
     if not manifest:
-        raise DockappError(f"the engine's export of image {image_id} has no manifest.json")
+        raise DockappError(
+            f"the engine's export of image {image_id} has no manifest.json",
+            hint="the engine's `docker save` format is not one this plugin reads; drop the wasted budget for it",
+        )
     config = configs.get(manifest[0]["Config"], {})
     history = [h.get("created_by", "") for h in config.get("history", []) if not h.get("empty_layer")]
     return walk([by_name.get(name, []) for name in manifest[0]["Layers"]], history)
