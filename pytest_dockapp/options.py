@@ -144,6 +144,7 @@ class Setting:
     flag: str = ""  # the option, if not --dockapp-<name>
     metavar: str = ""
     shown_default: str = ""  # the default as the README says it, when not the value itself
+    env: str = ""  # also an environment variable (a CI job's): over the ini file, under the command line
 
     @property
     def shown(self) -> str:
@@ -300,7 +301,23 @@ SETTINGS: list[Setting] = [
         "fail when the session image's build (if one ran) takes longer: 60s",
         parse=_budget("build"),
     ),
-    Setting("strict", f"no Docker engine is an error, not a skip (also {STRICT_ENV}=1)", False, _bool, kind="flag"),
+    Setting(
+        "cache_from",
+        "registry images whose layers the build may use as cache (the CI registry's cache ref); one that does "
+        "not exist yet is a cold build",
+        [],
+        kind="list",
+        metavar="REF",
+        shown_default="none",
+        env="DOCKAPP_CACHE_FROM",
+    ),
+    Setting(
+        "cache_to",
+        "after a build, push the image with its inline cache and its inputs to this registry ref",
+        metavar="REF",
+        env="DOCKAPP_CACHE_TO",
+    ),
+    Setting("strict", "no Docker engine is an error, not a skip", False, _bool, kind="flag", env=STRICT_ENV),
     Setting(
         "expect_cached",
         "fail the session build if any step misses the layer cache (CI test stages)",
@@ -354,6 +371,8 @@ class Settings:
     host_ip: str | None = None
     connect_host: str | None = None
     secrets: dict[str, str] = field(default_factory=dict)
+    cache_from: list[str] = field(default_factory=list)
+    cache_to: str | None = None
     compose: list[str] = field(default_factory=list)
     service: str | None = None
     compose_profiles: list[str] = field(default_factory=list)
@@ -387,7 +406,7 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("dockapp", "build, run and test a Dockerfile's service (pytest-dockapp)")
     for s in SETTINGS:
         text = s.help.replace("%", "%%")  # argparse formats help texts with %
-        ini = f" [ini: {s.dest}]" if s.ini else ""
+        ini = (f" [ini: {s.dest}]" if s.ini else "") + (f" [env: {s.env}]" if s.env else "")
         default = f" (default: {s.shown})" if s.kind != "flag" else ""
         if s.kind == "flag":
             group.addoption(s.option, dest=s.dest, action="store_true", default=None, help=text + ini)
@@ -426,9 +445,14 @@ def resolve(config: pytest.Config) -> Settings:
         value: Any
         cli = config.getoption(s.dest)
         ini = config.getini(s.dest) if s.ini else None
+        where = f"ini {s.dest}"
+        if s.env and os.environ.get(s.env, "").strip():
+            # The environment (a CI job's) sits between the command line and the ini file.
+            raw = os.environ[s.env].strip()
+            ini, where = (raw.replace(",", " ").split() if s.kind == "list" else raw), s.env
         if s.kind == "pairs":
             # ini lines first, the command line on top
-            value = {**_parsed(s, ini or [], f"ini {s.dest}"), **_parsed(s, cli or [], s.option)}
+            value = {**_parsed(s, ini or [], where), **_parsed(s, cli or [], s.option)}
             if cli:
                 from_cli[s.name] = value
         elif s.kind == "list":
@@ -438,13 +462,10 @@ def resolve(config: pytest.Config) -> Settings:
         elif cli not in (None, ""):
             value = from_cli[s.name] = _parsed(s, cli, s.option)
         elif ini not in (None, ""):
-            value = _parsed(s, ini, f"ini {s.dest}")
+            value = _parsed(s, ini, where)
         else:
             value = s.default
         values[s.name] = value
-    env_strict = os.environ.get(STRICT_ENV, "")
-    if env_strict and not values["strict"]:
-        values["strict"] = _parsed(BY_NAME["strict"], env_strict, STRICT_ENV)
     base = config.rootpath
     values["context"] = (base / values["context"]).resolve() if values["context"] else base
     return Settings(**values, from_cli=from_cli)
@@ -527,7 +548,10 @@ def check_values(config: pytest.Config, settings: Settings) -> None:
 
 def markdown_table() -> str:
     """The README's settings table."""
-    rows = ["| setting | command line | ini key | conftest fixture | default |", "|---|---|---|---|---|"]
+    rows = [
+        "| setting | command line | ini key | conftest fixture | environment | default |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in SETTINGS:
         option = f"`{s.option} {s.metavar or s.name.upper()}`" if s.kind != "flag" else f"`{s.option}`"
         if s.kind in ("pairs", "list"):
@@ -535,6 +559,6 @@ def markdown_table() -> str:
         default = s.shown
         rows.append(
             f"| {s.help} | {option} | {f'`{s.dest}`' if s.ini else ''} | "
-            f"{f'`{s.dest}`' if s.fixture else ''} | {default} |"
+            f"{f'`{s.dest}`' if s.fixture else ''} | {f'`{s.env}`' if s.env else ''} | {default} |"
         )
     return "\n".join(rows)

@@ -77,6 +77,7 @@ class PluginState:
 
     def connect(self) -> None:
         """Connect once (from the main thread or the prestart's); a failure is kept in :attr:`error`."""
+        from pytest_dockapp.builds.registry import RegistryCache
         from pytest_dockapp.core.errors import DockappError
         from pytest_dockapp.run.manager import AppManager
 
@@ -98,6 +99,7 @@ class PluginState:
                     shared_dir=Path(shared) if shared else None,
                     reuse_unchanged=not s.rebuild,
                     spares=s.spares,
+                    registry=RegistryCache(tuple(s.cache_from), s.cache_to),
                 )
                 self._apps.sweep_kept = s.sweep_kept
                 self._apps.warned_args.update(s.build_args)  # warned at configure, at the user's line

@@ -97,13 +97,13 @@ class Progress:
             if reporter.isatty():
                 # One terminal line (a wrapped live line cannot be rewritten): the elapsed time first,
                 # then the step, then up to a third of the line for its last output.
-                head = f"dockapp: building [{self._position}] {running:.1f}s "
+                head = f"dockapp: {self._verb}[{self._position}] {running:.1f}s "
                 room = max(20, reporter._tw.fullwidth - 1 - len(head))
                 out = f" | {self._output}"[: room // 3] if self._output else ""
                 reporter.rewrite(head + self._text[: room - len(out)] + out, erase=True)
             elif not self._last_plain:
                 reporter.ensure_newline()
-                reporter.write_line(f"dockapp: building {self._step}"[:160])
+                reporter.write_line(f"dockapp: {self._verb}{self._step}"[:160])
                 self._last_plain = now
             elif now - self._last_plain >= self.still_every:
                 tail = f": {self._output}"[:100] if self._output else ""
@@ -141,6 +141,11 @@ class Progress:
                 else:
                     reporter.write_line(message)
                 self._resume_line(reporter)
+
+    @property
+    def _verb(self) -> str:
+        """``building `` for a build step; nothing for a pull or push, whose text says it."""
+        return "" if self._position == "registry" else "building "
 
     @property
     def _step(self) -> str:

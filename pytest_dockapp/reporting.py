@@ -201,7 +201,8 @@ def _summary_lines(state: PluginState) -> list[str]:
     for image in apps.prebuilt_images:
         if image.id in in_stacks:
             continue
-        lines.append(f"testing prebuilt image {image.tag} ({image.short_id}): not built")
+        pulled = f", pulled in {image.pull_seconds:.2f}s" if image.pull_seconds else ""
+        lines.append(f"testing prebuilt image {image.tag} ({image.short_id}): not built{pulled}")
     for record in apps.builds:
         if id(record) in in_stacks:
             continue
@@ -214,6 +215,9 @@ def _summary_lines(state: PluginState) -> list[str]:
             )
         else:
             lines.append(f"built {record.tag} ({record.builder}) in {record.summary()}")
+        if record.pushed_to or record.cache_from:
+            pushed = f"pushed to {record.pushed_to}; " if record.pushed_to else ""
+            lines.append(f"  registry: {pushed}pulls and pushes added {record.registry_seconds:.2f}s")
     for image in apps.shared_images:
         if image.id in in_stacks:
             continue

@@ -13,7 +13,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,12 +78,17 @@ def build_image(
     labels: Mapping[str, str] | None = None,
     on_event: ProgressCallback | None = None,
     secrets: Mapping[str, str] | None = None,
+    cache_from: Sequence[str] = (),
+    inline_cache: bool = False,
 ) -> BuildRecord:
     """Build an image and return its :class:`BuildRecord`.
 
     ``secrets`` are BuildKit build secrets, ``{id: source}``: a file path, or the name of an
     environment variable; a step reads one with ``RUN --mount=type=secret,id=<id>``, and it is
-    never stored in the image. Raises :class:`BuildError` (or :class:`BaseImageUnavailableError`)
+    never stored in the image. ``cache_from`` are images whose layers may serve as cache (on the
+    classic builder they must be on the engine: pull them first); ``inline_cache`` writes
+    BuildKit's cache metadata into the image, for a push that another runner's build imports.
+    Raises :class:`BuildError` (or :class:`BaseImageUnavailableError`)
     with the failing step, its Dockerfile line and output tail.
     """
     if secrets and builder.name != "buildkit":
@@ -93,6 +99,7 @@ def build_image(
     ctx, df_path = resolve_paths(context, dockerfile)
     args = dict(build_args or {})
     df = read_dockerfile(client, df_path, args)
+    flags = CacheFlags(tuple(cache_from), inline_cache and builder.name != "classic")
     if target:
         df.stage(target)  # fails early, naming the stages there are
     tag = tag or default_tag(ctx, df_path, target, args, builder.name)
@@ -107,12 +114,14 @@ def build_image(
     parser: ClassicParser | PlainParser | RawJsonParser
     if builder.name == "classic":
         parser = ClassicParser(df, target, on_event, hidden_steps=len(labels or {}))
-        _classic(client, ctx, df_path, args, target, tag, labels or {}, parser, mask)
+        _classic(client, ctx, df_path, args, target, tag, labels or {}, parser, mask, flags)
         image_id = parser.image_id
     else:
         parser = (RawJsonParser if builder.rawjson else PlainParser)(df, target, on_event)
         with EngineWatch(client) as watch:
-            image_id = _buildkit(builder, ctx, df_path, args, target, tag, labels or {}, parser, secrets or {}, mask)
+            image_id = _buildkit(
+                builder, ctx, df_path, args, target, tag, labels or {}, parser, secrets or {}, mask, flags
+            )
         if watch.failure is not None:
             raise watch.failure  # engine_phase names the engine and the phase
     parser.finish()
@@ -131,7 +140,7 @@ def build_image(
         build_args=redact(args),
         target=target,
         log=log,
-        command=reproduce_command(builder, ctx, df_path, args, target),
+        command=reproduce_command(builder, ctx, df_path, args, target, flags),
     )
     if parser.error is not None or not image_id:
         raise build_failure(client, df, record, parser.error or "the builder reported no image", args, builder)
@@ -186,6 +195,7 @@ def _classic(
     labels: Mapping[str, str],
     parser: ClassicParser,
     mask: Callable[[str], str],
+    flags: CacheFlags,
 ) -> None:
     import docker.errors
 
@@ -201,6 +211,7 @@ def _classic(
             target=target,
             tag=tag,
             labels=dict(labels),
+            cache_from=list(flags.cache_from) or None,
             rm=True,
             forcerm=True,
             decode=True,
@@ -227,6 +238,7 @@ def _buildkit(
     parser: PlainParser | RawJsonParser,
     secrets: Mapping[str, str],
     mask: Callable[[str], str],
+    flags: CacheFlags,
 ) -> str:
     assert builder.cli is not None
     sweep_build_dirs()  # a killed run's folder, its secret file included
@@ -239,7 +251,7 @@ def _buildkit(
             path = secret_file(sid, source, Path(tmp))
             secret_args += ["--secret", f"id={sid},src={path}"]
         cmd = [builder.cli, "build", "--progress=" + ("rawjson" if builder.rawjson else "plain")]
-        cmd += [*_cli_flags(df_path, args, target), "-t", tag, "--iidfile", str(iidfile)]
+        cmd += [*_cli_flags(df_path, args, target, flags), "-t", tag, "--iidfile", str(iidfile)]
         for key, value in labels.items():
             cmd += ["--label", f"{key}={value}"]
         cmd += secret_args
@@ -277,7 +289,14 @@ def _masked(chunk: Any, mask: Callable[[str], str]) -> Any:
     return chunk
 
 
-def reproduce_command(builder: Builder, ctx: Path, df_path: Path, args: Mapping[str, str], target: str | None) -> str:
+def reproduce_command(
+    builder: Builder,
+    ctx: Path,
+    df_path: Path,
+    args: Mapping[str, str],
+    target: str | None,
+    flags: CacheFlags | None = None,
+) -> str:
     """The shell command that builds as the plugin does, with the same builder: what a CI stage
     runs before ``--dockapp-expect-cached`` (trust III, 14: a CLI that built classic while the
     plugin built with BuildKit missed every step). Secret-looking build args are passed by name."""
@@ -286,19 +305,43 @@ def reproduce_command(builder: Builder, ctx: Path, df_path: Path, args: Mapping[
     buildkit = builder.name != "classic"
     cmd = [f"DOCKER_BUILDKIT={int(buildkit)}", builder.cli or "docker", "build"]
     cmd += ["--load"] if buildkit and builder.buildx else []
-    cmd += [*_cli_flags(df_path, args, target, secrets_by_name=True), str(ctx)]
-    return " ".join(c if c.startswith("DOCKER_BUILDKIT=") else shlex.quote(c) for c in cmd)
+    cmd += [*_cli_flags(df_path, args, target, flags, secrets_by_name=True), str(ctx)]
+    line = " ".join(c if c.startswith("DOCKER_BUILDKIT=") else shlex.quote(c) for c in cmd)
+    if not buildkit and flags is not None:
+        # The classic builder takes layers only from images on the engine.
+        pulls = [f"{shlex.quote(builder.cli or 'docker')} pull {shlex.quote(ref)}" for ref in flags.cache_from]
+        line = " && ".join([*pulls, line])
+    return line
+
+
+@dataclass(frozen=True)
+class CacheFlags:
+    """A build's registry cache: the images it may take layers from, and whether BuildKit writes
+    its cache metadata into the image (``BUILDKIT_INLINE_CACHE=1``) for a push."""
+
+    cache_from: tuple[str, ...] = ()
+    inline: bool = False
 
 
 def _cli_flags(
-    df_path: Path, args: Mapping[str, str], target: str | None, *, secrets_by_name: bool = False
+    df_path: Path,
+    args: Mapping[str, str],
+    target: str | None,
+    flags: CacheFlags | None = None,
+    *,
+    secrets_by_name: bool = False,
 ) -> list[str]:
     """The Dockerfile, build args and target as the CLI takes them: one list for the BuildKit
     build the plugin runs and for the command the hint shows, so the two cannot drift apart."""
-    flags = ["-f", str(df_path)]
+    cache = flags or CacheFlags()
+    out = ["-f", str(df_path)]
     for key, value in args.items():
-        flags += ["--build-arg", key if secrets_by_name and looks_secret(key) else f"{key}={value}"]
-    return flags + (["--target", target] if target else [])
+        out += ["--build-arg", key if secrets_by_name and looks_secret(key) else f"{key}={value}"]
+    if target:
+        out += ["--target", target]
+    for ref in cache.cache_from:
+        out += ["--cache-from", ref]
+    return out + (["--build-arg", "BUILDKIT_INLINE_CACHE=1"] if cache.inline else [])
 
 
 class EngineWatch:

@@ -65,6 +65,15 @@ class BuildRecord:
     #: The command that builds as this build did, for a CI stage to run first (secret-looking
     #: build args by name only: the CLI then takes their values from the environment).
     command: str = ""
+    #: The registry cache refs the build imported from, and how many hits came from there.
+    cache_from: list[str] = field(default_factory=list)
+    registry_hits: int = 0
+    #: ``ref@sha256:...`` the image was pushed to (``dockapp_cache_to``), and the seconds that
+    #: pulls and pushes of cache images added to the session.
+    pushed_to: str = ""
+    registry_seconds: float = 0.0
+    #: On a miss with a cache ref: the inputs that differ from the build that made the cache image.
+    cache_diff: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return (
@@ -96,10 +105,17 @@ class BuildRecord:
         from pytest_dockapp.core.errors import CacheRegressionError
 
         marks = {s.index: "<-- MISS" for s in self.misses}
+        source = f" or from the registry cache {', '.join(self.cache_from)}" if self.cache_from else ""
+        differs = ""
+        if self.cache_diff:
+            differs = "\n\nwhat differs from the build that made the cache image:\n" + "\n".join(
+                f"  {line}" for line in self.cache_diff
+            )
         raise CacheRegressionError(
             f"--dockapp-expect-cached: the session build of {self.dockerfile} missed the layer cache at "
             f"{len(self.misses)} step(s); the image was expected to come from an earlier build "
-            f"(a CI build stage) with the same context, Dockerfile and build args\n\n{self.table(marks)}",
+            f"(a CI build stage){source} with the same context, Dockerfile and build args\n\n"
+            f"{self.table(marks)}{differs}",
             hint=f"this session built with the {self.builder} builder; build the image in the earlier stage with "
             f"exactly that builder and these settings: {self.command or 'docker build'} (or drop "
             "--dockapp-expect-cached)",
@@ -107,7 +123,10 @@ class BuildRecord:
 
     def summary(self) -> str:
         """``"3.21s, 4/6 steps cached"``: of the build that made the image."""
-        return f"{self.seconds:.2f}s, {len(self.hits)}/{len(self.cacheable_steps)} steps cached"
+        text = f"{self.seconds:.2f}s, {len(self.hits)}/{len(self.cacheable_steps)} steps cached"
+        if self.cache_from:
+            text += f" ({self.registry_hits} from {', '.join(self.cache_from)})"
+        return text
 
     def to_json(self) -> dict[str, Any]:
         """What a later session needs to show this build's record when it reuses the image."""
@@ -120,6 +139,8 @@ class BuildRecord:
             "target": self.target,
             "build_args": self.build_args,  # already masked
             "command": self.command,  # secret values never in it
+            "cache_from": self.cache_from,
+            "registry_hits": self.registry_hits,
             "steps": [
                 {
                     "index": s.index,
@@ -164,6 +185,8 @@ class BuildRecord:
             reused=True,
             built_at=float(data["built_at"]),
             command=str(data.get("command", "")),
+            cache_from=list(data.get("cache_from", [])),
+            registry_hits=int(data.get("registry_hits", 0)),
         )
 
     def table(self, mark: Mapping[int, str] | None = None) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "EngineUnavailableError",
     "PortError",
     "ReadinessTimeoutError",
+    "RegistryError",
     "UnhealthyError",
 ]
 
@@ -105,6 +106,10 @@ class BuildError(DockappError):
 
 class BaseImageUnavailableError(BuildError):
     """A FROM image is not on the engine and cannot be pulled."""
+
+
+class RegistryError(DockappError):
+    """A registry could not be reached, refused the credentials, or has no such image."""
 
 
 class PortError(ConfigurationError):

@@ -11,14 +11,16 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_dockapp.builds.dockerfile import Dockerfile
 from pytest_dockapp.builds.image import build_image, resolve_paths
+from pytest_dockapp.builds.inputs import INPUTS_LABEL, Inputs, cache_inputs
 from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
+from pytest_dockapp.builds.registry import CacheImport, RegistryCache, pull, push
 from pytest_dockapp.builds.reuse import BuildCache, fingerprint
 from pytest_dockapp.builds.reuse import Entry as CacheEntry
-from pytest_dockapp.core.errors import ConfigurationError
+from pytest_dockapp.core.errors import RegistryError
 from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import Builder
 
@@ -51,6 +53,7 @@ class Image:
     tag: str | None
     record: BuildRecord | None = None
     prebuilt: bool = False  # given by the user (--dockapp-image), not built from a spec
+    pull_seconds: float = 0.0  # a prebuilt image the session pulled: how long that took
 
     def __repr__(self) -> str:
         return f"Image(id={self.id!r}, tag={self.tag!r}, prebuilt={self.prebuilt})"
@@ -85,6 +88,8 @@ class Images:
         on_event: ProgressCallback | None = None,
         reuse_unchanged: bool = True,
         build_cache: BuildCache | None = None,
+        registry: RegistryCache | None = None,
+        on_notice: Callable[[str], None] | None = None,
     ):
         self.client = client
         self.owner = owner
@@ -94,6 +99,8 @@ class Images:
         self.on_event = on_event
         self.reuse_unchanged = reuse_unchanged
         self._build_cache = build_cache or BuildCache()
+        self.registry = registry or RegistryCache()
+        self.on_notice = on_notice
         self._images: dict[str, Image] = {}
         self._leases: dict[str, str] = {}  # image ID -> the lease container that pins it
         self.builds: list[BuildRecord] = []
@@ -145,7 +152,8 @@ class Images:
         started = time.perf_counter()
         ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
         inputs = None
-        if self.reuse_unchanged and reuse:
+        # A reused image may lack the inputs label a push to the cache ref must carry: build.
+        if self.reuse_unchanged and reuse and not self.registry.cache_to:
             df = Dockerfile.read(df_path)
             inputs = fingerprint(
                 self.client,
@@ -166,22 +174,67 @@ class Images:
                     record.reuse_seconds = time.perf_counter() - started
                     self.builds.append(record)
                     return Image(record.image_id, record.tag, record)
-        record = build_image(
+        record = self._build_image(spec) if self.registry else self._plain_build(spec, {})
+        self.builds.append(record)
+        if inputs and record.tag:
+            self._build_cache.store(spec.key(), CacheEntry(inputs, record.image_id, record.tag, record.to_json()))
+        return Image(record.image_id, record.tag, record)
+
+    def _plain_build(self, spec: BuildSpec, labels: Mapping[str, str], **cache: Any) -> BuildRecord:
+        return build_image(
             self.client,
             spec.context,
             spec.dockerfile,
             builder=self.builder,
             build_args=spec.build_args,
             target=spec.target,
-            # One label: on the classic builder each label is a build step of its own.
-            labels={cleanup.OWNER: cleanup.OWNER_VALUE},
+            # Few labels: on the classic builder each label is a build step of its own.
+            labels={cleanup.OWNER: cleanup.OWNER_VALUE, **labels},
             on_event=self.on_event,
             secrets=spec.secrets,
+            **cache,
         )
-        self.builds.append(record)
-        if inputs and record.tag:
-            self._build_cache.store(spec.key(), CacheEntry(inputs, record.image_id, record.tag, record.to_json()))
-        return Image(record.image_id, record.tag, record)
+
+    def _build_image(self, spec: BuildSpec) -> BuildRecord:
+        """A build with the registry cache: import from ``cache_from`` (pulled first on the classic
+        builder), count the hits that came from there, explain a miss by the inputs that differ
+        from the cache image's, and push the image with its inputs to ``cache_to``."""
+        cache, builder = self.registry, self.builder.name
+        ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
+        df = Dockerfile.read(df_path)
+
+        def inputs() -> Inputs:
+            return Inputs.collect(self.client, ctx, df_path, df, spec.build_args, builder)
+
+        imports = CacheImport.prepare(self.client, cache.cache_from, builder, self.on_event, self.on_notice)
+        mine = inputs() if cache.cache_to else None
+        try:
+            record = self._plain_build(
+                spec,
+                {INPUTS_LABEL: mine.encode()} if mine else {},
+                cache_from=imports.refs,
+                inline_cache=bool(cache.cache_to),
+            )
+            record.cache_from = imports.refs
+            record.registry_hits = imports.registry_hits(
+                self.client, builder, record.image_id, record.steps, record.log
+            )
+            if record.misses and imports.refs:
+                theirs = cache_inputs(self.client, imports.refs[0])
+                record.cache_diff = (
+                    (mine or inputs()).diff(theirs)
+                    if theirs
+                    else [f"{imports.refs[0]} carries no record of its inputs (it was not pushed by dockapp_cache_to)"]
+                ) or ["every recorded input (files, build args, base images, builder) is the same as the cache's"]
+        finally:
+            imports.release(self.client)
+        record.registry_seconds = imports.seconds
+        if cache.cache_to:
+            began = time.perf_counter()
+            digest = push(self.client, record.image_id, cache.cache_to, self.on_event)
+            record.pushed_to = f"{cache.cache_to}@{digest}" if digest else cache.cache_to
+            record.registry_seconds += time.perf_counter() - began
+        return record
 
     def _tagged(self, tag: str, image_id: str) -> bool:
         import docker.errors
@@ -217,18 +270,27 @@ class Images:
             return image
 
     def prebuilt(self, ref: str) -> Image:
-        """An image that was built elsewhere (an earlier CI stage); it must be on the engine."""
+        """An image that was built elsewhere (an earlier CI stage): the engine's, else pulled (a
+        digest exactly). A ref without a registry that is not on the engine is a usage error."""
         import docker.errors
 
+        pulled = 0.0
         try:
             attrs = self.client.api.inspect_image(ref)
         except docker.errors.ImageNotFound:
-            raise ConfigurationError(
-                f"image {ref!r} is not on the engine",
-                hint="build or load it first (docker build -t / docker load), or drop --dockapp-image "
-                "to let the plugin build the Dockerfile",
-            ) from None
-        image = Image(attrs["Id"], ref, prebuilt=True)
+            began = time.perf_counter()
+            try:
+                pull(self.client, ref, self.on_event)
+            except RegistryError as exc:
+                raise RegistryError(
+                    f"image {ref!r} is not on the engine, and its pull failed: {exc.what}",
+                    evidence=exc.evidence,
+                    hint=f"{exc.hint}; or build or load it first (docker build -t, docker load), or drop "
+                    "--dockapp-image to let the plugin build the Dockerfile",
+                ) from None
+            pulled = time.perf_counter() - began
+            attrs = self.client.api.inspect_image(ref)
+        image = Image(attrs["Id"], ref, prebuilt=True, pull_seconds=pulled)
         self._lease(image)
         self.prebuilt_images.append(image)
         return image

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_dockapp.builds.image import known_secrets, stop_running_builds
 from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
+from pytest_dockapp.builds.registry import RegistryCache
 from pytest_dockapp.builds.reuse import BuildCache
 from pytest_dockapp.core.errors import DockappError, DockappWarning, EngineUnavailableError
 from pytest_dockapp.core.redact import looks_secret, secret_values
@@ -66,6 +67,7 @@ class AppManager:
         reuse_unchanged: bool = True,
         build_cache: BuildCache | None = None,
         spares: int = 1,
+        registry: RegistryCache | None = None,
     ):
         self.client = client
         self.owner = owner or cleanup.Owner()
@@ -87,6 +89,8 @@ class AppManager:
             on_event=on_event,
             reuse_unchanged=reuse_unchanged,
             build_cache=build_cache,
+            registry=registry,
+            on_notice=on_notice,
         )
         self.running = Apps(client, self.owner, self._app_defaults, self._creation)
         self._sweep: Future[cleanup.SweepReport] | None = None
