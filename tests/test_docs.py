@@ -74,7 +74,9 @@ def test_the_library_example_runs_without_pytest(app: App, pytester: pytest.Pyte
     assert result.stdout.str().strip() == "from-the-library"
 
 
-@pytest.mark.parametrize("name", ["github-actions.yml", "gitlab-ci.yml"])
+@pytest.mark.parametrize(
+    "name", ["github-actions.yml", "gitlab-ci.yml", "github-actions-registry-cache.yml", "gitlab-ci-registry-cache.yml"]
+)
 def test_the_readme_ci_recipes_are_the_example_files(name: str) -> None:
     text = (ROOT / "examples" / "ci" / name).read_text()
     assert block(text.splitlines()[0], "yaml") == text
@@ -91,6 +93,24 @@ def test_the_github_recipe_builds_then_tests_the_cached_build() -> None:
     assert build < test and "--dockapp-expect-cached" in runs[test] and "--dockapp-strict" in runs[test]
     # One builder in both stages (trust III, 14): they keep separate caches.
     assert runs[build].startswith("DOCKER_BUILDKIT=1 docker build ") and "--dockapp-builder=buildkit" in runs[test]
+
+
+def test_the_registry_cache_recipes_push_once_and_expect_every_runner_cached() -> None:
+    """One job pushes to cache_to; the others, on fresh runners, expect every step from the
+    cache_from refs, which the CI environment gives to every job."""
+    github = yaml.safe_load((ROOT / "examples" / "ci" / "github-actions-registry-cache.yml").read_text())
+    gitlab = yaml.safe_load((ROOT / "examples" / "ci" / "gitlab-ci-registry-cache.yml").read_text())
+    assert "DOCKAPP_CACHE_FROM" in github["env"] and "DOCKAPP_CACHE_FROM" in gitlab[".dockapp"]["variables"]
+    build = [s.get("run", "") for s in github["jobs"]["build"]["steps"]][-1]
+    shard = [s.get("run", "") for s in github["jobs"]["shards"]["steps"]][-1]
+    assert "--dockapp-cache-to=" in build and "--dockapp-expect-cached" not in build
+    assert "--dockapp-expect-cached" in shard and github["jobs"]["shards"]["needs"] == "build"
+    # One builder in every job (they keep separate caches).
+    assert "--dockapp-builder=buildkit" in build and "--dockapp-builder=buildkit" in shard
+    assert "--dockapp-cache-to=" in gitlab["build"]["script"][0]
+    assert "--dockapp-expect-cached" in gitlab["test"]["script"][0] and gitlab["test"]["needs"] == ["build"]
+    # The credentials go where the plugin (the docker SDK) reads them.
+    assert any("~/.docker/config.json" in line for line in gitlab[".dockapp"]["before_script"])
 
 
 def test_the_gitlab_recipe_reaches_the_dind_service_where_ports_are_published() -> None:

@@ -172,3 +172,22 @@ def cache_inputs(client: docker.DockerClient, ref: str) -> Inputs | None:
         if not had:
             with contextlib.suppress(docker.errors.APIError):  # in use meanwhile: another session's to remove
                 client.api.remove_image(ref)
+
+
+def explain_misses(client: docker.DockerClient, ref: str, here: Inputs, record: Any, final_stage: int) -> list[str]:
+    """Why ``record``'s misses missed the cache image ``ref``: the inputs that differ from the
+    build that pushed it, and, on the classic builder, the steps of stages the image does not
+    carry (its ``--cache-from`` has only the pushed image's own chain of layers)."""
+    theirs = cache_inputs(client, ref)
+    if theirs is None:
+        lines = [f"{ref} carries no record of its inputs (it was not pushed by dockapp_cache_to)"]
+    else:
+        lines = here.diff(theirs)
+    if record.builder == "classic":
+        other = sorted({s.stage or "?" for s in record.misses if s.instruction and s.instruction.stage != final_stage})
+        if other:
+            lines.append(
+                f"stage {', '.join(other)}: not in the cache image, which holds only the final stage's layers on the "
+                "classic builder (BuildKit's inline cache covers every stage the image needs)"
+            )
+    return lines or ["every recorded input (files, build args, base images, builder) is the same as the cache's"]
