@@ -71,6 +71,7 @@ def dockapp_cache_report(
             strict=bool(kw.get("strict", False)),
             owner=apps.owner,
             workdir=tmp_path_factory.getbasetemp(),
+            cache_from=state.settings.cache_from,
         )
     except DockappError as exc:
         fail_on(exc, state)

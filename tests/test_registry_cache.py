@@ -81,6 +81,8 @@ def test_a_cold_runner_builds_from_the_registry_cache_and_each_miss_names_its_ca
     result = pytester.runpytest(*builder_args, f"--dockapp-cache-to={ref}")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"  registry: pushed to {ref}@sha256:*; pulls and pushes added *s"])
+    digest = re.search(r"@(sha256:[0-9a-f]{64});", result.stdout.str())
+    assert digest
 
     # Runner B never built it: every cacheable step comes from the registry.
     _runner_b(monkeypatch, remote_host)
@@ -93,10 +95,12 @@ def test_a_cold_runner_builds_from_the_registry_cache_and_each_miss_names_its_ca
     hits, steps, from_registry = int(found.group(2)), int(found.group(3)), int(found.group(4))
     assert hits == steps >= 3 and from_registry >= 3, found.group(0)
 
-    # The CI shape "build once, push, test in N jobs": runner B tests the pushed image itself.
-    result = pytester.runpytest(f"--dockapp-image={ref}")
+    # The CI shape "build once, push, test in N jobs": runner B tests the pushed image itself,
+    # pinned by its digest.
+    pinned = f"{ref.rsplit(':', 1)[0]}@{digest.group(1)}"
+    result = pytester.runpytest(f"--dockapp-image={pinned}")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"testing prebuilt image {ref} (*): not built, pulled in *s"])
+    result.stdout.fnmatch_lines([f"testing prebuilt image {pinned} (*): not built, pulled in *s"])
 
     index = pytester.path / "src" / "index.html"
     index.chmod(0o664)
@@ -162,6 +166,7 @@ def test_the_inputs_that_differ_are_named_one_per_line() -> None:
         ("localhost:5000/app", "localhost:5000", "localhost:5000/app", None),
         ("team/app:1", "Docker Hub", "team/app", "1"),
         ("r.example/app@sha256:" + "0" * 64, "r.example", "r.example/app", "sha256:" + "0" * 64),
+        ("r.example:5000/app:v1@sha256:" + "0" * 64, "r.example:5000", "r.example:5000/app", "sha256:" + "0" * 64),
     ],
 )
 def test_a_ref_is_split_as_the_engine_reads_it(ref: str, registry: str, repo: str, tag: str | None) -> None:
@@ -192,6 +197,15 @@ def test_a_missing_cache_ref_is_a_cold_build_and_an_unreachable_or_refused_regis
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         ["dockapp: cache image */never-pushed/app:main is not in the registry yet: a cold build*"]
+    )
+
+    result = pytester.runpytest(f"--dockapp-image={registry}/dockapp-test/never-pushed/app:main")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"image '{registry}/dockapp-test/never-pushed/app:main' is not on the engine, and its pull failed: *"
+            f"{registry} has no such image"
+        ]
     )
 
     # --dockapp-rebuild: an image reused unchanged needs no registry, and is not an error.

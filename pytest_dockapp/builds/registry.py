@@ -47,7 +47,8 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     host:port, or the digest after ``@``."""
     if "@" in ref:
         repo, _, digest = ref.partition("@")
-        return repo, digest
+        head, colon, tag = repo.rpartition(":")
+        return (head if colon and "/" not in tag else repo), digest  # a digest wins over a tag
     head, colon, tag = ref.rpartition(":")
     if colon and "/" not in tag:
         return head, tag
@@ -112,7 +113,7 @@ def pull(client: docker.DockerClient, ref: str, on_event: ProgressCallback | Non
     try:
         stream = client.api.pull(repo, tag=tag, stream=True, decode=True)
         _follow(stream, f"pulling {ref}", on_event)
-        return str(client.api.inspect_image(ref)["Id"])
+        return str(client.api.inspect_image(f"{repo}@{tag}" if tag and tag.startswith("sha256:") else ref)["Id"])
     except docker.errors.APIError as exc:
         raise _failure("pull of", ref, exc) from None
     except _StreamError as exc:

@@ -233,6 +233,39 @@ def warm_tag(context: Path, dockerfile: Path, target: str | None, build_args: Ma
     return f"{cleanup.WARM_REPO}:{spec_digest(context, dockerfile, target, build_args, builder)[:16]}"
 
 
+def _warm_build(
+    client: docker.DockerClient,
+    copy: Path,
+    build_df: Path,
+    builder: Builder,
+    target: str | None,
+    build_args: dict[str, str],
+    tag: str,
+    cache_from: Sequence[str],
+) -> BuildRecord:
+    """The check's first build: from the local cache, and from ``cache_from`` when given (pulled
+    first on the classic builder; its hits from there are counted, as for the session build)."""
+    from pytest_dockapp.builds.registry import CacheImport
+
+    imports = CacheImport.prepare(client, cache_from, builder.name)
+    try:
+        warm = build_image(
+            client,
+            copy,
+            build_df,
+            builder=builder,
+            target=target,
+            build_args=build_args,
+            tag=tag,
+            cache_from=imports.refs,
+        )
+        warm.cache_from = imports.refs
+        warm.registry_hits = imports.registry_hits(client, builder.name, warm.image_id, warm.steps, warm.log)
+    finally:
+        imports.release(client)
+    return warm
+
+
 def check_cache(
     client: docker.DockerClient,
     context: str | os.PathLike[str],
@@ -247,6 +280,7 @@ def check_cache(
     owner: cleanup.Owner | None = None,
     workdir: str | os.PathLike[str] | None = None,
     verify_advice: bool = True,
+    cache_from: Sequence[str] = (),
 ) -> CacheReport:
     """Build a copy of the context, change it, rebuild, and compare the two builds' cache use.
 
@@ -254,7 +288,8 @@ def check_cache(
     change path that is not in the context or a ``cached`` pattern that matches no step.
     When the check fails, its fix is worked out and, when it reorders the Dockerfile and
     ``verify_advice`` holds, verified by building that order in another copy with the same
-    change (two builds that reuse the layer cache).
+    change (two builds that reuse the layer cache). ``cache_from`` (registry refs) lets the
+    warm build of a cold runner take its layers from there.
     """
     if is_podman(client):
         raise ConfigurationError(
@@ -282,14 +317,15 @@ def check_cache(
         # The warm build is the user's own layer cache: it keeps a stable tag and stays, since
         # removing it would drop its last layer and make the next check's warm build miss there.
         # The rebuild holds the changed, never-again-useful layers: those are removed below.
-        warm = build_image(
+        warm = _warm_build(
             client,
             copy,
             build_df,
-            builder=builder,
-            target=target,
-            build_args=base_args,
-            tag=warm_tag(ctx, df_path, target, base_args, builder.name),
+            builder,
+            target,
+            base_args,
+            warm_tag(ctx, df_path, target, base_args, builder.name),
+            cache_from,
         )
         changed = _apply_change(copy, build_df, builder.name, sent, paths, edit)
         rebuild_tag = owner.scratch_tag(1)

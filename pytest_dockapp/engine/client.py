@@ -93,12 +93,13 @@ def engine_phase(phase: str, endpoint: Endpoint | None = None) -> Iterator[None]
 def connect(timeout: float = CALL_TIMEOUT, endpoint: Endpoint | None = None) -> docker.DockerClient:
     """A docker SDK client for ``endpoint`` (default: :func:`resolve_endpoint`) that has answered a
     ping, or :class:`EngineUnavailableError`."""
+    endpoint = endpoint or resolve_endpoint()
+    import_sdk(ssh=endpoint.scheme == "ssh")
     import docker
     import docker.errors
     import requests.exceptions
     from docker.constants import MINIMUM_DOCKER_API_VERSION
 
-    endpoint = endpoint or resolve_endpoint()
     try:
         # One /_ping both proves the engine answers and names its API version. The SDK's
         # version="auto" asks /version instead, which costs the engine about 6 ms more here
@@ -118,6 +119,42 @@ def connect(timeout: float = CALL_TIMEOUT, endpoint: Endpoint | None = None) -> 
             hint="start the engine (dockerd / Docker Desktop) or point DOCKER_HOST at a running one",
         ) from None
     return client
+
+
+def import_sdk(ssh: bool) -> None:
+    """Import the docker SDK, without paramiko unless the endpoint is ssh://.
+
+    The SDK imports its ssh adapter, and with it paramiko, whenever paramiko is installed (the
+    ``[ssh]`` extra): 95 ms of its 190 ms import here (``python -X importtime -c "import docker"``),
+    for every session on a local socket. The adapter is blocked for that import and then put back
+    as a stand-in that imports it on first use, so a later ssh:// client in the same process
+    (another session under pytester) still works, and without paramiko still gets the SDK's
+    "Install paramiko" message.
+    """
+    import sys
+
+    if ssh or "docker" in sys.modules:
+        return
+    name = "docker.transport.sshconn"
+    blocked = name not in sys.modules
+    if blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # import of it raises ImportError
+    try:
+        import docker.api.client
+        import docker.transport
+    finally:
+        if blocked:
+            del sys.modules[name]
+    if not hasattr(docker.api.client, "SSHHTTPAdapter"):
+        docker.api.client.SSHHTTPAdapter = _ssh_adapter
+
+
+def _ssh_adapter(*args: Any, **kwargs: Any) -> Any:
+    try:
+        from docker.transport.sshconn import SSHHTTPAdapter
+    except ImportError as exc:  # the SDK turns a NameError into "Install paramiko package ..."
+        raise NameError("SSHHTTPAdapter") from exc
+    return SSHHTTPAdapter(*args, **kwargs)
 
 
 def _one_ssh_pool(client: docker.DockerClient) -> None:

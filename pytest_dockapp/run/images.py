@@ -277,7 +277,7 @@ class Images:
         except docker.errors.ImageNotFound:
             began = time.perf_counter()
             try:
-                pull(self.client, ref, self.on_event)
+                pulled_id = pull(self.client, ref, self.on_event)
             except RegistryError as exc:
                 raise RegistryError(
                     f"image {ref!r} is not on the engine, and its pull failed: {exc.what}",
@@ -286,7 +286,7 @@ class Images:
                     "--dockapp-image to let the plugin build the Dockerfile",
                 ) from None
             pulled = time.perf_counter() - began
-            attrs = self.client.api.inspect_image(ref)
+            attrs = self.client.api.inspect_image(pulled_id)
         image = Image(attrs["Id"], ref, prebuilt=True, pull_seconds=pulled)
         self._lease(image)
         self.prebuilt_images.append(image)
