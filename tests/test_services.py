@@ -113,7 +113,7 @@ HOSTILE = {
     ),
     "an image that is not on the engine": (
         "  web: {build: ., depends_on: [db]}\n  db: {image: 'no-such/image:1'}\n",
-        ["*service db runs image 'no-such/image:1', which is not on the engine*"],
+        ["*service db runs image 'no-such/image:1', which is not on the engine and could not be pulled*"],
     ),
     "a dependency cycle": (
         "  web: {build: ., depends_on: [a]}\n  a: {image: BUSYBOX, depends_on: [b]}\n"

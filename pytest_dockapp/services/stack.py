@@ -22,6 +22,7 @@ from pytest_dockapp.core.errors import (
     ConfigurationError,
     ContainerExitedError,
     DockappError,
+    RegistryError,
     UnhealthyError,
 )
 from pytest_dockapp.core.redact import secret_values
@@ -131,9 +132,11 @@ class Stack(Mapping[str, DockApp]):
         assert svc.image is not None
         try:
             return self.manager.prebuilt(svc.image)
-        except ConfigurationError:
+        except (ConfigurationError, RegistryError) as exc:  # as compose does, a missing image is pulled first
             raise ComposeError(
-                f"service {svc.name} runs image {svc.image!r}, which is not on the engine",
+                f"service {svc.name} runs image {svc.image!r}, which is not on the engine and could not be pulled",
+                evidence="\n".join(filter(None, [exc.what, exc.evidence])),
+                evidence_title="the pull",
                 hint=f"load or build it first (docker pull / docker load / docker build -t {svc.image}), or give "
                 f"the service a build: in {self._where}",
             ) from None
