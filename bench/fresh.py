@@ -80,6 +80,8 @@ def run(path: Path, *args: str) -> tuple[float, int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--bodies", default="0,0.1", help="test body seconds, e.g. 0.1")
+    parser.add_argument("--workers", default="0,1,2,4", help="0: no xdist; else -n N")
     args = parser.parse_args()
     subprocess.run(["docker", "build", "-q", "-t", "dockapp-bench/scaling:1", "-"], input=DOCKERFILE, text=True,
                    check=True, capture_output=True)  # fmt: skip
@@ -90,13 +92,13 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     try:
-        for body in (0.0, 0.1):
+        for body in (float(b) for b in args.bodies.split(",")):
             # the floor's containers carry the run's label too, so that its peak is counted the same way
             labelled = FLOOR_CONFTEST.replace('"run", "-d",', '"run", "-d", "--label", os.environ["DOCKAPP_LABELS"],')
             floor = project(root, f"floor-{body}", labelled.replace("SCOPE", "function"), body, True)
             before = project(root, f"before-{body}", FACTORY, body, False)
             fresh = project(root, f"fresh-{body}", FRESH, body, False)
-            for workers in ("0", "1", "2", "4"):
+            for workers in args.workers.split(","):
                 xdist = ("-n", workers) if workers != "0" else ()
                 variants = {"floor": (floor, ()), "before": (before, ("--dockapp-spares", "0")), "fresh": (fresh, ())}
                 for path, extra in variants.values():
