@@ -244,3 +244,28 @@ def test_a_missing_cache_ref_is_a_cold_build_and_an_unreachable_or_refused_regis
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"  registry: pushed to {ref}@sha256:*"])
     assert "dockapp-test-password" not in result.stdout.str()
+
+
+@pytest.mark.local_engine("the registry is on this engine's loopback")
+def test_one_cache_ref_takes_the_sessions_first_image_and_another_is_built_without_it(
+    registry: str, busybox: str, tmp_path: Path
+) -> None:
+    """Two images pushed to one cache ref would replace each other (two compose builds, say)."""
+    from pytest_dockapp import AppManager, BuildSpec
+    from pytest_dockapp.builds.registry import RegistryCache
+
+    ref = f"{registry}/dockapp-test/{uuid.uuid4().hex[:12]}/app:main"
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "Dockerfile").write_text(f"FROM {busybox}\nRUN echo {name} {uuid.uuid4().hex}\n")
+    notices: list[str] = []
+    cache = RegistryCache(cache_to=ref)
+    with AppManager.connect(builder="classic", registry=cache, on_notice=notices.append, sweep_age=None) as apps:
+        first = apps.image(BuildSpec(tmp_path / "one"))
+        second = apps.image(BuildSpec(tmp_path / "two"))
+    assert first.record is not None and first.record.pushed_to.startswith(f"{ref}@sha256:")
+    assert second.record is not None and second.record.pushed_to == ""
+    assert notices == [
+        f"{tmp_path / 'two' / 'Dockerfile'} is built without dockapp_cache_from/_to: those refs hold the session's "
+        "first image, and one cache ref holds one image"
+    ]

@@ -101,6 +101,8 @@ class Images:
         self._build_cache = build_cache or BuildCache()
         self.registry = registry or RegistryCache()
         self.on_notice = on_notice
+        #: The one spec the registry settings apply to: one cache ref holds one image.
+        self._registry_spec: str | None = None
         self._images: dict[str, Image] = {}
         self._leases: dict[str, str] = {}  # image ID -> the lease container that pins it
         self.builds: list[BuildRecord] = []
@@ -153,7 +155,8 @@ class Images:
         ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
         inputs = None
         # A reused image may lack the inputs label a push to the cache ref must carry: build.
-        if self.reuse_unchanged and reuse and not self.registry.cache_to:
+        registry = self._registry_for(spec)
+        if self.reuse_unchanged and reuse and not registry.cache_to:
             df = Dockerfile.read(df_path)
             inputs = fingerprint(
                 self.client,
@@ -174,7 +177,7 @@ class Images:
                     record.reuse_seconds = time.perf_counter() - started
                     self.builds.append(record)
                     return Image(record.image_id, record.tag, record)
-        record = self._build_image(spec) if self.registry else self._plain_build(spec, {})
+        record = self._build_image(spec, registry) if registry else self._plain_build(spec, {})
         self.builds.append(record)
         if inputs and record.tag:
             self._build_cache.store(spec.key(), CacheEntry(inputs, record.image_id, record.tag, record.to_json()))
@@ -195,11 +198,24 @@ class Images:
             **cache,
         )
 
-    def _build_image(self, spec: BuildSpec) -> BuildRecord:
+    def _registry_for(self, spec: BuildSpec) -> RegistryCache:
+        """The registry settings for ``spec``: those of the session for the first spec built, none
+        for another (two images pushed to one cache ref would replace each other), with a notice."""
+        if not self.registry or self._registry_spec in (None, spec.key()):
+            self._registry_spec = spec.key() if self.registry else None
+            return self.registry
+        if self.on_notice is not None:
+            self.on_notice(
+                f"{resolve_paths(spec.context, spec.dockerfile)[1]} is built without dockapp_cache_from/_to: those "
+                "refs hold the session's first image, and one cache ref holds one image"
+            )
+        return RegistryCache()
+
+    def _build_image(self, spec: BuildSpec, cache: RegistryCache) -> BuildRecord:
         """A build with the registry cache: import from ``cache_from`` (pulled first on the classic
         builder), count the hits that came from there, explain a miss by the inputs that differ
         from the cache image's, and push the image with its inputs to ``cache_to``."""
-        cache, builder = self.registry, self.builder.name
+        builder = self.builder.name
         ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
         df = Dockerfile.read(df_path)
 

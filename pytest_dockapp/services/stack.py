@@ -120,7 +120,8 @@ class Stack(Mapping[str, DockApp]):
 
     def build(self) -> dict[str, Image]:
         """Build (or reuse) every service's image, and check that the others are on the engine."""
-        for name in self.order:
+        # The app under test first: the registry cache settings apply to the first image built.
+        for name in sorted(self.order, key=lambda n: n != self.main_name):
             if name not in self.images:
                 self.images[name] = self._image(self.project.services[name])
         return self.images
