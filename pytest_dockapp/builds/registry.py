@@ -55,6 +55,10 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     return ref, None
 
 
+class _NoSuchImage(RegistryError):
+    """The registry answered, and has no such image (for a cache ref: not pushed yet)."""
+
+
 def _failure(verb: str, ref: str, exc: Exception) -> RegistryError:
     """One clear error for a failed registry call: missing, refused credentials, or unreachable."""
     import docker.errors
@@ -76,7 +80,7 @@ def _failure(verb: str, ref: str, exc: Exception) -> RegistryError:
     if status in (401, 403) or any(w in low for w in ("unauthorized", "denied", "authentication required")):
         return RegistryError(f"{verb} {ref}: {where} refused the credentials", evidence=text, hint=hint)
     if status == 404 or "manifest unknown" in low or "not found" in low:
-        return RegistryError(
+        return _NoSuchImage(
             f"{verb} {ref}: {where} has no such image",
             evidence=text,
             hint="check the ref (the repository, the tag, or the digest after @), and that the stage which pushes "
@@ -99,7 +103,7 @@ def exists(client: docker.DockerClient, ref: str) -> bool:
         client.api.inspect_distribution(ref)
     except docker.errors.APIError as exc:
         error = _failure("cache image", ref, exc)
-        if "has no such image" in error.what:
+        if isinstance(error, _NoSuchImage):
             return False
         raise error from None
     return True
