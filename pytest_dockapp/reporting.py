@@ -234,7 +234,7 @@ def _summary_lines(state: PluginState) -> list[str]:
             f"{spares.started - spares.used} never used (removed; dockapp_spares = 0 turns them off)"
         )
     for nodeid, report in state.cache_reports:
-        source = f" ({report.warm.summary().split(', ', 1)[1]})" if report.warm.cache_from else ""
+        source = f" ({report.warm.cache_use()})" if report.warm.cache_from else ""
         lines.append(
             f"cache check {nodeid}: warm build {report.warm.seconds:.2f}s{source}, "
             f"rebuild {report.rebuild.summary()}: {report.summary()}"

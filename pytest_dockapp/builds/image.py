@@ -314,6 +314,11 @@ def reproduce_command(
     return line
 
 
+#: The build arg that makes BuildKit write its cache metadata into the image config, so that
+#: the pushed image is a cache source (``--cache-from``) for another runner's BuildKit.
+INLINE_CACHE_ARG = "BUILDKIT_INLINE_CACHE"
+
+
 @dataclass(frozen=True)
 class CacheFlags:
     """A build's registry cache: the images it may take layers from, and whether BuildKit writes
@@ -341,7 +346,7 @@ def _cli_flags(
         out += ["--target", target]
     for ref in cache.cache_from:
         out += ["--cache-from", ref]
-    return out + (["--build-arg", "BUILDKIT_INLINE_CACHE=1"] if cache.inline else [])
+    return out + (["--build-arg", f"{INLINE_CACHE_ARG}=1"] if cache.inline else [])
 
 
 class EngineWatch:

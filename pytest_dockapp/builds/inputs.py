@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_dockapp.builds.context import context_files
 from pytest_dockapp.builds.dockerfile import Dockerfile, consumed_files
+from pytest_dockapp.builds.record import BuildRecord
 
 if TYPE_CHECKING:
     import docker
@@ -56,7 +57,7 @@ class Inputs:
         # Only what a step reads (COPY/ADD sources, RUN bind mounts): a file no step reads cannot
         # make a step miss, and a runner's own files (.pytest_cache) would only be noise.
         names = sorted({rel for ins in df.steps() for rel in consumed_files(ins, sent, dict(build_args))})
-        if dockerfile.parent != context and not str(dockerfile).startswith(str(context) + os.sep):
+        if not dockerfile.is_relative_to(context):
             names.append(str(dockerfile))  # a Dockerfile outside the context is read all the same
         for rel in names:
             path = context / rel
@@ -174,7 +175,9 @@ def cache_inputs(client: docker.DockerClient, ref: str) -> Inputs | None:
                 client.api.remove_image(ref)
 
 
-def explain_misses(client: docker.DockerClient, ref: str, here: Inputs, record: Any, final_stage: int) -> list[str]:
+def explain_misses(
+    client: docker.DockerClient, ref: str, here: Inputs, record: BuildRecord, final_stage: int
+) -> list[str]:
     """Why ``record``'s misses missed the cache image ``ref``: the inputs that differ from the
     build that pushed it, and, on the classic builder, the steps of stages the image does not
     carry (its ``--cache-from`` has only the pushed image's own chain of layers)."""

@@ -123,7 +123,11 @@ class BuildRecord:
 
     def summary(self) -> str:
         """``"3.21s, 4/6 steps cached"``: of the build that made the image."""
-        text = f"{self.seconds:.2f}s, {len(self.hits)}/{len(self.cacheable_steps)} steps cached"
+        return f"{self.seconds:.2f}s, {self.cache_use()}"
+
+    def cache_use(self) -> str:
+        """``"4/6 steps cached"``, with ``" (3 from <ref>)"`` when it imported a registry cache."""
+        text = f"{len(self.hits)}/{len(self.cacheable_steps)} steps cached"
         if self.cache_from:
             text += f" ({self.registry_hits} from {', '.join(self.cache_from)})"
         return text

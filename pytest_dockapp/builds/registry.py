@@ -11,15 +11,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_dockapp.builds.record import BuildEvent, ProgressCallback
+from pytest_dockapp.builds.record import BuildEvent, BuildRecord, BuildStep, ProgressCallback
 from pytest_dockapp.core.errors import RegistryError
 
 if TYPE_CHECKING:
     import docker
-
-#: The build arg that makes BuildKit write its cache metadata into the image config, so that
-#: the pushed image is a cache source (``--cache-from``) for another runner's BuildKit.
-INLINE_CACHE_ARG = "BUILDKIT_INLINE_CACHE"
 
 
 @dataclass(frozen=True)
@@ -118,9 +114,7 @@ def pull(client: docker.DockerClient, ref: str, on_event: ProgressCallback | Non
         stream = client.api.pull(repo, tag=tag, stream=True, decode=True)
         _follow(stream, f"pulling {ref}", on_event)
         return str(client.api.inspect_image(f"{repo}@{tag}" if tag and tag.startswith("sha256:") else ref)["Id"])
-    except docker.errors.APIError as exc:
-        raise _failure("pull of", ref, exc) from None
-    except _StreamError as exc:
+    except (docker.errors.APIError, _StreamError) as exc:
         raise _failure("pull of", ref, exc) from None
 
 
@@ -151,8 +145,6 @@ class _StreamError(Exception):
     def __init__(self, text: str):
         super().__init__(text)
         self.explanation = text
-        lowered = text.lower()
-        self.status_code = 401 if "unauthorized" in lowered or "denied" in lowered else None
 
 
 def _follow(stream: Iterable[Mapping[str, Any]], what: str, on_event: ProgressCallback | None) -> dict[str, Any]:
@@ -176,10 +168,10 @@ def _follow(stream: Iterable[Mapping[str, Any]], what: str, on_event: ProgressCa
 class CacheImport:
     """The cache refs of one build, made usable for its builder: refs the registry has (a missing
     one is a cold build, with a notice), pulled first for the classic builder, which takes layers
-    only from images on the engine."""
+    only from images on the engine. A context manager: leaving it untags what it pulled."""
 
+    client: docker.DockerClient
     refs: list[str]
-    missing: list[str]
     #: classic: the short IDs of every image on the engine before the build (intermediate ones
     #: too): a hit whose image is not among them was made from a cache image's layers.
     #: BuildKit: the layer diff IDs of every image on the engine before the build.
@@ -200,11 +192,9 @@ class CacheImport:
 
         began = time.perf_counter()
         found: list[str] = []
-        missing: list[str] = []
         pulled: list[str] = []
         for ref in refs:
             if not exists(client, ref):
-                missing.append(ref)
                 if notice is not None:
                     notice(f"cache image {ref} is not in the registry yet: a cold build (the push to it makes one)")
                 continue
@@ -220,11 +210,21 @@ class CacheImport:
             known = {str(i).split(":")[-1][:12] for i in client.api.images(all=True, quiet=True)}
         elif found:
             known = _engine_layers(client)
-        return cls(found, missing, known, pulled, time.perf_counter() - began)
+        return cls(client, found, known, pulled, time.perf_counter() - began)
 
-    def registry_hits(
-        self, client: docker.DockerClient, builder: str, image_id: str, steps: list[Any], log: list[str]
-    ) -> int:
+    def __enter__(self) -> CacheImport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def attach(self, record: BuildRecord) -> None:
+        """Tell ``record``, built with :attr:`refs`, which refs it imported and how many hits came
+        from there."""
+        record.cache_from = list(self.refs)
+        record.registry_hits = self.registry_hits(record.builder, record.image_id, record.steps, record.log)
+
+    def registry_hits(self, builder: str, image_id: str, steps: list[BuildStep], log: list[str]) -> int:
         """How many of the build's cache hits came from the registry rather than this engine's own
         cache. Classic: the hits whose image was not on the engine before the build (the builder
         made it from a cache image's layer and history). BuildKit names no source per step, and
@@ -235,22 +235,18 @@ class CacheImport:
             return 0
         if builder == "classic":
             return sum(1 for s in hits if _classic_result(s, log) not in self.known_before)
-        new = set(client.api.inspect_image(image_id)["RootFS"].get("Layers") or []) - self.known_before
+        new = set(self.client.api.inspect_image(image_id)["RootFS"].get("Layers") or []) - self.known_before
         made = sum(1 for s in steps if s.cacheable and s.cached is False and s.keyword in ("RUN", "COPY", "ADD"))
         return max(0, min(len(hits), len(new) - made))
 
-    def release(self, client: docker.DockerClient) -> None:
+    def release(self) -> None:
         """Untag the cache images pulled for this build (the built image keeps the layers it took)."""
         import docker.errors
 
         for ref in self.pulled:
             with contextlib.suppress(docker.errors.APIError):  # another session uses it meanwhile: not ours to remove
-                client.api.remove_image(ref, noprune=True)
+                self.client.api.remove_image(ref, noprune=True)
         self.pulled.clear()
-
-    def describe(self) -> str:
-        """``registry.example:5000/app/cache:main`` or several, comma-separated."""
-        return ", ".join(self.refs)
 
 
 def _engine_layers(client: docker.DockerClient) -> set[str]:
@@ -266,7 +262,7 @@ def _engine_layers(client: docker.DockerClient) -> set[str]:
     return layers
 
 
-def _classic_result(step: Any, log: list[str]) -> str:
+def _classic_result(step: BuildStep, log: list[str]) -> str:
     """The image ID a classic step resulted in: the `` ---> <id>`` line after its ``Step N/M``."""
     import re
 

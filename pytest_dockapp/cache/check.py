@@ -247,8 +247,7 @@ def _warm_build(
     first on the classic builder; its hits from there are counted, as for the session build)."""
     from pytest_dockapp.builds.registry import CacheImport
 
-    imports = CacheImport.prepare(client, cache_from, builder.name)
-    try:
+    with CacheImport.prepare(client, cache_from, builder.name) as imports:
         warm = build_image(
             client,
             copy,
@@ -259,10 +258,7 @@ def _warm_build(
             tag=tag,
             cache_from=imports.refs,
         )
-        warm.cache_from = imports.refs
-        warm.registry_hits = imports.registry_hits(client, builder.name, warm.image_id, warm.steps, warm.log)
-    finally:
-        imports.release(client)
+        imports.attach(warm)
     return warm
 
 

@@ -219,28 +219,22 @@ class Images:
         ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
         df = Dockerfile.read(df_path)
 
-        imports = CacheImport.prepare(self.client, cache.cache_from, builder, self.on_event, self.on_notice)
         # Labelled on both sides: the classic builder makes the labels one more step, which hits the
         # cache image's only when the labels are the same (measured: a missed LABEL step costs a
         # container commit, 10 s on a 400 MB base over fuse-overlayfs).
         mine = Inputs.collect(self.client, ctx, df_path, df, spec.build_args, builder)
-        try:
+        with CacheImport.prepare(self.client, cache.cache_from, builder, self.on_event, self.on_notice) as imports:
             record = self._plain_build(
                 spec,
                 {INPUTS_LABEL: mine.encode()},
                 cache_from=imports.refs,
                 inline_cache=bool(cache.cache_to),
             )
-            record.cache_from = imports.refs
-            record.registry_hits = imports.registry_hits(
-                self.client, builder, record.image_id, record.steps, record.log
-            )
+            imports.attach(record)
             if record.misses and imports.refs:
                 record.cache_diff = explain_misses(
                     self.client, imports.refs[0], mine, record, df.target_stage(spec.target).index
                 )
-        finally:
-            imports.release(self.client)
         record.registry_seconds = imports.seconds
         if cache.cache_to:
             began = time.perf_counter()
@@ -284,16 +278,16 @@ class Images:
 
     def prebuilt(self, ref: str) -> Image:
         """An image that was built elsewhere (an earlier CI stage): the engine's, else pulled (a
-        digest exactly). A ref without a registry that is not on the engine is a usage error."""
+        digest exactly); a failed pull is a :class:`RegistryError` naming the ref and the registry."""
         import docker.errors
 
         pulled = 0.0
         try:
-            attrs = self.client.api.inspect_image(ref)
+            image_id = str(self.client.api.inspect_image(ref)["Id"])
         except docker.errors.ImageNotFound:
             began = time.perf_counter()
             try:
-                pulled_id = pull(self.client, ref, self.on_event)
+                image_id = pull(self.client, ref, self.on_event)
             except RegistryError as exc:
                 raise RegistryError(
                     f"image {ref!r} is not on the engine, and its pull failed: {exc.what}",
@@ -302,8 +296,7 @@ class Images:
                     "--dockapp-image to let the plugin build the Dockerfile",
                 ) from None
             pulled = time.perf_counter() - began
-            attrs = self.client.api.inspect_image(pulled_id)
-        image = Image(attrs["Id"], ref, prebuilt=True, pull_seconds=pulled)
+        image = Image(image_id, ref, prebuilt=True, pull_seconds=pulled)
         self._lease(image)
         self.prebuilt_images.append(image)
         return image
