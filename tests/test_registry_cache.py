@@ -159,6 +159,33 @@ def test_the_inputs_that_differ_are_named_one_per_line() -> None:
     assert Inputs.decode("not base64 at all") is None
 
 
+def test_a_secret_looking_build_args_value_is_not_in_the_inputs_label_even_hashed(tmp_path: Path) -> None:
+    """The label goes to a registry: an unsalted hash of a short token can be searched for."""
+    import hashlib
+    from unittest import mock
+
+    from pytest_dockapp.builds.dockerfile import Dockerfile
+
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nARG NPM_TOKEN\nARG VERSION\n")
+    client = mock.Mock()
+    inputs = Inputs.collect(
+        client,
+        tmp_path,
+        tmp_path / "Dockerfile",
+        Dockerfile.read(tmp_path / "Dockerfile"),
+        {"NPM_TOKEN": "abc123", "VERSION": "1"},
+        "classic",
+    )
+    label = inputs.encode()
+    assert "abc123" not in label and hashlib.sha256(b"abc123").hexdigest() not in json.dumps(inputs.args)
+    assert inputs.args["VERSION"] == hashlib.sha256(b"1").hexdigest()
+    other = Inputs("classic", args={"VERSION": inputs.args["VERSION"]})
+    assert inputs.diff(other) == [
+        "build arg NPM_TOKEN: passed (a secret: its value is not recorded) here, not passed (the Dockerfile's "
+        "default) in the cache"
+    ]
+
+
 @pytest.mark.parametrize(
     ("ref", "registry", "repo", "tag"),
     [

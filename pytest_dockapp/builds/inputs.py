@@ -20,12 +20,15 @@ from typing import TYPE_CHECKING, Any
 from pytest_dockapp.builds.context import context_files
 from pytest_dockapp.builds.dockerfile import Dockerfile, consumed_files
 from pytest_dockapp.builds.record import BuildRecord
+from pytest_dockapp.core.redact import looks_secret
 
 if TYPE_CHECKING:
     import docker
 
 #: The label of a pushed cache image that holds its build's inputs (gzip, then base64).
 INPUTS_LABEL = "org.pytest-dockapp.inputs"
+#: What the inputs record for a secret-looking build arg instead of its value's hash.
+SECRET = "secret: not recorded"
 #: At most this many differing inputs are listed; the rest are counted.
 SHOWN = 12
 
@@ -33,7 +36,7 @@ SHOWN = 12
 @dataclass
 class Inputs:
     """What one build read: per context file a step reads ``[mode, size, sha256]``; per build arg the SHA-256
-    of its value (a secret never leaves in clear); per base image its ID; the builder."""
+    of its value (:data:`SECRET` for a secret-looking one); per base image its ID; the builder."""
 
     builder: str
     files: dict[str, list[Any]] = field(default_factory=dict)
@@ -73,7 +76,9 @@ class Inputs:
                 bases[image] = str(client.api.inspect_image(image)["Id"])
             except docker.errors.APIError:
                 bases[image] = "not on the engine"
-        args = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in build_args.items()}
+        # A secret-looking arg's value is not recorded even as a hash: the label goes to a registry,
+        # and an unsalted hash of a short secret can be searched for.
+        args = {k: SECRET if looks_secret(k) else hashlib.sha256(v.encode()).hexdigest() for k, v in build_args.items()}
         return cls(builder, files, args, bases)
 
     def encode(self) -> str:
@@ -119,7 +124,9 @@ def _short(image_id: str | None) -> str:
 
 
 def _arg(digest: str | None) -> str:
-    return "not passed (the Dockerfile's default)" if digest is None else f"value sha256:{digest[:12]}…"
+    if digest is None:
+        return "not passed (the Dockerfile's default)"
+    return "passed (a secret: its value is not recorded)" if digest == SECRET else f"value sha256:{digest[:12]}…"
 
 
 def _file_lines(here: Mapping[str, list[Any]], cache: Mapping[str, list[Any]]) -> list[str]:
