@@ -258,12 +258,12 @@ def dockapp_services(
     _close_stack(state, stack)
 
 
-def _close_stack(state: PluginState, stack: Stack) -> None:
+def _close_stack(state: PluginState, stack: Stack, wait: bool = True) -> None:
     if state.started is not None and not state.started.engine_lost:
         from pytest_dockapp.core.errors import DockappError
 
         try:
-            stack.close()
+            stack.close(wait)
         except DockappError as exc:
             fail_on(exc, state)
 
@@ -275,9 +275,11 @@ def _stack(
     main_options: dict[str, Any],
     timeout: float,
     shared: bool = False,
+    fresh: bool = False,
 ) -> Stack:
     """Load, build and start a stack (``shared``: the one all pytest-xdist workers share, under
-    ``dockapp_compose_scope = session``); a library error becomes a clean fixture failure."""
+    ``dockapp_compose_scope = session``; ``fresh``: one test's, maybe a warm spare); a library
+    error becomes a clean fixture failure."""
     __tracebackhide__ = True
     from pytest_dockapp.core.errors import DockappError
     from pytest_dockapp.services.stack import Stack
@@ -295,7 +297,10 @@ def _stack(
             stack = Stack(state.apps(), project, **options, timeout=timeout)
             state.stacks.append(stack)
             _check_builds(state, stack)
-            stack.start()
+            if fresh:
+                state.stacks[-1] = stack = stack.start_fresh()
+            else:
+                stack.start()
     except DockappError as exc:
         fail_on(exc, state)
     for app in stack.services.values():
@@ -423,7 +428,7 @@ def dockapp_factory(
     for app in started:
         _release(state, request.session, app, scope="function")
     for stack in stacks:
-        _close_stack(state, stack)
+        _close_stack(state, stack, wait=False)  # off the test's path; the session's end waits for it
 
 
 def _own_stack(
@@ -436,7 +441,7 @@ def _own_stack(
 ) -> Stack:
     __tracebackhide__ = True
     files = [compose] if isinstance(compose, (str, os.PathLike)) else list(compose)
-    stack = _stack(state, [str(f) for f in files], service, options, timeout)
+    stack = _stack(state, [str(f) for f in files], service, options, timeout, fresh=True)
     request.node.stash.setdefault(ITEM_APPS, {}).update(stack.services)
     return stack
 

@@ -279,8 +279,8 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "spares",
-        "warm spares: apps of a test's image and settings started ahead, so the next test's fresh app is ready "
-        "(0: off)",
+        "warm spares: apps (or stacks) of a test's image and settings started ahead, so the next test's fresh "
+        "app is ready (0: off)",
         1,
         _count,
         metavar="N",

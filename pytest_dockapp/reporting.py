@@ -14,7 +14,9 @@ from pytest_dockapp.plugin_state import ITEM_APPS, ITEM_START, PluginState, stat
 
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
+    from pytest_dockapp.run.apps import AppStat
     from pytest_dockapp.run.manager import AppManager
+    from pytest_dockapp.services.stack import Stack
 
 
 # -- reporting -----------------------------------------------------------------------------------
@@ -222,11 +224,21 @@ def _summary_lines(state: PluginState) -> list[str]:
         if image.id in in_stacks:
             continue
         lines.append(f"reused {image.tag}: built once by another pytest-xdist worker")
+    by_image: dict[str, list[AppStat]] = {}
     for stat in apps.apps:
-        if stat.name in in_stacks:
+        if stat.name not in in_stacks:
+            by_image.setdefault(stat.image, []).append(stat)
+    for image_name, stats in by_image.items():
+        if len(stats) > _FOLD:  # a fresh app per test: one line, not a hundred
+            checks = ", ".join(dict.fromkeys(s.checks for s in stats))
+            lines.append(
+                f"{len(stats)} apps of {image_name}: ready in {_spread([s.ready_seconds for s in stats])} ({checks})"
+                + _removed_in(stats)
+            )
             continue
-        down = f", removed in {stat.teardown_seconds:.2f}s" if stat.teardown_seconds is not None else ""
-        lines.append(f"{stat.name}: ready in {stat.ready_seconds:.2f}s ({stat.checks}){down}")
+        for stat in stats:
+            down = f", removed in {stat.teardown_seconds:.2f}s" if stat.teardown_seconds is not None else ""
+            lines.append(f"{stat.name}: ready in {stat.ready_seconds:.2f}s ({stat.checks}){down}")
     spares = apps.spares
     if spares.started:
         lines.append(
@@ -260,17 +272,39 @@ def _summary_lines(state: PluginState) -> list[str]:
     return lines
 
 
+#: More apps (or stacks) than this of one image (or compose file) are told in one line.
+_FOLD = 3
+
+
+def _spread(values: Sequence[float]) -> str:
+    """``0.28s median (0.25-0.41s)``."""
+    ordered = sorted(values)
+    return f"{ordered[len(ordered) // 2]:.2f}s median ({ordered[0]:.2f}-{ordered[-1]:.2f}s)"
+
+
+def _removed_in(stats: Sequence[AppStat]) -> str:
+    down = [s.teardown_seconds for s in stats if s.teardown_seconds is not None]
+    return f", removed in {_spread(down)}" if down else ""
+
+
 def _stack_lines(state: PluginState) -> tuple[list[str], set[Any]]:
     """One line per service of each stack: its build (or image) and its time to ready; and what
-    those lines tell, so that the per-build and per-app lines do not repeat it."""
+    those lines tell, so that the per-build and per-app lines do not repeat it. Stacks of one
+    compose file past the first few (a stack per test) are told per service, in one line each."""
     lines: list[str] = []
     told: set[Any] = set()
     stats = {s.name: s for s in state.started.apps} if state.started is not None else {}
     shared = state.started.shared_images if state.started is not None else []
+    alike: dict[tuple[str, str], list[Stack]] = {}
     for stack in state.stacks:
         files = " + ".join(str(f.name) for f in stack.project.files)
         if stack.attached:
             lines.append(f"stack {stack.name} ({files}): shared, started by another pytest-xdist worker")
+            continue
+        group = alike.setdefault((files, stack.main_name), [])
+        group.append(stack)
+        if len(group) > _FOLD:
+            told |= {app.name for app in [*stack.services.values(), *stack.completed.values()]}
             continue
         shared_out = "; shared by every pytest-xdist worker" if stack.shared_owner is not None else ""
         lines.append(f"stack {stack.name} ({files}{shared_out}):")
@@ -301,7 +335,22 @@ def _stack_lines(state: PluginState) -> tuple[list[str], set[Any]]:
                 lines.append(
                     f"  service {name}: {how}; ready in {app.readiness.seconds:.2f}s ({app.readiness.checks}){down}"
                 )
+    for (files, _), group in alike.items():
+        if len(group) > _FOLD:
+            lines += _folded_stacks(files, group[_FOLD:], stats)
     return lines, told
+
+
+def _folded_stacks(files: str, stacks: Sequence[Stack], stats: Mapping[str, AppStat]) -> list[str]:
+    """``N more stacks of compose.yaml``, and per service its times to ready and to removal."""
+    lines = [f"{len(stacks)} more stack{'s' if len(stacks) > 1 else ''} of {files} (as above):"]
+    for name in stacks[0].order:
+        apps = [s.services[name] for s in stacks if name in s.services]
+        if apps:
+            ready = _spread([a.readiness.seconds for a in apps])
+            removed = _removed_in([stats[a.name] for a in apps if a.name in stats])
+            lines.append(f"  service {name}: ready in {ready}{removed}")
+    return lines
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

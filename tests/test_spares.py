@@ -30,7 +30,12 @@ def test_each_test_gets_its_own_app_and_unused_spares_are_removed(app: App, pyte
     result.assert_outcomes(passed=5)
     seen = [p.read_text() for p in pytester.path.glob("seen-*")]
     assert len(seen) == len(set(seen)) == 5  # never shared
-    result.stdout.fnmatch_lines(["warm spares: 5 started, 4 taken by tests, 1 never used (removed*"])
+    result.stdout.fnmatch_lines(
+        [
+            "5 apps of pytest-dockapp/*: ready in *s median (*-*s) (port accepts), removed in *s median (*-*s)",
+            "warm spares: 5 started, 4 taken by tests, 1 never used (removed*",
+        ]
+    )
     # `app`'s leak check: the unused spare is gone with the session
 
 
@@ -76,3 +81,63 @@ def test_a_session_killed_with_spares_alive_leaves_nothing_after_the_next_run(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["swept leftovers of killed sessions: 2 containers, *"])
     assert docker_client.api.containers(all=True, filters=flt) == []
+
+
+FRESH_STACK_TESTS = """
+import time, pytest
+
+@pytest.mark.parametrize("n", range(4))
+def test_fresh_stack(dockapp_fresh, docker_created, n):
+    side = dockapp_fresh.services["side"]
+    open(f"seen-{n}", "w").write(side.container.id)
+    if n in (1, 2):  # was it made while the test before this one ran?
+        open(f"early-{n}", "w").write(str(docker_created(side) < float(open(f"end-{n - 1}").read())))
+    assert dockapp_fresh.get("/").text == "hello\\n"
+    side.exec(["sh", "-c", "echo dirty > /tmp/state"])
+    assert side.exec(["cat", "/tmp/seen-by-others"])[0] != 0
+    side.exec(["touch", "/tmp/seen-by-others"])
+    if n < 2:
+        time.sleep(1)  # a test body: the next stack starts meanwhile
+    open(f"end-{n}", "w").write(str(time.time()))
+"""
+
+CREATED_AT = """
+import datetime, pytest
+
+@pytest.fixture
+def docker_created():
+    def created(app):
+        stamp = app.container.attrs["Created"][:26].rstrip("Z")
+        return datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.timezone.utc).timestamp()
+    return created
+"""
+
+
+def test_a_fresh_stack_per_test_comes_from_a_warm_spare_and_the_unused_one_is_removed(
+    app: App, pytester: pytest.Pytester
+) -> None:
+    app.httpd()
+    (pytester.path / "compose.yaml").write_text(
+        "services:\n  web: {build: ., depends_on: [side]}\n"
+        f"  side: {{image: {app.busybox}, command: [sleep, '600']}}\n"
+        "volumes:\n  scratch:\n"
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makeconftest(CREATED_AT)
+    pytester.makepyfile(FRESH_STACK_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    seen = [p.read_text() for p in pytester.path.glob("seen-*")]
+    assert len(seen) == len(set(seen)) == 4  # a stack per test, never shared
+    # the second and third tests got a stack made while the test before them ran
+    assert [(pytester.path / f"early-{n}").read_text() for n in (1, 2)] == ["True", "True"]
+    result.stdout.fnmatch_lines(
+        [
+            "stack dockapp-* (compose.yaml):",
+            "1 more stack of compose.yaml (as above):",
+            "  service side: ready in *s median (*), removed in *s median (*)",
+            "  service web: ready in *s median (*), removed in *s median (*)",
+            "warm spares: 4 started, 3 taken by tests, 1 never used (removed*",
+        ]
+    )
+    # `app`'s leak check: the unused spare stack (its containers, network and volume) is gone

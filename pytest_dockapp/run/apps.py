@@ -4,6 +4,7 @@ test's own apps), and every one removed when the session ends."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 @dataclass
 class AppStat:
     name: str
-    image: str
+    image: str  # as the user named it (its tag), not its ID
     ready_seconds: float
     checks: str
     teardown_seconds: float | None = None
@@ -43,7 +44,7 @@ class Apps:
         self._creation = creation
         self._runners: list[AppRunner] = []
         self._remover = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dockapp-remove")
-        self._removals: list[Future[None]] = []
+        self._removals: list[tuple[frozenset[str], Future[None]]] = []  # with the container names each removes
         self._closed: list[AppRunner] = []
         self.stats: list[AppStat] = []
 
@@ -75,13 +76,20 @@ class Apps:
                 if wait or runner.host_ports:  # a fixed host port must be free before anyone reuses it
                     self._close(runner)
                 else:
-                    self._removals.append(self._remover.submit(self._close, runner))
+                    self.later(functools.partial(self._close, runner), [runner.name])
 
-    def finish_removals(self) -> None:
-        """Wait for the background removals (of earlier tests' apps); their errors surface at close."""
-        for removal in self._removals:
-            with contextlib.suppress(Exception):
-                removal.result()
+    def later(self, removal: Callable[[], None], names: Iterable[str]) -> None:
+        """Run ``removal`` (of the containers ``names``) in the background; :meth:`close` waits
+        for it and reports its error."""
+        self._removals.append((frozenset(names), self._remover.submit(removal)))
+
+    def finish_removals(self, name: str | None = None) -> None:
+        """Wait for the background removals (of earlier tests' apps), or only for the one of the
+        container ``name``; their errors surface at close."""
+        for names, removal in self._removals:
+            if name is None or name in names:
+                with contextlib.suppress(Exception):
+                    removal.result()
 
     def _close(self, runner: AppRunner) -> None:
         self._closed.append(runner)
@@ -107,7 +115,7 @@ class Apps:
             except Exception as exc:  # kept all the same, under its old name
                 failed(exc)
             kept.append(runner.app)
-        for removal in self._removals:
+        for _, removal in self._removals:
             try:
                 removal.result()
             except Exception as exc:

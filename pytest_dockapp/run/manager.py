@@ -37,7 +37,7 @@ from pytest_dockapp.engine.endpoint import Endpoint, resolve_endpoint
 from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.apps import Apps, AppStat
 from pytest_dockapp.run.images import BuildSpec, Image, Images
-from pytest_dockapp.run.spares import Spares, spareable
+from pytest_dockapp.run.spares import Spares, app_key, spareable
 
 if TYPE_CHECKING:
     import docker
@@ -110,8 +110,9 @@ class AppManager:
         #: Set by :meth:`cancel`; checked, under ``_creating``, before every container is created.
         self.cancelled = threading.Event()
         self._creating = threading.Lock()
-        #: Warm spares for :meth:`start_fresh`: ``spares`` apps per image and settings, started ahead.
-        self.spares = Spares(self.start, spares)
+        #: Warm spares for :meth:`start_fresh` (and a test's own stacks): ``spares`` per image and
+        #: settings, started ahead.
+        self.spares = Spares(spares)
         #: Called first by :meth:`close`: what owns more than containers (a compose stack's
         #: network and volumes) removes it in order.
         self.closers: list[Callable[[], None]] = []
@@ -251,10 +252,11 @@ class AppManager:
         the next one for the same image and settings starts in the background meanwhile."""
         if not spareable(kwargs):
             return self.start(image, **kwargs)
-        app = self.spares.take(image, kwargs)
+        key = app_key(image, kwargs)
+        app = self.spares.take(key, DockApp)
         if app is None:
             app = self.start(image, **kwargs)
-        self.spares.refill(image, kwargs)
+        self.spares.refill(key, lambda: self.start(image, **kwargs))
         return app
 
     def start_runner(self, runner: AppRunner) -> DockApp:
@@ -263,8 +265,10 @@ class AppManager:
         self.start_sweep()
         if runner.host_ports:
             _ = self.sweep_report  # a killed session's container may still hold that fixed port
-        if runner.name_given or runner.host_ports:
-            self.running.finish_removals()  # an earlier test's app of that name (or port) may still be going
+        if runner.host_ports:
+            self.running.finish_removals()  # an earlier test's app may still hold that port
+        elif runner.name_given:
+            self.running.finish_removals(runner.name)  # an earlier test's app of that name may still be going
         try:
             with engine_phase(f"starting {runner.name} from {runner.display}", self.endpoint):
                 app = runner.start()
@@ -276,7 +280,7 @@ class AppManager:
         if self.closed:  # the session ended while this app was starting (in the background)
             runner.close()
             raise DockappError(f"{app.name} became ready after the session ended; it was removed")
-        self.running.stats.append(AppStat(app.name, runner.image, app.readiness.seconds, app.readiness.checks))
+        self.running.stats.append(AppStat(app.name, runner.display, app.readiness.seconds, app.readiness.checks))
         return app
 
     def stop(self, app: DockApp, wait: bool = True) -> None:

@@ -84,6 +84,7 @@ class Stack(Mapping[str, DockApp]):
         self.attached = False
         self._volumes: list[str] = []
         self._closed = False
+        self._removing = threading.Lock()  # a background removal and the session's end may meet
 
     @property
     def _where(self) -> str:
@@ -141,6 +142,25 @@ class Stack(Mapping[str, DockApp]):
                 hint=f"load or build it first (docker pull / docker load / docker build -t {svc.image}), or give "
                 f"the service a build: in {self._where}",
             ) from None
+
+    def start_fresh(self) -> Stack:
+        """A started stack for one test: a warm spare like this one that started while the test
+        before ran (this one is then never started), or else this one; either way the next spare
+        starts in the background (``AppManager.spares``). A stack with fixed host ports has none."""
+        if self.host_ports:
+            return self.start()
+        options = sorted((k, repr(v)) for k, v in self.main_options.items())
+        key = repr(("stack", self.project, self.main_name, options, self.timeout))
+        stack = self.manager.spares.take(key, Stack) or self.start()
+        self.manager.spares.refill(key, lambda: self._twin().start())
+        return stack
+
+    def _twin(self) -> Stack:
+        twin = Stack(
+            self.manager, self.project, main=self.main_name, main_options=self.main_options, timeout=self.timeout
+        )
+        twin.images = dict(self.images)  # built once, by the stack the test asked for
+        return twin
 
     def start(self) -> Stack:
         """Build, then start every service once what it depends on is started, ready or done;
@@ -320,13 +340,22 @@ class Stack(Mapping[str, DockApp]):
             kwargs["require_port"] = True
         return kwargs
 
-    def close(self) -> None:
-        """Remove the services, then the network and the volumes (idempotent). A stack shared
-        with other processes is left to whoever shares it out (see :func:`remove_stack`)."""
-        if self.shared_owner is None and not self.attached:
+    def close(self, wait: bool = True) -> None:
+        """Remove the services, then the network and the volumes (idempotent); with ``wait=False``
+        in the background (the manager's close waits for it). A stack shared with other
+        processes is left to whoever shares it out (see :func:`remove_stack`)."""
+        if self.shared_owner is not None or self.attached:
+            return
+        if wait or self.host_ports:  # a fixed host port must be free before the next stack takes it
             self._remove()
+        else:
+            self.manager.running.later(self._remove, [r.name for r in self._runners])
 
     def _remove(self) -> None:
+        with self._removing:
+            self._remove_once()
+
+    def _remove_once(self) -> None:
         if self._closed:
             return
         self._cancelled.set()
