@@ -82,12 +82,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--bodies", default="0,0.1", help="test body seconds, e.g. 0.1")
     parser.add_argument("--workers", default="0,1,2,4", help="0: no xdist; else -n N")
+    parser.add_argument("--spares", default="1", help="dockapp_spares for the dockapp_fresh column")
     args = parser.parse_args()
     subprocess.run(["docker", "build", "-q", "-t", "dockapp-bench/scaling:1", "-"], input=DOCKERFILE, text=True,
                    check=True, capture_output=True)  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="dockapp-fresh-"))
     rows = [
-        "| case | floor (raw CLI) | before (factory, no spares) | dockapp_fresh | vs floor | vs before "
+        f"| case | floor (raw CLI) | before (factory, no spares) | dockapp_fresh ({args.spares} spares) | vs floor "
+        "| vs before "
         "| peak containers (floor/before/fresh) | peak RSS MiB (before/fresh) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -100,7 +102,11 @@ def main() -> None:
             fresh = project(root, f"fresh-{body}", FRESH, body, False)
             for workers in args.workers.split(","):
                 xdist = ("-n", workers) if workers != "0" else ()
-                variants = {"floor": (floor, ()), "before": (before, ("--dockapp-spares", "0")), "fresh": (fresh, ())}
+                variants = {
+                    "floor": (floor, ()),
+                    "before": (before, ("--dockapp-spares", "0")),
+                    "fresh": (fresh, ("--dockapp-spares", args.spares)),
+                }
                 for path, extra in variants.values():
                     run(path, *xdist, *extra)  # warm-up: builds, imports
                 walls: dict[str, list[float]] = {k: [] for k in variants}
