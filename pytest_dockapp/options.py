@@ -279,9 +279,9 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "spares",
-        "warm spares: apps (or stacks) of a test's image and settings started ahead, so the next test's fresh "
-        "app is ready (0: off)",
-        1,
+        "warm spares: at most N apps (or stacks) of a test's image and settings started ahead, so the next "
+        "test's fresh app is ready; one at first, one more each time a test had to wait for its spare (0: off)",
+        2,
         _count,
         metavar="N",
     ),
@@ -378,7 +378,7 @@ class Settings:
     compose_profiles: list[str] = field(default_factory=list)
     compose_host_ports: bool = False
     compose_scope: str = "session"
-    spares: int = 1
+    spares: int = 2
     budget_size: str | None = None
     budget_layers: str | None = None
     budget_wasted: str | None = None

@@ -66,7 +66,7 @@ class AppManager:
         on_notice: Callable[[str], None] | None = None,
         reuse_unchanged: bool = True,
         build_cache: BuildCache | None = None,
-        spares: int = 1,
+        spares: int = 2,
         registry: RegistryCache | None = None,
     ):
         self.client = client
@@ -110,8 +110,8 @@ class AppManager:
         #: Set by :meth:`cancel`; checked, under ``_creating``, before every container is created.
         self.cancelled = threading.Event()
         self._creating = threading.Lock()
-        #: Warm spares for :meth:`start_fresh` (and a test's own stacks): ``spares`` per image and
-        #: settings, started ahead.
+        #: Warm spares for :meth:`start_fresh` (and a test's own stacks): at most ``spares`` per
+        #: image and settings, started ahead.
         self.spares = Spares(spares)
         #: Called first by :meth:`close`: what owns more than containers (a compose stack's
         #: network and volumes) removes it in order.

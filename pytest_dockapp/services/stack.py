@@ -151,7 +151,8 @@ class Stack(Mapping[str, DockApp]):
             return self.start()
         options = sorted((k, repr(v)) for k, v in self.main_options.items())
         key = repr(("stack", self.project, self.main_name, options, self.timeout))
-        stack = self.manager.spares.take(key, Stack) or self.start()
+        spare = self.manager.spares.take(key, Stack)
+        stack = self.start() if spare is None else spare  # (a Stack's truth is its length)
         self.manager.spares.refill(key, lambda: self._twin().start())
         return stack
 
