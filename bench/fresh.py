@@ -82,13 +82,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--bodies", default="0,0.1", help="test body seconds, e.g. 0.1")
     parser.add_argument("--workers", default="0,1,2,4", help="0: no xdist; else -n N")
-    parser.add_argument("--spares", default="1", help="dockapp_spares for the dockapp_fresh column")
+    parser.add_argument("--spares", help="dockapp_spares for the dockapp_fresh column (default: the plugin's)")
     args = parser.parse_args()
     subprocess.run(["docker", "build", "-q", "-t", "dockapp-bench/scaling:1", "-"], input=DOCKERFILE, text=True,
                    check=True, capture_output=True)  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="dockapp-fresh-"))
     rows = [
-        f"| case | floor (raw CLI) | before (factory, no spares) | dockapp_fresh ({args.spares} spares) | vs floor "
+        f"| case | floor (raw CLI) | before (factory, no spares) | dockapp_fresh (spares {args.spares or 'default'}) "
+        "| vs floor "
         "| vs before "
         "| peak containers (floor/before/fresh) | peak RSS MiB (before/fresh) |",
         "|---|---|---|---|---|---|---|---|",
@@ -105,7 +106,7 @@ def main() -> None:
                 variants = {
                     "floor": (floor, ()),
                     "before": (before, ("--dockapp-spares", "0")),
-                    "fresh": (fresh, ("--dockapp-spares", args.spares)),
+                    "fresh": (fresh, ("--dockapp-spares", args.spares) if args.spares else ()),
                 }
                 for path, extra in variants.values():
                     run(path, *xdist, *extra)  # warm-up: builds, imports

@@ -106,7 +106,7 @@ def main() -> None:
                    check=True, capture_output=True)  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="dockapp-fresh-stacks-"))
     rows = [
-        "| case | floor (raw CLI) | before (no spares) | dockapp_fresh (1 spare) | vs floor | vs before "
+        "| case | floor (raw CLI) | before (no spares) | dockapp_fresh (default spares) | vs floor | vs before "
         "| peak containers (floor/before/fresh) | peak RSS MiB (before/fresh) |",
         "|---|---|---|---|---|---|---|---|",
     ]
