@@ -30,11 +30,11 @@ FACTORY = "import pytest\n\n@pytest.fixture\ndef app_url(dockapp_factory):\n    
 FRESH = "import pytest\n\n@pytest.fixture\ndef app_url(dockapp_fresh):\n    return dockapp_fresh.url + '/'\n"
 
 
-def tests(body_seconds: float) -> str:
+def tests(body_seconds: float, count: int = 100) -> str:
     return "".join(
         f"\ndef test_{n}(app_url):\n    import time, urllib.request\n"
         f"    assert urllib.request.urlopen(app_url).status == 200\n    time.sleep({body_seconds})\n"
-        for n in range(100)
+        for n in range(count)
     )
 
 
@@ -77,6 +77,35 @@ def run(path: Path, *args: str) -> tuple[float, int, int]:
     return wall, peak[0], usage.ru_maxrss
 
 
+def measure(
+    variants: dict[str, tuple[Path, tuple[str, ...]]], runs: int, *args: str
+) -> tuple[dict[str, list[float]], dict[str, int], dict[str, int]]:
+    """Each variant's walls, peak containers and peak RSS: a warm-up each, then ``runs`` rounds
+    of all variants in turn (the engine drifts over minutes)."""
+    for path, extra in variants.values():
+        run(path, *args, *extra)  # warm-up: builds, imports
+    walls: dict[str, list[float]] = {k: [] for k in variants}
+    peaks: dict[str, int] = {}
+    rss: dict[str, int] = {}
+    for _ in range(runs):
+        for name, (path, extra) in variants.items():
+            wall, peak, maxrss = run(path, *args, *extra)
+            walls[name].append(wall)
+            peaks[name], rss[name] = max(peaks.get(name, 0), peak), max(rss.get(name, 0), maxrss)
+    return walls, peaks, rss
+
+
+def row(case: str, walls: dict[str, list[float]], peaks: dict[str, int], rss: dict[str, int] | None) -> str:
+    """A table row: floor, before and fresh; fresh's ratios to both; peaks (RSS None: xdist workers)."""
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    memory = f"{rss['before'] / 1024:.0f}/{rss['fresh'] / 1024:.0f}" if rss is not None else "(workers)"
+    return (
+        f"| {case} | {fmt(walls['floor'])} | {fmt(walls['before'])} | {fmt(walls['fresh'])} "
+        f"| {med['fresh'] / med['floor']:.2f}× | {med['fresh'] / med['before']:.2f}× "
+        f"| {peaks['floor']}/{peaks['before']}/{peaks['fresh']} | {memory} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -108,24 +137,9 @@ def main() -> None:
                     "before": (before, ("--dockapp-spares", "0")),
                     "fresh": (fresh, ("--dockapp-spares", args.spares) if args.spares else ()),
                 }
-                for path, extra in variants.values():
-                    run(path, *xdist, *extra)  # warm-up: builds, imports
-                walls: dict[str, list[float]] = {k: [] for k in variants}
-                peaks: dict[str, int] = {}
-                rss: dict[str, int] = {}
-                for _ in range(args.runs):
-                    for name, (path, extra) in variants.items():
-                        wall, peak, maxrss = run(path, *xdist, *extra)
-                        walls[name].append(wall)
-                        peaks[name], rss[name] = max(peaks.get(name, 0), peak), max(rss.get(name, 0), maxrss)
-                med = {k: statistics.median(v) for k, v in walls.items()}
-                memory = f"{rss['before'] / 1024:.0f}/{rss['fresh'] / 1024:.0f}" if workers == "0" else "(workers)"
-                rows.append(
-                    f"| body {body * 1000:.0f} ms, {'no xdist' if workers == '0' else '-n ' + workers} "
-                    f"| {fmt(walls['floor'])} | {fmt(walls['before'])} | {fmt(walls['fresh'])} "
-                    f"| {med['fresh'] / med['floor']:.2f}× | {med['fresh'] / med['before']:.2f}× "
-                    f"| {peaks['floor']}/{peaks['before']}/{peaks['fresh']} | {memory} |"
-                )
+                walls, peaks, rss = measure(variants, args.runs, *xdist)
+                case = f"body {body * 1000:.0f} ms, {'no xdist' if workers == '0' else '-n ' + workers}"
+                rows.append(row(case, walls, peaks, rss if workers == "0" else None))
                 print(rows[-1], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

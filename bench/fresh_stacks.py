@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import tempfile
 from pathlib import Path
 
-from fresh import run
-from scaling import DOCKERFILE, fmt
+from fresh import FRESH, measure, row, tests
+from scaling import DOCKERFILE
 
 COMPOSE = """services:
   web:
@@ -73,16 +72,6 @@ def app_url():
     _sh("docker", "network", "rm", name)
 """
 
-FRESH = "import pytest\n\n@pytest.fixture\ndef app_url(dockapp_fresh):\n    return dockapp_fresh.url + '/'\n"
-
-
-def tests(body_seconds: float) -> str:
-    return "".join(
-        f"\ndef test_{n}(app_url):\n    import time, urllib.request\n"
-        f"    assert urllib.request.urlopen(app_url).status == 200\n    time.sleep({body_seconds})\n"
-        for n in range(20)
-    )
-
 
 def project(root: Path, name: str, conftest: str, body: float, floor: bool) -> Path:
     path = root / name
@@ -90,7 +79,7 @@ def project(root: Path, name: str, conftest: str, body: float, floor: bool) -> P
     (path / "Dockerfile").write_text(DOCKERFILE)
     (path / "compose.yaml").write_text(COMPOSE)
     (path / "conftest.py").write_text(conftest)
-    (path / "test_many.py").write_text(tests(body))
+    (path / "test_many.py").write_text(tests(body, 20))
     (path / "pytest.ini").write_text(
         "[pytest]\naddopts = -p no:dockapp\n" if floor else "[pytest]\ndockapp_compose = compose.yaml\n"
     )
@@ -112,28 +101,13 @@ def main() -> None:
     ]
     try:
         for body in (float(b) for b in args.bodies.split(",")):
-            variants = {
+            variants: dict[str, tuple[Path, tuple[str, ...]]] = {
                 "floor": (project(root, f"floor-{body}", FLOOR_CONFTEST, body, True), ()),
                 "before": (project(root, f"before-{body}", FRESH, body, False), ("--dockapp-spares", "0")),
                 "fresh": (project(root, f"fresh-{body}", FRESH, body, False), ()),
             }
-            for path, extra in variants.values():
-                run(path, *extra)  # warm-up: builds, imports
-            walls: dict[str, list[float]] = {k: [] for k in variants}
-            peaks: dict[str, int] = {}
-            rss: dict[str, int] = {}
-            for _ in range(args.runs):
-                for name, (path, extra) in variants.items():
-                    wall, peak, maxrss = run(path, *extra)
-                    walls[name].append(wall)
-                    peaks[name], rss[name] = max(peaks.get(name, 0), peak), max(rss.get(name, 0), maxrss)
-            med = {k: statistics.median(v) for k, v in walls.items()}
-            rows.append(
-                f"| 20 stacks, body {body * 1000:.0f} ms | {fmt(walls['floor'])} | {fmt(walls['before'])} "
-                f"| {fmt(walls['fresh'])} | {med['fresh'] / med['floor']:.2f}× | {med['fresh'] / med['before']:.2f}× "
-                f"| {peaks['floor']}/{peaks['before']}/{peaks['fresh']} "
-                f"| {rss['before'] / 1024:.0f}/{rss['fresh'] / 1024:.0f} |"
-            )
+            walls, peaks, rss = measure(variants, args.runs)
+            rows.append(row(f"20 stacks, body {body * 1000:.0f} ms", walls, peaks, rss))
             print(rows[-1], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)

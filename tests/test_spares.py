@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import App, pytest_cmd
+from .helpers import App, leftover_names, pytest_cmd
 
 FRESH_TESTS = """
 import os, pytest
@@ -48,14 +48,11 @@ def test_spares_off(app: App, pytester: pytest.Pytester) -> None:
     result.stdout.no_fnmatch_line("warm spares*")
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
-def test_a_session_killed_with_spares_alive_leaves_nothing_after_the_next_run(
-    app: App, pytester: pytest.Pytester, docker_client: Any, how: signal.Signals
-) -> None:
-    app.httpd()
+def hold_fresh(pytester: pytest.Pytester) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """A session whose one test holds a fresh app (or stack) until it is killed; the filter for its resources."""
     pytester.makepyfile(
         test_hold="""
-        import os, time
+        import time
 
         def test_hold(dockapp_fresh):
             open("ready", "w").write("")
@@ -64,7 +61,15 @@ def test_a_session_killed_with_spares_alive_leaves_nothing_after_the_next_run(
         """
     )
     proc = subprocess.Popen(pytest_cmd("test_hold.py"), cwd=pytester.path, stdout=subprocess.PIPE, text=True)
-    flt = {"label": f"org.pytest-dockapp.pid={proc.pid}"}
+    return proc, {"label": f"org.pytest-dockapp.pid={proc.pid}"}
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_session_killed_with_spares_alive_leaves_nothing_after_the_next_run(
+    app: App, pytester: pytest.Pytester, docker_client: Any, how: signal.Signals
+) -> None:
+    app.httpd()
+    proc, flt = hold_fresh(pytester)
     deadline = time.monotonic() + 120
     # the test's app, and its spare (running, not only created)
     while not (pytester.path / "ready").exists() or len(docker_client.api.containers(filters={**flt, "label": [
@@ -154,23 +159,7 @@ def test_a_session_ended_by_sigterm_with_a_spare_stack_alive_leaves_nothing(
         "volumes:\n  scratch:\n"
     )
     pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
-    pytester.makepyfile(
-        test_hold="""
-        import time
-
-        def test_hold(dockapp_fresh):
-            open("ready", "w").write("")
-            while True:
-                time.sleep(0.1)
-        """
-    )
-    proc = subprocess.Popen(pytest_cmd("test_hold.py"), cwd=pytester.path, stdout=subprocess.PIPE, text=True)
-    flt = {"label": f"org.pytest-dockapp.pid={proc.pid}"}
-
-    def left() -> list[str]:
-        names = [c["Names"][0] for c in docker_client.api.containers(all=True, filters=flt)]
-        names += [n["Name"] for n in docker_client.api.networks(filters=flt)]
-        return names + [v["Name"] for v in (docker_client.api.volumes(filters=flt) or {}).get("Volumes") or []]
+    proc, flt = hold_fresh(pytester)
 
     deadline = time.monotonic() + 120
     # the test's stack and the spare: two services running in each, and their two networks
@@ -180,7 +169,7 @@ def test_a_session_ended_by_sigterm_with_a_spare_stack_alive_leaves_nothing(
     assert len(docker_client.api.networks(filters=flt)) == 2
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
-    assert left() == []
+    assert leftover_names(docker_client, flt["label"]) == []
 
 
 def test_spares_deepen_only_for_settings_whose_test_had_to_wait() -> None:
