@@ -252,12 +252,7 @@ class AppManager:
         the next one for the same image and settings starts in the background meanwhile."""
         if not spareable(kwargs):
             return self.start(image, **kwargs)
-        key = app_key(image, kwargs)
-        app = self.spares.take(key, DockApp)
-        if app is None:
-            app = self.start(image, **kwargs)
-        self.spares.refill(key, lambda: self.start(image, **kwargs))
-        return app
+        return self.spares.fresh(app_key(image, kwargs), DockApp, lambda: self.start(image, **kwargs))
 
     def start_runner(self, runner: AppRunner) -> DockApp:
         """Start what :meth:`run` made, as :meth:`start` does."""

@@ -26,10 +26,14 @@ def spareable(kwargs: Mapping[str, Any]) -> bool:
     return not any(kwargs.get(k) for k in _UNIQUE)
 
 
+def spare_key(kind: str, what: object, settings: Mapping[str, Any]) -> str:
+    """What tells apart the things one spare can stand in for: what it is and every setting."""
+    return repr((kind, what, sorted((k, repr(v)) for k, v in settings.items())))
+
+
 def app_key(image: Image | str, kwargs: Mapping[str, Any]) -> str:
-    """What tells apart the apps a spare can stand in for: the image and every setting."""
-    ref = image if isinstance(image, str) else image.ref
-    return repr(("app", ref, sorted((k, repr(v)) for k, v in kwargs.items())))
+    """The key of an app: its image and every setting."""
+    return spare_key("app", image if isinstance(image, str) else image.ref, kwargs)
 
 
 class Spares:
@@ -41,7 +45,7 @@ class Spares:
     start side by side. A key used once (a test's odd settings) still costs one start only.
     """
 
-    def __init__(self, count: int = 2):
+    def __init__(self, count: int):
         self.count = count
         # Two at a time: 100 empty tests took 22.1 s with two concurrent starts, 20.8 s with three
         # and 21.6 s with four (two runs each, 2 cores): the engine's CPU is the limit (F3).
@@ -52,6 +56,15 @@ class Spares:
         self._closed = False
         self.started = 0
         self.used = 0
+
+    def fresh(self, key: str, kind: type[T], start: Callable[[], T], ahead: Callable[[], object] | None = None) -> T:
+        """A spare for ``key``, or else what ``start`` makes now; either way the next spares
+        start in the background meanwhile, with ``ahead`` (default: ``start``). They start after
+        the caller's own start, so that they never hold up the test that waits for it."""
+        spare = self.take(key, kind)
+        made = start() if spare is None else spare
+        self.refill(key, ahead or start)
+        return made
 
     def take(self, key: str, kind: type[T]) -> T | None:
         """A spare for ``key`` (waiting for one that is still starting), or None."""

@@ -30,6 +30,7 @@ from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import is_engine_failure
 from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.images import BuildSpec, Image
+from pytest_dockapp.run.spares import spare_key
 from pytest_dockapp.services.compose import Project, ServiceDef
 from pytest_dockapp.services.order import start_order
 
@@ -149,12 +150,8 @@ class Stack(Mapping[str, DockApp]):
         starts in the background (``AppManager.spares``). A stack with fixed host ports has none."""
         if self.host_ports:
             return self.start()
-        options = sorted((k, repr(v)) for k, v in self.main_options.items())
-        key = repr(("stack", self.project, self.main_name, options, self.timeout))
-        spare = self.manager.spares.take(key, Stack)
-        stack = self.start() if spare is None else spare  # (a Stack's truth is its length)
-        self.manager.spares.refill(key, lambda: self._twin().start())
-        return stack
+        key = spare_key("stack", (self.project, self.main_name, self.timeout), self.main_options)
+        return self.manager.spares.fresh(key, Stack, self.start, lambda: self._twin().start())
 
     def _twin(self) -> Stack:
         twin = Stack(
