@@ -82,6 +82,18 @@ def _budget(kind: str) -> Callable[[str], str]:
     return parse
 
 
+def _ref(value: str) -> str:
+    from pytest_dockapp.builds.reference import check_reference
+
+    return check_reference(value)
+
+
+def _push_ref(value: str) -> str:
+    from pytest_dockapp.builds.reference import check_reference
+
+    return check_reference(value, tagged=True)
+
+
 def _count(value: str) -> int:
     try:
         number = int(str(value).strip())
@@ -306,6 +318,7 @@ SETTINGS: list[Setting] = [
         "registry images whose layers the build may use as cache (the CI registry's cache ref); one that does "
         "not exist yet is a cold build",
         [],
+        _ref,
         kind="list",
         metavar="REF",
         shown_default="none",
@@ -314,6 +327,7 @@ SETTINGS: list[Setting] = [
     Setting(
         "cache_to",
         "after a build, push the image with its inline cache and its inputs to this registry ref",
+        parse=_push_ref,
         metavar="REF",
         env="DOCKAPP_CACHE_TO",
     ),
@@ -336,7 +350,7 @@ SETTINGS: list[Setting] = [
     Setting(
         "rebuild", "build even when nothing the build reads changed since its last build", False, _bool, kind="flag"
     ),
-    Setting("image", "test this prebuilt image instead of building the Dockerfile (CI stages)", ini=False),
+    Setting("image", "test this prebuilt image instead of building the Dockerfile (CI stages)", parse=_ref, ini=False),
     Setting("keep", "leave the containers of failing tests running (named *-kept)", False, kind="flag", ini=False),
     Setting("remove_images", "remove the images this session built when it ends", False, kind="flag", ini=False),
     Setting(
@@ -430,6 +444,8 @@ def _parsed(s: Setting, value: Any, where: str) -> Any:
         if s.kind == "pairs":
             assert s.parse is not None
             return dict(s.parse(v) for v in value)
+        if s.kind == "list":
+            return [s.parse(str(v)) if s.parse is not None else str(v) for v in value]
         return s.parse(value) if s.parse is not None and isinstance(value, str) else value
     except ConfigurationError as exc:
         raise pytest.UsageError(
@@ -456,7 +472,7 @@ def resolve(config: pytest.Config) -> Settings:
             if cli:
                 from_cli[s.name] = value
         elif s.kind == "list":
-            value = [str(v) for v in (cli or ini or [])]
+            value = _parsed(s, cli, s.option) if cli else _parsed(s, ini or [], where)
             if cli:
                 from_cli[s.name] = value
         elif cli not in (None, ""):
@@ -466,9 +482,21 @@ def resolve(config: pytest.Config) -> Settings:
         else:
             value = s.default
         values[s.name] = value
+    _check_labels()
     base = config.rootpath
     values["context"] = (base / values["context"]).resolve() if values["context"] else base
     return Settings(**values, from_cli=from_cli)
+
+
+def _check_labels() -> None:
+    """``DOCKAPP_LABELS`` is read where the engine is connected: a bad entry is a usage error now,
+    never a "no engine" skip later."""
+    from pytest_dockapp.engine.cleanup import extra_labels
+
+    try:
+        extra_labels()
+    except ConfigurationError as exc:
+        raise pytest.UsageError(f"dockapp: {exc.what}; {exc.hint}") from None
 
 
 def check_ini_keys(config: pytest.Config, strict: bool) -> None:

@@ -65,6 +65,10 @@ class PluginState:
             self.prestart.wait()
         self.connect()
         if self.error is not None:
+            from pytest_dockapp.core.errors import EngineUnavailableError
+
+            if not isinstance(self.error, EngineUnavailableError):  # a wrong setting is never "no engine"
+                fail_on(self.error, self)
             if self.settings.strict:
                 pytest.fail(f"{self.error}\n(strict mode: no engine is an error)", pytrace=False)
             # Reported at the test, not here (trust III, 18): pytest's own skip marks do the same.

@@ -296,3 +296,23 @@ def test_one_cache_ref_takes_the_sessions_first_image_and_another_is_built_witho
         f"{tmp_path / 'two' / 'Dockerfile'} is built without dockapp_cache_from/_to: those refs hold the session's "
         "first image, and one cache ref holds one image"
     ]
+
+
+@pytest.mark.local_engine("the registry is on this engine's loopback")
+def test_a_read_only_registry_is_said_to_refuse_the_push_and_no_tag_is_left(
+    app: App, pytester: pytest.Pytester, registry: str, docker_client: object
+) -> None:
+    _project(app, pytester)
+    read_only = registry.rsplit(":", 1)[0] + ":5002"  # .ci/registry: distribution in maintenance mode
+    ref = f"{read_only}/dockapp-test/{uuid.uuid4().hex[:12]}/app:main"
+    result = pytester.runpytest(f"--dockapp-cache-to={ref}", "--dockapp-builder=classic")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*push to {ref}: {read_only} refused the push (HTTP 405 Method not allowed)*",
+            f"hint: {read_only} is read-only*",
+        ]
+    )
+    assert "could not reach" not in result.stdout.str()
+    tags = [t for i in docker_client.api.images() for t in i.get("RepoTags") or []]  # type: ignore[attr-defined]
+    assert not [t for t in tags if t.startswith(read_only)], tags

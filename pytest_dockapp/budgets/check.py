@@ -34,6 +34,22 @@ def parse_size(value: str | int | float) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2) or ""])
 
 
+def parse_layers(value: str | int) -> int:
+    """A whole number of layers, 1 or more (the engine allows 127)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text) or not 1 <= int(text) <= 1000:
+        raise ConfigurationError(f"{value!r} is not a number of layers", hint="a whole number from 1, e.g. 12")
+    return int(text)
+
+
+def parse_share(value: str) -> float:
+    """``5%``: a share of the image's size, from 0 to 100 %."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", value)
+    if m is None or float(m.group(1)) > 100:
+        raise ConfigurationError(f"{value!r} is not a share of the image", hint="from 0% to 100%, e.g. 5%")
+    return float(m.group(1)) / 100
+
+
 def parse_seconds(value: str | int | float) -> float:
     """``2s``, ``500ms``, ``1m`` or seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", str(value).lower())
@@ -66,10 +82,10 @@ class Budget:
         wasted = given.get("wasted")
         share = None
         if isinstance(wasted, str) and wasted.strip().endswith("%"):
-            share, wasted = float(wasted.strip()[:-1]) / 100, None
+            share, wasted = parse_share(wasted), None
         return cls(
             size=parse_size(given["size"]) if given.get("size") is not None else None,
-            layers=int(given["layers"]) if given.get("layers") is not None else None,
+            layers=parse_layers(given["layers"]) if given.get("layers") is not None else None,
             wasted=parse_size(wasted) if wasted is not None else None,
             wasted_share=share,
             ready=parse_seconds(given["ready"]) if given.get("ready") is not None else None,

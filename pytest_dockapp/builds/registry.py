@@ -6,6 +6,7 @@ engine reaches the registry, with the credentials of the docker config, as the C
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -75,6 +76,18 @@ def _failure(verb: str, ref: str, exc: Exception) -> RegistryError:
         )
     if status in (401, 403) or any(w in low for w in ("unauthorized", "denied", "authentication required")):
         return RegistryError(f"{verb} {ref}: {where} refused the credentials", evidence=text, hint=hint)
+    refused = re.search(r"\b(405|501)\b|method not allowed|unsupported", low)
+    if verb.startswith("push") and (status in (405, 501) or refused):
+        quoted = re.search(r'"([^"]+?)(?:\\n)?"\s*$', text)
+        why = f"HTTP {refused.group(1) if refused and refused.group(1) else status or 405}" + (
+            f" {quoted.group(1)}" if quoted else ""
+        )
+        return RegistryError(
+            f"{verb} {ref}: {where} refused the push ({why}): it answers, but takes no writes",
+            evidence=text,
+            hint=f"{where} is read-only (a mirror, or a registry in maintenance mode): push the cache to a registry "
+            "that takes writes, or drop dockapp_cache_to on the runners that only read (dockapp_cache_from)",
+        )
     if status == 404 or "manifest unknown" in low or "not found" in low:
         return _NoSuchImage(
             f"{verb} {ref}: {where} has no such image",

@@ -68,7 +68,7 @@ def parse_age(value: str | float | None) -> float | None:
         seconds = float(number) * unit
     except ValueError:
         seconds = -1.0
-    if seconds < 0:
+    if not 0 <= seconds < float("inf"):  # also false for nan
         raise ConfigurationError(f"{value!r} is not an age", hint="valid: off, 3600, 90m, 6h, 2d")
     return seconds
 

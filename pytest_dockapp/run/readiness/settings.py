@@ -19,14 +19,22 @@ def parse_ready(value: str) -> str:
     return value
 
 
+#: The timeouts a wait accepts: below a tenth of a second no probe answers in time, and past a day
+#: the engine's HTTP client cannot hold a read timeout (``inf`` overflows it).
+MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 86400.0
+
+
 def parse_timeout(value: str | float) -> float:
-    """A positive number of seconds."""
+    """A number of seconds from :data:`MIN_TIMEOUT` to :data:`MAX_TIMEOUT`."""
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not seconds > 0:
-        raise ConfigurationError(f"{value!r} is not a positive number of seconds", hint="e.g. 60 or 2.5")
+    if not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:  # also false for nan
+        raise ConfigurationError(
+            f"{value!r} is not a timeout from {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} seconds (a day)",
+            hint="e.g. 60 or 2.5",
+        )
     return seconds
 
 
