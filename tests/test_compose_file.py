@@ -134,7 +134,7 @@ def test_profiles_leave_out_services_unless_enabled_or_needed(tmp_path: Path) ->
         ("    ports: [http]\n", r"service web: 'http' is not a port mapping"),
         ("    healthcheck: {test: [CMD, x], interval: soon}\n", r"'soon' is not a duration"),
         ("    healthcheck: {test: true}\n", r"healthcheck test True is neither a string nor a list"),
-        ("    environment: 5\n", r"service web: a value has the wrong shape"),
+        ("    environment: 5\n", r"service web: environment is int, but must be a list of KEY=VALUE or a mapping"),
         ("    depends_on: {db: {condition: service_ready}}\n", r"condition 'service_ready' is unknown"),
     ],
 )
@@ -204,3 +204,55 @@ def test_env_file_is_one_path_or_a_list(tmp_path: Path) -> None:
     )
     services = load_project([path], env={}).services
     assert services["one"].environment == {"A": "1"} and services["two"].environment == {"A": "1", "B": "2"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "services:\n  web: {image: w}\nvolumes: [data]\n",
+            r": volumes is a list, but must be a mapping of volume names",
+        ),
+        (
+            "services:\n  web: {image: w, volumes: {data: /data}}\nvolumes: {data: {}}\n",
+            r"service web: volumes is a mapping, but must be a list, e.g. volumes: \[data:/data\]",
+        ),
+        (
+            "services:\n  web: {image: w, healthcheck: 'CMD true'}\n",
+            r"service web: healthcheck is a string, but must be a mapping",
+        ),
+        ("services:\n  web: {image: w, ports: '8080:80'}\n", r"service web: ports is a string, but must be a list"),
+        ("services: [web]\n", r": services is a list, but must be a mapping of service names"),
+        ("services:\n  web: {image: w}\nvolumes: {data: [x]}\n", r"volumes data is a list, but must be a mapping"),
+    ],
+)
+def test_a_value_of_the_wrong_shape_names_the_key_the_shape_and_the_file(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ComposeError, match=message) as info:
+        load_project([path], env={})
+    assert str(path) in info.value.what
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    lines = ["x-a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"x-{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    lines += ["services:", "  web:", "    image: w", "    labels:", "      bomb: x", "    command: *i"]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    with pytest.raises(ComposeError, match=r"more than 100,000 values once its YAML aliases are expanded"):
+        load_project([path], env={})
+
+
+def test_a_list_nested_thousands_deep_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "services:\n  web:\n    image: w\n    command: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ComposeError, match="nest"):
+        load_project([path], env={})
+
+
+def test_a_depends_on_chain_of_1500_services_is_ordered(tmp_path: Path) -> None:
+    body = "".join(f"  s{i}: {{image: w, depends_on: [s{i + 1}]}}\n" for i in range(1499)) + "  s1499: {image: w}\n"
+    project = load_project([write(tmp_path, "services:\n" + body)], env={})
+    order = start_order({n: s.depends_on for n, s in project.services.items()})
+    assert order[0] == "s1499" and order[-1] == "s0" and len(order) == 1500

@@ -364,3 +364,59 @@ def test_dockapp_fresh_under_compose_is_a_stack_of_the_tests_own(app: App, pytes
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
     assert len({p.read_text() for p in pytester.path.glob("seen-*")}) == 2  # a stack per test
+
+
+ODD_NAMES = """
+services:
+  "web app":
+    build: .
+    depends_on:
+      "wéb☃": {condition: service_started}
+      "job/x": {condition: service_completed_successfully}
+  "wéb☃":
+    image: BUSYBOX
+    command: [sleep, "300"]
+  "job/x":
+    image: BUSYBOX
+    command: [sh, -c, "echo done"]
+"""
+
+
+def test_service_names_the_engine_refuses_as_container_names_still_run(
+    app: App, pytester: pytest.Pytester, docker_client: Any
+) -> None:
+    project(app, "unused", ODD_NAMES)
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makepyfile(
+        """
+        def test_stack(dockapp, dockapp_services):
+            assert dockapp.get("/").text == "hello\\n"
+            assert sorted(dockapp_services) == ["web app", "wéb☃"]
+            assert dockapp_services["wéb☃"].container.labels["org.pytest-dockapp.service"] == "wéb☃"
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "Invalid container name" not in result.stdout.str()
+
+
+SLOW_JOB = """
+services:
+  web:
+    build: .
+    depends_on:
+      migrate: {condition: service_completed_successfully}
+  migrate:
+    image: BUSYBOX
+    command: [sleep, "30"]
+"""
+
+
+def test_a_one_shot_job_that_outlives_the_timeout_is_a_clear_error(app: App, pytester: pytest.Pytester) -> None:
+    project(app, "unused", SLOW_JOB)
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_timeout = 2\n")
+    pytester.makepyfile("def test_f(dockapp):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*service migrate*did not finish within 2s*", "*hint: a service others wait for*"])
+    assert "requests.exceptions" not in result.stdout.str() and "Read timed out" not in result.stdout.str()

@@ -361,7 +361,10 @@ class AppRunner:
             begin = time.perf_counter()
             try:
                 code = int(self.client.api.wait(self.container_id, timeout=self.timeout)["StatusCode"])
-            except requests.exceptions.ReadTimeout:
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+                # urllib3 raises a read timeout inside the response as a ConnectionError
+                if not isinstance(exc, requests.exceptions.ReadTimeout) and "timed out" not in str(exc).lower():
+                    raise
                 raise ReadinessTimeoutError(
                     f"{self.name} did not finish within {self.timeout:g}s",
                     evidence=tail(log_tail(self.client, self.container_id), 30),

@@ -162,9 +162,14 @@ def load_project(
             raw = yaml.load(path.read_text(encoding="utf-8", errors="replace"), Loader=_loader()) or {}
         except yaml.YAMLError as exc:
             raise ComposeError(f"{path} is not valid YAML", evidence=str(exc), evidence_title="YAML said") from None
+        except RecursionError:  # PyYAML composes nested nodes recursively
+            raise ComposeError(
+                f"{path} nests deeper than YAML can be read", hint="no compose key nests this deep"
+            ) from None
         if not isinstance(raw, dict):
             raise ComposeError(f"{path} is not a mapping of top-level keys", hint="it starts with services:")
         raw = {k: v for k, v in raw.items() if not str(k).startswith("x-")}
+        _check_shapes(raw, _TOP_SHAPES, str(path), "")
         unknown = sorted(set(raw) - _TOP)
         if unknown:
             raise ComposeError(
@@ -173,6 +178,58 @@ def load_project(
             )
         merged = _merge(merged, interpolate_tree(raw, variables, str(path)))
     return _project(merged, paths, variables, profiles, wanted)
+
+
+#: The shape each key takes, as the Compose Specification's schema says: (types, how it reads).
+_STR, _LIST, _MAP, _NUM = (str,), (list,), (dict,), (int, float)
+_TOP_SHAPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "version": ((str, *_NUM), "a string"),
+    "name": (_STR, "a string"),
+    "services": (_MAP, "a mapping of service names"),
+    "volumes": (_MAP, "a mapping of volume names, e.g. volumes: {data: {}}"),
+    "networks": (_MAP, "a mapping of network names, e.g. networks: {back: {}}"),
+    "secrets": (_MAP, "a mapping of secret names, e.g. secrets: {db_password: {file: ./pw.txt}}"),
+}
+_SERVICE_SHAPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "build": ((str, dict), "a context path, or a mapping (context, dockerfile, args, ...)"),
+    "image": (_STR, "a string"),
+    "command": ((str, list), "a string or a list"),
+    "entrypoint": ((str, list), "a string or a list"),
+    "environment": ((list, dict), "a list of KEY=VALUE or a mapping"),
+    "env_file": ((str, list), "a path or a list of paths"),
+    "working_dir": (_STR, "a string"),
+    "user": ((str, int), "a string"),
+    "hostname": (_STR, "a string"),
+    "init": ((bool,), "true or false"),
+    "tmpfs": ((str, list), "a path or a list of paths"),
+    "labels": ((list, dict), "a list of KEY=VALUE or a mapping"),
+    "volumes": (_LIST, "a list, e.g. volumes: [data:/data] or [{type: volume, source: data, target: /data}]"),
+    "ports": (_LIST, 'a list, e.g. ports: ["8080:80"]'),
+    "expose": (_LIST, 'a list, e.g. expose: ["80"]'),
+    "depends_on": ((list, dict), "a list of services or a mapping of service to condition"),
+    "healthcheck": (_MAP, 'a mapping, e.g. healthcheck: {test: ["CMD", "true"], interval: 5s}'),
+    "networks": ((list, dict), "a list of network names or a mapping"),
+    "profiles": (_LIST, "a list of names"),
+    "container_name": (_STR, "a string"),
+}
+
+
+def _check_shapes(
+    body: Mapping[Any, Any], shapes: Mapping[str, tuple[tuple[type, ...], str]], where: str, what: str
+) -> None:
+    """A key whose value has the wrong shape is a :class:`ComposeError` naming the key, the
+    shape the Compose Specification asks for, and the file."""
+    for key, value in body.items():
+        shape = shapes.get(str(key))
+        if shape is None or value is None or isinstance(value, shape[0]):
+            continue
+        kind = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+            type(value), type(value).__name__
+        )
+        raise ComposeError(
+            f"{where}: {what}{key} is {kind}, but must be {shape[1]}",
+            hint="compare it with the Compose Specification's form of that key",
+        )
 
 
 def _loader() -> Any:
@@ -241,6 +298,12 @@ def _top_level(data: dict[str, Any], key: str, where: str) -> set[str]:
     """The names of top-level volumes or networks: only plain local ones are supported."""
     found = data.get(key) or {}
     for name, body in found.items():
+        if body is not None and not isinstance(body, dict):
+            kind = "a list" if isinstance(body, list) else f"a {type(body).__name__}"
+            raise ComposeError(
+                f"{where}: {key} {name} is {kind}, but must be a mapping (or empty), e.g. {key}: {{{name}: {{}}}}",
+                hint="compare it with the Compose Specification's form of that key",
+            )
         extra = sorted(set(body or {}) - {"driver", "labels", "name"})
         if extra or (body or {}).get("driver", "local") not in ("local", "bridge"):
             raise ComposeError(
@@ -319,6 +382,7 @@ def _service(
     if not isinstance(body, dict):
         raise ComposeError(f"{where}: service {name} is not a mapping")
     body = {k: v for k, v in body.items() if not str(k).startswith("x-")}
+    _check_shapes(body, _SERVICE_SHAPES, where, f"service {name}: ")
     unknown = sorted(set(body) - set(SUPPORTED) - set(ACCEPTED))
     if unknown:
         raise ComposeError(

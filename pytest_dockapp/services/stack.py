@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from pytest_dockapp.core.errors import (
     ConfigurationError,
     ContainerExitedError,
     DockappError,
+    ReadinessTimeoutError,
     RegistryError,
     UnhealthyError,
 )
@@ -46,6 +48,23 @@ _counter = itertools.count(1)
 
 class _DependencyFailed(DockappError):
     """A service did not start because one it depends on failed (that one's error is told)."""
+
+
+#: What the engine takes as a container name, and as a name on a network (DNS).
+_CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+_DNS_NAME = re.compile(r"[a-zA-Z0-9_]([a-zA-Z0-9_.-]*[a-zA-Z0-9_])?")
+
+
+def container_name(stack: str, service: str) -> str:
+    """``<stack>-<service>``, or for a service name the engine refuses (``web app``, ``wéb☃``,
+    ``web/x``) a valid one with a short hash, so that two such names cannot meet; the service's
+    own name stays in its label and in every message."""
+    if _CONTAINER_NAME.fullmatch(service):
+        return f"{stack}-{service}"
+    import hashlib
+
+    safe = re.sub(r"[^a-zA-Z0-9_.-]+", "_", service).strip("_.-") or "service"
+    return f"{stack}-{safe}-{hashlib.sha256(service.encode()).hexdigest()[:6]}"
 
 
 class Stack(Mapping[str, DockApp]):
@@ -274,7 +293,12 @@ class Stack(Mapping[str, DockApp]):
             self.services[name] = app
             return
         self.manager.secrets |= secret_values(runner.env)
-        code, app = runner.run_to_end()
+        try:
+            code, app = runner.run_to_end()
+        except ReadinessTimeoutError as exc:
+            raise ReadinessTimeoutError(
+                f"service {name}: {exc.what}", evidence=exc.evidence, evidence_title=exc.evidence_title, hint=exc.hint
+            ) from None
         app.service = name
         self.completed[name] = app
         if code != 0:
@@ -290,7 +314,7 @@ class Stack(Mapping[str, DockApp]):
 
     def _runner_options(self, svc: ServiceDef) -> dict[str, Any]:
         api = self.manager.client.api
-        aliases = [svc.name, *svc.aliases]
+        aliases = [a for a in (svc.name, *svc.aliases) if _DNS_NAME.fullmatch(a)]
         tmpfs = list(svc.tmpfs) + [m.target for m in svc.mounts if m.kind == "tmpfs"]
         binds = {
             (f"{self.name}_{m.source}" if m.kind == "volume" else m.source): {
@@ -320,7 +344,7 @@ class Stack(Mapping[str, DockApp]):
         tcp = [p.container for p in svc.ports if p.protocol == "tcp"]
         kwargs: dict[str, Any] = {
             "creation": self._creation,
-            "name": f"{self.name}-{svc.name}",
+            "name": container_name(self.name, svc.name),
             "env": svc.environment,
             "command": svc.command,
             "publish": [f"{p.container}/{p.protocol}" for p in svc.ports + svc.expose],
