@@ -163,6 +163,7 @@ def dockapp_budget_report(request: pytest.FixtureRequest) -> BudgetReport:
         pytest.fail(f"dockapp_budget marker on {request.node.nodeid}: {exc.what}; {exc.hint}", pytrace=False)
     app = None
     if service is not None:
+        _known_service(request, str(service))  # before the stack is built and started
         stack = request.getfixturevalue("dockapp_services")
         image, app = stack.images[service], stack.get(service)
     else:
@@ -175,6 +176,28 @@ def dockapp_budget_report(request: pytest.FixtureRequest) -> BudgetReport:
     if report.skipped and report.ok and all(_only_skipped(budget, report)):
         pytest.skip("; ".join(report.skipped))
     return report
+
+
+def _known_service(request: pytest.FixtureRequest, service: str) -> None:
+    """``service`` is a service of the session's compose file, or the marker fails at once."""
+    __tracebackhide__ = True
+    from pytest_dockapp.core.errors import DockappError
+
+    state = state_of(request.config)
+    files = pick(state, "compose", request.getfixturevalue("dockapp_compose"))
+    where = f"dockapp_budget marker on {request.node.nodeid}"
+    if not files:
+        pytest.fail(f"{where}: service={service!r} needs a compose file: set dockapp_compose", pytrace=False)
+    try:
+        project = load_compose(state, files, None)
+    except DockappError as exc:
+        fail_on(exc, state)
+    if service not in project.services:
+        pytest.fail(
+            f"{where}: service={service!r} is not a service of {', '.join(map(str, project.files))}; "
+            f"its services: {', '.join(project.services)}",
+            pytrace=False,
+        )
 
 
 def _only_skipped(budget: Budget, report: BudgetReport) -> list[bool]:

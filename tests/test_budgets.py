@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,51 @@ def test_budget_values_are_checked() -> None:
         Budget.parse({"size": "eighty"})
     with pytest.raises(ConfigurationError, match="unknown budget 'sise'"):
         Budget.parse({"sise": "1MB"})
+
+
+IMPORTED_BASE_APP = """\
+FROM python-base
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+RUN apt-get update && apt-get install -y curl && rm -rf /var/lib/apt/lists/*
+"""
+
+
+def test_a_base_layer_without_history_is_never_blamed_on_a_line_and_the_fix_names_the_cache(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from pytest_dockapp.budgets.layers import Layer, LayerWalk
+
+    (tmp_path / "Dockerfile").write_text(IMPORTED_BASE_APP)
+    record: Any = SimpleNamespace(dockerfile=tmp_path / "Dockerfile", target=None)
+    apt = "RUN /bin/sh -c apt-get update && apt-get install -y curl && rm -rf /var/lib/apt/lists/*"
+    pip = "RUN /bin/sh -c pip install --no-cache-dir -r requirements.txt"
+    figures = Figures("app", 430_000_000, 4)
+    # `docker import` writes a history entry with an empty CreatedBy: it matched every line.
+    figures.contributors = [(395_300_000, ""), (30_000_000, apt), (5_480_000, pip)]
+    figures.walk = LayerWalk(
+        [
+            Layer(0, 395_300_000, created_by=""),
+            Layer(1, 30_000_000, created_by=apt, caches={"var/cache/apt/archives": 28_000_000}),
+            Layer(2, 5_480_000, created_by=pip, caches={"root/.cache/pip": 2_000_000}),
+        ]
+    )
+    failure = check(Budget(size=100_000_000), figures, record=record).failures[0]
+    assert "largest layers: base image layer 395.3 MB, line 5 RUN apt-get update" in failure, failure
+    assert "line 4 RUN pip install --no-cache-dir -r requirements.txt 5.5 MB" in failure, failure
+    # The RUN already removes the apt lists: the waste is in the archives, and its fix is apt-get clean.
+    assert "fix: line 5 RUN apt-get update && apt-get install -y curl && …: " in failure, failure
+    assert "`&& apt-get clean`" in failure and "(28.0 MB in /var/cache/apt/archives)" in failure, failure
+    assert "rm -rf /var/lib/apt/lists" not in failure.split("fix:")[1], failure
+    assert "--no-cache-dir" not in failure.split("fix:")[1], failure  # the pip line has it already
+
+
+def test_junit_build_figures_are_numbers_when_the_build_was_reused() -> None:
+    reused = Figures("app", 10, 2, built_here=True)  # a record, and no build ran this session
+    assert dict(reused.properties()) == {"size_bytes": "10", "layers": "2", "build_seconds": "0", "build_reused": "1"}
+    built = Figures("app", 10, 2, built_here=True, build=1.5)
+    assert dict(built.properties())["build_seconds"] == "1.500" and dict(built.properties())["build_reused"] == "0"
 
 
 def test_a_time_budget_is_skipped_on_a_remote_engine_unless_asked() -> None:
@@ -98,7 +144,8 @@ def test_each_budget_passes_and_fails_with_its_explanation(
             "*image * is * MB > budget 1.0 kB; largest layers: line 4 RUN dd if=/dev/urandom of=/big*"
             " 5.2 MB, line 2 RUN mkdir -p /www /var/lib/apt/lists*2.1 MB (of which 2.1 MB /var/lib/apt/lists,"
             " removed nowhere)*",
-            "*fix: line 2 RUN mkdir -p /www*: add `&& rm -rf /var/lib/apt/lists/*` to the same RUN (2.1 MB of*",
+            "*fix: line 2 RUN mkdir -p /www*: add `&& rm -rf /var/lib/apt/lists/*` to the same RUN (2.1 MB in "
+            "/var/lib/apt/lists)",
         ]
     )
     result.stdout.fnmatch_lines(["*image * has 5 layers > budget 2*"])  # busybox's 2, and 3 RUNs
@@ -115,6 +162,8 @@ def test_each_budget_passes_and_fails_with_its_explanation(
     junit = (pytester.path / "junit.xml").read_text()
     assert f'name="dockapp.dockapp.wasted_bytes" value="{5 * MiB}"' in junit
     assert 'name="dockapp.dockapp.layers" value="5"' in junit
+    assert re.search(r'name="dockapp.dockapp.build_seconds" value="\d+\.\d+"', junit)
+    assert 'name="dockapp.dockapp.build_reused" value="0"' in junit
 
 
 def test_the_session_budget_settings_fail_the_session_image_once(app: App, pytester: pytest.Pytester) -> None:
@@ -224,3 +273,21 @@ def test_an_oci_layout_export_is_walked_too() -> None:
 
     result = walk_image(Client(), "img")  # type: ignore[arg-type]
     assert result.wasted == 3000 and [x.created_by for x in result.layers] == ["RUN a", "RUN b"]
+
+
+def test_a_budget_on_a_service_the_compose_file_lacks_fails_before_anything_starts(
+    app: App, pytester: pytest.Pytester
+) -> None:
+    app.httpd()
+    (pytester.path / "compose.yaml").write_text("services:\n  web:\n    build: .\n")
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makepyfile(
+        'import pytest\n\n@pytest.mark.dockapp_budget(size="1GB", service="ghost")\ndef test_f():\n    pass\n'
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*dockapp_budget marker on *: service='ghost' is not a service of *; its services: web"]
+    )
+    text = result.stdout.str()
+    assert "KeyError" not in text and "built " not in text and "stack dockapp-" not in text, text

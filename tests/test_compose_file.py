@@ -256,3 +256,11 @@ def test_a_depends_on_chain_of_1500_services_is_ordered(tmp_path: Path) -> None:
     project = load_project([write(tmp_path, "services:\n" + body)], env={})
     order = start_order({n: s.depends_on for n, s in project.services.items()})
     assert order[0] == "s1499" and order[-1] == "s0" and len(order) == 1500
+
+
+def test_reading_a_compose_file_needs_nothing_the_package_does_not_install() -> None:
+    import re
+    from importlib.metadata import requires
+
+    runtime = [r for r in requires("pytest-dockapp") or [] if "extra ==" not in r]
+    assert any(re.match(r"(?i)pyyaml\b", r) for r in runtime), runtime

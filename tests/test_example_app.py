@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from typing import Any
@@ -11,17 +12,21 @@ import pytest
 
 from .helpers import ROOT, leftover_names
 
+README = ROOT / "example-app" / "README.md"
+NODE_BASE_IN_README, REDIS_IN_README = "dockapp-test/node:bookworm", "dockapp-test/redis:bookworm"
+
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["serial", "xdist-2"])
 def test_example_app_passes_from_repo_root(
     node_base: str, redis_base: str, buildkit_cli: str, docker_client: Any, xdist: list[str]
 ) -> None:
     before = set(leftover_names(docker_client))
-    cmd = [
-        sys.executable, "-m", "pytest", "example-app", "-p", "no:cacheprovider", *xdist,
-        "--dockapp-build-arg", f"BASE_IMAGE={node_base}", f"--dockapp-docker-cli={buildkit_cli}",
-    ]  # fmt: skip
-    env = {**os.environ, "REDIS_IMAGE": redis_base}
+    # The README's offline command as written (the bases the suite made, where they are others).
+    line = next(x for x in README.read_text().splitlines() if x.startswith("REDIS_IMAGE="))
+    words = shlex.split(line.replace(NODE_BASE_IN_README, node_base).replace(REDIS_IN_README, redis_base))
+    env = {**os.environ, **dict(w.split("=", 1) for w in words[: words.index("pytest")])}
+    cmd = [sys.executable, "-m", *words[words.index("pytest") :], "-p", "no:cacheprovider", *xdist]
+    cmd.append(f"--dockapp-docker-cli={buildkit_cli}")
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert " passed" in out.stdout and "failed" not in out.stdout

@@ -310,6 +310,9 @@ def test_container_that_exits_fails_at_once(app: App, pytester: pytest.Pytester)
     app.httpd(cmd='["sh", "-c", "echo config-missing-marker >&2; exit 3"]')
     result = expect_error(pytester, lines=["*exited with code 3*before it became ready*", "*config-missing-marker*"])
     result.stdout.no_fnmatch_line("*did not become ready within*")
+    # The hint's command runs as written: it names the image, never a placeholder.
+    result.stdout.fnmatch_lines(["hint: run the image by hand (docker run --rm -it [0-9a-f]*) to see why*"])
+    result.stdout.no_fnmatch_line("*<image>*")
 
 
 @pytest.mark.remote

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_dockapp.budgets.layers import CACHES, LayerWalk, human, walk_image
+from pytest_dockapp.budgets.layers import LayerWalk, human, walk_image
 from pytest_dockapp.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -124,8 +124,9 @@ class Figures:
         out = [("size_bytes", str(self.size)), ("layers", str(self.layers))]
         if self.wasted is not None:
             out.append(("wasted_bytes", str(self.wasted)))
-        if self.built_here:  # named in every run: "reused" when no build ran in this one
-            out.append(("build_seconds", f"{self.build:.3f}" if self.build is not None else "reused"))
+        if self.built_here:  # named in every run, numbers only (charted): 0 and reused 1 when no build ran
+            out.append(("build_seconds", f"{self.build:.3f}" if self.build is not None else "0"))
+            out.append(("build_reused", "0" if self.build is not None else "1"))
         return out
 
     def line(self) -> str:
@@ -241,6 +242,8 @@ def label(created_by: str, instructions: Sequence[Instruction]) -> str:
     text = re.sub(r"\s*# buildkit$", "", created_by.strip())
     text = re.sub(r"^\|\d+ (?:\S+=\S* )*", "", text)  # classic: the build args a RUN saw
     text = " ".join(re.sub(r"^(RUN )?/bin/sh -c (#\(nop\) )?", "", text).split())
+    if not text:  # an imported base (docker import) records no command: it matches no line
+        return "base image layer"
     for ins in reversed(instructions):
         body = " ".join(ins.text.split(" ", 1)[1:])  # continuations joined, whitespace folded
         if ins.keyword == "RUN" and body and (body in text or text in body):
@@ -273,21 +276,40 @@ def _largest(figures: Figures, lines: Sequence[Instruction], count: int = 3) -> 
     return ", ".join(parts)
 
 
+#: The fix for a package cache left in the layer that filled it, by the folder that holds it, and
+#: what in a RUN line shows the fix is there already.
+_FIXES = {
+    "var/lib/apt/lists": ("add `&& rm -rf /var/lib/apt/lists/*` to the same RUN", "rm -rf /var/lib/apt/lists"),
+    "var/cache/apt/archives": ("add `&& apt-get clean` to the same RUN (it empties /var/cache/apt/archives)", "clean"),
+    "root/.cache/pip": ("add --no-cache-dir to its pip install", "--no-cache-dir"),
+    "root/.npm": (
+        "add `&& npm cache clean --force` to the same RUN (or RUN --mount=type=cache,target=/root/.npm)",
+        "npm cache clean",
+    ),
+    "usr/local/share/.cache/yarn": ("add `&& yarn cache clean` to the same RUN", "yarn cache clean"),
+}
+
+
 def _cache_fix(figures: Figures, lines: Sequence[Instruction]) -> str:
-    """The one fix that is certain: a package cache left in the layer that filled it."""
+    """The one fix that is certain: a package cache left in the layer of a RUN line that filled it,
+    where the line does not already do what the fix says (then the cache comes from elsewhere)."""
     if figures.walk is None:
         return ""
-    fixes = {
-        "apt": "add `&& rm -rf /var/lib/apt/lists/*` to the same RUN",
-        "pip": "add --no-cache-dir to its pip install",
-        "npm": "add `&& npm cache clean --force` to the same RUN (or RUN --mount=type=cache,target=/root/.npm)",
-        "yarn": "add `&& yarn cache clean` to the same RUN",
-    }
     for layer in sorted(figures.walk.layers, key=lambda x: -sum(x.caches.values())):
-        for prefix, size in layer.caches.items():
-            if size >= 1_000_000:
-                return f"\nfix: {label(layer.created_by, lines)}: {fixes[CACHES[prefix]]} ({human(size)} of /{prefix})"
+        for prefix, size in sorted(layer.caches.items(), key=lambda item: -item[1]):
+            fix, done = _FIXES.get(prefix, ("", ""))
+            made_by = _instruction(layer.created_by, lines)
+            if size < 1_000_000 or not fix or made_by is None or made_by.keyword != "RUN" or done in made_by.text:
+                continue
+            return f"\nfix: {label(layer.created_by, lines)}: {fix} ({human(size)} in /{prefix})"
     return ""
+
+
+def _instruction(created_by: str, lines: Sequence[Instruction]) -> Instruction | None:
+    """The line whose layer has this history entry, if one of ``lines`` made it."""
+    named = label(created_by, lines)
+    found = re.match(r"line (\d+) ", named)
+    return next((i for i in lines if found and i.line == int(found.group(1))), None)
 
 
 def _wasters(figures: Figures, lines: Sequence[Instruction]) -> str:

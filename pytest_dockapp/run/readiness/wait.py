@@ -78,7 +78,15 @@ class ReadyWait:
             )
         path = {"auto": health_path, "http": health_path or "/"}.get(mode)
         self.table = socket_table(client, attrs)
-        self.watch = ContainerWatch(client, container_id, self.label, attrs.get("State") or {}, self.table, self.start)
+        self.watch = ContainerWatch(
+            client,
+            container_id,
+            self.label,
+            attrs.get("State") or {},
+            self.table,
+            self.start,
+            config.get("Image") or "",
+        )
         self.port = (
             PortCheck(self.table, host, host_port, container_port, path, interval)
             if host_port is not None and container_port is not None

@@ -30,10 +30,12 @@ class ContainerWatch:
         state: dict[str, Any],
         table: ProcSocketTable | ExecSocketTable,
         start: float,
+        image: str = "",
     ):
         self.client, self.container_id, self.label, self.start = client, container_id, label, start
         self.proc = table if isinstance(table, ProcSocketTable) else None  # PID 1 is watched here
         self.state = state  # just inspected by the caller
+        self.image = image.split(":", 1)[1][:12] if image.startswith("sha256:") else image
         self._inspected, self._fresh = time.perf_counter(), True
 
     @property
@@ -67,7 +69,8 @@ class ContainerWatch:
                 + (f"; engine error: {state['Error']}" if state.get("Error") else ""),
                 evidence=tail(log_tail(self.client, self.container_id), 30),
                 evidence_title="container log (last lines)",
-                hint="run the image by hand (docker run --rm -it <image>) to see why its command stops",
+                hint=f"run the image by hand (docker run --rm -it {self.image or self.container_id[:12]}) to see why "
+                "its command stops",
             )
         if self.health == "unhealthy":
             raise UnhealthyError(
