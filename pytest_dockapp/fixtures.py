@@ -152,7 +152,9 @@ def _start(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
         fail_on(exc, state)
 
 
-def _start_raising(state: PluginState, image: Image | str, fresh: bool = False, **kwargs: Any) -> DockApp:
+def _start_raising(
+    state: PluginState, image: Image | str, fresh: bool = False, likely: bool = False, **kwargs: Any
+) -> DockApp:
     """As :func:`_start`, but raising the library's error (tests may expect a ``PortError``),
     with known secrets masked in it. A ``fresh`` app (one test's) may come from a warm spare."""
     __tracebackhide__ = True
@@ -161,7 +163,7 @@ def _start_raising(state: PluginState, image: Image | str, fresh: bool = False, 
     try:
         early = state.prestart.take_app(image, kwargs) if state.prestart is not None and not fresh else None
         apps = state.apps()
-        app = early or (apps.start_fresh(image, **kwargs) if fresh else apps.start(image, **kwargs))
+        app = early or (apps.start_fresh(image, likely=likely, **kwargs) if fresh else apps.start(image, **kwargs))
     except DockappError as exc:
         raise type(exc)(
             state.mask(exc.what), evidence=state.mask(exc.evidence), evidence_title=exc.evidence_title, hint=exc.hint
@@ -276,6 +278,7 @@ def _stack(
     timeout: float,
     shared: bool = False,
     fresh: bool = False,
+    likely: bool = False,
 ) -> Stack:
     """Load, build and start a stack (``shared``: the one all pytest-xdist workers share, under
     ``dockapp_compose_scope = session``; ``fresh``: one test's, maybe a warm spare); a library
@@ -298,7 +301,7 @@ def _stack(
             state.stacks.append(stack)
             _check_builds(state, stack)
             if fresh:
-                state.stacks[-1] = stack = stack.start_fresh()
+                state.stacks[-1] = stack = stack.start_fresh(likely)
             else:
                 stack.start()
     except DockappError as exc:
@@ -364,6 +367,8 @@ def dockapp_factory(
     state = state_of(request.config)
     started: list[DockApp] = []
     stacks: list[Stack] = []
+    # dockapp_fresh, in a session where more tests ask for it: its spares may start at once.
+    likely = request.node.stash.get(_FRESH_LIKELY, False)
 
     def factory(
         context: str | os.PathLike[str] | None = None,
@@ -390,7 +395,8 @@ def dockapp_factory(
         _check_arguments(port=port, health_path=health_path, timeout=timeout, ready=ready)
         if compose is not None:  # a stack of this test's own, removed after it
             options = {"port": port, "health_path": health_path, "ready": ready}
-            stacks.append(_own_stack(state, request, compose, service, options, timeout or dockapp_timeout))
+            own = _own_stack(state, request, compose, service, options, timeout or dockapp_timeout, likely)
+            stacks.append(own)
             return stacks[-1].main
         default = context is None and image is None
         ref: Image | str
@@ -419,7 +425,7 @@ def dockapp_factory(
                 given[key] = pick(state, key, fixture_value)
         given["timeout"] = timeout or pick(state, "timeout", dockapp_timeout)
         given["ready"] = ready or pick(state, "ready", dockapp_ready)
-        app = _start_raising(state, ref, True, **given)  # fresh: one test's app, maybe a warm spare
+        app = _start_raising(state, ref, True, likely, **given)  # fresh: one test's app, maybe a warm spare
         started.append(app)
         request.node.stash.setdefault(ITEM_APPS, {})[name or f"factory-{len(started)}"] = app
         return app
@@ -438,10 +444,11 @@ def _own_stack(
     service: str | None,
     options: dict[str, Any],
     timeout: float,
+    likely: bool,
 ) -> Stack:
     __tracebackhide__ = True
     files = [compose] if isinstance(compose, (str, os.PathLike)) else list(compose)
-    stack = _stack(state, [str(f) for f in files], service, options, timeout, fresh=True)
+    stack = _stack(state, [str(f) for f in files], service, options, timeout, fresh=True, likely=likely)
     request.node.stash.setdefault(ITEM_APPS, {}).update(stack.services)
     return stack
 
@@ -462,10 +469,20 @@ def _check_arguments(**given: Any) -> None:
             raise ConfigurationError(f"dockapp_factory({name}={value!r}): {exc.what}", hint=exc.hint) from None
 
 
+#: Set on a test that asks for ``dockapp_fresh`` when other collected tests ask for it too.
+_FRESH_LIKELY = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    fresh = [i for i in items if "dockapp_fresh" in getattr(i, "fixturenames", ())]
+    for item in fresh:
+        item.stash[_FRESH_LIKELY] = len(fresh) > 1
+
+
 @pytest.fixture
 def dockapp_fresh(
     request: pytest.FixtureRequest,
-    dockapp_factory: Callable[..., DockApp],
     dockapp_compose: list[str] | str,
     dockapp_service: str | None,
 ) -> DockApp:
@@ -474,6 +491,7 @@ def dockapp_fresh(
     ``dockapp_compose``, it is a stack of the test's own."""
     __tracebackhide__ = True
     state = state_of(request.config)
+    dockapp_factory: Callable[..., DockApp] = request.getfixturevalue("dockapp_factory")  # reads the stash above
     files = pick(state, "compose", dockapp_compose)
     if files and state.settings.image is None:
         return dockapp_factory(compose=files, service=pick(state, "service", dockapp_service))

@@ -245,7 +245,8 @@ def _summary_lines(state: PluginState) -> list[str]:
     if spares.started:
         lines.append(
             f"warm spares: {spares.started} started, {spares.used} taken by tests, "
-            f"{spares.started - spares.used} never used (removed; dockapp_spares = 0 turns them off)"
+            f"{spares.started - spares.used - spares.dead} never used (removed; dockapp_spares = 0 turns them off)"
+            + (f", {spares.dead} had exited before a test came for them (replaced)" if spares.dead else "")
         )
     for nodeid, report in state.cache_reports:
         source = f" ({report.warm.cache_use()})" if report.warm.cache_from else ""

@@ -52,9 +52,10 @@ def hold_fresh(pytester: pytest.Pytester) -> tuple[subprocess.Popen[str], dict[s
     """A session whose one test holds a fresh app (or stack) until it is killed; the filter for its resources."""
     pytester.makepyfile(
         test_hold="""
-        import time
+        import time, pytest
 
-        def test_hold(dockapp_fresh):
+        @pytest.mark.parametrize("n", range(2))  # more tests ask for dockapp_fresh: its spare starts at once
+        def test_hold(dockapp_fresh, n):
             open("ready", "w").write("")
             while True:
                 time.sleep(0.1)
@@ -199,3 +200,64 @@ def test_spares_deepen_only_for_settings_whose_test_had_to_wait() -> None:
         spares.close()
     assert sorted(made) == ["once", "quick", "quick", "quick"]
     assert spares.started == 4 and spares.used == 1
+
+
+def test_a_spare_starts_only_where_a_later_test_is_likely_to_take_it() -> None:
+    from pytest_dockapp.run.spares import Spares
+
+    spares = Spares(count=2)
+    try:
+        for n in range(5):  # settings one test each uses (a factory's env=N): no spare for any
+            assert spares.fresh(f"env-{n}", str, lambda n=n: f"own-{n}") == f"own-{n}"
+        assert spares.started == 0
+        assert spares.fresh("same", str, lambda: "own") == "own"  # the first use: none yet
+        assert spares.started == 0
+        assert spares.fresh("same", str, lambda: "own") == "own"  # the second: from now on
+        assert spares.started == 1
+        assert spares.fresh("fresh", str, lambda: "own", likely=True) == "own"  # more tests will ask
+        assert spares.started == 2
+    finally:
+        spares.close()
+
+
+FACTORY_ENV_TESTS = """
+import pytest
+
+@pytest.mark.parametrize("n", range(4))
+def test_own_settings(dockapp_factory, n):
+    assert dockapp_factory(env={"N": str(n)}).exec(["sh", "-c", "echo $N"])[1] == f"{n}\\n"
+"""
+
+
+def test_settings_each_test_uses_once_start_no_spares(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(FACTORY_ENV_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    result.stdout.no_fnmatch_line("warm spares*")  # before: 4 started, 0 taken by tests, 4 never used
+
+
+DYING_TESTS = """
+import time
+
+def test_first(dockapp_fresh):
+    assert dockapp_fresh.get("/").status_code == 200
+    time.sleep(6)  # the spare started meanwhile exits after 3 s
+
+def test_second(dockapp_fresh):
+    assert dockapp_fresh.get("/").status_code == 200
+"""
+
+
+def test_a_spare_that_died_while_it_waited_is_never_handed_out(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd(cmd='["sh", "-c", "httpd -p 80 -h /www; echo spare-bye-marker; sleep 3; exit 7"]')
+    pytester.makepyfile(DYING_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "dockapp: a warm spare of dockapp-* exited with code 7 at * before a test took it; started another; "
+            "its last log lines: spare-bye-marker",
+            "warm spares: * started, 0 taken by tests, * never used *, 1 had exited before a test came for them*",
+        ]
+    )

@@ -247,12 +247,26 @@ class AppManager:
         """Start an app and wait until it is ready; it stays up until :meth:`stop` or :meth:`close`."""
         return self.start_runner(self.run(image, **kwargs))
 
-    def start_fresh(self, image: Image | str, **kwargs: Any) -> DockApp:
+    def start_fresh(self, image: Image | str, *, likely: bool = False, **kwargs: Any) -> DockApp:
         """As :meth:`start`, for an app of one test: taken from a warm spare when one is there, and
-        the next one for the same image and settings starts in the background meanwhile."""
+        the next one for the same image and settings starts in the background meanwhile (from the
+        second app of those settings, or the first when ``likely``: more tests will ask)."""
         if not spareable(kwargs):
             return self.start(image, **kwargs)
-        return self.spares.fresh(app_key(image, kwargs), DockApp, lambda: self.start(image, **kwargs))
+        key = app_key(image, kwargs)
+        start = lambda: self.start(image, **kwargs)  # noqa: E731
+        return self.spares.fresh(
+            key, DockApp, start, likely=likely, dead=lambda app: app.exit_status(), discard=self._discard_spare
+        )
+
+    def _discard_spare(self, spare: DockApp, why: str) -> None:
+        """A spare that died while it waited: said (with its last log lines: the app's own fault,
+        most likely), removed in the background, and replaced by a start for the test."""
+        lines = [line for line in spare.logs(tail=5).splitlines() if line.strip()]
+        log = ("; its last log lines: " + " | ".join(lines)) if lines else ""
+        if self.on_notice is not None:
+            self.on_notice(f"a warm spare of {spare.name} {why} before a test took it; started another{log}")
+        self.stop(spare, wait=False)
 
     def start_runner(self, runner: AppRunner) -> DockApp:
         """Start what :meth:`run` made, as :meth:`start` does."""

@@ -47,6 +47,11 @@ class Spares:
 
     def __init__(self, count: int):
         self.count = count
+        #: How often each key was asked for: a key's spares start from its second use (or its
+        #: first, when the caller says more of the same will come), since settings only one test
+        #: uses would leave a spare per test unused (30 tests with their own env: 30 spares, none taken).
+        self._seen: dict[str, int] = {}
+        self.dead = 0  # spares that had exited when a test came to take them
         # Two at a time: 100 empty tests took 22.1 s with two concurrent starts, 20.8 s with three
         # and 21.6 s with four (two runs each, 2 cores): the engine's CPU is the limit (F3).
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dockapp-spare")
@@ -57,13 +62,36 @@ class Spares:
         self.started = 0
         self.used = 0
 
-    def fresh(self, key: str, kind: type[T], start: Callable[[], T], ahead: Callable[[], object] | None = None) -> T:
-        """A spare for ``key``, or else what ``start`` makes now; either way the next spares
-        start in the background meanwhile, with ``ahead`` (default: ``start``). They start after
-        the caller's own start, so that they never hold up the test that waits for it."""
+    def fresh(
+        self,
+        key: str,
+        kind: type[T],
+        start: Callable[[], T],
+        ahead: Callable[[], object] | None = None,
+        *,
+        likely: bool = False,
+        dead: Callable[[T], str | None] | None = None,
+        discard: Callable[[T, str], None] | None = None,
+    ) -> T:
+        """A spare for ``key``, or else what ``start`` makes now; the next spares start in the
+        background meanwhile, with ``ahead`` (default: ``start``), once the key was asked for
+        twice, or at once when ``likely`` (more tests will ask). They start after the caller's own
+        start, so that they never hold up the test that waits for it. A spare that ``dead``
+        finds gone (it says how) is handed to ``discard``, never to the test."""
         spare = self.take(key, kind)
+        why = dead(spare) if spare is not None and dead is not None else None
+        if spare is not None and why is not None:
+            with self._lock:
+                self.used, self.dead = self.used - 1, self.dead + 1
+            if discard is not None:
+                discard(spare, why)
+            spare = None
         made = start() if spare is None else spare
-        self.refill(key, ahead or start)
+        with self._lock:
+            self._seen[key] = self._seen.get(key, 0) + 1
+            wanted = likely or self._seen[key] > 1
+        if wanted:
+            self.refill(key, ahead or start)
         return made
 
     def take(self, key: str, kind: type[T]) -> T | None:

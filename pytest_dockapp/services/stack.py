@@ -163,14 +163,30 @@ class Stack(Mapping[str, DockApp]):
                 f"the service a build: in {self._where}",
             ) from None
 
-    def start_fresh(self) -> Stack:
+    def start_fresh(self, likely: bool = False) -> Stack:
         """A started stack for one test: a warm spare like this one that started while the test
         before ran (this one is then never started), or else this one; either way the next spare
         starts in the background (``AppManager.spares``). A stack with fixed host ports has none."""
         if self.host_ports:
             return self.start()
         key = spare_key("stack", (self.project, self.main_name, self.timeout), self.main_options)
-        return self.manager.spares.fresh(key, Stack, self.start, lambda: self._twin().start())
+        return self.manager.spares.fresh(
+            key,
+            Stack,
+            self.start,
+            lambda: self._twin().start(),
+            likely=likely,
+            dead=Stack._exited_service,
+            discard=lambda stack, why: stack.close(wait=False),
+        )
+
+    def _exited_service(self) -> str | None:
+        """How a service that should run ended, if one did (None: all run, or ended with 0)."""
+        for name, app in self.services.items():
+            status = app.exit_status()
+            if status is not None and not status.startswith("exited with code 0 "):
+                return f"service {name} {status}"
+        return None
 
     def _twin(self) -> Stack:
         twin = Stack(
