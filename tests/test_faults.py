@@ -919,3 +919,36 @@ def test_build_secrets_on_the_classic_builder_say_they_need_buildkit(
         "--dockapp-secret=token=MY_TOKEN",
         lines=["*build secrets (token) need BuildKit, and the builder in use is classic*"],
     )
+
+
+SECRETS_BY_OTHER_NAMES = """
+services:
+  web:
+    build: .
+    environment:
+      DB_PASS: pass-1234abcd
+      MYSQL_PWD: pwd-5678efgh
+      DATABASE_URL: postgres://app:pw@db/app
+      SIGNED_WITH: ${SIGNING_KEY_VALUE}
+secrets:
+  signing:
+    environment: SIGNING_KEY_VALUE
+"""
+
+
+def test_secrets_by_another_name_are_masked_by_their_value(
+    app: App, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.httpd(
+        cmd='["sh", "-c", "echo boot $DB_PASS $MYSQL_PWD $DATABASE_URL $SIGNED_WITH; exec httpd -f -p 80 -h /www"]'
+    )
+    monkeypatch.setenv("SIGNING_KEY_VALUE", "sig-9999zzzz")  # a compose secret's value, under a plain name
+    (pytester.path / "compose.yaml").write_text(SECRETS_BY_OTHER_NAMES)
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makepyfile("def test_fails(dockapp):\n    assert False\n")
+    result = pytester.runpytest("--junitxml=junit.xml", "-o", "junit_logging=all")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["boot ***** ***** postgres://app:*****@db/app *****"])
+    out, junit = result.stdout.str(), (pytester.path / "junit.xml").read_text()
+    for secret in ("pass-1234abcd", "pwd-5678efgh", "app:pw@", "sig-9999zzzz"):
+        assert secret not in out and secret not in junit, secret

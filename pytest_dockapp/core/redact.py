@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
+# PASS and PWD: DB_PASS, MYSQL_PWD, PGPASSFILE's neighbours; PASSWORD and PASSWD are among them.
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASS|PWD|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
+#: The password of a URL, whatever the variable holding it is called: ``postgres://app:pw@db/app``.
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)([^\s@/]+)(@)")
 MASK = "*****"
 
 
@@ -16,25 +19,27 @@ def looks_secret(name: str) -> bool:
 
 def redact(values: Mapping[str, str] | None) -> dict[str, str]:
     """A copy of ``values`` with secret-looking entries masked."""
-    return {k: (MASK if looks_secret(k) and v else v) for k, v in (values or {}).items()}
+    return {k: (MASK if looks_secret(k) and v else mask_values(v, ())) for k, v in (values or {}).items()}
 
 
 def redact_text(text: str, values: Mapping[str, str] | None) -> str:
     """``text`` with the values of secret-looking entries replaced by the mask."""
-    for key, value in (values or {}).items():
-        if value and len(value) >= 4 and looks_secret(key):
-            text = text.replace(value, MASK)
-    return text
+    return mask_values(text, secret_values(values))
 
 
 def mask_values(text: str, values: Iterable[str]) -> str:
-    """``text`` with every one of ``values`` (known secrets, 4+ characters) replaced by the mask."""
+    """``text`` with every one of ``values`` (known secrets, 4+ characters) replaced by the mask,
+    and the password of every ``scheme://user:password@`` URL in it, known or not."""
     for value in sorted(values, key=len, reverse=True):  # longest first: a secret may contain another
         if len(value) >= 4:
             text = text.replace(value, MASK)
-    return text
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + m.group(3), text)
 
 
 def secret_values(values: Mapping[str, str] | None) -> set[str]:
-    """The values of secret-looking entries of ``values``."""
-    return {v for k, v in (values or {}).items() if looks_secret(k) and v and len(v) >= 4}
+    """The values of secret-looking entries of ``values``, and the passwords of URLs in any."""
+    found = {v for k, v in (values or {}).items() if looks_secret(k) and v and len(v) >= 4}
+    found |= {
+        m.group(2) for v in (values or {}).values() for m in _URL_PASSWORD.finditer(v or "") if len(m.group(2)) >= 4
+    }
+    return found

@@ -109,6 +109,20 @@ class Project:
     files: list[Path]
     services: dict[str, ServiceDef]
     volumes: list[str]
+    #: The top-level secrets: a file's path or an environment variable's name (never a value).
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    def secret_values(self) -> set[str]:
+        """The values of the top-level secrets, read now, for masking in every report."""
+        values = set()
+        for source in self.secrets.values():
+            path = Path(source)
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace") if path.is_absolute() else os.environ[source]
+            except (OSError, KeyError):
+                continue
+            values |= {text, text.strip()} - {""}
+        return values
 
     @property
     def directory(self) -> Path:
@@ -291,7 +305,7 @@ def _project(
                     hint="add one of them to dockapp_compose_profiles",
                 )
     name = re.sub(r"[^a-z0-9_-]", "", str(data.get("name") or paths[0].parent.name).lower()) or "stack"
-    return Project(name, paths, {n: s for n, s in services.items() if n in active}, sorted(volumes))
+    return Project(name, paths, {n: s for n, s in services.items() if n in active}, sorted(volumes), secrets)
 
 
 def _top_level(data: dict[str, Any], key: str, where: str) -> set[str]:

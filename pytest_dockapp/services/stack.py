@@ -88,6 +88,7 @@ class Stack(Mapping[str, DockApp]):
         self.owner = owner or manager.owner
         self.project = project
         self.main_name = project.main_service(main)
+        manager.secrets |= project.secret_values()  # masked wherever a service prints them
         self.host_ports = host_ports
         self.main_options = dict(main_options or {})
         self.timeout = timeout
