@@ -105,6 +105,9 @@ class Prestart:
             finally:
                 self.state.progress.settle()
             if self.app_kwargs is not None:
+                kw = self.app_kwargs
+                how = f"dockapp_ready = {kw['ready']}" + (f", GET {kw['health_path']}" if kw.get("health_path") else "")
+                self.state.progress.phase(f"waiting for the app to start and be ready ({how}; {self.image.name})")
                 try:
                     self.app = apps.start(self.image, **self.app_kwargs)
                 except BaseException as exc:

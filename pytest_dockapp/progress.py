@@ -60,6 +60,16 @@ class Progress:
                 self._last_plain = 0.0
             self._draw(now)
 
+    def phase(self, text: str) -> None:
+        """The build shown ended and the same wait goes on with something else (the app's start
+        and readiness): say that instead of the last build step, whose time would keep counting."""
+        with self._lock:
+            if self._began is None:
+                return  # nothing shown: a quiet wait stays quiet
+            now = time.perf_counter()
+            self._position, self._text, self._step_began, self._output, self._last_plain = "app", text, now, "", 0.0
+            self._draw(now)
+
     def _tick(self) -> None:
         while not self._stop.wait(self.refresh):
             with self._lock:
@@ -107,7 +117,8 @@ class Progress:
                 self._last_plain = now
             elif now - self._last_plain >= self.still_every:
                 tail = f": {self._output}"[:100] if self._output else ""
-                reporter.write_line(f"dockapp: still running {self._step}"[:100] + f" ({running:.0f}s){tail}")
+                still = "still " if self._position == "app" else "still running "
+                reporter.write_line(f"dockapp: {still}{self._step}"[:100] + f" ({running:.0f}s){tail}")
                 self._last_plain = now
         self.shown = True
 
@@ -145,11 +156,11 @@ class Progress:
     @property
     def _verb(self) -> str:
         """``building `` for a build step; nothing for a pull or push, whose text says it."""
-        return "" if self._position == "registry" else "building "
+        return "" if self._position in ("registry", "app") else "building "
 
     @property
     def _step(self) -> str:
-        return f"[{self._position}] {self._text}"
+        return self._text if self._position == "app" else f"[{self._position}] {self._text}"
 
     def _resume_line(self, reporter: pytest.TerminalReporter) -> None:
         """Give the test's outcome letter its file name again: it would land alone on a line. (On

@@ -67,3 +67,30 @@ def test_a_terminal_shows_one_live_line_with_elapsed_time_and_output(app: App, p
     built = next(f for f in frames if f.startswith("dockapp: built "))
     assert built.startswith("dockapp: built pytest-dockapp/") and "0/5 steps cached" in built
     assert "\ntest_two.py .." in out.replace("\r\n", "\n")  # one file name, both letters after it
+
+
+LATE_APP = """
+FROM {BUSYBOX}
+RUN sleep 2 # {token}
+RUN mkdir -p /www && echo hello > /www/index.html
+EXPOSE 80
+CMD ["sh", "-c", "sleep 11; exec httpd -f -p 80 -h /www"]
+"""
+
+
+def test_a_ci_log_says_the_wait_moved_from_the_build_to_the_app(app: App, pytester: pytest.Pytester) -> None:
+    """Seen before: `still running [3/3] RUN sleep 4 (21s)` long after the build had ended, while
+    the container started."""
+    app.dockerfile(LATE_APP.replace("{token}", uuid.uuid4().hex))
+    pytester.makepyfile(test_one="def test_a(dockapp):\n    pass\n")
+    result = pytester.runpytest("--dockapp-builder=classic")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "dockapp: building [[]2/5] RUN sleep 2 # *",
+            "dockapp: waiting for the app to start and be ready (dockapp_ready = auto; pytest-dockapp/*",
+            "dockapp: still waiting for the app to start and be ready (dockapp_ready = auto; * (1?s)",
+            "dockapp: built pytest-dockapp/* in *s, 0/4 steps cached",
+        ]
+    )
+    result.stdout.no_fnmatch_line("dockapp: still running [[]*")
