@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -100,10 +103,14 @@ def test_the_registry_cache_recipes_push_once_and_expect_every_runner_cached() -
     cache_from refs, which the CI environment gives to every job."""
     github = yaml.safe_load((ROOT / "examples" / "ci" / "github-actions-registry-cache.yml").read_text())
     gitlab = yaml.safe_load((ROOT / "examples" / "ci" / "gitlab-ci-registry-cache.yml").read_text())
-    assert "DOCKAPP_CACHE_FROM" in github["env"] and "DOCKAPP_CACHE_FROM" in gitlab[".dockapp"]["variables"]
+    refs = [
+        s.get("run", "") for job in github["jobs"].values() for s in job["steps"] if "Cache refs" in s.get("name", "")
+    ]
+    assert len(refs) == 2 and all("DOCKAPP_CACHE_FROM=" in r for r in refs)
+    assert "DOCKAPP_CACHE_FROM" in gitlab[".dockapp"]["variables"]
     build = [s.get("run", "") for s in github["jobs"]["build"]["steps"]][-1]
     shard = [s.get("run", "") for s in github["jobs"]["shards"]["steps"]][-1]
-    assert "--dockapp-cache-to=" in build and "--dockapp-expect-cached" not in build
+    assert '--dockapp-cache-to="$CACHE_TO"' in build and "--dockapp-expect-cached" not in build
     assert "--dockapp-expect-cached" in shard and github["jobs"]["shards"]["needs"] == "build"
     # One builder in every job (they keep separate caches).
     assert "--dockapp-builder=buildkit" in build and "--dockapp-builder=buildkit" in shard
@@ -111,6 +118,71 @@ def test_the_registry_cache_recipes_push_once_and_expect_every_runner_cached() -
     assert "--dockapp-expect-cached" in gitlab["test"]["script"][0] and gitlab["test"]["needs"] == ["build"]
     # The credentials go where the plugin (the docker SDK) reads them.
     assert any("~/.docker/config.json" in line for line in gitlab[".dockapp"]["before_script"])
+
+
+@pytest.mark.parametrize("branch", ["main", "42/merge", "feature/x", "Fix: ünïcode & spaces"])
+def test_the_github_recipe_makes_a_valid_cache_ref_of_any_branch_name(tmp_path: Path, branch: str) -> None:
+    """`cache-${{ github.ref_name }}` was `cache-42/merge` on a pull request: no valid tag."""
+    from pytest_dockapp.builds.reference import check_reference
+
+    jobs = yaml.safe_load((ROOT / "examples" / "ci" / "github-actions-registry-cache.yml").read_text())["jobs"]
+    for job in jobs.values():
+        step = next(s["run"] for s in job["steps"] if s.get("name", "").startswith("Cache refs"))
+        script = step.replace("${{ vars.CACHE_REPO }}", "127.0.0.1:5000/org/myapp")
+        env_file = tmp_path / "github_env"
+        env_file.write_text("")
+        env = {**os.environ, "GITHUB_REF_NAME": branch, "GITHUB_ENV": str(env_file)}
+        subprocess.run(["bash", "-eo", "pipefail", "-c", script], env=env, check=True)
+        values = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        for ref in [values["CACHE_TO"], *values["DOCKAPP_CACHE_FROM"].split()]:
+            assert check_reference(ref) == ref
+        assert values["DOCKAPP_CACHE_FROM"].split()[0] == values["CACHE_TO"]
+
+
+SHARDED = """
+import pytest
+
+@pytest.mark.parametrize("n", range(7))
+def test_n(n):
+    pass
+
+def test_other():
+    pass
+"""
+
+
+def _collected(pytester: pytest.Pytester, args: list[str]) -> set[str]:
+    result = pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:randomly", *args)
+    return {line for line in result.stdout.lines if "::" in line}
+
+
+def test_the_sharded_recipes_split_the_tests_once_across_their_jobs(pytester: pytest.Pytester) -> None:
+    """The GitLab recipe ran the whole suite in each of its `parallel: 2` jobs, and the GitHub one
+    named folders a project does not have: each job's command, as written, runs its share."""
+    pytester.makepyfile(SHARDED)
+    every = _collected(pytester, [])
+    gitlab = yaml.safe_load((ROOT / "examples" / "ci" / "gitlab-ci-registry-cache.yml").read_text())["test"]
+    github = yaml.safe_load((ROOT / "examples" / "ci" / "github-actions-registry-cache.yml").read_text())["jobs"]
+    shards = github["shards"]["strategy"]["matrix"]["shard"]
+    commands = {
+        "gitlab": [
+            gitlab["script"][0].replace("$CI_NODE_TOTAL", str(gitlab["parallel"])).replace("$CI_NODE_INDEX", str(i))
+            for i in range(1, gitlab["parallel"] + 1)
+        ],
+        "github": [github["shards"]["steps"][-1]["run"].replace("${{ matrix.shard }}", str(i)) for i in shards],
+    }
+    for name, jobs in commands.items():
+        shares = []
+        for command in jobs:
+            words = shlex.split(command)
+            split = [
+                w
+                for i, w in enumerate(words)
+                if w in ("--splits", "--group") or words[i - 1] in ("--splits", "--group")
+            ]
+            shares.append(_collected(pytester, split))
+        assert all(shares), (name, shares)
+        assert set().union(*shares) == every and sum(map(len, shares)) == len(every), (name, shares)
 
 
 def test_the_gitlab_recipe_reaches_the_dind_service_where_ports_are_published() -> None:
