@@ -20,7 +20,8 @@ from pytest_dockapp.services.interpolate import interpolate_tree, read_env_file
 #: Service keys applied as compose applies them.
 SUPPORTED = {
     "build": "context, dockerfile, args, target, secrets; built by the plugin's builder",
-    "image": "run as is (must be on the engine); beside `build:`, the build is run and not tagged with it",
+    "image": "run as is, pulled first when it is not on the engine (as compose does); beside `build:`, the build "
+    "is run and not tagged with it",
     "command": "string or list",
     "entrypoint": "string or list",
     "environment": "list or map",
