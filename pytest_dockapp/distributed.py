@@ -20,6 +20,7 @@ class XdistController:
     """On the pytest-xdist controller: one shared build folder for all workers, one summary."""
 
     def __init__(self, state: PluginState):
+        self.summaries: dict[str, list[str]] = {}  # each worker's summary lines, by worker id
         import tempfile
 
         self.state = state
@@ -58,7 +59,8 @@ class XdistController:
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         output = getattr(node, "workeroutput", None) or {}
         worker = node.gateway.id
-        self.state.worker_lines += [f"[{worker}] {line}" for line in output.get("dockapp_summary", [])]
+        self.summaries[worker] = list(output.get("dockapp_summary", []))
+        self.state.worker_summary = merge_summaries(self.summaries)
         self.crashed = self.crashed or error is not None
 
     def pytest_sessionfinish(self) -> None:
@@ -105,3 +107,38 @@ class XdistController:
         import shutil
 
         shutil.rmtree(self.shared_dir, ignore_errors=True)
+
+
+def _blocks(lines: list[str]) -> list[tuple[str, ...]]:
+    """A summary's lines as blocks: a line and the indented lines under it (a stack's services)."""
+    blocks: list[list[str]] = []
+    for line in lines:
+        if line.startswith(" ") and blocks:
+            blocks[-1].append(line)
+        else:
+            blocks.append([line])
+    return [tuple(b) for b in blocks]
+
+
+def merge_summaries(by_worker: dict[str, list[str]]) -> list[str]:
+    """The workers' summaries as one: a block that several workers tell (one image, one shared
+    stack) once, with the workers that told it; a worker's "built once by another worker" or
+    "started by another worker" line where that other worker's own line is there."""
+    import re
+
+    told: dict[tuple[str, ...], list[str]] = {}
+    for worker, lines in by_worker.items():
+        for block in _blocks(lines):
+            told.setdefault(block, []).append(worker)
+    heads = [block[0] for block in told]
+    built = {m.group(1) for h in heads for m in [re.match(r"(?:built|reused) (\S+)(?: \(|: nothing)", h)] if m}
+    stacks = {m.group(1) for h in heads for m in [re.match(r"stack (\S+) \(.*shared by every", h)] if m}
+    out: list[str] = []
+    for block, workers in told.items():
+        other = re.match(r"reused (\S+): built once by another pytest-xdist worker", block[0])
+        attached = re.match(r"stack (\S+) \(.*\): shared, started by another pytest-xdist worker", block[0])
+        if (other and other.group(1) in built) or (attached and attached.group(1) in stacks):
+            continue
+        out.append(f"[{', '.join(workers)}] {block[0]}")
+        out += block[1:]
+    return out

@@ -44,15 +44,16 @@ def _build(
     state: PluginState,
     context: str,
     dockerfile: str | None,
-    build_args: Mapping[str, str],
+    base_args: Mapping[str, str],
     target: str | None,
     secrets: Mapping[str, str] | None = None,
+    call_args: Mapping[str, str] | None = None,
 ) -> Image:
     __tracebackhide__ = True
     from pytest_dockapp.core.errors import DockappError
     from pytest_dockapp.run.manager import BuildSpec
 
-    args = {**build_args, **state.settings.from_cli.get("build_args", {})}
+    args = pick(state, "build_args", base_args, call_args)  # the call's, the command line's, the fixture's
     spec = BuildSpec(context, dockerfile, args, target, {**state.settings.secrets, **(secrets or {})})
     try:
         early = state.prestart.take_image(spec) if state.prestart is not None else None
@@ -83,7 +84,7 @@ def dockapp_image(
     ``dockapp_compose``, the image of the app's service."""
     __tracebackhide__ = True
     state = state_of(pytestconfig)
-    if dockapp_compose and not state.settings.image:
+    if dockapp_compose:  # with --dockapp-image too: the stack's app service runs it
         stack = request.getfixturevalue("dockapp_services")
         image: Image = stack.images[stack.main_name]
     else:
@@ -211,7 +212,7 @@ def dockapp(
         "timeout": pick(state, "timeout", dockapp_timeout),
         "ready": pick(state, "ready", dockapp_ready),
     }
-    if state.settings.image is None and request.getfixturevalue("dockapp_compose"):
+    if request.getfixturevalue("dockapp_compose"):
         main = request.getfixturevalue("dockapp_services").main
         with told_once("the session app's budget"):
             _session_budget(state, dockapp_image, ("ready",))
@@ -249,6 +250,7 @@ def dockapp_services(
     files = pick(state, "compose", dockapp_compose)
     if not files:
         pytest.fail("dockapp_services needs a compose file: set dockapp_compose = compose.yaml", pytrace=False)
+    state.session_compose = _as_list(files)
     main_options = {
         "port": pick(state, "port", dockapp_port),
         "health_path": pick(state, "health_path", dockapp_health_path),
@@ -258,6 +260,10 @@ def dockapp_services(
         stack = _stack(state, files, pick(state, "service", dockapp_service), main_options, dockapp_timeout, True)
     yield stack
     _close_stack(state, stack)
+
+
+def _as_list(files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    return [str(files)] if isinstance(files, (str, os.PathLike)) else [str(f) for f in files]
 
 
 def _close_stack(state: PluginState, stack: Stack, wait: bool = True) -> None:
@@ -285,11 +291,15 @@ def _stack(
     error becomes a clean fixture failure."""
     __tracebackhide__ = True
     from pytest_dockapp.core.errors import DockappError
+    from pytest_dockapp.services.compose import with_image
     from pytest_dockapp.services.stack import Stack
 
     s = state.settings
     try:
         project = load_compose(state, files, service)
+        if s.image and _as_list(files) == state.session_compose:  # the session's stack: its app is the prebuilt image
+            service = project.main_service(service)
+            project = with_image(project, service, s.image, "--dockapp-image")
         options: dict[str, Any] = {"main": service, "host_ports": s.compose_host_ports, "main_options": main_options}
         workerinput = getattr(state.config, "workerinput", None)
         if shared and workerinput is not None and s.compose_scope == "session":
@@ -369,6 +379,8 @@ def dockapp_factory(
     stacks: list[Stack] = []
     # dockapp_fresh, in a session where more tests ask for it: its spares may start at once.
     likely = request.node.stash.get(_FRESH_LIKELY, False)
+    session: dict[str, Any] = {"port": dockapp_port, "health_path": dockapp_health_path, "ready": dockapp_ready}
+    session["timeout"] = dockapp_timeout
 
     def factory(
         context: str | os.PathLike[str] | None = None,
@@ -394,9 +406,8 @@ def dockapp_factory(
         __tracebackhide__ = True
         _check_arguments(port=port, health_path=health_path, timeout=timeout, ready=ready)
         if compose is not None:  # a stack of this test's own, removed after it
-            options = {"port": port, "health_path": health_path, "ready": ready}
-            own = _own_stack(state, request, compose, service, options, timeout or dockapp_timeout, likely)
-            stacks.append(own)
+            call = {"port": port, "health_path": health_path, "ready": ready, "timeout": timeout}
+            stacks.append(_own_stack(state, request, compose, service, call, session, likely))
             return stacks[-1].main
         default = context is None and image is None
         ref: Image | str
@@ -409,22 +420,20 @@ def dockapp_factory(
             ref = _build(
                 state,
                 pick(state, "context", dockapp_context),
-                dockerfile or pick(state, "dockerfile", dockapp_dockerfile),
-                {**dockapp_build_args, **(build_args or {})},
-                target or pick(state, "target", dockapp_target),
+                pick(state, "dockerfile", dockapp_dockerfile, dockerfile),
+                dockapp_build_args,
+                pick(state, "target", dockapp_target, target),
                 secrets,
+                build_args,
             )
         else:
             ctx = Path(context)  # type: ignore[arg-type]
             where = str(ctx if ctx.is_absolute() else request.config.rootpath / ctx)  # one base: the rootdir
-            ref = _build(state, where, dockerfile, dict(build_args or {}), target, secrets)
+            ref = _build(state, where, dockerfile, {}, target, secrets, build_args)
         given: dict[str, Any] = {"env": env, "command": command, "network": network, "aliases": aliases}
-        given.update(host_ports=host_ports, name=name, port=port, health_path=health_path)
-        for key, fixture_value in (("port", dockapp_port), ("health_path", dockapp_health_path)):
-            if given[key] is None and default:  # the session's settings, where the call gives none
-                given[key] = pick(state, key, fixture_value)
-        given["timeout"] = timeout or pick(state, "timeout", dockapp_timeout)
-        given["ready"] = ready or pick(state, "ready", dockapp_ready)
+        given.update(host_ports=host_ports, name=name, port=port, health_path=health_path, timeout=timeout, ready=ready)
+        for key in ("port", "health_path", "timeout", "ready") if default else ("timeout", "ready"):
+            given[key] = pick(state, key, session[key], given[key])  # the session's, where the call gives none
         app = _start_raising(state, ref, True, likely, **given)  # fresh: one test's app, maybe a warm spare
         started.append(app)
         request.node.stash.setdefault(ITEM_APPS, {})[name or f"factory-{len(started)}"] = app
@@ -442,13 +451,19 @@ def _own_stack(
     request: pytest.FixtureRequest,
     compose: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     service: str | None,
-    options: dict[str, Any],
-    timeout: float,
+    call: dict[str, Any],
+    session: dict[str, Any],
     likely: bool,
 ) -> Stack:
+    """A stack of the test's own; of the session's compose files, it takes the session's
+    readiness settings (and --dockapp-image) where the call gives none."""
     __tracebackhide__ = True
-    files = [compose] if isinstance(compose, (str, os.PathLike)) else list(compose)
-    stack = _stack(state, [str(f) for f in files], service, options, timeout, fresh=True, likely=likely)
+    files = _as_list(compose)
+    options = {key: call[key] for key in ("port", "health_path", "ready")}  # another project: the call's alone
+    if files == state.session_compose:
+        options = {key: pick(state, key, session[key], value) for key, value in options.items()}
+    timeout = pick(state, "timeout", session["timeout"], call["timeout"])
+    stack = _stack(state, files, service, options, timeout, fresh=True, likely=likely)
     request.node.stash.setdefault(ITEM_APPS, {}).update(stack.services)
     return stack
 
@@ -493,7 +508,8 @@ def dockapp_fresh(
     state = state_of(request.config)
     dockapp_factory: Callable[..., DockApp] = request.getfixturevalue("dockapp_factory")  # reads the stash above
     files = pick(state, "compose", dockapp_compose)
-    if files and state.settings.image is None:
+    if files:
+        state.session_compose = _as_list(files)
         return dockapp_factory(compose=files, service=pick(state, "service", dockapp_service))
     return dockapp_factory()
 

@@ -22,35 +22,30 @@ from pytest_dockapp.core.errors import ConfigurationError
 STRICT_ENV = "DOCKAPP_STRICT"
 
 
+def _lazy(module: str, name: str, **options: Any) -> Callable[[str], Any]:
+    """The library's validator ``module.name``, imported when a value is given: the plugin loads
+    without the library."""
+
+    def parse(value: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(f"pytest_dockapp.{module}"), name)(value, **options)
+
+    return parse
+
+
+_timeout = _lazy("run.readiness.settings", "parse_timeout")
+_health_path = _lazy("run.readiness.settings", "parse_health_path")
+_builder = _lazy("engine.client", "parse_builder")
+_ready = _lazy("run.readiness.settings", "parse_ready")
+_ref = _lazy("builds.reference", "check_reference")
+_push_ref = _lazy("builds.reference", "check_reference", tagged=True)
+_age = _lazy("engine.cleanup", "parse_age")
+
+
 def _port(value: str) -> str:
-    from pytest_dockapp.run.app import parse_port
-
-    parse_port(value)
+    _lazy("run.app", "parse_port")(value)
     return value
-
-
-def _timeout(value: str) -> float:
-    from pytest_dockapp.run.readiness.settings import parse_timeout
-
-    return parse_timeout(value)
-
-
-def _health_path(value: str) -> str:
-    from pytest_dockapp.run.readiness.settings import parse_health_path
-
-    return parse_health_path(value)
-
-
-def _builder(value: str) -> str:
-    from pytest_dockapp.engine.client import parse_builder
-
-    return parse_builder(value)
-
-
-def _ready(value: str) -> str:
-    from pytest_dockapp.run.readiness.settings import parse_ready
-
-    return parse_ready(value)
 
 
 def _ip(value: str) -> str:
@@ -82,18 +77,6 @@ def _budget(kind: str) -> Callable[[str], str]:
     return parse
 
 
-def _ref(value: str) -> str:
-    from pytest_dockapp.builds.reference import check_reference
-
-    return check_reference(value)
-
-
-def _push_ref(value: str) -> str:
-    from pytest_dockapp.builds.reference import check_reference
-
-    return check_reference(value, tagged=True)
-
-
 def _count(value: str) -> int:
     try:
         number = int(str(value).strip())
@@ -102,12 +85,6 @@ def _count(value: str) -> int:
     if number < 0:
         raise ConfigurationError(f"{value!r} is not a count", hint="0 (off), 1, 2, ...")
     return number
-
-
-def _age(value: str) -> float | None:
-    from pytest_dockapp.engine.cleanup import parse_age
-
-    return parse_age(value)
 
 
 def _bool(value: str | bool) -> bool:
@@ -350,7 +327,13 @@ SETTINGS: list[Setting] = [
     Setting(
         "rebuild", "build even when nothing the build reads changed since its last build", False, _bool, kind="flag"
     ),
-    Setting("image", "test this prebuilt image instead of building the Dockerfile (CI stages)", parse=_ref, ini=False),
+    Setting(
+        "image",
+        "test this prebuilt image instead of building the Dockerfile (CI stages); with a compose file, the app's "
+        "service runs it and the rest of the stack starts as the file says",
+        parse=_ref,
+        ini=False,
+    ),
     Setting("keep", "leave the containers of failing tests running (named *-kept)", False, kind="flag", ini=False),
     Setting("remove_images", "remove the images this session built when it ends", False, kind="flag", ini=False),
     Setting(
@@ -408,8 +391,20 @@ class Settings:
     sweep_kept: bool = False
     lint: bool = False
     lint_only: bool = False
-    #: What the command line gave, by setting: it wins over a conftest.py fixture override.
+    #: What the command line (else the environment) gave, by setting: it wins over a conftest.py
+    #: fixture override (see :meth:`effective`).
     from_cli: dict[str, Any] = field(default_factory=dict)
+
+    def effective(self, name: str, *, call: Any = None, fixture: Any = None) -> Any:
+        """The one rule for every setting: a call's argument (a factory, a marker, dockapp_fresh),
+        then the command line, then the environment, then a conftest.py fixture (whose default is
+        the ini file's value, else the default). Mappings merge key by key in that order."""
+        given = self.from_cli.get(name)
+        if BY_NAME[name].kind == "pairs":
+            return {**(fixture or {}), **(given or {}), **(call or {})}
+        if call is not None:
+            return call
+        return given if given is not None else fixture
 
 
 assert {f.name for f in fields(Settings)} - {"from_cli"} == set(BY_NAME), "the table and Settings disagree"
@@ -462,8 +457,10 @@ def resolve(config: pytest.Config) -> Settings:
         cli = config.getoption(s.dest)
         ini = config.getini(s.dest) if s.ini else None
         where = f"ini {s.dest}"
-        if s.env and os.environ.get(s.env, "").strip():
-            # The environment (a CI job's) sits between the command line and the ini file.
+        from_env = bool(s.env and os.environ.get(s.env, "").strip())
+        if from_env:
+            # The environment (a CI job's) sits between the command line and the ini file, and
+            # over a conftest.py fixture, as the command line does.
             raw = os.environ[s.env].strip()
             ini, where = (raw.replace(",", " ").split() if s.kind == "list" else raw), s.env
         if s.kind == "pairs":
@@ -473,12 +470,14 @@ def resolve(config: pytest.Config) -> Settings:
                 from_cli[s.name] = value
         elif s.kind == "list":
             value = _parsed(s, cli, s.option) if cli else _parsed(s, ini or [], where)
-            if cli:
+            if cli or from_env:
                 from_cli[s.name] = value
         elif cli not in (None, ""):
             value = from_cli[s.name] = _parsed(s, cli, s.option)
         elif ini not in (None, ""):
             value = _parsed(s, ini, where)
+            if from_env:
+                from_cli[s.name] = value
         else:
             value = s.default
         values[s.name] = value

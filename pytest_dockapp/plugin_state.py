@@ -50,11 +50,15 @@ class PluginState:
         self.stacks: list[Stack] = []  # the compose stacks the session started
         self.figures: dict[str, Figures] = {}  # what budgets measured, by image ID
         self.worker_lines: list[str] = []
+        self.worker_summary: list[str] = []  # the workers' summaries, merged (distributed.merge_summaries)
         self.removed_images: list[str] = []
         self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps
         self.teardown_error: str | None = None
         self.progress = Progress(config)
         self.prestart: EarlyStart | None = None  # the session image and app, started at collection
+        #: The session's compose files, once a fixture resolved them: a factory or fresh stack of
+        #: these files takes the session's settings (and its --dockapp-image).
+        self.session_compose: list[str] | None = None
         self._connecting = threading.Lock()
 
     def apps(self) -> AppManager:
@@ -150,9 +154,10 @@ def told_once(what: str) -> Iterator[None]:
         raise
 
 
-def pick(state: PluginState, name: str, fixture_value: Any) -> Any:
-    """The command line wins over a conftest.py fixture override (which wins over the ini file)."""
-    return state.settings.from_cli.get(name, fixture_value)
+def pick(state: PluginState, name: str, fixture_value: Any, call: Any = None) -> Any:
+    """The setting ``name`` by :meth:`Settings.effective`: a call's argument, the command line,
+    the environment, the conftest.py fixture (the ini file, the default)."""
+    return state.settings.effective(name, call=call, fixture=fixture_value)
 
 
 def load_compose(state: PluginState, files: str | list[str], wanted: str | None) -> Project:

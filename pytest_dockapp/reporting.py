@@ -310,7 +310,11 @@ def _stack_lines(state: PluginState) -> tuple[list[str], set[Any]]:
             told |= {app.name for app in [*stack.services.values(), *stack.completed.values()]}
             continue
         shared_out = "; shared by every pytest-xdist worker" if stack.shared_owner is not None else ""
-        lines.append(f"stack {stack.name} ({files}{shared_out}):")
+        header = f"stack {stack.name} ({files}{shared_out})"
+        if not stack.images:
+            lines.append(f"{header}: not started (it stopped before any service was built)")
+            continue
+        lines.append(f"{header}:")
         for name in stack.order:
             image = stack.images.get(name)
             if image is None:
@@ -324,10 +328,12 @@ def _stack_lines(state: PluginState) -> tuple[list[str], set[Any]]:
             elif record is not None:
                 how = f"built {record.tag} ({record.builder}) in {record.summary()}"
             else:
-                how = f"image {image.name}"
+                svc = stack.project.services[name]
+                how = f"image {image.name}" + (f" ({svc.image_from}, in place of its build:)" if svc.image_from else "")
             app = stack.services.get(name) or stack.completed.get(name)
             if app is None:
-                lines.append(f"  service {name}: {how}; not started")
+                state_now = "stopped when the stack's start failed" if stack.was_created(name) else "not started"
+                lines.append(f"  service {name}: {how}; {state_now}")
                 continue
             told.add(app.name)
             stat = stats.get(app.name)
@@ -358,7 +364,7 @@ def _folded_stacks(files: str, stacks: Sequence[Stack], stats: Mapping[str, AppS
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     state = state_of(terminalreporter.config)
-    lines = _summary_lines(state) + state.worker_lines
+    lines = _summary_lines(state) + state.worker_summary + state.worker_lines
     if lines:
         terminalreporter.write_sep("-", "dockapp")
         for line in lines:

@@ -267,6 +267,7 @@ class AppRunner:
         self.name_given = bool(name)
         self.name = name or f"dockapp-{slug}-{self.owner.id[:8]}-{next(_counter)}"
         self.container_id: str | None = None
+        self.created = False  # a container was made (it may be removed since)
         self.left_behind: str | None = None  # the name of a container the engine did not let us remove
         self.app: DockApp | None = None
         self.teardown_seconds: float | None = None
@@ -307,6 +308,7 @@ class AppRunner:
         try:
             with self.creation(f"container {self.name}"):
                 self.container_id = self._create(publish)
+                self.created = True
             self._run()
             if self.on_started is not None:
                 self.on_started()
@@ -357,6 +359,7 @@ class AppRunner:
         try:
             with self.creation(f"container {self.name}"):
                 self.container_id = self._create(publish)
+                self.created = True
             self._run()
             begin = time.perf_counter()
             try:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pytest_dockapp.core.errors import ComposeError
 from pytest_dockapp.services.interpolate import interpolate_tree, read_env_file
+from pytest_dockapp.services.shapes import SERVICE_SHAPES, TOP_SHAPES, check_shapes
 
 #: Service keys applied as compose applies them.
 SUPPORTED = {
@@ -100,6 +101,8 @@ class ServiceDef:
     healthcheck: dict[str, Any] | None = None  # the engine API's form; {"test": ["NONE"]} disables
     aliases: list[str] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
+    #: Where ``image`` came from when not from the file: ``--dockapp-image`` in place of its build.
+    image_from: str = ""
 
 
 @dataclass
@@ -147,6 +150,15 @@ class Project:
         )
 
 
+def with_image(project: Project, service: str, image: str, source: str) -> Project:
+    """``project`` with ``service`` running ``image`` instead of building (as compose runs a
+    service's ``image:``); the rest of the stack is as the file says."""
+    import dataclasses
+
+    svc = dataclasses.replace(project.services[service], build=None, image=image, image_from=source)
+    return dataclasses.replace(project, services={**project.services, service: svc})
+
+
 def _names(files: Sequence[Path]) -> str:
     return " + ".join(str(f) for f in files)
 
@@ -184,7 +196,7 @@ def load_project(
         if not isinstance(raw, dict):
             raise ComposeError(f"{path} is not a mapping of top-level keys", hint="it starts with services:")
         raw = {k: v for k, v in raw.items() if not str(k).startswith("x-")}
-        _check_shapes(raw, _TOP_SHAPES, str(path), "")
+        check_shapes(raw, TOP_SHAPES, str(path), "")
         unknown = sorted(set(raw) - _TOP)
         if unknown:
             raise ComposeError(
@@ -193,58 +205,6 @@ def load_project(
             )
         merged = _merge(merged, interpolate_tree(raw, variables, str(path)))
     return _project(merged, paths, variables, profiles, wanted)
-
-
-#: The shape each key takes, as the Compose Specification's schema says: (types, how it reads).
-_STR, _LIST, _MAP, _NUM = (str,), (list,), (dict,), (int, float)
-_TOP_SHAPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "version": ((str, *_NUM), "a string"),
-    "name": (_STR, "a string"),
-    "services": (_MAP, "a mapping of service names"),
-    "volumes": (_MAP, "a mapping of volume names, e.g. volumes: {data: {}}"),
-    "networks": (_MAP, "a mapping of network names, e.g. networks: {back: {}}"),
-    "secrets": (_MAP, "a mapping of secret names, e.g. secrets: {db_password: {file: ./pw.txt}}"),
-}
-_SERVICE_SHAPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "build": ((str, dict), "a context path, or a mapping (context, dockerfile, args, ...)"),
-    "image": (_STR, "a string"),
-    "command": ((str, list), "a string or a list"),
-    "entrypoint": ((str, list), "a string or a list"),
-    "environment": ((list, dict), "a list of KEY=VALUE or a mapping"),
-    "env_file": ((str, list), "a path or a list of paths"),
-    "working_dir": (_STR, "a string"),
-    "user": ((str, int), "a string"),
-    "hostname": (_STR, "a string"),
-    "init": ((bool,), "true or false"),
-    "tmpfs": ((str, list), "a path or a list of paths"),
-    "labels": ((list, dict), "a list of KEY=VALUE or a mapping"),
-    "volumes": (_LIST, "a list, e.g. volumes: [data:/data] or [{type: volume, source: data, target: /data}]"),
-    "ports": (_LIST, 'a list, e.g. ports: ["8080:80"]'),
-    "expose": (_LIST, 'a list, e.g. expose: ["80"]'),
-    "depends_on": ((list, dict), "a list of services or a mapping of service to condition"),
-    "healthcheck": (_MAP, 'a mapping, e.g. healthcheck: {test: ["CMD", "true"], interval: 5s}'),
-    "networks": ((list, dict), "a list of network names or a mapping"),
-    "profiles": (_LIST, "a list of names"),
-    "container_name": (_STR, "a string"),
-}
-
-
-def _check_shapes(
-    body: Mapping[Any, Any], shapes: Mapping[str, tuple[tuple[type, ...], str]], where: str, what: str
-) -> None:
-    """A key whose value has the wrong shape is a :class:`ComposeError` naming the key, the
-    shape the Compose Specification asks for, and the file."""
-    for key, value in body.items():
-        shape = shapes.get(str(key))
-        if shape is None or value is None or isinstance(value, shape[0]):
-            continue
-        kind = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
-            type(value), type(value).__name__
-        )
-        raise ComposeError(
-            f"{where}: {what}{key} is {kind}, but must be {shape[1]}",
-            hint="compare it with the Compose Specification's form of that key",
-        )
 
 
 def _loader() -> Any:
@@ -397,7 +357,7 @@ def _service(
     if not isinstance(body, dict):
         raise ComposeError(f"{where}: service {name} is not a mapping")
     body = {k: v for k, v in body.items() if not str(k).startswith("x-")}
-    _check_shapes(body, _SERVICE_SHAPES, where, f"service {name}: ")
+    check_shapes(body, SERVICE_SHAPES, where, f"service {name}: ")
     unknown = sorted(set(body) - set(SUPPORTED) - set(ACCEPTED))
     if unknown:
         raise ComposeError(

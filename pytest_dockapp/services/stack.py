@@ -284,6 +284,11 @@ class Stack(Mapping[str, DockApp]):
                 raise DockappError(f"{what} was not created: the stack's start had stopped")
             yield
 
+    def was_created(self, service: str) -> bool:
+        """Whether a container of ``service`` was made (it may have exited or been removed since)."""
+        name = container_name(self.name, service)
+        return any(r.name == name and r.created for r in self._runners)
+
     def _one_shot(self, name: str) -> bool:
         return any(s.depends_on.get(name) == "service_completed_successfully" for s in self.project.services.values())
 
