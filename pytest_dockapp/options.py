@@ -9,10 +9,10 @@ Bad values are usage errors that name the valid forms.
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -351,49 +351,34 @@ SETTINGS: list[Setting] = [
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
-@dataclass
 class Settings:
-    """The resolved settings of a session (command line over ini over defaults)."""
+    """The resolved settings of a session: one read-only attribute per row of :data:`SETTINGS`
+    (the table is the only list of names and defaults), and what the command line or the
+    environment gave, which wins over a ``conftest.py`` fixture (:meth:`effective`)."""
 
-    context: Path
-    dockerfile: str | None = None
-    build_args: dict[str, str] = field(default_factory=dict)
-    target: str | None = None
-    port: str | None = None
-    health_path: str | None = None
-    timeout: float = _D["timeout"]
-    ready: str = _D["ready"]
-    builder: str = "auto"
-    docker_cli: str | None = None
-    host_ip: str | None = None
-    connect_host: str | None = None
-    secrets: dict[str, str] = field(default_factory=dict)
-    cache_from: list[str] = field(default_factory=list)
-    cache_to: str | None = None
-    compose: list[str] = field(default_factory=list)
-    service: str | None = None
-    compose_profiles: list[str] = field(default_factory=list)
-    compose_host_ports: bool = False
-    compose_scope: str = "session"
-    spares: int = 2
-    budget_size: str | None = None
-    budget_layers: str | None = None
-    budget_wasted: str | None = None
-    budget_ready: str | None = None
-    budget_build: str | None = None
-    strict: bool = False
-    expect_cached: bool = False
-    sweep_age: float | None = _D["sweep_age"]
-    rebuild: bool = False
-    image: str | None = None
-    keep: bool = False
-    remove_images: bool = False
-    sweep_kept: bool = False
-    lint: bool = False
-    lint_only: bool = False
-    #: What the command line (else the environment) gave, by setting: it wins over a conftest.py
-    #: fixture override (see :meth:`effective`).
-    from_cli: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("_values", "from_cli")
+
+    def __init__(self, values: Mapping[str, Any], from_cli: Mapping[str, Any] | None = None):
+        unknown = sorted(set(values) - set(BY_NAME))
+        if unknown:
+            raise TypeError(f"not settings: {', '.join(unknown)}")
+        defaults = {s.name: copy.copy(s.default) for s in SETTINGS}  # a fresh {} or [] per session
+        object.__setattr__(self, "_values", {**defaults, **values})
+        #: What the command line (else the environment) gave, by setting.
+        object.__setattr__(self, "from_cli", dict(from_cli or {}))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{name!r} is not a setting of the table in options.py") from None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("settings are resolved once, at configure, and then only read")
+
+    @staticmethod
+    def names() -> list[str]:
+        return [s.name for s in SETTINGS]
 
     def effective(self, name: str, *, call: Any = None, fixture: Any = None) -> Any:
         """The one rule for every setting: a call's argument (a factory, a marker, dockapp_fresh),
@@ -405,9 +390,6 @@ class Settings:
         if call is not None:
             return call
         return given if given is not None else fixture
-
-
-assert {f.name for f in fields(Settings)} - {"from_cli"} == set(BY_NAME), "the table and Settings disagree"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -484,7 +466,7 @@ def resolve(config: pytest.Config) -> Settings:
     _check_labels()
     base = config.rootpath
     values["context"] = (base / values["context"]).resolve() if values["context"] else base
-    return Settings(**values, from_cli=from_cli)
+    return Settings(values, from_cli)
 
 
 def _check_labels() -> None:

@@ -126,3 +126,17 @@ def test_architecture_md_names_every_package() -> None:
     text = (ROOT / "ARCHITECTURE.md").read_text()
     for layer in LAYERS:
         assert f"`{layer}/`" in text
+
+
+def test_the_settings_table_is_the_only_list_of_settings() -> None:
+    """`Settings` takes its attributes from `SETTINGS`: no second list of names or defaults."""
+    from pytest_dockapp.options import SETTINGS, Settings
+
+    tree = ast.parse((PACKAGE / "options.py").read_text())
+    settings = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
+    assert not [n for n in settings.body if isinstance(n, ast.AnnAssign)], "Settings declares fields of its own"
+    made = Settings({})
+    assert Settings.names() == [s.name for s in SETTINGS]
+    assert all(getattr(made, s.name) == s.default for s in SETTINGS)
+    with pytest.raises(TypeError, match="not settings: nonsense"):
+        Settings({"nonsense": 1})
