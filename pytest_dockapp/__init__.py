@@ -26,6 +26,7 @@ _EXPORTS = {
     "check_cache": "cache.check",
     "Dockerfile": "builds.dockerfile",
     "AppManager": "run.manager",
+    "AppOptions": "run.options",
     "BuildSpec": "run.images",
     "Image": "run.images",
     "wait_ready": "run.readiness.wait",
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # for type checkers (re-exports); tests/test_options.py check
     from .run.images import BuildSpec as BuildSpec
     from .run.images import Image as Image
     from .run.manager import AppManager as AppManager
+    from .run.options import AppOptions as AppOptions
     from .run.readiness.wait import wait_ready as wait_ready
     from .services.compose import load_project as load_project
     from .services.stack import Stack as Stack

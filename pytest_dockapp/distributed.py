@@ -83,6 +83,8 @@ class XdistController:
         every worker is done with it."""
         from pathlib import Path
 
+        if not any(Path(self.shared_dir).glob("stack-*.json")):  # services.shared.RECORD_GLOB
+            return  # no stack was shared (a run without -n is most): importing services/ costs 47 ms
         from pytest_dockapp.services.shared import recorded_stacks
 
         names = recorded_stacks(Path(self.shared_dir))

@@ -16,6 +16,7 @@ from pytest_dockapp.plugin_state import ITEM_APPS, PluginState, fail_on, load_co
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import Image
+    from pytest_dockapp.run.options import AppOptions
     from pytest_dockapp.services.stack import Stack
 
 
@@ -142,19 +143,19 @@ def _session_image(
     return image
 
 
-def _start(state: PluginState, image: Image | str, **kwargs: Any) -> DockApp:
+def _start(state: PluginState, image: Image | str, options: AppOptions) -> DockApp:
     """Start an app; a library error becomes a clean fixture failure."""
     __tracebackhide__ = True
     from pytest_dockapp.core.errors import DockappError
 
     try:
-        return _start_raising(state, image, **kwargs)
+        return _start_raising(state, image, options)
     except DockappError as exc:
         fail_on(exc, state)
 
 
 def _start_raising(
-    state: PluginState, image: Image | str, fresh: bool = False, likely: bool = False, **kwargs: Any
+    state: PluginState, image: Image | str, options: AppOptions, fresh: bool = False, likely: bool = False
 ) -> DockApp:
     """As :func:`_start`, but raising the library's error (tests may expect a ``PortError``),
     with known secrets masked in it. A ``fresh`` app (one test's) may come from a warm spare."""
@@ -162,9 +163,9 @@ def _start_raising(
     from pytest_dockapp.core.errors import DockappError
 
     try:
-        early = state.prestart.take_app(image, kwargs) if state.prestart is not None and not fresh else None
+        early = state.prestart.take_app(image, options) if state.prestart is not None and not fresh else None
         apps = state.apps()
-        app = early or (apps.start_fresh(image, likely=likely, **kwargs) if fresh else apps.start(image, **kwargs))
+        app = early or (apps.start_fresh(image, options, likely=likely) if fresh else apps.start(image, options))
     except DockappError as exc:
         raise type(exc)(
             state.mask(exc.what), evidence=state.mask(exc.evidence), evidence_title=exc.evidence_title, hint=exc.hint
@@ -206,12 +207,14 @@ def dockapp(
     """The app from the configured Dockerfile, running and ready, shared by the session."""
     __tracebackhide__ = True
     state = state_of(request.config)
-    kwargs = {
-        "port": pick(state, "port", dockapp_port),
-        "health_path": pick(state, "health_path", dockapp_health_path),
-        "timeout": pick(state, "timeout", dockapp_timeout),
-        "ready": pick(state, "ready", dockapp_ready),
-    }
+    from pytest_dockapp.run.options import AppOptions
+
+    options = AppOptions.of(
+        port=pick(state, "port", dockapp_port),
+        health_path=pick(state, "health_path", dockapp_health_path),
+        timeout=pick(state, "timeout", dockapp_timeout),
+        ready=pick(state, "ready", dockapp_ready),
+    )
     if request.getfixturevalue("dockapp_compose"):
         main = request.getfixturevalue("dockapp_services").main
         with told_once("the session app's budget"):
@@ -219,7 +222,7 @@ def dockapp(
         yield main  # the stack fixture removes it
         return
     with told_once("the session app"):
-        app = _start(state, dockapp_image, **kwargs)
+        app = _start(state, dockapp_image, options)
     try:
         with told_once("the session app's budget"):
             _session_budget(state, dockapp_image, ("ready",))
@@ -434,7 +437,9 @@ def dockapp_factory(
         given.update(host_ports=host_ports, name=name, port=port, health_path=health_path, timeout=timeout, ready=ready)
         for key in ("port", "health_path", "timeout", "ready") if default else ("timeout", "ready"):
             given[key] = pick(state, key, session[key], given[key])  # the session's, where the call gives none
-        app = _start_raising(state, ref, True, likely, **given)  # fresh: one test's app, maybe a warm spare
+        from pytest_dockapp.run.options import AppOptions
+
+        app = _start_raising(state, ref, AppOptions.of(**given), True, likely)  # one test's: maybe a warm spare
         started.append(app)
         request.node.stash.setdefault(ITEM_APPS, {})[name or f"factory-{len(started)}"] = app
         return app

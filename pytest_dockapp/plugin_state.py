@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pytest_dockapp.core.errors import DockappError
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import AppManager, BuildSpec, Image
+    from pytest_dockapp.run.options import AppOptions
     from pytest_dockapp.services.compose import Project
     from pytest_dockapp.services.stack import Stack
 
@@ -34,7 +35,7 @@ class EarlyStart(Protocol):
 
     def take_image(self, spec: BuildSpec | None) -> Image | None: ...
 
-    def take_app(self, image: Image | str, kwargs: dict[str, Any]) -> DockApp | None: ...
+    def take_app(self, image: Image | str, options: AppOptions) -> DockApp | None: ...
 
 
 class PluginState:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pytest_dockapp.plugin_state import PluginState
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import BuildSpec, Image
+    from pytest_dockapp.run.options import AppOptions
 
 #: The fixtures whose values the early start assumes; an override by a conftest.py turns it off.
 TRUSTED = (
@@ -52,10 +53,10 @@ def _ours(item: pytest.Item) -> bool:
 class Prestart:
     """The session image (and app, if a test asks for ``dockapp``), started in a daemon thread."""
 
-    def __init__(self, state: PluginState, spec: BuildSpec | None, app_kwargs: dict[str, Any] | None):
+    def __init__(self, state: PluginState, spec: BuildSpec | None, app_options: AppOptions | None):
         self.state = state
         self.spec = spec  # None: the prebuilt --dockapp-image
-        self.app_kwargs = app_kwargs
+        self.app_options = app_options
         self.image: Image | None = None
         self.app: DockApp | None = None
         self.image_error: BaseException | None = None
@@ -84,7 +85,9 @@ class Prestart:
         spec = None if s.image else BuildSpec(str(s.context), s.dockerfile, s.build_args, s.target, s.secrets)
         app = None
         if any("dockapp" in getattr(i, "fixturenames", ()) for i in wanted):
-            app = {"port": s.port, "health_path": s.health_path, "timeout": s.timeout, "ready": s.ready}
+            from pytest_dockapp.run.options import AppOptions
+
+            app = AppOptions.of(port=s.port, health_path=s.health_path, timeout=s.timeout, ready=s.ready)
         early = cls(state, spec, app)
         state.progress.attached = False  # its events are kept until a fixture waits for it
         early._thread.start()
@@ -104,12 +107,12 @@ class Prestart:
                 return
             finally:
                 self.state.progress.settle()
-            if self.app_kwargs is not None:
-                kw = self.app_kwargs
-                how = f"dockapp_ready = {kw['ready']}" + (f", GET {kw['health_path']}" if kw.get("health_path") else "")
+            if self.app_options is not None:
+                kw = self.app_options
+                how = f"dockapp_ready = {kw.ready}" + (f", GET {kw.health_path}" if kw.health_path else "")
                 self.state.progress.phase(f"waiting for the app to start and be ready ({how}; {self.image.name})")
                 try:
-                    self.app = apps.start(self.image, **self.app_kwargs)
+                    self.app = apps.start(self.image, self.app_options)
                 except BaseException as exc:
                     self.app_error = exc
         finally:
@@ -148,9 +151,9 @@ class Prestart:
             raise self.image_error
         return self.image
 
-    def take_app(self, image: Image | str, kwargs: dict[str, Any]) -> DockApp | None:
-        """The early app if it runs ``image`` with ``kwargs`` (else None); its error if it failed."""
-        if self.taken or self.app_kwargs != kwargs or self.image is not image:
+    def take_app(self, image: Image | str, options: AppOptions) -> DockApp | None:
+        """The early app if it runs ``image`` with ``options`` (else None); its error if it failed."""
+        if self.taken or self.app_options != options or self.image is not image:
             return None
         self.wait()
         self.taken = True

@@ -71,7 +71,7 @@ def test_the_library_example_runs_without_pytest(app: App, pytester: pytest.Pyte
         """,
         path=pytester.path / "my-app",
     )
-    code = block("from pytest_dockapp import BuildSpec, AppManager").replace('"node:20"', repr(app.busybox))
+    code = block("from pytest_dockapp import AppManager, AppOptions, BuildSpec").replace('"node:20"', repr(app.busybox))
     result = pytester.run(sys.executable, "-c", code)
     assert result.ret == 0, result.stderr.str()
     assert result.stdout.str().strip() == "from-the-library"

@@ -6,8 +6,7 @@ import contextlib
 import itertools
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -17,9 +16,8 @@ import requests  # the docker SDK imports it anyway
 from pytest_dockapp.core.errors import ContainerError, ContainerGoneError, PortError, ReadinessTimeoutError, tail
 from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import endpoint_of, is_engine_failure
-from pytest_dockapp.engine.endpoint import Endpoint
+from pytest_dockapp.run.options import AppOptions, RunContext
 from pytest_dockapp.run.readiness.logs import log_tail
-from pytest_dockapp.run.readiness.settings import DEFAULT_TIMEOUT
 from pytest_dockapp.run.readiness.wait import Readiness, wait_ready
 
 if TYPE_CHECKING:
@@ -201,67 +199,45 @@ class AppRunner:
         self,
         client: docker.DockerClient,
         image: str,
-        *,
-        owner: cleanup.Owner | None = None,
-        port: int | str | None = None,
-        host_ports: Mapping[int, int] | None = None,
-        host_ip: str | None = None,
-        connect_host: str | None = None,
-        endpoint: Endpoint | None = None,
-        ready: str = "auto",
-        env: Mapping[str, str] | None = None,
-        command: str | Sequence[str] | None = None,
-        network: Any = None,
-        aliases: Sequence[str] = (),
-        health_path: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        name: str | None = None,
-        build: BuildRecord | None = None,
-        display: str | None = None,
-        on_notice: Callable[[str], None] | None = None,
-        creation: Callable[[str], AbstractContextManager[None]] | None = None,
-        publish: Sequence[int | str] = (),
-        require_port: bool = True,
-        options: Mapping[str, Any] | None = None,
-        host_options: Mapping[str, Any] | None = None,
-        on_started: Callable[[], None] | None = None,
+        options: AppOptions | None = None,
+        context: RunContext | None = None,
     ):
+        options = options or AppOptions()
+        context = context or RunContext()
         self.client = client
         self.image = image
+        self.options_given = options
         #: Held while the container is created and recorded: the manager's guard against a
         #: creation that races its close (a start in the background when the session ends).
-        self.creation = creation or (lambda what: contextlib.nullcontext())
-        self.display = display or image
-        self.on_notice = on_notice
-        self.owner = owner or cleanup.Owner()
-        self.port = port
-        self.host_ports = dict(host_ports or {})
-        endpoint = endpoint or endpoint_of(client)
+        self.creation = context.creation or (lambda what: contextlib.nullcontext())
+        self.display = context.display or image
+        self.on_notice = context.on_notice
+        self.owner = context.owner or cleanup.Owner()
+        self.port = options.port
+        self.host_ports = dict(options.host_ports)
+        endpoint = context.endpoint or endpoint_of(client)
         #: The address published ports bind to on the engine, and the one they are dialled at here.
+        host_ip = context.host_ip
         self.host_ip = host_ip or endpoint.publish_address()
         specific = host_ip not in (None, "", "0.0.0.0", "::")
-        self.connect_host: str = connect_host or (
+        self.connect_host: str = context.connect_host or (
             host_ip if host_ip and specific and endpoint.is_local else endpoint.connect_host()
         )
-        self.ready = ready
+        self.ready: str = options.ready
         self.podman = False  # set by the manager: podman's exec wants a slower, growing pace
-        self.env = dict(env or {})
-        self.command = command
-        self.network = network
-        self.aliases = list(aliases)
-        self.health_path = health_path
-        self.timeout = timeout
-        self.build = build
-        #: Container ports to publish besides the EXPOSEd ones (a compose file's ports: and expose:).
-        self.publish = [parse_port(p) for p in publish]
-        #: Without a TCP port the app is ready once it runs (and its HEALTHCHECK passes), as a
-        #: compose service without ports is (a worker); the session's app must have one.
-        self.require_port = require_port
-        #: More arguments of the engine's create call (entrypoint, user, healthcheck, labels, ...)
-        #: and of its host config (binds, tmpfs, init, network_mode).
-        self.options = dict(options or {})
-        self.host_options = dict(host_options or {})
-        self.on_started = on_started
+        self.env = dict(options.env)
+        self.command = list(options.command) if isinstance(options.command, tuple) else options.command
+        self.network = options.network
+        self.aliases = list(options.aliases)
+        self.health_path = options.health_path
+        self.timeout = options.timeout
+        self.build = context.build
+        self.publish = [parse_port(p) for p in context.publish]
+        self.require_port = context.require_port
+        self.options = dict(context.create)
+        self.host_options = dict(context.host)
+        self.on_started = context.on_started
+        name = options.name
         # Named after the tag (``display``) when the image is run by ID.
         slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", self.display.split("/")[-1].split(":")[0])[:30] or "app"
         self.name_given = bool(name)

@@ -4,16 +4,17 @@ test's own apps), and every one removed when the session ends."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pytest_dockapp.engine import cleanup
 from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.images import Image
+from pytest_dockapp.run.options import AppOptions, RunContext
 
 if TYPE_CHECKING:
     import docker
@@ -35,34 +36,40 @@ class Apps:
         self,
         client: docker.DockerClient,
         owner: cleanup.Owner,
-        defaults: Callable[[], dict[str, Any]],
-        creation: Callable[[str], AbstractContextManager[None]],
+        session: Callable[[], RunContext],
+        podman: Callable[[], bool],
     ):
         self.client = client
         self.owner = owner
-        self._defaults = defaults  # AppRunner settings the manager knows (endpoint, podman, ...)
-        self._creation = creation
+        self._session = session  # what the manager knows of every start (endpoint, publish address, guard)
+        self._podman = podman
         self._runners: list[AppRunner] = []
         self._remover = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dockapp-remove")
         self._removals: list[tuple[frozenset[str], Future[None]]] = []  # with the container names each removes
         self._closed: list[AppRunner] = []
         self.stats: list[AppStat] = []
 
-    def runner(self, image: Image | str, **kwargs: Any) -> AppRunner:
-        """An :class:`AppRunner` for ``image`` that :meth:`close` will also remove."""
-        ref = image.ref if isinstance(image, Image) else image
-        record = image.record if isinstance(image, Image) else None
-        defaults = self._defaults()
-        podman = defaults.pop("podman")
-        for key, value in defaults.items():
-            kwargs.setdefault(key, value)
-        kwargs.setdefault("creation", self._creation)
-        if isinstance(image, Image):
-            kwargs.setdefault("display", image.name)
-        owner = kwargs.pop("owner", None) or self.owner
-        track = kwargs.pop("track", True)  # False: the caller removes it (a stack others share)
-        runner = AppRunner(self.client, ref, owner=owner, build=record, **kwargs)
-        runner.podman = podman
+    def runner(
+        self, image: Image | str, options: AppOptions, service: RunContext | None = None, track: bool = True
+    ) -> AppRunner:
+        """An :class:`AppRunner` for ``image`` that :meth:`close` will also remove (unless not
+        ``track``: a stack others share, which its owner removes). ``service`` is what a compose
+        service adds to the session's context: its owner, guard, ports and create arguments."""
+        session = self._session()
+        extra = service or RunContext()
+        context = dataclasses.replace(
+            extra,
+            owner=extra.owner or self.owner,
+            host_ip=session.host_ip,
+            connect_host=session.connect_host,
+            endpoint=session.endpoint,
+            on_notice=session.on_notice,
+            creation=extra.creation or session.creation,
+            display=extra.display or (image.name if isinstance(image, Image) else None),
+            build=image.record if isinstance(image, Image) else None,
+        )
+        runner = AppRunner(self.client, image.ref if isinstance(image, Image) else image, options, context)
+        runner.podman = self._podman()
         if track:
             self._runners.append(runner)
         return runner

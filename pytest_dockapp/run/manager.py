@@ -2,7 +2,7 @@
 
 >>> with AppManager.connect() as apps:
 ...     image = apps.image(BuildSpec("./my-app"))
-...     with apps.run(image, health_path="/health") as app:
+...     with apps.run(image, AppOptions.of(health_path="/health")) as app:
 ...         assert app.get("/").ok
 """
 
@@ -37,7 +37,8 @@ from pytest_dockapp.engine.endpoint import Endpoint, resolve_endpoint
 from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.apps import Apps, AppStat
 from pytest_dockapp.run.images import BuildSpec, Image, Images
-from pytest_dockapp.run.spares import Spares, app_key, spareable
+from pytest_dockapp.run.options import AppOptions, RunContext
+from pytest_dockapp.run.spares import Spares
 
 if TYPE_CHECKING:
     import docker
@@ -92,7 +93,7 @@ class AppManager:
             registry=registry,
             on_notice=on_notice,
         )
-        self.running = Apps(client, self.owner, self._app_defaults, self._creation)
+        self.running = Apps(client, self.owner, self._run_context, lambda: self.podman)
         self._sweep: Future[cleanup.SweepReport] | None = None
         self._sweep_age: float | None = None
         #: Values of secret-looking build args and app env vars: masked in every report.
@@ -229,34 +230,47 @@ class AppManager:
         """An image that was built elsewhere (an earlier CI stage); it must be on the engine."""
         return self.images.prebuilt(ref)
 
-    def _app_defaults(self) -> dict[str, Any]:
-        return {
-            "host_ip": self.host_ip,
-            "connect_host": self.connect_host,
-            "endpoint": self.endpoint,
-            "ready": self.ready,
-            "on_notice": self.on_notice,
-            "podman": self.podman,
-        }
+    def _run_context(self) -> RunContext:
+        """What every start of this session shares: the publish address, where ports are dialled,
+        the engine, the notice line, and the guard that a session's end takes."""
+        return RunContext(
+            owner=self.owner,
+            host_ip=self.host_ip,
+            connect_host=self.connect_host,
+            endpoint=self.endpoint,
+            on_notice=self.on_notice,
+            creation=self._creation,
+        )
 
-    def run(self, image: Image | str, **kwargs: Any) -> AppRunner:
-        """An :class:`AppRunner` for ``image`` that :meth:`close` will also remove."""
-        return self.running.runner(image, **kwargs)
+    def run(
+        self,
+        image: Image | str,
+        options: AppOptions | None = None,
+        service: RunContext | None = None,
+        track: bool = True,
+    ) -> AppRunner:
+        """An :class:`AppRunner` for ``image`` that :meth:`close` will also remove; without
+        ``options``, the session's readiness mode and the defaults."""
+        return self.running.runner(image, options or AppOptions.of(ready=self.ready), service, track)
 
-    def start(self, image: Image | str, **kwargs: Any) -> DockApp:
+    def start(self, image: Image | str, options: AppOptions | None = None) -> DockApp:
         """Start an app and wait until it is ready; it stays up until :meth:`stop` or :meth:`close`."""
-        return self.start_runner(self.run(image, **kwargs))
+        return self.start_runner(self.run(image, options))
 
-    def start_fresh(self, image: Image | str, *, likely: bool = False, **kwargs: Any) -> DockApp:
+    def start_fresh(self, image: Image | str, options: AppOptions, *, likely: bool = False) -> DockApp:
         """As :meth:`start`, for an app of one test: taken from a warm spare when one is there, and
         the next one for the same image and settings starts in the background meanwhile (from the
         second app of those settings, or the first when ``likely``: more tests will ask)."""
-        if not spareable(kwargs):
-            return self.start(image, **kwargs)
-        key = app_key(image, kwargs)
-        start = lambda: self.start(image, **kwargs)  # noqa: E731
+        if not options.spareable:
+            return self.start(image, options)
+        key = ("app", image if isinstance(image, str) else image.ref, options)
         return self.spares.fresh(
-            key, DockApp, start, likely=likely, dead=lambda app: app.exit_status(), discard=self._discard_spare
+            key,
+            DockApp,
+            lambda: self.start(image, options),
+            likely=likely,
+            dead=lambda app: app.exit_status(),
+            discard=self._discard_spare,
         )
 
     def _discard_spare(self, spare: DockApp, why: str) -> None:

@@ -8,32 +8,20 @@ labels like any app, and one that no test took is removed with the session.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from pytest_dockapp.run.images import Image
+    pass
 
 T = TypeVar("T")
 
-#: Settings that make an app unlike any other, so it cannot come from a spare.
-_UNIQUE = ("name", "host_ports", "network", "aliases")
-
-
-def spareable(kwargs: Mapping[str, Any]) -> bool:
-    """Whether an app with these settings can be a spare: nothing in them is a test's own."""
-    return not any(kwargs.get(k) for k in _UNIQUE)
-
 
 def spare_key(kind: str, what: object, settings: Mapping[str, Any]) -> str:
-    """What tells apart the things one spare can stand in for: what it is and every setting."""
+    """What tells apart the things one spare can stand in for, where they are not hashable (a
+    stack's project): what it is and every setting, as text."""
     return repr((kind, what, sorted((k, repr(v)) for k, v in settings.items())))
-
-
-def app_key(image: Image | str, kwargs: Mapping[str, Any]) -> str:
-    """The key of an app: its image and every setting."""
-    return spare_key("app", image if isinstance(image, str) else image.ref, kwargs)
 
 
 class Spares:
@@ -50,13 +38,13 @@ class Spares:
         #: How often each key was asked for: a key's spares start from its second use (or its
         #: first, when the caller says more of the same will come), since settings only one test
         #: uses would leave a spare per test unused (30 tests with their own env: 30 spares, none taken).
-        self._seen: dict[str, int] = {}
+        self._seen: dict[Hashable, int] = {}
         self.dead = 0  # spares that had exited when a test came to take them
         # Two at a time: 100 empty tests took 22.1 s with two concurrent starts, 20.8 s with three
         # and 21.6 s with four (two runs each, 2 cores): the engine's CPU is the limit (F3).
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dockapp-spare")
-        self._ahead: dict[str, list[Future[Any]]] = {}
-        self._depth: dict[str, int] = {}
+        self._ahead: dict[Hashable, list[Future[Any]]] = {}
+        self._depth: dict[Hashable, int] = {}
         self._lock = threading.Lock()
         self._closed = False
         self.started = 0
@@ -64,7 +52,7 @@ class Spares:
 
     def fresh(
         self,
-        key: str,
+        key: Hashable,
         kind: type[T],
         start: Callable[[], T],
         ahead: Callable[[], object] | None = None,
@@ -94,7 +82,7 @@ class Spares:
             self.refill(key, ahead or start)
         return made
 
-    def take(self, key: str, kind: type[T]) -> T | None:
+    def take(self, key: Hashable, kind: type[T]) -> T | None:
         """A spare for ``key`` (waiting for one that is still starting), or None."""
         with self._lock:
             ahead = self._ahead.get(key) or []
@@ -113,7 +101,7 @@ class Spares:
         self.used += 1
         return spare
 
-    def refill(self, key: str, start: Callable[[], object]) -> None:
+    def refill(self, key: Hashable, start: Callable[[], object]) -> None:
         """Start spares for ``key`` in the background with ``start``, up to its depth."""
         with self._lock:
             if self._closed or self.count <= 0:

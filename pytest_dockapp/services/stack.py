@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import is_engine_failure
 from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.images import BuildSpec, Image
+from pytest_dockapp.run.options import AppOptions, RunContext
 from pytest_dockapp.run.spares import spare_key
 from pytest_dockapp.services.compose import Project, ServiceDef
 from pytest_dockapp.services.order import start_order
@@ -294,8 +295,8 @@ class Stack(Mapping[str, DockApp]):
 
     def _start_one(self, name: str, on_started: Any) -> None:
         svc = self.project.services[name]
-        shared = {"owner": self.shared_owner, "track": False} if self.shared_owner else {}
-        runner = self.manager.run(self.images[name], **self._runner_options(svc), on_started=on_started, **shared)
+        options, service = self._runner_options(svc, on_started)
+        runner = self.manager.run(self.images[name], options, service, track=self.shared_owner is None)
         self._runners.append(runner)
         if not self._one_shot(name):
             try:
@@ -334,7 +335,7 @@ class Stack(Mapping[str, DockApp]):
             hint=f"run it by hand to see why: docker run --rm {self.images[name].name}",
         )
 
-    def _runner_options(self, svc: ServiceDef) -> dict[str, Any]:
+    def _runner_options(self, svc: ServiceDef, on_started: Callable[[], None]) -> tuple[AppOptions, RunContext]:
         api = self.manager.client.api
         aliases = [a for a in (svc.name, *svc.aliases) if _DNS_NAME.fullmatch(a)]
         tmpfs = list(svc.tmpfs) + [m.target for m in svc.mounts if m.kind == "tmpfs"]
@@ -347,15 +348,15 @@ class Stack(Mapping[str, DockApp]):
             if m.kind in ("volume", "bind")
         }
         anonymous = [m.target for m in svc.mounts if m.kind == "anonymous"]
-        options: dict[str, Any] = {
+        create: dict[str, Any] = {
             "labels": {**svc.labels, STACK_LABEL: self.name, SERVICE_LABEL: svc.name},
             "networking_config": api.create_networking_config({self.name: api.create_endpoint_config(aliases=aliases)}),
         }
         for key in ("entrypoint", "working_dir", "user", "hostname", "healthcheck"):
             if getattr(svc, key) is not None:
-                options[key] = getattr(svc, key)
+                create[key] = getattr(svc, key)
         if anonymous:
-            options["volumes"] = anonymous
+            create["volumes"] = anonymous
         host: dict[str, Any] = {"network_mode": self.name}
         if binds:
             host["binds"] = binds
@@ -364,25 +365,27 @@ class Stack(Mapping[str, DockApp]):
         if svc.init is not None:
             host["init"] = bool(svc.init)
         tcp = [p.container for p in svc.ports if p.protocol == "tcp"]
-        kwargs: dict[str, Any] = {
-            "creation": self._creation,
-            "name": container_name(self.name, svc.name),
-            "env": svc.environment,
-            "command": svc.command,
-            "publish": [f"{p.container}/{p.protocol}" for p in svc.ports + svc.expose],
-            "require_port": False,
-            "port": tcp[0] if tcp else None,
-            "options": options,
-            "host_options": host,
-        }
-        if self.host_ports:
-            kwargs["host_ports"] = {p.container: p.host for p in svc.ports if p.host is not None}
-        if self.timeout is not None:
-            kwargs["timeout"] = self.timeout
-        if svc.name == self.main_name:
-            kwargs.update({k: v for k, v in self.main_options.items() if v is not None})
-            kwargs["require_port"] = True
-        return kwargs
+        main = {k: v for k, v in self.main_options.items() if v is not None} if svc.name == self.main_name else {}
+        options = AppOptions.of(
+            port=main.get("port", tcp[0] if tcp else None),
+            health_path=main.get("health_path"),
+            ready=main.get("ready") or self.manager.ready,
+            timeout=self.timeout,
+            env=svc.environment,
+            command=svc.command,
+            host_ports={p.container: p.host for p in svc.ports if p.host is not None} if self.host_ports else None,
+            name=container_name(self.name, svc.name),
+        )
+        service = RunContext(
+            owner=self.shared_owner,
+            creation=self._creation,
+            publish=tuple(f"{p.container}/{p.protocol}" for p in svc.ports + svc.expose),
+            require_port=svc.name == self.main_name,
+            create=create,
+            host=host,
+            on_started=on_started,
+        )
+        return options, service
 
     def close(self, wait: bool = True) -> None:
         """Remove the services, then the network and the volumes (idempotent); with ``wait=False``

@@ -1,0 +1,95 @@
+"""What one app is asked to be, resolved once and then passed as typed values: the test's options
+(:class:`AppOptions`, frozen and hashable, so that they are the key of a warm spare and the early
+start's match) and the session's context of a start (:class:`RunContext`: where ports publish,
+who owns the container, the extra create arguments a compose service brings)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from pytest_dockapp.run.readiness.settings import DEFAULT_TIMEOUT, parse_ready
+
+if TYPE_CHECKING:
+    from pytest_dockapp.builds.record import BuildRecord
+    from pytest_dockapp.engine import cleanup
+    from pytest_dockapp.engine.endpoint import Endpoint
+
+Ready = Literal["auto", "listen", "http", "healthcheck"]
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    """A test's settings of one app. Build it with :meth:`of`, which takes the forms users write
+    (a dict of env, a list command, a mapping of host ports) and freezes them."""
+
+    port: int | str | None = None
+    health_path: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    ready: Ready = "auto"
+    env: tuple[tuple[str, str], ...] = ()
+    command: str | tuple[str, ...] | None = None
+    #: A network object (testcontainers' or the SDK's) or a name; compared by identity.
+    network: Any = None
+    aliases: tuple[str, ...] = ()
+    host_ports: tuple[tuple[int, int], ...] = ()
+    name: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        port: int | str | None = None,
+        health_path: str | None = None,
+        timeout: float | None = None,
+        ready: str | None = None,
+        env: Mapping[str, str] | None = None,
+        command: str | Sequence[str] | None = None,
+        network: Any = None,
+        aliases: Sequence[str] = (),
+        host_ports: Mapping[int, int] | None = None,
+        name: str | None = None,
+    ) -> AppOptions:
+        """The options from the forms users write; ``None`` means the default."""
+        return cls(
+            port=port,
+            health_path=health_path,
+            timeout=DEFAULT_TIMEOUT if timeout is None else float(timeout),
+            ready=cast(Ready, parse_ready(ready or "auto")),
+            env=tuple(sorted((str(k), str(v)) for k, v in (env or {}).items())),
+            command=command if command is None or isinstance(command, str) else tuple(str(c) for c in command),
+            network=network,
+            aliases=tuple(aliases),
+            host_ports=tuple(sorted((host_ports or {}).items())),
+            name=name,
+        )
+
+    @property
+    def spareable(self) -> bool:
+        """Whether a warm spare can stand in for this app: nothing in it is one test's own."""
+        return not (self.name or self.host_ports or self.network or self.aliases)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The session's side of a start: who owns the container, where its ports publish and are
+    dialled, and what a compose service adds to the engine's create call."""
+
+    owner: cleanup.Owner | None = None
+    host_ip: str | None = None
+    connect_host: str | None = None
+    endpoint: Endpoint | None = None
+    on_notice: Callable[[str], None] | None = None
+    creation: Callable[[str], AbstractContextManager[None]] | None = None
+    display: str | None = None
+    build: BuildRecord | None = None
+    #: Container ports to publish besides the EXPOSEd ones (a compose file's ports: and expose:).
+    publish: tuple[int | str, ...] = ()
+    #: Without a TCP port the app is ready once it runs, as a compose service without ports is.
+    require_port: bool = True
+    #: More arguments of the engine's create call, and of its host config.
+    create: Mapping[str, Any] = field(default_factory=dict)
+    host: Mapping[str, Any] = field(default_factory=dict)
+    on_started: Callable[[], None] | None = None
