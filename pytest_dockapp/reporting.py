@@ -13,6 +13,7 @@ import pytest
 from pytest_dockapp.plugin_state import ITEM_APPS, ITEM_START, PluginState, state_of
 
 if TYPE_CHECKING:
+    from pytest_dockapp.builds.record import BuildRecord
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.apps import AppStat
     from pytest_dockapp.run.manager import AppManager
@@ -219,9 +220,7 @@ def _summary_lines(state: PluginState) -> list[str]:
             )
         else:
             lines.append(f"built {record.tag} ({record.builder}) in {record.summary()}")
-        if record.pushed_to or record.cache_from:
-            pushed = f"pushed to {record.pushed_to}; " if record.pushed_to else ""
-            lines.append(f"  registry: {pushed}pulls and pushes added {record.registry_seconds:.2f}s")
+        lines += _registry_line(record, "  ")
     for image in apps.shared_images:
         if image.id in in_stacks:
             continue
@@ -290,6 +289,14 @@ def _removed_in(stats: Sequence[AppStat]) -> str:
     return f", removed in {_spread(down)}" if down else ""
 
 
+def _registry_line(record: BuildRecord, indent: str) -> list[str]:
+    """What the registry cache did for a build, if it took part."""
+    if not (record.pushed_to or record.cache_from):
+        return []
+    pushed = f"pushed to {record.pushed_to}; " if record.pushed_to else ""
+    return [f"{indent}registry: {pushed}pulls and pushes added {record.registry_seconds:.2f}s"]
+
+
 def _stack_lines(state: PluginState) -> tuple[list[str], set[Any]]:
     """One line per service of each stack: its build (or image) and its time to ready; and what
     those lines tell, so that the per-build and per-app lines do not repeat it. Stacks of one
@@ -344,6 +351,7 @@ def _stack_lines(state: PluginState) -> tuple[list[str], set[Any]]:
                 lines.append(
                     f"  service {name}: {how}; ready in {app.readiness.seconds:.2f}s ({app.readiness.checks}){down}"
                 )
+            lines += _registry_line(record, "    ") if record is not None and not record.reused else []
     for (files, _), group in alike.items():
         if len(group) > _FOLD:
             lines += _folded_stacks(files, group[_FOLD:], stats)
