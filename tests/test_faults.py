@@ -278,7 +278,7 @@ def test_xdist_workers_share_one_build(app: App, pytester: pytest.Pytester) -> N
     result.assert_outcomes(passed=4)
     out = result.stdout.str()
     assert out.count("] built pytest-dockapp/") == 1, out
-    assert out.count("] reused pytest-dockapp/") == 1, out
+    assert "built once by another pytest-xdist worker" not in out, out  # the built line says it for both
     assert out.count(": ready in ") == 2, out
     assert len(re.findall(r"^-+ dockapp -+$", out, re.M)) == 1, out  # one summary, not one per worker
 
@@ -405,7 +405,7 @@ def test_engine_unreachable_skips_or_fails_in_strict_mode(pytester: pytest.Pytes
             ["--dockapp-build-arg", "NOEQUALS"],
             "*dockapp build args (--dockapp-build-arg): 'NOEQUALS' is not KEY=VALUE*",
         ),
-        (["--dockapp-timeout", "soon"], "*dockapp timeout (--dockapp-timeout): 'soon' is not a positive number*"),
+        (["--dockapp-timeout", "soon"], "*dockapp timeout (--dockapp-timeout): 'soon' is not a timeout from 0.1 to 86400 seconds*"),
         (["--dockapp-builder", "kaniko"], "*dockapp builder (--dockapp-builder): 'kaniko' is unknown; valid: auto, *"),
         (["--dockapp-port", "http"], "*dockapp port (--dockapp-port): 'http' is not a port; valid forms: 8080, *"),
         (
@@ -424,7 +424,7 @@ def test_invalid_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndockapp_timeout = later\n")
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*dockapp timeout (ini dockapp_timeout): 'later' is not a positive number*"])
+    result.stderr.fnmatch_lines(["*dockapp timeout (ini dockapp_timeout): 'later' is not a timeout from 0.1 to 86400 seconds*"])
 
 
 @pytest.fixture
