@@ -191,7 +191,8 @@ def _release(state: PluginState, session: pytest.Session, app: DockApp, scope: s
             with engine_phase(f"removing {app.name}", apps.endpoint):
                 apps.stop(app, wait=scope == "session")
         except DockappError as exc:
-            apps.engine_lost = apps.engine_lost or is_engine_failure(exc.__context__ or exc)
+            if is_engine_failure(exc.__context__ or exc):
+                apps.lose_engine()
             fail_on(exc, state)
 
 

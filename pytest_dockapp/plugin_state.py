@@ -110,8 +110,7 @@ class PluginState:
                     spares=s.spares,
                     registry=RegistryCache(tuple(s.cache_from), s.cache_to),
                 )
-                self._apps.sweep_kept = s.sweep_kept
-                self._apps.warned_args.update(s.build_args)  # warned at configure, at the user's line
+                self._apps.settings(sweep_kept=s.sweep_kept, warned_args=s.build_args)  # warned at configure
             except DockappError as exc:
                 self.error = exc
 

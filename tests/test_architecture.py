@@ -140,3 +140,21 @@ def test_the_settings_table_is_the_only_list_of_settings() -> None:
     assert all(getattr(made, s.name) == s.default for s in SETTINGS)
     with pytest.raises(TypeError, match="not settings: nonsense"):
         Settings({"nonsense": 1})
+
+
+def test_no_module_writes_the_managers_fields_or_calls_its_private_members() -> None:
+    """The session's manager changes through its operations (``lose_engine``, ``mask``,
+    ``on_close``, ``leave_behind``, ``creation``, ``settings``): one owner of its state."""
+    import re
+
+    fields = "engine_lost|sweep_kept|warned_args|closers|secrets|left_behind|cancelled"
+    writes = re.compile(rf"\b(?:manager|apps|_apps)\.(?:{fields})\s*(?:[|+-]?=(?!=)|\.(?:append|update|remove|add))")
+    private = re.compile(r"\b(?:manager|apps|_apps)\._[a-z]")
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "manager.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if writes.search(line) or private.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)

@@ -85,7 +85,7 @@ class AppManager:
             client,
             self.owner,
             lambda: self.builder,
-            self._creation,
+            self.creation,
             shared_dir=shared_dir,
             on_event=on_event,
             reuse_unchanged=reuse_unchanged,
@@ -218,13 +218,43 @@ class AppManager:
         stop_running_builds()
 
     @contextlib.contextmanager
-    def _creation(self, what: str) -> Iterator[None]:
+    def creation(self, what: str) -> Iterator[None]:
         """Create and record ``what`` under the lock :meth:`cancel` takes: either it is recorded
         (and :meth:`close` removes it), or it is never created."""
         with self._creating:
             if self.cancelled.is_set():
                 raise DockappError(f"{what} was not created: the session was ending")
             yield
+
+    # -- what the other parts of a session (a stack, the pytest layer) tell the manager --------
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Call ``closer`` when the session ends (a stack's removal of its network and volumes)."""
+        with self._creating:
+            self.closers.append(closer)
+
+    def forget_close(self, closer: Callable[[], None]) -> None:
+        """``closer`` ran already; a creation under way is recorded before this returns."""
+        with self._creating, contextlib.suppress(ValueError):
+            self.closers.remove(closer)
+
+    def mask(self, values: Iterable[str]) -> None:
+        """Mask these values (secrets a service or a compose file holds) in every report."""
+        self.secrets |= {v for v in values if v}
+
+    def lose_engine(self) -> None:
+        """The engine stopped answering: no further call is made at close, each would time out."""
+        self.engine_lost = True
+
+    def leave_behind(self, names: Iterable[str | None]) -> None:
+        """What could not be removed (the engine was lost), to name in the summary."""
+        self.left_behind += [n for n in names if n]
+
+    def settings(self, *, sweep_kept: bool, warned_args: Iterable[str]) -> None:
+        """The pytest layer's settings the manager uses: whether the sweep takes other sessions'
+        kept containers, and the build args already warned about at the user's ini line."""
+        self.sweep_kept = sweep_kept
+        self.warned_args.update(warned_args)
 
     def prebuilt(self, ref: str) -> Image:
         """An image that was built elsewhere (an earlier CI stage); it must be on the engine."""
@@ -239,7 +269,7 @@ class AppManager:
             connect_host=self.connect_host,
             endpoint=self.endpoint,
             on_notice=self.on_notice,
-            creation=self._creation,
+            creation=self.creation,
         )
 
     def run(

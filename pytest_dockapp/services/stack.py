@@ -89,7 +89,7 @@ class Stack(Mapping[str, DockApp]):
         self.owner = owner or manager.owner
         self.project = project
         self.main_name = project.main_service(main)
-        manager.secrets |= project.secret_values()  # masked wherever a service prints them
+        manager.mask(project.secret_values())  # masked wherever a service prints them
         self.host_ports = host_ports
         self.main_options = dict(main_options or {})
         self.timeout = timeout
@@ -201,7 +201,7 @@ class Stack(Mapping[str, DockApp]):
         """Build, then start every service once what it depends on is started, ready or done;
         on any failure (Ctrl-C too) everything already made is removed."""
         if self.shared_owner is None:
-            self.manager.closers.append(self.close)
+            self.manager.on_close(self.close)
         try:
             self.build()
             self._create_shared()
@@ -216,11 +216,11 @@ class Stack(Mapping[str, DockApp]):
     def _create_shared(self) -> None:
         labels = {**self.owner.labels("network"), STACK_LABEL: self.name}
         client = self.manager.client
-        with self.manager._creation(f"network {self.name}"):
+        with self.manager.creation(f"network {self.name}"):
             self._network = client.api.create_network(self.name, driver="bridge", labels=labels)["Id"]
         for volume in self.project.volumes:
             name = f"{self.name}_{volume}"
-            with self.manager._creation(f"volume {name}"):
+            with self.manager.creation(f"volume {name}"):
                 client.api.create_volume(name, labels={**self.owner.labels("volume"), STACK_LABEL: self.name})
                 self._volumes.append(name)
 
@@ -280,7 +280,7 @@ class Stack(Mapping[str, DockApp]):
     @contextlib.contextmanager
     def _creation(self, what: str) -> Iterator[None]:
         """The manager's guard, and this stack's: once its start failed, nothing more is created."""
-        with self.manager._creation(what):
+        with self.manager.creation(what):
             if self._cancelled.is_set():
                 raise DockappError(f"{what} was not created: the stack's start had stopped")
             yield
@@ -315,7 +315,7 @@ class Stack(Mapping[str, DockApp]):
             app.service, app.services = name, self.services
             self.services[name] = app
             return
-        self.manager.secrets |= secret_values(runner.env)
+        self.manager.mask(secret_values(runner.env))
         try:
             code, app = runner.run_to_end()
         except ReadinessTimeoutError as exc:
@@ -406,11 +406,8 @@ class Stack(Mapping[str, DockApp]):
         if self._closed:
             return
         self._cancelled.set()
-        with self.manager._creating:  # a creation under way is recorded before the removal reads the list
-            pass
+        self.manager.forget_close(self.close)  # a creation under way is recorded before the list is read
         self._closed = True
-        with contextlib.suppress(ValueError):
-            self.manager.closers.remove(self.close)
         errors: list[Exception] = []
         for runner in reversed(self._runners):
             try:
@@ -421,7 +418,7 @@ class Stack(Mapping[str, DockApp]):
             except Exception as exc:
                 errors.append(exc)
                 if is_engine_failure(exc):
-                    self.manager.engine_lost = True
+                    self.manager.lose_engine()
         self._remove_shared(errors)
         if errors:
             raise errors[0]
@@ -432,7 +429,7 @@ class Stack(Mapping[str, DockApp]):
         from pytest_dockapp.engine.interop import remove_network
 
         if self.manager.engine_lost:
-            self.manager.left_behind += [n for n in [self._network and self.name, *self._volumes] if n]
+            self.manager.leave_behind([self._network and self.name, *self._volumes])
             return
         if self._network is not None:
             try:
