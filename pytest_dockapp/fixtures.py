@@ -261,7 +261,8 @@ def dockapp_services(
         "ready": pick(state, "ready", dockapp_ready),
     }
     with told_once("the session stack"):
-        stack = _stack(state, files, pick(state, "service", dockapp_service), main_options, dockapp_timeout, True)
+        timeout = pick(state, "timeout", dockapp_timeout)
+        stack = _stack(state, files, pick(state, "service", dockapp_service), main_options, timeout, True)
     yield stack
     _close_stack(state, stack)
 

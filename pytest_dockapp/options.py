@@ -1,8 +1,9 @@
 """The plugin's settings: one table that makes the options, the ini keys, the override
 fixtures and the README's settings table, and one loop that resolves them.
 
-Precedence, for every setting: a marker or factory argument, then the command line, then a
-``conftest.py`` fixture override, then the ini file, then the default (a library constant).
+Precedence, for every setting (:meth:`Settings.effective`): a marker or factory argument, then
+the command line, then the environment, then a ``conftest.py`` fixture override, then the ini
+file, then the default (a library constant); mappings merge key by key in that order.
 Relative paths resolve from the rootdir (the ini file's folder), wherever they were given.
 Bad values are usage errors that name the valid forms.
 """
