@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import docker
 
+from pytest_dockapp.builds.image import BuildSpec
 from pytest_dockapp.cache.check import check_cache
 from pytest_dockapp.engine.client import resolve_builder
 from tests.corpus import CASES
@@ -48,7 +49,12 @@ def main() -> None:
                         (tmp / rel).write_text(text)
                     began = time.perf_counter()
                     report = check_cache(
-                        client, tmp, builder=builder, change=case.change, cached=case.cached, verify_advice=verify
+                        client,
+                        BuildSpec(tmp),
+                        builder=builder,
+                        change=case.change,
+                        cached=case.cached,
+                        verify_advice=verify,
                     )
                     times[verify].append(time.perf_counter() - began)
                     assert not report.ok and (not verify or (report.advice and report.advice.verified))

@@ -27,7 +27,7 @@ _EXPORTS = {
     "Dockerfile": "builds.dockerfile",
     "AppManager": "run.manager",
     "AppOptions": "run.options",
-    "BuildSpec": "run.images",
+    "BuildSpec": "builds.image",
     "Image": "run.images",
     "wait_ready": "run.readiness.wait",
     "Stack": "services.stack",
@@ -39,6 +39,7 @@ __all__ = sorted([*_EXPORTS, *_ERRORS])
 
 if TYPE_CHECKING:  # for type checkers (re-exports); tests/test_options.py checks it names exactly _EXPORTS
     from .builds.dockerfile import Dockerfile as Dockerfile
+    from .builds.image import BuildSpec as BuildSpec
     from .builds.image import build_image as build_image
     from .builds.record import BuildRecord as BuildRecord
     from .builds.record import BuildStep as BuildStep
@@ -47,7 +48,6 @@ if TYPE_CHECKING:  # for type checkers (re-exports); tests/test_options.py check
     from .engine.client import resolve_builder as resolve_builder
     from .run.app import AppRunner as AppRunner
     from .run.app import DockApp as DockApp
-    from .run.images import BuildSpec as BuildSpec
     from .run.images import Image as Image
     from .run.manager import AppManager as AppManager
     from .run.options import AppOptions as AppOptions

@@ -32,6 +32,7 @@ def dockapp_cache_report(
     dockapp_target: str | None,
 ) -> CacheReport:
     """The ``dockapp_cache`` marker's report: both builds, hits, misses, the verdict."""
+    from pytest_dockapp.builds.image import BuildSpec
     from pytest_dockapp.cache.check import check_cache
     from pytest_dockapp.core.errors import DockappError
 
@@ -59,15 +60,14 @@ def dockapp_cache_report(
     args = {**(dockapp_build_args if default else {}), **cli_args, **(kw.get("build_args") or {})}
     apps.start_sweep()
     try:
+        dockerfile = kw.get("dockerfile") or (pick(state, "dockerfile", dockapp_dockerfile) if default else None)
+        target = kw.get("target") or (pick(state, "target", dockapp_target) if default else None)
         report = check_cache(
             apps.client,
-            ctx,
-            kw.get("dockerfile") or (pick(state, "dockerfile", dockapp_dockerfile) if default else None),
+            BuildSpec(ctx, dockerfile, args, target),  # the spec the session builds, with the marker's on top
             builder=apps.builder,
             change=kw.get("change"),
             cached=kw.get("cached") or (),
-            build_args=args,
-            target=kw.get("target") or (pick(state, "target", dockapp_target) if default else None),
             strict=bool(kw.get("strict", False)),
             owner=apps.owner,
             workdir=tmp_path_factory.getbasetemp(),

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pytest_dockapp.builds.dockerfile import Dockerfile, expand, normalize
-from pytest_dockapp.builds.image import read_dockerfile
+from pytest_dockapp.builds.image import BuildSpec, read_dockerfile
 from pytest_dockapp.cache.check import check_cache
 from pytest_dockapp.cache.lint import lint
 from pytest_dockapp.engine.client import Builder
@@ -163,13 +163,12 @@ def test_cache_check_agrees_with_the_cli(
     bk = Builder("buildkit", buildkit_cli) if builder == "buildkit" else Builder("classic")
     report = check_cache(
         docker_client,
-        ctx,
+        BuildSpec(ctx, build_args=case.build_args),
         builder=bk,
         change=case.change,
         cached=case.cached,
         strict=case.strict,
         workdir=tmp_path,
-        build_args=case.build_args,
     )
     observed = {
         s.instruction.key: bool(s.cached)

@@ -405,7 +405,10 @@ def test_engine_unreachable_skips_or_fails_in_strict_mode(pytester: pytest.Pytes
             ["--dockapp-build-arg", "NOEQUALS"],
             "*dockapp build args (--dockapp-build-arg): 'NOEQUALS' is not KEY=VALUE*",
         ),
-        (["--dockapp-timeout", "soon"], "*dockapp timeout (--dockapp-timeout): 'soon' is not a timeout from 0.1 to 86400 seconds*"),
+        (
+            ["--dockapp-timeout", "soon"],
+            "*dockapp timeout (--dockapp-timeout): 'soon' is not a timeout from 0.1 to *",
+        ),
         (["--dockapp-builder", "kaniko"], "*dockapp builder (--dockapp-builder): 'kaniko' is unknown; valid: auto, *"),
         (["--dockapp-port", "http"], "*dockapp port (--dockapp-port): 'http' is not a port; valid forms: 8080, *"),
         (
@@ -424,7 +427,7 @@ def test_invalid_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ndockapp_timeout = later\n")
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*dockapp timeout (ini dockapp_timeout): 'later' is not a timeout from 0.1 to 86400 seconds*"])
+    result.stderr.fnmatch_lines(["*dockapp timeout (ini dockapp_timeout): 'later' is not a timeout from 0.1 to *"])
 
 
 @pytest.fixture

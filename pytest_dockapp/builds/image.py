@@ -5,6 +5,7 @@ SDK), BuildKit through the docker CLI; both give the same :class:`BuildRecord`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,18 +67,53 @@ def resolve_paths(context: str | os.PathLike[str], dockerfile: str | os.PathLike
     return ctx, df
 
 
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build: context folder, Dockerfile, build args, target stage and build secrets.
+    Where the pipeline starts: :meth:`resolve` reads its paths once."""
+
+    context: str | os.PathLike[str]
+    dockerfile: str | os.PathLike[str] | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    #: BuildKit build secrets, ``{id: file path or environment variable name}``.
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+    def resolve(self) -> ResolvedSpec:
+        """The spec with its context and Dockerfile as absolute paths (a clear error when the
+        context is no folder), and its key, worked out once."""
+        ctx, df = resolve_paths(self.context, self.dockerfile)
+        raw = json.dumps([str(ctx), str(df), sorted(self.build_args.items()), self.target, sorted(self.secrets)])
+        return ResolvedSpec(self, ctx, df, hashlib.sha1(raw.encode()).hexdigest()[:16])
+
+    def key(self) -> str:
+        """What tells builds apart: the resolved paths, the build args, the target, the secrets' IDs."""
+        return self.resolve().key
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """A :class:`BuildSpec` with its paths resolved and its key computed; the Dockerfile is read
+    when first asked for, and once."""
+
+    spec: BuildSpec
+    context: Path
+    dockerfile_path: Path
+    key: str
+
+    @functools.cached_property
+    def dockerfile(self) -> Dockerfile:
+        return Dockerfile.read(self.dockerfile_path)
+
+
 def build_image(
     client: docker.DockerClient,
-    context: str | os.PathLike[str],
-    dockerfile: str | os.PathLike[str] | None = None,
+    spec: BuildSpec,
     *,
     builder: Builder,
-    build_args: Mapping[str, str] | None = None,
-    target: str | None = None,
     tag: str | None = None,
     labels: Mapping[str, str] | None = None,
     on_event: ProgressCallback | None = None,
-    secrets: Mapping[str, str] | None = None,
     cache_from: Sequence[str] = (),
     inline_cache: bool = False,
 ) -> BuildRecord:
@@ -91,12 +127,13 @@ def build_image(
     Raises :class:`BuildError` (or :class:`BaseImageUnavailableError`)
     with the failing step, its Dockerfile line and output tail.
     """
+    build_args, target, secrets = spec.build_args, spec.target, spec.secrets
     if secrets and builder.name != "buildkit":
         raise ConfigurationError(
             f"build secrets ({', '.join(sorted(secrets))}) need BuildKit, and the builder in use is classic",
             hint="run with --dockapp-builder buildkit (a docker CLI with buildx, or one older than 23.0)",
         )
-    ctx, df_path = resolve_paths(context, dockerfile)
+    ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
     args = dict(build_args or {})
     df = read_dockerfile(client, df_path, args)
     flags = CacheFlags(tuple(cache_from), inline_cache and builder.name != "classic")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_dockapp.builds.context import context_files, copy_context
 from pytest_dockapp.builds.dockerfile import Dockerfile, Instruction
-from pytest_dockapp.builds.image import build_image, read_dockerfile, resolve_paths, spec_digest
+from pytest_dockapp.builds.image import BuildSpec, build_image, read_dockerfile, resolve_paths, spec_digest
 from pytest_dockapp.builds.record import BuildRecord, BuildStep
 from pytest_dockapp.cache.advice import Advice, advise
 from pytest_dockapp.cache.expectations import CachedPattern, ChangeSpec, Expectation, expected_misses, match_pattern
@@ -249,14 +249,7 @@ def _warm_build(
 
     with CacheImport.prepare(client, cache_from, builder.name) as imports:
         warm = build_image(
-            client,
-            copy,
-            build_df,
-            builder=builder,
-            target=target,
-            build_args=build_args,
-            tag=tag,
-            cache_from=imports.refs,
+            client, BuildSpec(copy, build_df, build_args, target), builder=builder, tag=tag, cache_from=imports.refs
         )
         imports.attach(warm)
     return warm
@@ -264,14 +257,11 @@ def _warm_build(
 
 def check_cache(
     client: docker.DockerClient,
-    context: str | os.PathLike[str],
-    dockerfile: str | os.PathLike[str] | None = None,
+    spec: BuildSpec,
     *,
     builder: Builder,
     change: ChangeSpec = None,
     cached: Sequence[CachedPattern] = (),
-    build_args: Mapping[str, str] | None = None,
-    target: str | None = None,
     strict: bool = False,
     owner: cleanup.Owner | None = None,
     workdir: str | os.PathLike[str] | None = None,
@@ -294,8 +284,8 @@ def check_cache(
             "multi-stage and ONBUILD rebuilds were misattributed; a wrong verdict is worse than none",
             hint="run cache checks against a Docker engine (classic or BuildKit); apps run on podman as usual",
         )
-    ctx, df_path = resolve_paths(context, dockerfile)
-    base_args = dict(build_args or {})
+    ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
+    base_args, target = dict(spec.build_args), spec.target
     df = read_dockerfile(client, df_path, base_args)
     paths, arg_changes, edit = parse_change(change)
     required = _validate(df, df_path, ctx, paths, cached)
@@ -327,13 +317,7 @@ def check_cache(
         rebuild_tag = owner.scratch_tag(1)
         tags.append(rebuild_tag)
         rebuild = build_image(
-            client,
-            copy,
-            build_df,
-            builder=builder,
-            target=target,
-            build_args={**base_args, **arg_changes},
-            tag=rebuild_tag,
+            client, BuildSpec(copy, build_df, {**base_args, **arg_changes}, target), builder=builder, tag=rebuild_tag
         )
         expectation = expected_misses(df, changed, arg_changes, strict=strict, build_args={**base_args, **arg_changes})
         report = CacheReport(warm, rebuild, changed, arg_changes, expectation, required, df, strict)
@@ -395,13 +379,7 @@ class Fix:
             for n, args in ((2, self.build_args), (3, {**self.build_args, **self.arg_changes})):
                 tags.append(self.owner.scratch_tag(n))
                 record = build_image(
-                    self.client,
-                    folder,
-                    build_df,
-                    builder=self.builder,
-                    target=self.target,
-                    build_args=args,
-                    tag=tags[-1],
+                    self.client, BuildSpec(folder, build_df, args, self.target), builder=self.builder, tag=tags[-1]
                 )
                 if n == 2:
                     _apply_change(folder, build_df, self.builder.name, sent, paths, edit)

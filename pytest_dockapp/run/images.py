@@ -3,18 +3,15 @@ reused when nothing they are built from changed, and pinned by a lease until the
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pytest_dockapp.builds.dockerfile import Dockerfile
-from pytest_dockapp.builds.image import build_image, resolve_paths
+from pytest_dockapp.builds.image import BuildSpec, ResolvedSpec, build_image
 from pytest_dockapp.builds.inputs import INPUTS_LABEL, Inputs, explain_misses
 from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
 from pytest_dockapp.builds.registry import CacheImport, RegistryCache, pull, push
@@ -26,23 +23,6 @@ from pytest_dockapp.engine.client import Builder
 
 if TYPE_CHECKING:
     import docker
-
-
-@dataclass(frozen=True)
-class BuildSpec:
-    """What to build: context folder, Dockerfile, build args and target stage."""
-
-    context: str | os.PathLike[str]
-    dockerfile: str | os.PathLike[str] | None = None
-    build_args: Mapping[str, str] = field(default_factory=dict)
-    target: str | None = None
-    #: BuildKit build secrets, ``{id: file path or environment variable name}``.
-    secrets: Mapping[str, str] = field(default_factory=dict)
-
-    def key(self) -> str:
-        ctx, df = resolve_paths(self.context, self.dockerfile)
-        raw = json.dumps([str(ctx), str(df), sorted(self.build_args.items()), self.target, sorted(self.secrets)])
-        return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -119,11 +99,12 @@ class Images:
 
     def get(self, spec: BuildSpec) -> Image:
         """``spec``'s image: built once, or its last build reused when nothing changed; leased."""
-        key = spec.key()
+        resolved = spec.resolve()  # the paths and the key, once
+        key = resolved.key
         if key not in self._images:
-            image = self._build(spec) if self.shared_dir is None else self._build_shared(spec, key)
+            image = self._build(resolved) if self.shared_dir is None else self._build_shared(resolved)
             if not self._lease(image):
-                image = self._build(spec, reuse=False)  # removed since it was built: build it again
+                image = self._build(resolved, reuse=False)  # removed since it was built: build it again
                 self._lease(image)
             self._images[key] = image
         return self._images[key]
@@ -150,27 +131,25 @@ class Images:
             self._leases[image.id] = created["Id"]
         return True
 
-    def _build(self, spec: BuildSpec, reuse: bool = True) -> Image:
+    def _build(self, spec: ResolvedSpec, reuse: bool = True) -> Image:
         started = time.perf_counter()
-        ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
         inputs = None
         # A reused image may lack the inputs label a push to the cache ref must carry: build.
         registry = self._registry_for(spec)
         if self.reuse_unchanged and reuse and not registry.cache_to:
-            df = Dockerfile.read(df_path)
             inputs = fingerprint(
                 self.client,
-                ctx,
-                df_path,
-                df,
-                build_args=spec.build_args,
-                target=spec.target,
+                spec.context,
+                spec.dockerfile_path,
+                spec.dockerfile,
+                build_args=spec.spec.build_args,
+                target=spec.spec.target,
                 builder=self.builder.name,
             )
-            last = self._build_cache.lookup(spec.key()) if inputs else None
+            last = self._build_cache.lookup(spec.key) if inputs else None
             if last is not None and last.fingerprint == inputs and self._tagged(last.tag, last.image_id):
                 try:
-                    record = BuildRecord.from_json(last.record, ctx, df)
+                    record = BuildRecord.from_json(last.record, spec.context, spec.dockerfile)
                 except (KeyError, TypeError, ValueError):
                     pass  # an entry of an older version, or damaged: build
                 else:
@@ -180,49 +159,47 @@ class Images:
         record = self._build_image(spec, registry) if registry else self._plain_build(spec, {})
         self.builds.append(record)
         if inputs and record.tag:
-            self._build_cache.store(spec.key(), CacheEntry(inputs, record.image_id, record.tag, record.to_json()))
+            self._build_cache.store(spec.key, CacheEntry(inputs, record.image_id, record.tag, record.to_json()))
         return Image(record.image_id, record.tag, record)
 
-    def _plain_build(self, spec: BuildSpec, labels: Mapping[str, str], **cache: Any) -> BuildRecord:
+    def _plain_build(
+        self, spec: ResolvedSpec, labels: Mapping[str, str], cache_from: Sequence[str] = (), inline_cache: bool = False
+    ) -> BuildRecord:
         return build_image(
             self.client,
-            spec.context,
-            spec.dockerfile,
+            spec.spec,
             builder=self.builder,
-            build_args=spec.build_args,
-            target=spec.target,
             # Few labels: on the classic builder each label is a build step of its own.
             labels={cleanup.OWNER: cleanup.OWNER_VALUE, **labels},
             on_event=self.on_event,
-            secrets=spec.secrets,
-            **cache,
+            cache_from=cache_from,
+            inline_cache=inline_cache,
         )
 
-    def _registry_for(self, spec: BuildSpec) -> RegistryCache:
+    def _registry_for(self, spec: ResolvedSpec) -> RegistryCache:
         """The registry settings for ``spec``: those of the session for the first spec built, none
         for another (two images pushed to one cache ref would replace each other), with a notice."""
-        if not self.registry or self._registry_spec in (None, spec.key()):
-            self._registry_spec = spec.key() if self.registry else None
+        if not self.registry or self._registry_spec in (None, spec.key):
+            self._registry_spec = spec.key if self.registry else None
             return self.registry
         if self.on_notice is not None:
             self.on_notice(
-                f"{resolve_paths(spec.context, spec.dockerfile)[1]} is built without dockapp_cache_from/_to: those "
+                f"{spec.dockerfile_path} is built without dockapp_cache_from/_to: those "
                 "refs hold the session's first image, and one cache ref holds one image"
             )
         return RegistryCache()
 
-    def _build_image(self, spec: BuildSpec, cache: RegistryCache) -> BuildRecord:
+    def _build_image(self, spec: ResolvedSpec, cache: RegistryCache) -> BuildRecord:
         """A build with the registry cache: import from ``cache_from`` (pulled first on the classic
         builder), count the hits that came from there, explain a miss by the inputs that differ
         from the cache image's, and push the image with its inputs to ``cache_to``."""
         builder = self.builder.name
-        ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
-        df = Dockerfile.read(df_path)
+        ctx, df_path, df = spec.context, spec.dockerfile_path, spec.dockerfile
 
         # Labelled on both sides: the classic builder makes the labels one more step, which hits the
         # cache image's only when the labels are the same (measured: a missed LABEL step costs a
         # container commit, 10 s on a 400 MB base over fuse-overlayfs).
-        mine = Inputs.collect(self.client, ctx, df_path, df, spec.build_args, builder)
+        mine = Inputs.collect(self.client, ctx, df_path, df, spec.spec.build_args, builder)
         with CacheImport.prepare(self.client, cache.cache_from, builder, self.on_event, self.on_notice) as imports:
             record = self._plain_build(
                 spec,
@@ -233,7 +210,7 @@ class Images:
             imports.attach(record)
             if record.misses and imports.refs:
                 record.cache_diff = explain_misses(
-                    self.client, imports.refs[0], mine, record, df.target_stage(spec.target).index
+                    self.client, imports.refs[0], mine, record, df.target_stage(spec.spec.target).index
                 )
         record.registry_seconds = imports.seconds
         if cache.cache_to:
@@ -251,14 +228,14 @@ class Images:
         except docker.errors.ImageNotFound:
             return False
 
-    def _build_shared(self, spec: BuildSpec, key: str) -> Image:
+    def _build_shared(self, spec: ResolvedSpec) -> Image:
         import docker.errors
         from filelock import FileLock
 
         assert self.shared_dir is not None
         self.shared_dir.mkdir(parents=True, exist_ok=True)
-        result = self.shared_dir / f"build-{key}.json"
-        with FileLock(str(self.shared_dir / f"build-{key}.lock")):
+        result = self.shared_dir / f"build-{spec.key}.json"
+        with FileLock(str(self.shared_dir / f"build-{spec.key}.lock")):
             if result.exists():
                 data = json.loads(result.read_text())
                 try:
@@ -266,8 +243,7 @@ class Images:
                 except docker.errors.ImageNotFound:
                     pass  # removed since: build again
                 else:
-                    ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
-                    record = BuildRecord.from_json(data["record"], ctx, Dockerfile.read(df_path))
+                    record = BuildRecord.from_json(data["record"], spec.context, spec.dockerfile)
                     image = Image(data["id"], data["tag"], record)
                     self.shared_images.append(image)
                     return image

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from pytest_dockapp.builds.image import known_secrets, stop_running_builds
+from pytest_dockapp.builds.image import BuildSpec, known_secrets, stop_running_builds
 from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
 from pytest_dockapp.builds.registry import RegistryCache
 from pytest_dockapp.builds.reuse import BuildCache
@@ -36,7 +36,7 @@ from pytest_dockapp.engine.client import (
 from pytest_dockapp.engine.endpoint import Endpoint, resolve_endpoint
 from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.apps import Apps, AppStat
-from pytest_dockapp.run.images import BuildSpec, Image, Images
+from pytest_dockapp.run.images import Image, Images
 from pytest_dockapp.run.options import AppOptions, RunContext
 from pytest_dockapp.run.spares import Spares
 

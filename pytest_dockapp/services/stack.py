@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from pytest_dockapp.builds.image import BuildSpec
 from pytest_dockapp.core.errors import (
     ComposeError,
     ConfigurationError,
@@ -31,7 +32,7 @@ from pytest_dockapp.core.redact import secret_values
 from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import is_engine_failure
 from pytest_dockapp.run.app import AppRunner, DockApp
-from pytest_dockapp.run.images import BuildSpec, Image
+from pytest_dockapp.run.images import Image
 from pytest_dockapp.run.options import AppOptions, RunContext
 from pytest_dockapp.run.spares import spare_key
 from pytest_dockapp.services.compose import Project, ServiceDef
