@@ -305,14 +305,20 @@ def _stack(
         if s.image and _as_list(files) == state.session_compose:  # the session's stack: its app is the prebuilt image
             service = project.main_service(service)
             project = with_image(project, service, s.image, "--dockapp-image")
-        options: dict[str, Any] = {"main": service, "host_ports": s.compose_host_ports, "main_options": main_options}
         workerinput = getattr(state.config, "workerinput", None)
         if shared and workerinput is not None and s.compose_scope == "session":
-            stack = _shared_stack(state, project, workerinput, {**options, "timeout": timeout})
+            stack = _shared_stack(state, project, workerinput, service, main_options, timeout)
             state.stacks.append(stack)
             _check_builds(state, stack)
         else:
-            stack = Stack(state.apps(), project, **options, timeout=timeout)
+            stack = Stack(
+                state.apps(),
+                project,
+                main=service,
+                host_ports=s.compose_host_ports,
+                main_options=main_options,
+                timeout=timeout,
+            )
             state.stacks.append(stack)
             _check_builds(state, stack)
             if fresh:
@@ -326,14 +332,31 @@ def _stack(
     return stack
 
 
-def _shared_stack(state: PluginState, project: Any, workerinput: dict[str, Any], options: dict[str, Any]) -> Stack:
+def _shared_stack(
+    state: PluginState,
+    project: Any,
+    workerinput: dict[str, Any],
+    service: str | None,
+    main_options: dict[str, Any],
+    timeout: float,
+) -> Stack:
     """The stack every worker shares: it carries the controller's pid, and the controller removes it."""
     from pytest_dockapp.engine.cleanup import Owner
     from pytest_dockapp.services.shared import shared_stack
 
     owner = Owner(pid=int(workerinput["dockapp_controller_pid"]))
+    folder = Path(workerinput["dockapp_shared_dir"])
     try:
-        return shared_stack(state.apps(), project, Path(workerinput["dockapp_shared_dir"]), owner, **options)
+        return shared_stack(
+            state.apps(),
+            project,
+            folder,
+            owner,
+            main=service,
+            host_ports=state.settings.compose_host_ports,
+            main_options=main_options,
+            timeout=timeout,
+        )
     finally:
         state.progress.done("")
 

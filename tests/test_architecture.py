@@ -158,3 +158,18 @@ def test_no_module_writes_the_managers_fields_or_calls_its_private_members() -> 
             if writes.search(line) or private.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_no_untyped_keyword_bag_crosses_into_builds_or_services() -> None:
+    """Settings travel as typed values (a spec, options), never as ``**kwargs: Any`` that each
+    layer completes. (run/ still has two: ``wait_ready`` and ``AppManager.connect``, and the HTTP
+    helpers of ``DockApp`` hand ``requests`` its own keyword arguments.)"""
+    found = []
+    for layer in ("builds", "services"):
+        for path in sorted((PACKAGE / layer).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.args.kwarg is not None:
+                    annotation = node.args.kwarg.annotation
+                    if annotation is None or ast.unparse(annotation) == "Any":
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not found, "\n".join(found)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +22,23 @@ if TYPE_CHECKING:
 RECORD_GLOB = "stack-*.json"
 
 
-def shared_stack(manager: AppManager, project: Project, folder: Path, owner: cleanup.Owner, **options: Any) -> Stack:
+def shared_stack(
+    manager: AppManager,
+    project: Project,
+    folder: Path,
+    owner: cleanup.Owner,
+    *,
+    main: str | None = None,
+    host_ports: bool = False,
+    main_options: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+) -> Stack:
     """The stack of ``project`` in ``folder``: started here (its resources labelled with
     ``owner``, the process that removes it), or attached to when another process started it.
     A start that failed fails every process the same way, without a second try."""
     from filelock import FileLock
 
-    key = hashlib.sha1(json.dumps([str(f) for f in project.files] + [options.get("main")]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps([str(f) for f in project.files] + [main]).encode()).hexdigest()[:12]
     record = folder / f"stack-{key}.json"
     with FileLock(str(folder / f"stack-{key}.lock")):
         if record.exists():
@@ -39,7 +50,9 @@ def shared_stack(manager: AppManager, project: Project, folder: Path, owner: cle
                 raise DockappError(f"{what} (when another pytest-xdist worker started the stack)", evidence=evidence,
                                    hint=hint)  # fmt: skip
             return Stack.attach(manager, project, data)
-        stack = Stack(manager, project, owner=owner, **options)
+        stack = Stack(
+            manager, project, main=main, host_ports=host_ports, main_options=main_options, timeout=timeout, owner=owner
+        )
         # Named before anything is created: whoever removes shared stacks finds it even if this dies.
         record.write_text(json.dumps({"name": stack.name, "starting": True}))
         try:
