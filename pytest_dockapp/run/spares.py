@@ -97,7 +97,8 @@ class Spares:
         except Exception:  # the caller starts its own, and reports its error if it fails the same way
             return None
         if not isinstance(spare, kind):
-            raise TypeError(f"spare {key} is a {type(spare).__name__}, not a {kind.__name__}")
+            # not the key in the message: an app's key holds its env, secrets included
+            raise TypeError(f"a spare is a {type(spare).__name__}, not a {kind.__name__}")
         self.used += 1
         return spare
 
