@@ -206,7 +206,6 @@ class AppRunner:
         context = context or RunContext()
         self.client = client
         self.image = image
-        self.options_given = options
         #: Held while the container is created and recorded: the manager's guard against a
         #: creation that races its close (a start in the background when the session ends).
         self.creation = context.creation or (lambda what: contextlib.nullcontext())
