@@ -39,8 +39,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pytest_dockapp import AppManager, BuildSpec
-from pytest_dockapp.builds.registry import RegistryCache
+from pytest_dockapp import AppManager, BuildPolicy, BuildSpec, RegistryCache, SessionOptions
 from pytest_dockapp.engine.endpoint import resolve_endpoint
 
 # Nine steps after FROM; the two RUN steps that stand for a dependency install and a build
@@ -63,9 +62,8 @@ SERVER = "require('http').createServer((q, s) => s.end('ok')).listen(3000);\n"
 
 def build(host: str, folder: Path, builder: str, run_id: str, registry: RegistryCache | None) -> dict[str, float]:
     env = {"DOCKER_HOST": host} if host else {}
-    apps = AppManager.connect(
-        endpoint=resolve_endpoint(env), builder=builder, reuse_unchanged=False, sweep_age=None, registry=registry
-    )
+    options = SessionOptions(builder, sweep_age=None, builds=BuildPolicy(False, registry or RegistryCache()))
+    apps = AppManager.connect(options, endpoint=resolve_endpoint(env))
     began = time.perf_counter()
     try:
         image = apps.image(BuildSpec(folder, build_args={"RUN_ID": run_id}))

@@ -27,6 +27,10 @@ _EXPORTS = {
     "Dockerfile": "builds.dockerfile",
     "AppManager": "run.manager",
     "AppOptions": "run.options",
+    "SessionOptions": "run.options",
+    "BuildPolicy": "builds.pipeline",
+    "Builds": "builds.pipeline",
+    "RegistryCache": "builds.registry",
     "BuildSpec": "builds.image",
     "Image": "run.images",
     "wait_ready": "run.readiness.wait",
@@ -41,8 +45,11 @@ if TYPE_CHECKING:  # for type checkers (re-exports); tests/test_options.py check
     from .builds.dockerfile import Dockerfile as Dockerfile
     from .builds.image import BuildSpec as BuildSpec
     from .builds.image import build_image as build_image
+    from .builds.pipeline import BuildPolicy as BuildPolicy
+    from .builds.pipeline import Builds as Builds
     from .builds.record import BuildRecord as BuildRecord
     from .builds.record import BuildStep as BuildStep
+    from .builds.registry import RegistryCache as RegistryCache
     from .cache.check import CacheReport as CacheReport
     from .cache.check import check_cache as check_cache
     from .engine.client import resolve_builder as resolve_builder
@@ -51,6 +58,7 @@ if TYPE_CHECKING:  # for type checkers (re-exports); tests/test_options.py check
     from .run.images import Image as Image
     from .run.manager import AppManager as AppManager
     from .run.options import AppOptions as AppOptions
+    from .run.options import SessionOptions as SessionOptions
     from .run.readiness.wait import wait_ready as wait_ready
     from .services.compose import load_project as load_project
     from .services.stack import Stack as Stack

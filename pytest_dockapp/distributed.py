@@ -47,9 +47,10 @@ class XdistController:
         from pytest_dockapp.core.errors import DockappError
         from pytest_dockapp.reporting import header_line
         from pytest_dockapp.run.manager import AppManager
+        from pytest_dockapp.run.options import SessionOptions
 
         try:
-            line = header_line(AppManager.connect(sweep_age=None, builder=s.builder, docker_cli=s.docker_cli))
+            line = header_line(AppManager.connect(SessionOptions(s.builder, s.docker_cli, sweep_age=None)))
         except DockappError as exc:
             line = f"dockapp: no engine ({exc.what})"
         reporter = self.state.config.pluginmanager.get_plugin("terminalreporter")

@@ -39,8 +39,8 @@ _timeout = _lazy("run.readiness.settings", "parse_timeout")
 _health_path = _lazy("run.readiness.settings", "parse_health_path")
 _builder = _lazy("engine.client", "parse_builder")
 _ready = _lazy("run.readiness.settings", "parse_ready")
-_ref = _lazy("builds.reference", "check_reference")
-_push_ref = _lazy("builds.reference", "check_reference", tagged=True)
+_ref = _lazy("builds.registry", "check_reference")
+_push_ref = _lazy("builds.registry", "check_reference", tagged=True)
 _age = _lazy("engine.cleanup", "parse_age")
 
 

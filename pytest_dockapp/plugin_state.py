@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pytest_dockapp.core.errors import DockappError
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import AppManager, BuildSpec, Image
-    from pytest_dockapp.run.options import AppOptions
+    from pytest_dockapp.run.options import AppOptions, SessionOptions
     from pytest_dockapp.services.compose import Project
     from pytest_dockapp.services.stack import Stack
 
@@ -86,33 +86,40 @@ class PluginState:
 
     def connect(self) -> None:
         """Connect once (from the main thread or the prestart's); a failure is kept in :attr:`error`."""
-        from pytest_dockapp.builds.registry import RegistryCache
         from pytest_dockapp.core.errors import DockappError
         from pytest_dockapp.run.manager import AppManager
 
         with self._connecting:
             if self._apps is not None or self.error is not None:
                 return
-            s = self.settings
             try:
-                shared = getattr(self.config, "workerinput", {}).get("dockapp_shared_dir")
                 self._apps = AppManager.connect(
-                    sweep_age=s.sweep_age,
-                    builder=s.builder,
-                    docker_cli=s.docker_cli,
-                    host_ip=s.host_ip,
-                    connect_host=s.connect_host,
-                    ready=s.ready,
-                    on_event=self.progress,
-                    on_notice=self.progress.notice,
-                    shared_dir=Path(shared) if shared else None,
-                    reuse_unchanged=not s.rebuild,
-                    spares=s.spares,
-                    registry=RegistryCache(tuple(s.cache_from), s.cache_to),
+                    self.session_options(), on_event=self.progress, on_notice=self.progress.notice
                 )
+                s = self.settings
                 self._apps.settings(sweep_kept=s.sweep_kept, warned_args=s.build_args)  # warned at configure
             except DockappError as exc:
                 self.error = exc
+
+    def session_options(self) -> SessionOptions:
+        """The session's side of every build and app, from the settings."""
+        from pytest_dockapp.builds.pipeline import BuildPolicy
+        from pytest_dockapp.builds.registry import RegistryCache
+        from pytest_dockapp.run.options import SessionOptions
+
+        s = self.settings
+        shared = getattr(self.config, "workerinput", {}).get("dockapp_shared_dir")
+        return SessionOptions(
+            builder=s.builder,
+            docker_cli=s.docker_cli,
+            host_ip=s.host_ip,
+            connect_host=s.connect_host,
+            ready=s.ready,
+            spares=s.spares,
+            sweep_age=s.sweep_age,
+            shared_dir=Path(shared) if shared else None,
+            builds=BuildPolicy(not s.rebuild, RegistryCache(tuple(s.cache_from), s.cache_to)),
+        )
 
     @property
     def started(self) -> AppManager | None:

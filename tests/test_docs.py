@@ -123,7 +123,7 @@ def test_the_registry_cache_recipes_push_once_and_expect_every_runner_cached() -
 @pytest.mark.parametrize("branch", ["main", "42/merge", "feature/x", "Fix: ünïcode & spaces"])
 def test_the_github_recipe_makes_a_valid_cache_ref_of_any_branch_name(tmp_path: Path, branch: str) -> None:
     """`cache-${{ github.ref_name }}` was `cache-42/merge` on a pull request: no valid tag."""
-    from pytest_dockapp.builds.reference import check_reference
+    from pytest_dockapp.builds.registry import check_reference
 
     jobs = yaml.safe_load((ROOT / "examples" / "ci" / "github-actions-registry-cache.yml").read_text())["jobs"]
     for job in jobs.values():

@@ -278,8 +278,7 @@ def test_one_cache_ref_takes_the_sessions_first_image_and_another_is_built_witho
     registry: str, busybox: str, tmp_path: Path
 ) -> None:
     """Two images pushed to one cache ref would replace each other (two compose builds, say)."""
-    from pytest_dockapp import AppManager, BuildSpec
-    from pytest_dockapp.builds.registry import RegistryCache
+    from pytest_dockapp import AppManager, BuildPolicy, BuildSpec, RegistryCache, SessionOptions
 
     ref = f"{registry}/dockapp-test/{uuid.uuid4().hex[:12]}/app:main"
     for name in ("one", "two"):
@@ -287,7 +286,8 @@ def test_one_cache_ref_takes_the_sessions_first_image_and_another_is_built_witho
         (tmp_path / name / "Dockerfile").write_text(f"FROM {busybox}\nRUN echo {name} {uuid.uuid4().hex}\n")
     notices: list[str] = []
     cache = RegistryCache(cache_to=ref)
-    with AppManager.connect(builder="classic", registry=cache, on_notice=notices.append, sweep_age=None) as apps:
+    options = SessionOptions("classic", sweep_age=None, builds=BuildPolicy(registry=cache))
+    with AppManager.connect(options, on_notice=notices.append) as apps:
         first = apps.image(BuildSpec(tmp_path / "one"))
         second = apps.image(BuildSpec(tmp_path / "two"))
     assert first.record is not None and first.record.pushed_to.startswith(f"{ref}@sha256:")

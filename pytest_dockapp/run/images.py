@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_dockapp.builds.image import BuildSpec, ResolvedSpec, build_image
-from pytest_dockapp.builds.inputs import INPUTS_LABEL, Inputs, explain_misses
-from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
-from pytest_dockapp.builds.registry import CacheImport, RegistryCache, pull, push
-from pytest_dockapp.builds.reuse import BuildCache, fingerprint
-from pytest_dockapp.builds.reuse import Entry as CacheEntry
+from pytest_dockapp.builds.image import BuildSpec, ResolvedSpec
+from pytest_dockapp.builds.pipeline import Builds
+from pytest_dockapp.builds.record import BuildRecord
 from pytest_dockapp.core.errors import RegistryError
 from pytest_dockapp.engine import cleanup
-from pytest_dockapp.engine.client import Builder
 
 if TYPE_CHECKING:
     import docker
@@ -61,37 +57,21 @@ class Images:
         self,
         client: docker.DockerClient,
         owner: cleanup.Owner,
-        builder: Callable[[], Builder],
+        builds: Builds,
         creation: Callable[[str], AbstractContextManager[None]],
         *,
         shared_dir: Path | None = None,
-        on_event: ProgressCallback | None = None,
-        reuse_unchanged: bool = True,
-        build_cache: BuildCache | None = None,
-        registry: RegistryCache | None = None,
-        on_notice: Callable[[str], None] | None = None,
     ):
         self.client = client
         self.owner = owner
-        self._builder = builder  # resolved when the first build needs it
+        self._builds = builds
         self._creation = creation
         self.shared_dir = shared_dir
-        self.on_event = on_event
-        self.reuse_unchanged = reuse_unchanged
-        self._build_cache = build_cache or BuildCache()
-        self.registry = registry or RegistryCache()
-        self.on_notice = on_notice
-        #: The one spec the registry settings apply to: one cache ref holds one image.
-        self._registry_spec: str | None = None
         self._images: dict[str, Image] = {}
         self._leases: dict[str, str] = {}  # image ID -> the lease container that pins it
         self.builds: list[BuildRecord] = []
         self.shared_images: list[Image] = []
         self.prebuilt_images: list[Image] = []
-
-    @property
-    def builder(self) -> Builder:
-        return self._builder()
 
     def known(self, spec: BuildSpec) -> Image | None:
         """``spec``'s image if this session has it already."""
@@ -132,101 +112,9 @@ class Images:
         return True
 
     def _build(self, spec: ResolvedSpec, reuse: bool = True) -> Image:
-        started = time.perf_counter()
-        inputs = None
-        # A reused image may lack the inputs label a push to the cache ref must carry: build.
-        registry = self._registry_for(spec)
-        if self.reuse_unchanged and reuse and not registry.cache_to:
-            inputs = fingerprint(
-                self.client,
-                spec.context,
-                spec.dockerfile_path,
-                spec.dockerfile,
-                build_args=spec.spec.build_args,
-                target=spec.spec.target,
-                builder=self.builder.name,
-            )
-            last = self._build_cache.lookup(spec.key) if inputs else None
-            if last is not None and last.fingerprint == inputs and self._tagged(last.tag, last.image_id):
-                try:
-                    record = BuildRecord.from_json(last.record, spec.context, spec.dockerfile)
-                except (KeyError, TypeError, ValueError):
-                    pass  # an entry of an older version, or damaged: build
-                else:
-                    record.reuse_seconds = time.perf_counter() - started
-                    self.builds.append(record)
-                    return Image(record.image_id, record.tag, record)
-        record = self._build_image(spec, registry) if registry else self._plain_build(spec, {})
+        record = self._builds.build(spec, reuse=reuse)
         self.builds.append(record)
-        if inputs and record.tag:
-            self._build_cache.store(spec.key, CacheEntry(inputs, record.image_id, record.tag, record.to_json()))
         return Image(record.image_id, record.tag, record)
-
-    def _plain_build(
-        self, spec: ResolvedSpec, labels: Mapping[str, str], cache_from: Sequence[str] = (), inline_cache: bool = False
-    ) -> BuildRecord:
-        return build_image(
-            self.client,
-            spec.spec,
-            builder=self.builder,
-            # Few labels: on the classic builder each label is a build step of its own.
-            labels={cleanup.OWNER: cleanup.OWNER_VALUE, **labels},
-            on_event=self.on_event,
-            cache_from=cache_from,
-            inline_cache=inline_cache,
-        )
-
-    def _registry_for(self, spec: ResolvedSpec) -> RegistryCache:
-        """The registry settings for ``spec``: those of the session for the first spec built, none
-        for another (two images pushed to one cache ref would replace each other), with a notice."""
-        if not self.registry or self._registry_spec in (None, spec.key):
-            self._registry_spec = spec.key if self.registry else None
-            return self.registry
-        if self.on_notice is not None:
-            self.on_notice(
-                f"{spec.dockerfile_path} is built without dockapp_cache_from/_to: those "
-                "refs hold the session's first image, and one cache ref holds one image"
-            )
-        return RegistryCache()
-
-    def _build_image(self, spec: ResolvedSpec, cache: RegistryCache) -> BuildRecord:
-        """A build with the registry cache: import from ``cache_from`` (pulled first on the classic
-        builder), count the hits that came from there, explain a miss by the inputs that differ
-        from the cache image's, and push the image with its inputs to ``cache_to``."""
-        builder = self.builder.name
-        ctx, df_path, df = spec.context, spec.dockerfile_path, spec.dockerfile
-
-        # Labelled on both sides: the classic builder makes the labels one more step, which hits the
-        # cache image's only when the labels are the same (measured: a missed LABEL step costs a
-        # container commit, 10 s on a 400 MB base over fuse-overlayfs).
-        mine = Inputs.collect(self.client, ctx, df_path, df, spec.spec.build_args, builder)
-        with CacheImport.prepare(self.client, cache.cache_from, builder, self.on_event, self.on_notice) as imports:
-            record = self._plain_build(
-                spec,
-                {INPUTS_LABEL: mine.encode()},
-                cache_from=imports.refs,
-                inline_cache=bool(cache.cache_to),
-            )
-            imports.attach(record)
-            if record.misses and imports.refs:
-                record.cache_diff = explain_misses(
-                    self.client, imports.refs[0], mine, record, df.target_stage(spec.spec.target).index
-                )
-        record.registry_seconds = imports.seconds
-        if cache.cache_to:
-            began = time.perf_counter()
-            digest = push(self.client, record.image_id, cache.cache_to, self.on_event)
-            record.pushed_to = f"{cache.cache_to}@{digest}" if digest else cache.cache_to
-            record.registry_seconds += time.perf_counter() - began
-        return record
-
-    def _tagged(self, tag: str, image_id: str) -> bool:
-        import docker.errors
-
-        try:
-            return bool(self.client.api.inspect_image(tag)["Id"] == image_id)
-        except docker.errors.ImageNotFound:
-            return False
 
     def _build_shared(self, spec: ResolvedSpec) -> Image:
         import docker.errors
@@ -263,7 +151,7 @@ class Images:
         except docker.errors.ImageNotFound:
             began = time.perf_counter()
             try:
-                image_id = pull(self.client, ref, self.on_event)
+                image_id = self._builds.pull(ref)
             except RegistryError as exc:
                 raise RegistryError(
                     f"image {ref!r} is not on the engine, and its pull failed: {exc.what}",

@@ -13,13 +13,12 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pytest_dockapp.builds.image import BuildSpec, known_secrets, stop_running_builds
+from pytest_dockapp.builds.pipeline import Builds
 from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
-from pytest_dockapp.builds.registry import RegistryCache
 from pytest_dockapp.builds.reuse import BuildCache
 from pytest_dockapp.core.errors import DockappError, DockappWarning, EngineUnavailableError
 from pytest_dockapp.core.redact import looks_secret, secret_values
@@ -37,7 +36,7 @@ from pytest_dockapp.engine.endpoint import Endpoint, resolve_endpoint
 from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.apps import Apps, AppStat
 from pytest_dockapp.run.images import Image, Images
-from pytest_dockapp.run.options import AppOptions, RunContext
+from pytest_dockapp.run.options import AppOptions, RunContext, SessionOptions
 from pytest_dockapp.run.spares import Spares
 
 if TYPE_CHECKING:
@@ -54,48 +53,27 @@ class AppManager:
     def __init__(
         self,
         client: docker.DockerClient,
+        options: SessionOptions | None = None,
         *,
-        builder: str = "auto",
-        docker_cli: str | None = None,
         owner: cleanup.Owner | None = None,
-        host_ip: str | None = None,
-        connect_host: str | None = None,
-        ready: str = "auto",
         endpoint: Endpoint | None = None,
-        shared_dir: Path | None = None,
         on_event: ProgressCallback | None = None,
         on_notice: Callable[[str], None] | None = None,
-        reuse_unchanged: bool = True,
         build_cache: BuildCache | None = None,
-        spares: int = 2,
-        registry: RegistryCache | None = None,
     ):
+        self.options = options = options or SessionOptions()
         self.client = client
         self.owner = owner or cleanup.Owner()
         self.endpoint = endpoint or endpoint_of(client)
-        self.host_ip = host_ip
-        self.connect_host = connect_host
-        self.ready = ready
         self.on_notice = on_notice
         self._podman: bool | None = None
-        self._builder_choice = builder
-        self._docker_cli = docker_cli
         self._builder: Builder | None = None
-        self.images = Images(
-            client,
-            self.owner,
-            lambda: self.builder,
-            self.creation,
-            shared_dir=shared_dir,
-            on_event=on_event,
-            reuse_unchanged=reuse_unchanged,
-            build_cache=build_cache,
-            registry=registry,
-            on_notice=on_notice,
+        builds = Builds(
+            client, lambda: self.builder, options.builds, cache=build_cache, on_event=on_event, on_notice=on_notice
         )
+        self.images = Images(client, self.owner, builds, self.creation, shared_dir=options.shared_dir)
         self.running = Apps(client, self.owner, self._run_context, lambda: self.podman)
         self._sweep: Future[cleanup.SweepReport] | None = None
-        self._sweep_age: float | None = None
         #: Values of secret-looking build args and app env vars: masked in every report.
         self.secrets: set[str] = set()
         #: What could not be removed because the engine stopped answering (names).
@@ -113,7 +91,7 @@ class AppManager:
         self._creating = threading.Lock()
         #: Warm spares for :meth:`start_fresh` (and a test's own stacks): at most ``spares`` per
         #: image and settings, started ahead.
-        self.spares = Spares(spares)
+        self.spares = Spares(options.spares)
         #: Called first by :meth:`close`: what owns more than containers (a compose stack's
         #: network and volumes) removes it in order.
         self.closers: list[Callable[[], None]] = []
@@ -136,14 +114,27 @@ class AppManager:
         return self.running.stats
 
     @classmethod
-    def connect(cls, *, sweep_age: float | None = cleanup.DEFAULT_SWEEP_AGE, **kwargs: Any) -> AppManager:
-        """Connect to the engine. Leftovers of killed sessions (older than ``sweep_age``
-        elsewhere; None: never) are swept in the background from the first build or app on,
-        or at :meth:`close` at the latest."""
-        endpoint = kwargs.pop("endpoint", None) or resolve_endpoint()
-        apps = cls(connect(endpoint=endpoint), endpoint=endpoint, **kwargs)
-        apps._sweep_age = sweep_age
-        return apps
+    def connect(
+        cls,
+        options: SessionOptions | None = None,
+        *,
+        endpoint: Endpoint | None = None,
+        on_event: ProgressCallback | None = None,
+        on_notice: Callable[[str], None] | None = None,
+        build_cache: BuildCache | None = None,
+    ) -> AppManager:
+        """Connect to ``endpoint`` (None: the one ``DOCKER_HOST`` and the docker context name).
+        Leftovers of killed sessions (older than ``options.sweep_age`` elsewhere; None: never)
+        are swept in the background from the first build or app on, or at :meth:`close` at the latest."""
+        endpoint = endpoint or resolve_endpoint()
+        return cls(
+            connect(endpoint=endpoint),
+            options,
+            endpoint=endpoint,
+            on_event=on_event,
+            on_notice=on_notice,
+            build_cache=build_cache,
+        )
 
     def start_sweep(self, max_age: float | None = None) -> None:
         """Sweep leftovers of dead sessions in the background (once per manager).
@@ -152,7 +143,7 @@ class AppManager:
         app rather than at connect, so that a session that only collects pays nothing, and so
         that its 10-20 ms of engine listings overlap engine work we wait on anyway.
         """
-        age = self._sweep_age if max_age is None else max_age
+        age = self.options.sweep_age if max_age is None else max_age
         if self._sweep is not None or age is None:
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-sweep")
@@ -180,7 +171,7 @@ class AppManager:
     def builder(self) -> Builder:
         if self._builder is None:
             self._builder = resolve_builder(
-                self._builder_choice, self._docker_cli, endpoint=self.endpoint, podman=self.podman
+                self.options.builder, self.options.docker_cli, endpoint=self.endpoint, podman=self.podman
             )
         return self._builder
 
@@ -265,8 +256,8 @@ class AppManager:
         the engine, the notice line, and the guard that a session's end takes."""
         return RunContext(
             owner=self.owner,
-            host_ip=self.host_ip,
-            connect_host=self.connect_host,
+            host_ip=self.options.host_ip,
+            connect_host=self.options.connect_host,
             endpoint=self.endpoint,
             on_notice=self.on_notice,
             creation=self.creation,
@@ -281,7 +272,7 @@ class AppManager:
     ) -> AppRunner:
         """An :class:`AppRunner` for ``image`` that :meth:`close` will also remove; without
         ``options``, the session's readiness mode and the defaults."""
-        return self.running.runner(image, options or AppOptions.of(ready=self.ready), service, track)
+        return self.running.runner(image, options or AppOptions.of(ready=self.options.ready), service, track)
 
     def start(self, image: Image | str, options: AppOptions | None = None) -> DockApp:
         """Start an app and wait until it is ready; it stays up until :meth:`stop` or :meth:`close`."""

@@ -10,14 +10,39 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from pytest_dockapp.engine.cleanup import DEFAULT_SWEEP_AGE
 from pytest_dockapp.run.readiness.settings import DEFAULT_TIMEOUT, parse_ready
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pytest_dockapp.builds.pipeline import BuildPolicy
     from pytest_dockapp.builds.record import BuildRecord
     from pytest_dockapp.engine import cleanup
     from pytest_dockapp.engine.endpoint import Endpoint
 
 Ready = Literal["auto", "listen", "http", "healthcheck"]
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a session decides once for all its builds and apps (the pytest layer resolves it from
+    the settings table; a library user writes it)."""
+
+    #: ``auto``, ``buildkit`` or ``classic``; ``auto`` asks the engine.
+    builder: str = "auto"
+    #: The docker CLI that drives BuildKit on an engine without the session API (found on PATH when None).
+    docker_cli: str | None = None
+    host_ip: str | None = None  # where ports publish (None: the endpoint's choice)
+    connect_host: str | None = None  # where tests reach them (None: the endpoint's host)
+    ready: Ready = "auto"  # the readiness of an app started without options
+    spares: int = 2  # warm spares per image and options
+    #: Sweep dead sessions' leftovers older than this (seconds) elsewhere; None: never.
+    sweep_age: float | None = DEFAULT_SWEEP_AGE
+    #: Where pytest-xdist workers share builds (None: not shared).
+    shared_dir: Path | None = None
+    #: Reuse of unchanged builds and the registry cache; None: reuse on, no registry.
+    builds: BuildPolicy | None = None
 
 
 @dataclass(frozen=True)

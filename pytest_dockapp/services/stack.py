@@ -370,7 +370,7 @@ class Stack(Mapping[str, DockApp]):
         options = AppOptions.of(
             port=main.get("port", tcp[0] if tcp else None),
             health_path=main.get("health_path"),
-            ready=main.get("ready") or self.manager.ready,
+            ready=main.get("ready") or self.manager.options.ready,
             timeout=self.timeout,
             env=svc.environment,
             command=svc.command,
