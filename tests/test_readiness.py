@@ -82,7 +82,7 @@ def test_an_ipv6_only_listener_is_not_ready(docker_client: Any, busybox: str) ->
     """[::] with IPV6_V6ONLY looks like any other listener in the socket table, but docker-proxy
     forwards IPv4 and is refused: the wait must see that."""
     from pytest_dockapp.core.errors import ReadinessTimeoutError
-    from pytest_dockapp.run.readiness.wait import wait_ready
+    from pytest_dockapp.run.readiness.wait import ProbeTarget, WaitPlan, wait_ready
 
     container = docker_client.containers.run(
         busybox,
@@ -96,7 +96,7 @@ def test_an_ipv6_only_listener_is_not_ready(docker_client: Any, busybox: str) ->
         container.reload()
         port = int(container.attrs["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"])
         with pytest.raises(ReadinessTimeoutError) as info:
-            wait_ready(docker_client, container.id, host="127.0.0.1", host_port=port, container_port=80, timeout=2)
+            wait_ready(docker_client, container.id, ProbeTarget("127.0.0.1", port, 80), WaitPlan(timeout=2))
         assert "listens on [::]:80 for IPv6 only (IPV6_V6ONLY)" in str(info.value)
     finally:
         container.remove(force=True)

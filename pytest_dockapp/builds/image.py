@@ -108,7 +108,7 @@ class ResolvedSpec:
 
 def build_image(
     client: docker.DockerClient,
-    spec: BuildSpec,
+    spec: BuildSpec | ResolvedSpec,
     *,
     builder: Builder,
     tag: str | None = None,
@@ -127,15 +127,16 @@ def build_image(
     Raises :class:`BuildError` (or :class:`BaseImageUnavailableError`)
     with the failing step, its Dockerfile line and output tail.
     """
-    build_args, target, secrets = spec.build_args, spec.target, spec.secrets
+    resolved = spec if isinstance(spec, ResolvedSpec) else spec.resolve()  # paths and the Dockerfile, once
+    build_args, target, secrets = resolved.spec.build_args, resolved.spec.target, resolved.spec.secrets
     if secrets and builder.name != "buildkit":
         raise ConfigurationError(
             f"build secrets ({', '.join(sorted(secrets))}) need BuildKit, and the builder in use is classic",
             hint="run with --dockapp-builder buildkit (a docker CLI with buildx, or one older than 23.0)",
         )
-    ctx, df_path = resolve_paths(spec.context, spec.dockerfile)
+    ctx, df_path = resolved.context, resolved.dockerfile_path
     args = dict(build_args or {})
-    df = read_dockerfile(client, df_path, args)
+    df = with_onbuild(client, resolved.dockerfile, args)
     flags = CacheFlags(tuple(cache_from), inline_cache and builder.name != "classic")
     if target:
         df.stage(target)  # fails early, naming the stages there are
@@ -149,16 +150,15 @@ def build_image(
 
     start = time.perf_counter()
     parser: ClassicParser | PlainParser | RawJsonParser
+    call = _Invocation(ctx, df_path, args, target, tag, dict(labels or {}), flags, dict(secrets or {}), mask)
     if builder.name == "classic":
-        parser = ClassicParser(df, target, on_event, hidden_steps=len(labels or {}))
-        _classic(client, ctx, df_path, args, target, tag, labels or {}, parser, mask, flags)
+        parser = ClassicParser(df, target, on_event, hidden_steps=len(call.labels))
+        _classic(client, call, parser)
         image_id = parser.image_id
     else:
         parser = (RawJsonParser if builder.rawjson else PlainParser)(df, target, on_event)
         with EngineWatch(client) as watch:
-            image_id = _buildkit(
-                builder, ctx, df_path, args, target, tag, labels or {}, parser, secrets or {}, mask, flags
-            )
+            image_id = _buildkit(builder, call, parser)
         if watch.failure is not None:
             raise watch.failure  # engine_phase names the engine and the phase
     parser.finish()
@@ -194,11 +194,15 @@ def build_image(
 
 
 def read_dockerfile(client: docker.DockerClient, path: Path, build_args: Mapping[str, str]) -> Dockerfile:
-    """The Dockerfile at ``path`` with the ONBUILD triggers its base images fire (read from the
-    engine: ``Config.OnBuild``) inserted as steps of the stages that fire them."""
+    """The Dockerfile at ``path`` with its ONBUILD triggers (see :func:`with_onbuild`)."""
+    return with_onbuild(client, Dockerfile.read(path), build_args)
+
+
+def with_onbuild(client: docker.DockerClient, df: Dockerfile, build_args: Mapping[str, str]) -> Dockerfile:
+    """``df`` with the ONBUILD triggers its base images fire (read from the engine:
+    ``Config.OnBuild``) inserted as steps of the stages that fire them."""
     import docker.errors
 
-    df = Dockerfile.read(path)
     triggers: dict[str, list[str]] = {}
     for _, image in df.base_images(build_args):
         try:
@@ -206,6 +210,22 @@ def read_dockerfile(client: docker.DockerClient, path: Path, build_args: Mapping
         except docker.errors.APIError:
             continue  # not on the engine: the build pulls it or says it is missing
     return df.with_triggers(triggers, build_args)
+
+
+@dataclass(frozen=True)
+class _Invocation:
+    """What one build hands its builder: the paths, the args, the tag and labels, the registry
+    flags, the build secrets, and the mask every line of output goes through first."""
+
+    ctx: Path
+    df_path: Path
+    args: dict[str, str]
+    target: str | None
+    tag: str
+    labels: dict[str, str]
+    flags: CacheFlags
+    secrets: dict[str, str]
+    mask: Callable[[str], str]
 
 
 def _has_steps(mapper: StepMapper, target: str | None, builder: Builder) -> bool:
@@ -222,79 +242,57 @@ def _has_steps(mapper: StepMapper, target: str | None, builder: Builder) -> bool
     )
 
 
-def _classic(
-    client: docker.DockerClient,
-    ctx: Path,
-    df_path: Path,
-    args: dict[str, str],
-    target: str | None,
-    tag: str,
-    labels: Mapping[str, str],
-    parser: ClassicParser,
-    mask: Callable[[str], str],
-    flags: CacheFlags,
-) -> None:
+def _classic(client: docker.DockerClient, call: _Invocation, parser: ClassicParser) -> None:
     import docker.errors
 
     from pytest_dockapp.builds.context import TarStream
 
-    archive = TarStream(ctx, df_path)
+    archive = TarStream(call.ctx, call.df_path)
     try:
         stream: Iterable[Mapping[str, Any]] = client.api.build(
             fileobj=archive.chunks(),
             custom_context=True,
             dockerfile=archive.dockerfile_name,
-            buildargs=args,
-            target=target,
-            tag=tag,
-            labels=dict(labels),
-            cache_from=list(flags.cache_from) or None,
+            buildargs=call.args,
+            target=call.target,
+            tag=call.tag,
+            labels=call.labels,
+            cache_from=list(call.flags.cache_from) or None,
             rm=True,
             forcerm=True,
             decode=True,
             timeout=BUILD_TIMEOUT,  # a step may print nothing for longer than an ordinary call may take
         )
         for chunk in stream:
-            parser.feed(_masked(chunk, mask))
+            parser.feed(_masked(chunk, call.mask))
     except docker.errors.APIError as exc:
         parser.error = str(exc.explanation or exc)
     finally:
         archive.close()
     if archive.error is not None:
-        parser.error = f"could not read the build context {ctx}: {archive.error}"
+        parser.error = f"could not read the build context {call.ctx}: {archive.error}"
 
 
-def _buildkit(
-    builder: Builder,
-    ctx: Path,
-    df_path: Path,
-    args: dict[str, str],
-    target: str | None,
-    tag: str,
-    labels: Mapping[str, str],
-    parser: PlainParser | RawJsonParser,
-    secrets: Mapping[str, str],
-    mask: Callable[[str], str],
-    flags: CacheFlags,
-) -> str:
+def _buildkit(builder: Builder, call: _Invocation, parser: PlainParser | RawJsonParser) -> str:
     assert builder.cli is not None
     sweep_build_dirs()  # a killed run's folder, its secret file included
     with tempfile.TemporaryDirectory(prefix=build_dir_prefix()) as tmp:
         iidfile = Path(tmp) / "iid"
         secret_args = []
-        for sid, source in secrets.items():
+        for sid, source in call.secrets.items():
             # The 20.10 CLI reads secrets from files only: an environment variable's value goes
             # to a file only we can read, in a folder removed with the build.
             path = secret_file(sid, source, Path(tmp))
             secret_args += ["--secret", f"id={sid},src={path}"]
         cmd = [builder.cli, "build", "--progress=" + ("rawjson" if builder.rawjson else "plain")]
-        cmd += [*_cli_flags(df_path, args, target, flags), "-t", tag, "--iidfile", str(iidfile)]
-        for key, value in labels.items():
+        cmd += _cli_flags(call.df_path, call.args, call.target, call.flags)
+        cmd += ["-t", call.tag, "--iidfile", str(iidfile)]
+        for key, value in call.labels.items():
             cmd += ["--label", f"{key}={value}"]
         cmd += secret_args
         if builder.buildx:
             cmd.append("--load")
-        cmd.append(str(ctx))
+        cmd.append(str(call.ctx))
         env = {**(builder.endpoint.cli_env() if builder.endpoint else os.environ), "DOCKER_BUILDKIT": "1"}
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace", bufsize=1
@@ -303,7 +301,7 @@ def _buildkit(
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
-                parser.feed(mask(line))
+                parser.feed(call.mask(line))
         except BaseException:
             _stop(proc)  # interrupted (Ctrl-C, SIGTERM): do not wait for the build to finish
             raise

@@ -97,7 +97,7 @@ class Builds:
     ) -> BuildRecord:
         return build_image(
             self._client,
-            spec.spec,
+            spec,
             builder=self._builder(),
             # Few labels: on the classic builder each label is a build step of its own.
             labels={cleanup.OWNER: cleanup.OWNER_VALUE, **labels},

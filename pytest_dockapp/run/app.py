@@ -18,7 +18,7 @@ from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import endpoint_of, is_engine_failure
 from pytest_dockapp.run.options import AppOptions, RunContext
 from pytest_dockapp.run.readiness.logs import log_tail
-from pytest_dockapp.run.readiness.wait import Readiness, wait_ready
+from pytest_dockapp.run.readiness.wait import ProbeTarget, Readiness, WaitPlan, wait_ready
 
 if TYPE_CHECKING:
     import docker
@@ -293,19 +293,15 @@ class AppRunner:
                 for key, bindings in (container.attrs["NetworkSettings"].get("Ports") or {}).items()
                 if bindings
             }
+            host_port = host_map.get(main) if main is not None else None
             readiness = wait_ready(
                 self.client,
                 container.id,
-                host=self.connect_host,
-                host_port=host_map.get(main) if main is not None else None,
-                container_port=main,
-                health_path=self.health_path,
-                mode=self.ready,
-                timeout=self.timeout,
+                ProbeTarget(self.connect_host, host_port, main),
+                WaitPlan(self.ready, self.health_path, self.timeout).for_engine(podman=bool(self.podman)),
                 name=self.name,
                 attrs=container.attrs,
                 on_notice=self.on_notice,
-                **({"exec_every": 0.25, "exec_growth": 1.5} if self.podman else {}),
             )
             readiness.seconds = time.perf_counter() - begin
         except BaseException as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pytest_dockapp.core.errors import (
@@ -22,6 +22,35 @@ from pytest_dockapp.run.readiness.watch import ContainerWatch
 
 if TYPE_CHECKING:
     import docker
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """Where the probes reach the app: the host, its published port and the container's port
+    behind it (either port None: no port probe)."""
+
+    host: str
+    host_port: int | None = None
+    container_port: int | None = None
+
+
+@dataclass(frozen=True)
+class WaitPlan:
+    """How one wait probes: the ``dockapp_ready`` mode, the health path, the deadline, and the
+    pace of the port probe and of the HEALTHCHECK runs by exec (every ``exec_every`` seconds,
+    the gap growing by ``exec_growth``)."""
+
+    mode: str = "auto"
+    health_path: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    interval: float = 0.005
+    exec_every: float = 0.1
+    exec_growth: float = 1.0
+
+    def for_engine(self, *, podman: bool) -> WaitPlan:
+        """The plan paced for the engine: on podman each exec leaves a conmon behind for a while,
+        so the HEALTHCHECK runs start 0.25 s apart and the gap grows by half each time."""
+        return replace(self, exec_every=0.25, exec_growth=1.5) if podman else self
 
 
 @dataclass
@@ -50,22 +79,16 @@ class ReadyWait:
         self,
         client: docker.DockerClient,
         container_id: str,
+        target: ProbeTarget,
+        plan: WaitPlan,
         *,
-        host: str,
-        host_port: int | None,
-        container_port: int | None,
-        health_path: str | None = None,
-        mode: str = "auto",
-        timeout: float = DEFAULT_TIMEOUT,
-        interval: float = 0.005,
-        name: str = "",
         attrs: dict[str, Any],
+        name: str = "",
         on_notice: Callable[[str], None] | None = None,
-        exec_every: float = 0.1,
-        exec_growth: float = 1.0,
     ):
+        mode, health_path, interval = plan.mode, plan.health_path, plan.interval
         parse_ready(mode)
-        self.client, self.container_id, self.timeout, self.interval = client, container_id, timeout, interval
+        self.client, self.container_id, self.timeout, self.interval = client, container_id, plan.timeout, interval
         self.label = name or container_id[:12]
         self.on_notice = on_notice
         self.start = time.perf_counter()
@@ -88,15 +111,15 @@ class ReadyWait:
             config.get("Image") or "",
         )
         self.port = (
-            PortCheck(self.table, host, host_port, container_port, path, interval)
-            if host_port is not None and container_port is not None
+            PortCheck(self.table, target.host, target.host_port, target.container_port, path, interval)
+            if target.host_port is not None and target.container_port is not None
             else None
         )
         self.health: HealthcheckRun | None = None
         if health_cmd:
             # The engine gives each run the HEALTHCHECK's --timeout (default 30 s); so do we.
             seconds = ((config.get("Healthcheck") or {}).get("Timeout") or 30_000_000_000) / 1e9
-            self.health = HealthcheckRun(client, container_id, health_cmd, seconds, exec_every, exec_growth)
+            self.health = HealthcheckRun(client, container_id, health_cmd, seconds, plan.exec_every, plan.exec_growth)
         self.health_cmd = health_cmd
         self.path = path
         self._client_error_since: float | None = None
@@ -175,22 +198,26 @@ class ReadyWait:
 def wait_ready(
     client: docker.DockerClient,
     container_id: str,
+    target: ProbeTarget,
+    plan: WaitPlan | None = None,
     *,
     attrs: dict[str, Any] | None = None,
-    **options: Any,
+    name: str = "",
+    on_notice: Callable[[str], None] | None = None,
 ) -> Readiness:
-    """Block until the container's service answers (see :class:`ReadyWait` for the options);
-    raise a precise error otherwise. ``on_notice`` hears, once, about a wait that looks wrong but
-    may still end well (a health path that answers 404)."""
+    """Block until the container's service answers at ``target`` as ``plan`` says (see
+    :class:`ReadyWait`); raise a precise error otherwise. ``on_notice`` hears, once, about a
+    wait that looks wrong but may still end well (a health path that answers 404)."""
     import docker.errors
 
     if attrs is None:
         try:
             attrs = client.api.inspect_container(container_id)
         except docker.errors.NotFound:
-            label = options.get("name") or container_id[:12]
+            label = name or container_id[:12]
             raise ContainerGoneError(f"container {label} disappeared before it could be probed") from None
-    return ReadyWait(client, container_id, attrs=attrs, **options).run()
+    wait = ReadyWait(client, container_id, target, plan or WaitPlan(), attrs=attrs, name=name, on_notice=on_notice)
+    return wait.run()
 
 
 def _timeout_hint(
