@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pytest
 
@@ -14,10 +14,35 @@ from pytest_dockapp.options import BY_NAME
 from pytest_dockapp.plugin_state import ITEM_APPS, PluginState, fail_on, load_compose, pick, state_of, told_once
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import Image
     from pytest_dockapp.run.options import AppOptions
     from pytest_dockapp.services.stack import Stack
+
+
+class FactoryCall(TypedDict, total=False):
+    """What one ``dockapp_factory(context, **call)`` may set: a build, or a prebuilt ``image``;
+    what the app is asked (port, readiness, env...); or a test's own ``compose`` stack."""
+
+    dockerfile: str | None
+    build_args: Mapping[str, str] | None
+    target: str | None
+    secrets: Mapping[str, str] | None
+    image: str | None
+    port: int | str | None
+    health_path: str | None
+    timeout: float | None
+    ready: str | None
+    env: Mapping[str, str] | None
+    command: str | Sequence[str] | None
+    network: Any
+    aliases: Sequence[str]
+    host_ports: Mapping[int, int] | None
+    name: str | None
+    compose: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
+    service: str | None
 
 
 # -- settings fixtures: override any of them in a conftest.py ------------------------------------
@@ -396,11 +421,10 @@ def dockapp_factory(
 ) -> Iterator[Callable[..., DockApp]]:
     """Build and start more apps with per-call settings; each is removed after the test.
 
-    ``dockapp_factory(context=None, *, dockerfile=None, build_args=None, target=None, image=None,
-    port=None, health_path=None, timeout=None, ready=None, env=None, command=None, network=None, aliases=(),
-    host_ports=None, name=None, compose=None, service=None)``. Without ``context`` or ``image`` it uses the
-    session's settings. With ``compose`` (files relative to the rootdir) it starts a stack of the
-    test's own and returns its ``service`` (``app.services`` has the others).
+    ``dockapp_factory(context=None, **call)``, ``call`` as :class:`FactoryCall` names it. Without
+    ``context`` or ``image`` it uses the session's settings. With ``compose`` (files relative to
+    the rootdir) it starts a stack of the test's own and returns its ``service`` (``app.services``
+    has the others).
     """
     state = state_of(request.config)
     started: list[DockApp] = []
@@ -410,32 +434,16 @@ def dockapp_factory(
     session: dict[str, Any] = {"port": dockapp_port, "health_path": dockapp_health_path, "ready": dockapp_ready}
     session["timeout"] = dockapp_timeout
 
-    def factory(
-        context: str | os.PathLike[str] | None = None,
-        *,
-        dockerfile: str | None = None,
-        build_args: Mapping[str, str] | None = None,
-        target: str | None = None,
-        image: str | None = None,
-        port: int | str | None = None,
-        health_path: str | None = None,
-        timeout: float | None = None,
-        ready: str | None = None,
-        env: Mapping[str, str] | None = None,
-        command: str | Sequence[str] | None = None,
-        network: Any = None,
-        aliases: Sequence[str] = (),
-        host_ports: Mapping[int, int] | None = None,
-        name: str | None = None,
-        secrets: Mapping[str, str] | None = None,
-        compose: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-        service: str | None = None,
-    ) -> DockApp:
+    def factory(context: str | os.PathLike[str] | None = None, **call: Unpack[FactoryCall]) -> DockApp:
         __tracebackhide__ = True
-        _check_arguments(port=port, health_path=health_path, timeout=timeout, ready=ready)
+        _check_arguments(call)
+        image, port, health_path = call.get("image"), call.get("port"), call.get("health_path")
+        timeout, ready, name = call.get("timeout"), call.get("ready"), call.get("name")
+        dockerfile, target, secrets = call.get("dockerfile"), call.get("target"), call.get("secrets")
+        build_args, compose = call.get("build_args"), call.get("compose")
         if compose is not None:  # a stack of this test's own, removed after it
-            call = {"port": port, "health_path": health_path, "ready": ready, "timeout": timeout}
-            stacks.append(_own_stack(state, request, compose, service, call, session, likely))
+            given = {"port": port, "health_path": health_path, "ready": ready, "timeout": timeout}
+            stacks.append(_own_stack(state, request, compose, call.get("service"), given, session, likely))
             return stacks[-1].main
         default = context is None and image is None
         ref: Image | str
@@ -458,13 +466,24 @@ def dockapp_factory(
             ctx = Path(context)  # type: ignore[arg-type]
             where = str(ctx if ctx.is_absolute() else request.config.rootpath / ctx)  # one base: the rootdir
             ref = _build(state, where, dockerfile, {}, target, secrets, build_args)
-        given: dict[str, Any] = {"env": env, "command": command, "network": network, "aliases": aliases}
-        given.update(host_ports=host_ports, name=name, port=port, health_path=health_path, timeout=timeout, ready=ready)
-        for key in ("port", "health_path", "timeout", "ready") if default else ("timeout", "ready"):
-            given[key] = pick(state, key, session[key], given[key])  # the session's, where the call gives none
         from pytest_dockapp.run.options import AppOptions
 
-        app = _start_raising(state, ref, AppOptions.of(**given), True, likely)  # one test's: maybe a warm spare
+        def asked(key: str, value: Any) -> Any:  # the session's where the call gives none (readiness: always)
+            return pick(state, key, session[key], value) if default or key in ("timeout", "ready") else value
+
+        options = AppOptions.of(
+            port=asked("port", port),
+            health_path=asked("health_path", health_path),
+            timeout=asked("timeout", timeout),
+            ready=asked("ready", ready),
+            env=call.get("env"),
+            command=call.get("command"),
+            network=call.get("network"),
+            aliases=call.get("aliases", ()),
+            host_ports=call.get("host_ports"),
+            name=name,
+        )
+        app = _start_raising(state, ref, options, True, likely)  # one test's: maybe a warm spare
         started.append(app)
         request.node.stash.setdefault(ITEM_APPS, {})[name or f"factory-{len(started)}"] = app
         return app
@@ -498,14 +517,20 @@ def _own_stack(
     return stack
 
 
-def _check_arguments(**given: Any) -> None:
-    """The factory's settings, checked by the settings table's own validators, with the error
-    naming the argument (trust III, 19: `'healty' is unknown` named nothing)."""
+def _check_arguments(call: Mapping[str, Any]) -> None:
+    """The factory's arguments: each a known name, and each setting checked by the settings
+    table's own validator, with the error naming the argument."""
     __tracebackhide__ = True
     from pytest_dockapp.core.errors import ConfigurationError
 
-    for name, value in given.items():
-        parse = BY_NAME[name].parse
+    unknown = sorted(set(call) - set(FactoryCall.__annotations__))
+    if unknown:
+        raise ConfigurationError(
+            f"dockapp_factory() got an unknown argument: {', '.join(unknown)}",
+            hint=f"it takes a context and {', '.join(FactoryCall.__annotations__)}",
+        )
+    for name in ("port", "health_path", "timeout", "ready"):
+        value, parse = call.get(name), BY_NAME[name].parse
         if value is None or parse is None:
             continue
         try:

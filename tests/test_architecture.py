@@ -160,16 +160,37 @@ def test_no_module_writes_the_managers_fields_or_calls_its_private_members() -> 
     assert not found, "\n".join(found)
 
 
-def test_no_untyped_keyword_bag_crosses_into_builds_or_services() -> None:
-    """Settings travel as typed values (a spec, options), never as ``**kwargs: Any`` that each
-    layer completes. (run/ still has two: ``wait_ready`` and ``AppManager.connect``, and the HTTP
-    helpers of ``DockApp`` hand ``requests`` its own keyword arguments.)"""
+def _functions() -> list[tuple[Path, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    return [
+        (path, node)
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+
+
+def test_no_untyped_keyword_bag_in_the_library() -> None:
+    """Settings travel as typed values (a spec, options, a wait plan), never as ``**kwargs: Any``
+    that each layer completes. A keyword set a caller writes is a ``TypedDict`` (``Unpack``)."""
     found = []
-    for layer in ("builds", "services"):
-        for path in sorted((PACKAGE / layer).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.args.kwarg is not None:
-                    annotation = node.args.kwarg.annotation
-                    if annotation is None or ast.unparse(annotation) == "Any":
-                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    for path, node in _functions():
+        layer = path.relative_to(PACKAGE).parts[0]
+        if layer in ("run", "builds", "services") and node.args.kwarg is not None:
+            annotation = node.args.kwarg.annotation
+            if annotation is None or ast.unparse(annotation) == "Any":
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not found, "\n".join(found)
+
+
+def test_no_function_takes_more_than_ten_parameters() -> None:
+    """More than ten is a bag of settings that wants a name: a frozen dataclass (``AppOptions``,
+    ``SessionOptions``, ``WaitPlan``) or, for what users call with keywords, a ``TypedDict``."""
+    found = []
+    for path, node in _functions():
+        args = node.args
+        names = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]]
+        names += [a.arg for a in (args.vararg, args.kwarg) if a is not None]
+        count = len(names) - (names[:1] in (["self"], ["cls"]))
+        if count > 10:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({count})")
     assert not found, "\n".join(found)

@@ -117,11 +117,15 @@ def test_errors_and_skips_point_at_the_users_test(app: App, pytester: pytest.Pyt
 
         def test_no_port(dockapp_factory):
             dockapp_factory(image="{BUSYBOX}")
+
+        def test_misspelt_argument(dockapp_factory):
+            dockapp_factory(image="{BUSYBOX}", health_pth="/health")
         """
     )
     result = pytester.runpytest("--tb=short")
-    result.assert_outcomes(failed=2)
+    result.assert_outcomes(failed=3)
     result.stdout.fnmatch_lines(["*dockapp_factory(ready='healty'): 'healty' is unknown*"])
+    result.stdout.fnmatch_lines(["*dockapp_factory() got an unknown argument: health_pth*"])
     result.stdout.fnmatch_lines(["test_factory.py:5: in test_no_port", "*EXPOSEs no TCP port*"])
     assert "pytest_dockapp/" not in result.stdout.str(), result.stdout.str()  # no frame of ours
 

@@ -6,10 +6,10 @@ import contextlib
 import itertools
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import requests  # the docker SDK imports it anyway
 
@@ -23,6 +23,7 @@ from pytest_dockapp.run.readiness.wait import ProbeTarget, Readiness, WaitPlan, 
 if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
+    from typing_extensions import Unpack
 
     from pytest_dockapp.builds.record import BuildRecord
 
@@ -57,6 +58,25 @@ def pick_binding(bindings: Sequence[Mapping[str, str]], dial: str) -> int:
 def _network_name(network: Any) -> str:
     """Accepts a name, a docker SDK network or a testcontainers ``Network``."""
     return network if isinstance(network, str) else str(network.name)
+
+
+class RequestArgs(TypedDict, total=False):
+    """The keyword arguments of ``requests``' calls that :class:`DockApp`'s HTTP helpers pass on."""
+
+    params: Any
+    data: Any
+    headers: Mapping[str, str] | None
+    cookies: Any
+    files: Any
+    auth: Any
+    timeout: float | tuple[float, float] | None
+    allow_redirects: bool
+    proxies: MutableMapping[str, str] | None
+    hooks: Any
+    stream: bool | None
+    verify: bool | str | None
+    cert: str | tuple[str, str] | None
+    json: Any
 
 
 @dataclass
@@ -97,27 +117,29 @@ class DockApp:
             self._session = _BaseUrlSession(self.url)
         return self._session
 
-    def request(self, method: str, path: str = "/", **kwargs: Any) -> requests.Response:
+    def request(self, method: str, path: str = "/", **kwargs: Unpack[RequestArgs]) -> requests.Response:
+        """``method`` on ``path`` (relative to :attr:`url`) through :attr:`session`, with
+        ``requests``' own keyword arguments and a 30 s timeout unless one is given."""
         self._check_alive()
         kwargs.setdefault("timeout", 30)
         return self.session.request(method, path, **kwargs)
 
-    def get(self, path: str = "/", **kwargs: Any) -> requests.Response:
+    def get(self, path: str = "/", **kwargs: Unpack[RequestArgs]) -> requests.Response:
         return self.request("GET", path, **kwargs)
 
-    def post(self, path: str = "/", **kwargs: Any) -> requests.Response:
+    def post(self, path: str = "/", **kwargs: Unpack[RequestArgs]) -> requests.Response:
         return self.request("POST", path, **kwargs)
 
-    def put(self, path: str = "/", **kwargs: Any) -> requests.Response:
+    def put(self, path: str = "/", **kwargs: Unpack[RequestArgs]) -> requests.Response:
         return self.request("PUT", path, **kwargs)
 
-    def patch(self, path: str = "/", **kwargs: Any) -> requests.Response:
+    def patch(self, path: str = "/", **kwargs: Unpack[RequestArgs]) -> requests.Response:
         return self.request("PATCH", path, **kwargs)
 
-    def delete(self, path: str = "/", **kwargs: Any) -> requests.Response:
+    def delete(self, path: str = "/", **kwargs: Unpack[RequestArgs]) -> requests.Response:
         return self.request("DELETE", path, **kwargs)
 
-    def head(self, path: str = "/", **kwargs: Any) -> requests.Response:
+    def head(self, path: str = "/", **kwargs: Unpack[RequestArgs]) -> requests.Response:
         return self.request("HEAD", path, **kwargs)
 
     def logs(self, tail: int | None = None, since: float | None = None, timestamps: bool = False) -> str:
@@ -182,10 +204,11 @@ class _BaseUrlSession(requests.Session):
         super().__init__()
         self.base = base.rstrip("/")
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        url = request.url
         if isinstance(url, str) and not re.match(r"^[a-z][a-z0-9+.-]*://", url, re.I):
-            url = self.base + "/" + url.lstrip("/")
-        return super().request(method, url, *args, **kwargs)
+            request.url = self.base + "/" + url.lstrip("/")
+        return super().prepare_request(request)
 
 
 class AppRunner:
