@@ -254,6 +254,15 @@ SETTINGS: list[Setting] = [
         shown_default="none",
     ),
     Setting(
+        "compose_ignore",
+        "compose service keys to skip, as KEY (every service) or SERVICE.KEY: one a test run cannot honour, since "
+        "an override file cannot remove a key",
+        [],
+        kind="list",
+        metavar="KEY",
+        shown_default="none",
+    ),
+    Setting(
         "compose_host_ports",
         "publish the fixed host ports a compose file names (parallel runs then collide)",
         False,

@@ -61,6 +61,13 @@ class PluginState:
         #: these files takes the session's settings (and its --dockapp-image).
         self.session_compose: list[str] | None = None
         self._connecting = threading.Lock()
+        self._noticed: set[str] = set()
+
+    def notice_once(self, message: str) -> None:
+        """A notice line, said once per run however often its cause comes back."""
+        if message not in self._noticed:
+            self._noticed.add(message)
+            self.progress.notice(message)
 
     def apps(self) -> AppManager:
         """The session's manager; skips (or fails, in strict mode) without an engine. Waits for
@@ -175,7 +182,10 @@ def load_compose(state: PluginState, files: str | list[str], wanted: str | None)
 
     s = state.settings
     paths = [state.config.rootpath / f for f in ([files] if isinstance(files, str) else files)]
-    project = load_project(paths, profiles=s.compose_profiles, wanted=wanted)
+    project = load_project(paths, profiles=s.compose_profiles, wanted=wanted, ignore=s.compose_ignore)
+    notice = project.notice()
+    if notice:
+        state.notice_once(notice)
     for svc in project.services.values():
         if svc.build is not None:  # the command line's build args win, as for the Dockerfile alone
             svc.build.args.update(s.from_cli.get("build_args", {}))

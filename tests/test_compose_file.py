@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from pytest_dockapp import ComposeError
-from pytest_dockapp.services.compose import load_project, parse_duration
+from pytest_dockapp.services.compose import load_project
 from pytest_dockapp.services.interpolate import interpolate
 from pytest_dockapp.services.order import start_order
+from pytest_dockapp.services.service import parse_duration
 
 
 def write(folder: Path, text: str, name: str = "compose.yaml") -> Path:
@@ -127,8 +128,8 @@ def test_profiles_leave_out_services_unless_enabled_or_needed(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("    deploy: {replicas: 2}\n", r"service web: key 'deploy' is not supported"),
-        ("    build: {context: ., ssh: [default]}\n", r"service web: build key 'ssh' is not supported"),
+        ("    deploy: {replicas: 2}\n", r"service web: 2 replicas: a test stack runs one container per service"),
+        ("    build: {context: ., ssh: [default]}\n", r"service web: build.ssh \(compose.yaml:5\): SSH agent"),
         ("    depends_on: [nowhere]\n", r"service web depends on 'nowhere', which is not a service"),
         ("    volumes: [data:/data]\n", r"mounts volume 'data', which is not in the top-level volumes"),
         ("    ports: [http]\n", r"service web: 'http' is not a port mapping"),
@@ -187,7 +188,7 @@ def test_yaml_1_2_booleans_as_compose_reads_them(tmp_path: Path) -> None:
 
 
 def test_the_readme_keys_table_is_the_generated_one() -> None:
-    from pytest_dockapp.services.compose import keys_table
+    from pytest_dockapp.services.keys import keys_table
 
     from .helpers import ROOT
 

@@ -26,6 +26,7 @@ from pytest_dockapp.builds.output.classic import ClassicParser
 from pytest_dockapp.builds.output.plain import PlainParser
 from pytest_dockapp.builds.output.rawjson import RawJsonParser
 from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
+from pytest_dockapp.builds.registry import RegistryCache
 from pytest_dockapp.core.errors import BuildError, ConfigurationError, tail
 from pytest_dockapp.core.redact import looks_secret, mask_values, redact, secret_values
 from pytest_dockapp.engine.cleanup import build_dir_prefix, sweep_build_dirs
@@ -78,6 +79,9 @@ class BuildSpec:
     target: str | None = None
     #: BuildKit build secrets, ``{id: file path or environment variable name}``.
     secrets: Mapping[str, str] = field(default_factory=dict)
+    #: This build's own registry cache refs (a compose service's ``build.cache_from``/``cache_to``);
+    #: None: the session's. They change where layers come from, not the image: not part of the key.
+    registry: RegistryCache | None = None
 
     def resolve(self) -> ResolvedSpec:
         """The spec with its context and Dockerfile as absolute paths (a clear error when the

@@ -107,8 +107,11 @@ class Builds:
         )
 
     def _registry_for(self, spec: ResolvedSpec) -> RegistryCache:
-        """The registry settings for ``spec``: the policy's for the first spec built, none for
-        another (two images pushed to one cache ref would replace each other), with a notice."""
+        """The registry settings for ``spec``: its own refs when it has them; else the policy's for
+        the first spec built, none for another (two images pushed to one cache ref would replace
+        each other), with a notice."""
+        if spec.spec.registry is not None:
+            return spec.spec.registry  # the spec's own refs (a compose service's)
         registry = self._policy.registry
         if not registry or self._registry_spec in (None, spec.key):
             self._registry_spec = spec.key if registry else None

@@ -258,6 +258,8 @@ class AppRunner:
         self.require_port = context.require_port
         self.options = dict(context.create)
         self.host_options = dict(context.host)
+        self.files = context.files
+        self.joins = context.networks
         self.on_started = context.on_started
         name = options.name
         # Named after the tag (``display``) when the image is run by ID.
@@ -307,6 +309,15 @@ class AppRunner:
             with self.creation(f"container {self.name}"):
                 self.container_id = self._create(publish)
                 self.created = True
+            self._copy_files()
+            for join in self.joins:
+                self.client.api.connect_container_to_network(
+                    self.container_id,
+                    join.network,
+                    aliases=list(join.aliases) or None,
+                    ipv4_address=join.ipv4_address,
+                    ipv6_address=join.ipv6_address,
+                )
             self._run()
             if self.on_started is not None:
                 self.on_started()
@@ -316,6 +327,8 @@ class AppRunner:
                 for key, bindings in (container.attrs["NetworkSettings"].get("Ports") or {}).items()
                 if bindings
             }
+            if self.host_options.get("network_mode") == "host":  # on the engine host's own ports
+                host_map = {port: port for port, _ in publish}
             host_port = host_map.get(main) if main is not None else None
             readiness = wait_ready(
                 self.client,
@@ -354,6 +367,15 @@ class AppRunner:
             with self.creation(f"container {self.name}"):
                 self.container_id = self._create(publish)
                 self.created = True
+            self._copy_files()
+            for join in self.joins:
+                self.client.api.connect_container_to_network(
+                    self.container_id,
+                    join.network,
+                    aliases=list(join.aliases) or None,
+                    ipv4_address=join.ipv4_address,
+                    ipv6_address=join.ipv6_address,
+                )
             self._run()
             begin = time.perf_counter()
             try:
@@ -419,6 +441,8 @@ class AppRunner:
 
         api = self.client.api
         bindings = {f"{p}/{proto}": (self.host_ip, self.host_ports.get(p)) for p, proto in publish}
+        if self.host_options.get("network_mode") == "host":
+            bindings = {}  # the engine discards published ports on the host's network
         try:
             # The low-level calls: the SDK's containers.create() and reload() each add an inspect.
             created = api.create_container(
@@ -442,6 +466,40 @@ class AppRunner:
                 ) from None
             raise
         return str(created["Id"])
+
+    def _copy_files(self) -> None:
+        """Copy the context's files (a compose service's secrets and configs) into the created
+        container, with their mode and owner. A copy works on a remote engine too, where a bind
+        mount would name a path on the engine's host, and it honours uid, gid and mode, which a
+        bind mount of the user's file cannot (compose's own limit for file secrets)."""
+        import io
+        import tarfile
+
+        import docker.errors
+
+        if not self.files:
+            return
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for item in self.files:
+                data = item.content()
+                info = tarfile.TarInfo(item.path.lstrip("/"))
+                info.size, info.mode, info.uid, info.gid = len(data), item.mode, item.uid, item.gid
+                info.mtime = int(time.time())
+                archive.addfile(info, io.BytesIO(data))
+        try:
+            self.client.api.put_archive(self.container_id, "/", buffer.getvalue())
+        except docker.errors.APIError as exc:
+            paths = ", ".join(item.path for item in self.files)
+            raise ContainerError(
+                f"cannot copy {paths} into {self.name} before it starts",
+                evidence=str(exc.explanation or exc),
+                evidence_title="engine said",
+                hint="a read_only: true service takes its secrets and configs only where the engine can write: "
+                "mount a tmpfs or volume there, or drop read_only for the tests"
+                if self.host_options.get("read_only")
+                else "check the target paths of the service's secrets: and configs:",
+            ) from None
 
     def _run(self) -> None:
         """Join the network, if any, and start; the engine's refusals become errors that say why."""

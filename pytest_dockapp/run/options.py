@@ -98,6 +98,62 @@ class AppOptions:
 
 
 @dataclass(frozen=True)
+class InjectedFile:
+    """A file copied into a container after it is created and before it starts (a compose
+    secret or config): its path there, where its content comes from (a file's path, an
+    environment variable's name, or inline content; never a secret's value), its mode and owner."""
+
+    path: str
+    kind: str  # file | environment | content
+    ref: str
+    mode: int = 0o444
+    uid: int = 0
+    gid: int = 0
+    secret: bool = False
+
+    def content(self) -> bytes:
+        """The content, read now; a missing file or variable is a :class:`ComposeError`."""
+        import os
+
+        from pytest_dockapp.core.errors import ComposeError
+
+        what = "secret" if self.secret else "config"
+        if self.kind == "content":
+            return self.ref.encode()
+        if self.kind == "environment":
+            if self.ref not in os.environ:
+                raise ComposeError(
+                    f"the {what} for {self.path} comes from the environment variable {self.ref}, which is not set",
+                    hint=f"export {self.ref} before running the tests",
+                )
+            return os.environ[self.ref].encode()
+        try:
+            with open(self.ref, "rb") as file:
+                return file.read()
+        except OSError as exc:
+            raise ComposeError(
+                f"the {what} for {self.path} comes from {self.ref}, which cannot be read: {exc.strerror}",
+                hint="create the file, or point the top-level entry's file: at one that exists",
+            ) from None
+
+
+@dataclass(frozen=True)
+class NetworkJoin:
+    """A network a container joins, with its names and fixed addresses there."""
+
+    network: str
+    aliases: tuple[str, ...] = ()
+    ipv4_address: str | None = None
+    ipv6_address: str | None = None
+
+    def endpoint(self, api: Any) -> Any:
+        """The engine API's endpoint config for the create call."""
+        return api.create_endpoint_config(
+            aliases=list(self.aliases) or None, ipv4_address=self.ipv4_address, ipv6_address=self.ipv6_address
+        )
+
+
+@dataclass(frozen=True)
 class RunContext:
     """The session's side of a start: who owns the container, where its ports publish and are
     dialled, and what a compose service adds to the engine's create call."""
@@ -117,4 +173,8 @@ class RunContext:
     #: More arguments of the engine's create call, and of its host config.
     create: Mapping[str, Any] = field(default_factory=dict)
     host: Mapping[str, Any] = field(default_factory=dict)
+    #: Files copied in between the create call and the start (a compose service's secrets and configs).
+    files: tuple[InjectedFile, ...] = ()
+    #: More networks to join between the create call and the start (the create call takes one).
+    networks: tuple[NetworkJoin, ...] = ()
     on_started: Callable[[], None] | None = None

@@ -33,17 +33,17 @@ from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import is_engine_failure
 from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.images import Image
-from pytest_dockapp.run.options import AppOptions, RunContext
+from pytest_dockapp.run.options import AppOptions, NetworkJoin, RunContext
 from pytest_dockapp.run.spares import spare_key
 from pytest_dockapp.services.compose import Project, ServiceDef
 from pytest_dockapp.services.order import start_order
+from pytest_dockapp.services.resources import STACK_LABEL, StackResources
 
 if TYPE_CHECKING:
     import docker
 
     from pytest_dockapp.run.manager import AppManager
 
-STACK_LABEL = cleanup.PREFIX + "stack"
 SERVICE_LABEL = cleanup.PREFIX + "service"
 _counter = itertools.count(1)
 
@@ -101,11 +101,10 @@ class Stack(Mapping[str, DockApp]):
         #: One-shot services (``service_completed_successfully``), by name: exited, kept for their logs.
         self.completed: dict[str, DockApp] = {}
         self._runners: list[AppRunner] = []
-        self._network: str | None = None
+        self.resources = StackResources(manager.client, project, self.name, self.owner, self._creation_of_shared)
         self._cancelled = threading.Event()  # set when a start failed or was interrupted
         #: Set by :meth:`attach`: another process started this stack and removes it.
         self.attached = False
-        self._volumes: list[str] = []
         self._closed = False
         self._removing = threading.Lock()  # a background removal and the session's end may meet
 
@@ -153,7 +152,7 @@ class Stack(Mapping[str, DockApp]):
     def _image(self, svc: ServiceDef) -> Image:
         if svc.build is not None:
             b = svc.build
-            return self.manager.image(BuildSpec(b.context, b.dockerfile, b.args, b.target, b.secrets))
+            return self.manager.image(BuildSpec(b.context, b.dockerfile, b.args, b.target, b.secrets, b.registry))
         assert svc.image is not None
         try:
             return self.manager.prebuilt(svc.image)
@@ -215,15 +214,10 @@ class Stack(Mapping[str, DockApp]):
         return self
 
     def _create_shared(self) -> None:
-        labels = {**self.owner.labels("network"), STACK_LABEL: self.name}
-        client = self.manager.client
-        with self.manager.creation(f"network {self.name}"):
-            self._network = client.api.create_network(self.name, driver="bridge", labels=labels)["Id"]
-        for volume in self.project.volumes:
-            name = f"{self.name}_{volume}"
-            with self.manager.creation(f"volume {name}"):
-                client.api.create_volume(name, labels={**self.owner.labels("volume"), STACK_LABEL: self.name})
-                self._volumes.append(name)
+        self.resources.create()
+
+    def _creation_of_shared(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return self.manager.creation(what)
 
     def _start_all(self) -> None:
         started = {n: threading.Event() for n in self.order}
@@ -337,11 +331,9 @@ class Stack(Mapping[str, DockApp]):
         )
 
     def _runner_options(self, svc: ServiceDef, on_started: Callable[[], None]) -> tuple[AppOptions, RunContext]:
-        api = self.manager.client.api
-        aliases = [a for a in (svc.name, *svc.aliases) if _DNS_NAME.fullmatch(a)]
         tmpfs = list(svc.tmpfs) + [m.target for m in svc.mounts if m.kind == "tmpfs"]
         binds = {
-            (f"{self.name}_{m.source}" if m.kind == "volume" else m.source): {
+            (self.resources.volume(m.source) if m.kind == "volume" else m.source): {
                 "bind": m.target,
                 "mode": "ro" if m.read_only else "rw",
             }
@@ -349,22 +341,26 @@ class Stack(Mapping[str, DockApp]):
             if m.kind in ("volume", "bind")
         }
         anonymous = [m.target for m in svc.mounts if m.kind == "anonymous"]
-        create: dict[str, Any] = {
-            "labels": {**svc.labels, STACK_LABEL: self.name, SERVICE_LABEL: svc.name},
-            "networking_config": api.create_networking_config({self.name: api.create_endpoint_config(aliases=aliases)}),
-        }
+        create: dict[str, Any] = {"labels": {**svc.labels, STACK_LABEL: self.name, SERVICE_LABEL: svc.name}}
+        joins = self._joins(svc)
+        if joins:
+            create["networking_config"] = self.manager.client.api.create_networking_config(
+                {joins[0].network: joins[0].endpoint(self.manager.client.api)}
+            )
         for key in ("entrypoint", "working_dir", "user", "hostname", "healthcheck"):
             if getattr(svc, key) is not None:
                 create[key] = getattr(svc, key)
         if anonymous:
             create["volumes"] = anonymous
-        host: dict[str, Any] = {"network_mode": self.name}
+        host: dict[str, Any] = {"network_mode": self._network_mode(svc, joins)}
         if binds:
             host["binds"] = binds
         if tmpfs:
             host["tmpfs"] = tmpfs
         if svc.init is not None:
             host["init"] = bool(svc.init)
+        create.update(svc.engine.create)
+        host.update(svc.engine.host)
         tcp = [p.container for p in svc.ports if p.protocol == "tcp"]
         main = {k: v for k, v in self.main_options.items() if v is not None} if svc.name == self.main_name else {}
         options = AppOptions.of(
@@ -384,9 +380,33 @@ class Stack(Mapping[str, DockApp]):
             require_port=svc.name == self.main_name,
             create=create,
             host=host,
+            files=tuple(svc.files),
+            networks=tuple(joins[1:]),
             on_started=on_started,
         )
         return options, service
+
+    def _joins(self, svc: ServiceDef) -> list[NetworkJoin]:
+        """The networks ``svc`` joins, by their engine names, with its names on each."""
+        names = [a for a in (svc.name, *svc.aliases) if _DNS_NAME.fullmatch(a)]
+        return [
+            NetworkJoin(self.resources.network(key), (*names, *how.aliases), how.ipv4_address, how.ipv6_address)
+            for key, how in svc.networks.items()
+        ]
+
+    def _network_mode(self, svc: ServiceDef, joins: list[NetworkJoin]) -> str:
+        mode = svc.network_mode
+        if mode is None:
+            return joins[0].network if joins else "none"
+        if mode.startswith("service:"):  # started first (an implied depends_on)
+            other = mode.partition(":")[2]
+            app = self.services.get(other) or self.completed.get(other)
+            if app is None:
+                raise ComposeError(
+                    f"{self._where}: service {svc.name} joins {other}'s network, and {other} is not running"
+                )
+            return f"container:{app.container.id}"
+        return mode
 
     def close(self, wait: bool = True) -> None:
         """Remove the services, then the network and the volumes (idempotent); with ``wait=False``
@@ -425,25 +445,10 @@ class Stack(Mapping[str, DockApp]):
             raise errors[0]
 
     def _remove_shared(self, errors: list[Exception]) -> None:
-        import docker.errors
-
-        from pytest_dockapp.engine.interop import remove_network
-
         if self.manager.engine_lost:
-            self.manager.leave_behind([self._network and self.name, *self._volumes])
+            self.manager.leave_behind(self.resources.names())
             return
-        if self._network is not None:
-            try:
-                remove_network(self.manager.client, self._network)
-            except Exception as exc:
-                errors.append(exc)
-        for volume in self._volumes:
-            try:
-                self.manager.client.api.remove_volume(volume)
-            except docker.errors.NotFound:
-                pass
-            except Exception as exc:
-                errors.append(exc)
+        self.resources.remove(errors)
 
     def record(self) -> dict[str, Any]:
         """What another process needs to :meth:`attach` to this running stack (JSON-able)."""
