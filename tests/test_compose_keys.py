@@ -254,13 +254,9 @@ def test_a_real_stack_gets_its_secrets_configs_and_engine_keys(
         x-base: &base
           restart: unless-stopped
         services:
-          base:
-            build: .
-            profiles: [never]
           web:
             <<: *base
-            extends: base
-            profiles: []
+            extends: {file: common.yaml, service: base}
             depends_on: [db]
             secrets: [db-password, {source: token, target: api/token, mode: 0400}]
             configs: [{source: settings, target: /etc/app/settings.ini}]
@@ -279,6 +275,7 @@ def test_a_real_stack_gets_its_secrets_configs_and_engine_keys(
           settings: {content: "[app]\\ndebug = true\\n"}
         """,
     )
+    write(root, "services:\n  base: {build: .}\n", "common.yaml")
     pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_service = web\n")
     pytester.makepyfile(
         """
@@ -417,3 +414,14 @@ def test_a_services_build_cache_refs_are_its_own_registry_cache(tmp_path: Path) 
     assert build is not None and build.registry is not None
     assert build.registry.cache_from == ("reg.test:5000/web:main", "reg.test:5000/web:pr-1")
     assert build.registry.cache_to == "reg.test:5000/web:pr-1"
+
+
+CORPUS = Path(__file__).parent / "compose_corpus"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.glob("*.yaml") if p.name != "infra.yaml"))
+def test_every_shape_of_the_corpus_loads(name: str) -> None:
+    project = load_project([CORPUS / name], env={}, wanted=None if name != "host-network.yaml" else "superset")
+    assert project.services
+    for svc in project.services.values():
+        assert svc.networks or svc.network_mode  # every service is somewhere
