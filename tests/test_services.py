@@ -120,9 +120,14 @@ HOSTILE = {
         "  b: {image: BUSYBOX, depends_on: [a]}\n",
         ["*depends_on has a cycle: a -> b -> a*"],
     ),
-    "an unknown key": (
-        "  web: {build: ., deploy: {replicas: 2}}\n",
-        ["*service web: key 'deploy' is not supported*"],
+    "a key a test run cannot honour": (
+        "  web: {build: ., privileged: true, helthcheck: {test: [CMD, 'true']}}\n",
+        [
+            "*compose.yaml: 2 keys a test run cannot honour*",
+            "*service web: privileged (compose.yaml:2): containers are never privileged*",
+            "*service web: helthcheck (compose.yaml:2): not a key of the Compose Specification: check its spelling*",
+            "*dockapp_compose_ignore = helthcheck privileged*",
+        ],
     ),
 }
 

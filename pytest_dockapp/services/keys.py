@@ -41,7 +41,8 @@ HONOURED: dict[str, str] = {
     "ports": "published on random host ports (fixed ones with dockapp_compose_host_ports = true)",
     "expose": "published on random host ports too, so tests can reach them",
     "depends_on": "short and long form; service_started, service_healthy, service_completed_successfully",
-    "healthcheck": "overrides the image's; `disable: true` turns it off; `start_interval` where the engine knows it",
+    "healthcheck": "overrides the image's; `disable: true` turns it off; `start_interval`'s fast first verdict is "
+    "the readiness wait's own (it runs the check from the start, every 0.1 s, backing off)",
     "networks": "list or map, each a network of the stack's own (services on different networks cannot reach each "
     "other), with `aliases`, `ipv4_address`, `ipv6_address` and `priority`",
     "network_mode": "`none`, `host` (the app is then dialled on its own port), `service:<name>` (which starts first)",

@@ -417,6 +417,11 @@ def _healthcheck(name: str, raw: Any, where: str) -> dict[str, Any] | None:
             out[api] = parse_duration(raw[key], f"{where}: service {name}: healthcheck {key}")
     if raw.get("retries") is not None:
         out["retries"] = int(raw["retries"])
+    if raw.get("start_interval") is not None:
+        # Checked, not sent: docker-py's Healthcheck drops StartInterval (engines before 25 lack it).
+        # Its purpose, a fast first verdict, is the readiness wait's own: it runs the check by exec
+        # from the start, every 0.1 s, backing off.
+        parse_duration(raw["start_interval"], f"{where}: service {name}: healthcheck start_interval")
     return out
 
 

@@ -400,12 +400,13 @@ class Stack(Mapping[str, DockApp]):
             return joins[0].network if joins else "none"
         if mode.startswith("service:"):  # started first (an implied depends_on)
             other = mode.partition(":")[2]
-            app = self.services.get(other) or self.completed.get(other)
-            if app is None:
+            name = container_name(self.name, other)
+            started = [r.container_id for r in self._runners if r.name == name and r.container_id]
+            if not started:
                 raise ComposeError(
                     f"{self._where}: service {svc.name} joins {other}'s network, and {other} is not running"
                 )
-            return f"container:{app.container.id}"
+            return f"container:{started[0]}"
         return mode
 
     def close(self, wait: bool = True) -> None:
