@@ -427,3 +427,18 @@ def test_every_shape_of_the_corpus_loads(name: str) -> None:
     assert project.services
     for svc in project.services.values():
         assert svc.networks or svc.network_mode  # every service is somewhere
+
+
+def test_a_runtime_or_platform_the_engine_lacks_is_named_before_anything_starts(
+    app: App, pytester: pytest.Pytester
+) -> None:
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_service = web\n")
+    pytester.makepyfile("def test_web(dockapp):\n    pass\n")
+    for key, line in (
+        ("runtime: nvidia", "*service web asks for runtime 'nvidia', which the engine does not have (it has: *runc*"),
+        ("platform: linux/s390x", "*service web asks for platform linux/s390x, and the engine runs linux/*"),
+    ):
+        write(pytester.path, f"services:\n  web: {{image: {app.busybox}, command: [sleep, '60'], {key}}}\n")
+        result = pytester.runpytest("-p", "no:cacheprovider")
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines([line, f"*dockapp_compose_ignore = {key.split(':')[0]}*"])

@@ -316,3 +316,22 @@ def test_a_read_only_registry_is_said_to_refuse_the_push_and_no_tag_is_left(
     assert "could not reach" not in result.stdout.str()
     tags = [t for i in docker_client.api.images() for t in i.get("RepoTags") or []]  # type: ignore[attr-defined]
     assert not [t for t in tags if t.startswith(read_only)], tags
+
+
+def test_a_compose_services_own_cache_refs_push_and_feed_its_build(
+    app: App, pytester: pytest.Pytester, registry: str
+) -> None:
+    """``build.cache_to`` pushes that service's image with its inline cache, through the same
+    registry cache as ``--dockapp-cache-to``; a rebuild that names it in ``cache_from`` is cached."""
+    ref = f"{registry}/dockapp-test/{uuid.uuid4().hex[:12]}/worker:main"
+    _project(app, pytester)
+    compose = (
+        f"services:\n  web:\n    build: {{context: ., cache_from: [{ref}], cache_to: ['type=registry,ref={ref}']}}\n"
+    )
+    (pytester.path / "compose.yaml").write_text(compose)
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    result = pytester.runpytest("--dockapp-builder=buildkit")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*registry: pushed to {ref}@sha256:*"])
+    result = pytester.runpytest("--dockapp-builder=buildkit", "--dockapp-rebuild", "--dockapp-expect-cached")
+    result.assert_outcomes(passed=1)
