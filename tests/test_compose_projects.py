@@ -28,6 +28,7 @@ PROJECTS = {
             build: .
             restart: always
             secrets: [db-password]
+            volumes: [/scratch]
             depends_on:
               db: {condition: service_healthy}
           db:
@@ -46,6 +47,8 @@ PROJECTS = {
         """
         def test_backend(dockapp, dockapp_services):
             assert dockapp.get("/").text == "hello\\n"
+            mounts = dockapp.container.attrs["Mounts"]
+            open("anonymous.txt", "w").write(next(m["Name"] for m in mounts if m["Destination"] == "/scratch"))
             assert dockapp_services["db"].exec(["cat", "/run/secrets/db-password"])[1] == "db-pw\\n"
             assert dockapp.exec(["sh", "-c", "nc -w 2 db 5432 </dev/null && echo up"])[1] == "up\\n"
         """,
@@ -227,6 +230,11 @@ def test_a_real_projects_stack_runs_unchanged_and_leaves_nothing(
     assert docker_client.containers.list(all=True, filters={"name": stack}) == []
     assert [n.name for n in docker_client.networks.list() if n.name.startswith(stack)] == []
     assert [v.name for v in docker_client.volumes.list() if v.name.startswith(stack)] == []
+    anonymous = pytester.path / "anonymous.txt"
+    assert anonymous.exists() == (name == "secrets")
+    if anonymous.exists():  # an anonymous volume goes with its container
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.volumes.get(anonymous.read_text())
     if v1 and compose_v1:  # the same file under compose v1: every service comes up, then goes
         project = [compose_v1, "-p", f"dockapp-test-v1-{uuid.uuid4().hex[:8]}"]
         subprocess.run([*project, "up", "-d"], cwd=pytester.path, check=True, capture_output=True, timeout=300)
