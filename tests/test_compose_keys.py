@@ -30,7 +30,7 @@ def test_every_refused_key_is_named_at_once_with_its_line_and_a_hint_that_works(
           web:
             image: web
             privileged: true
-            links: [db]
+            volumes_from: [db]
           db:
             image: db
             gpus: all
@@ -43,13 +43,25 @@ def test_every_refused_key_is_named_at_once_with_its_line_and_a_hint_that_works(
     assert error.evidence is not None
     lines = error.evidence.splitlines()
     assert lines[0].startswith("service web: privileged (compose.yaml:4): containers are never privileged")
-    assert lines[1].startswith("service web: links (compose.yaml:5): every service is reachable by its name")
+    assert lines[1].startswith("service web: volumes_from (compose.yaml:5): mount the same named volume")
     assert lines[2].startswith("service db: gpus (compose.yaml:8)")
-    assert error.hint is not None and error.hint.endswith("dockapp_compose_ignore = gpus links privileged")
+    assert error.hint is not None and error.hint.endswith("dockapp_compose_ignore = gpus privileged volumes_from")
     # The hint works: skipped keys load, and the run says which it skipped.
-    project = load_project([path], env={}, ignore=["privileged", "links", "db.gpus"])
-    assert project.ignored == {"privileged": ["web"], "links": ["web"], "gpus": ["db"]}
-    assert "skipped by dockapp_compose_ignore: gpus (db), links (web), privileged (web)" in (project.notice() or "")
+    project = load_project([path], env={}, ignore=["privileged", "volumes_from", "db.gpus"])
+    assert project.ignored == {"privileged": ["web"], "volumes_from": ["web"], "gpus": ["db"]}
+    assert "skipped by dockapp_compose_ignore: gpus (db), privileged (web), volumes_from (web)" in (
+        project.notice() or ""
+    )
+
+
+def test_links_give_the_linked_service_its_alias_and_start_it_first(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "services:\n  web: {image: web, links: [db, 'cache:redis']}\n  db: {image: db}\n  cache: {image: c}\n"
+    )
+    project = load_project([path], env={})
+    assert project.services["web"].depends_on == {"db": "service_started", "cache": "service_started"}
+    assert project.services["cache"].networks["default"].aliases == ("redis",)
+    assert project.services["db"].networks["default"].aliases == ("db",)
 
 
 def test_keys_that_change_nothing_in_a_test_run_load_with_one_notice(tmp_path: Path) -> None:

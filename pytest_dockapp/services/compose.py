@@ -370,6 +370,7 @@ def _project(
             ) from None
     if findings.refused:
         raise _refusal(findings, paths)
+    _apply_links(services, where)
     active = _active(services, profiles, wanted, where)
     name = re.sub(r"[^a-z0-9_-]", "", str(data.get("name") or paths[0].parent.name).lower()) or "stack"
     kept = {n: s for n, s in services.items() if n in active}
@@ -385,6 +386,21 @@ def _project(
         findings.ignored,
         {n: d for n, d in networks.items() if n in used},
     )
+
+
+def _apply_links(services: dict[str, ServiceDef], where: str) -> None:
+    """Each ``links`` alias given to the linked service on the networks the two share."""
+    import dataclasses
+
+    for svc in services.values():
+        for target, alias in svc.links:
+            other = services.get(target)
+            if other is None:
+                raise ComposeError(f"{where}: service {svc.name} links {target!r}, which is not a service")
+            for net in set(svc.networks) & set(other.networks):
+                how = other.networks[net]
+                if alias not in how.aliases:
+                    other.networks[net] = dataclasses.replace(how, aliases=(*how.aliases, alias))
 
 
 def _active(services: dict[str, ServiceDef], profiles: Sequence[str], wanted: str | None, where: str) -> set[str]:

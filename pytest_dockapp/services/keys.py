@@ -45,6 +45,8 @@ HONOURED: dict[str, str] = {
     "the readiness wait's own (it runs the check from the start, every 0.1 s, backing off)",
     "networks": "list or map, each a network of the stack's own (services on different networks cannot reach each "
     "other), with `aliases`, `ipv4_address`, `ipv6_address` and `priority`",
+    "links": "`service` or `service:alias`: the alias is the linked service's on the networks the two share, and "
+    "the linked service starts first, as with compose",
     "network_mode": "`none`, `host` (the app is then dialled on its own port), `service:<name>` (which starts first)",
     "profiles": "a service with profiles runs only when one is in dockapp_compose_profiles",
     "secrets": "short and long form (`source`, `target`, `uid`, `gid`, `mode`): copied into the container at "
@@ -118,8 +120,6 @@ ACCEPTED: dict[str, str] = {
 REFUSED: dict[str, str] = {
     "privileged": "containers are never privileged: add the capabilities the service needs with cap_add",
     "volumes_from": "mount the same named volume in both services instead",
-    "links": "every service is reachable by its name on the stack's network: remove it (or give the other "
-    "service the alias under networks: <net>: aliases)",
     "external_links": "a stack reaches nothing outside it by name: start that container as a service of the file",
     "gpus": "GPU devices need a runtime this plugin does not set up",
     "post_start": "lifecycle hooks are not run: run the command in the test, or in the image's entrypoint",

@@ -98,6 +98,8 @@ class ServiceDef:
     #: The stack networks it joins, in the order compose joins them.
     networks: dict[str, Attachment] = field(default_factory=dict)
     network_mode: str | None = None  # none | host | bridge | service:<name>
+    #: ``links``: (the linked service, the alias it gets).
+    links: list[tuple[str, str]] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
     #: Files copied into the container before it starts: its secrets and configs.
     files: list[InjectedFile] = field(default_factory=list)
@@ -180,6 +182,10 @@ def parse_service(name: str, body: Any, scope: Scope, findings: Findings) -> Ser
     svc.depends_on = _depends(name, body.get("depends_on") or {}, where)
     svc.healthcheck = _healthcheck(name, body.get("healthcheck"), where)
     svc.networks, svc.network_mode = _networks(name, body, scope)
+    for link in _list(body.get("links")):
+        target, _, alias = link.partition(":")
+        svc.links.append((target, alias or target))
+        svc.depends_on.setdefault(target, "service_started")  # a linked service starts first, as in compose
     if svc.network_mode and svc.network_mode.startswith("service:"):  # it joins that one's: started first
         svc.depends_on.setdefault(svc.network_mode.partition(":")[2], "service_started")
     if body.get("container_name"):
