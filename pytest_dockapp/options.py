@@ -542,16 +542,11 @@ SAFE_SWEEP_AGE = 600.0
 def check_values(config: pytest.Config, settings: Settings) -> None:
     """Warn about values that are valid but do something the user may not expect, at the line
     of the ini file (or the command line) that gave them."""
-    from pytest_dockapp.core.redact import looks_secret
+    from pytest_dockapp.core.redact import secret_build_args
 
-    for name in sorted(k for k, v in settings.build_args.items() if v and looks_secret(k)):
-        warn_at_ini(
-            config,
-            f"build arg {name} looks secret: build arg values are stored in the image's history (docker history "
-            "shows them); pass secrets as BuildKit build secrets instead (--dockapp-secret, RUN --mount=type=secret)",
-            "dockapp_build_args",
-            from_cli=name in settings.from_cli.get("build_args", {}),
-        )
+    for name, warning in secret_build_args(settings.build_args).items():
+        from_cli = name in settings.from_cli.get("build_args", {})
+        warn_at_ini(config, warning, "dockapp_build_args", from_cli=from_cli)
     age = settings.sweep_age
     if age is not None and age < SAFE_SWEEP_AGE:
         warn_at_ini(

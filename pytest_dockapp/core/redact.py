@@ -43,3 +43,14 @@ def secret_values(values: Mapping[str, str] | None) -> set[str]:
         m.group(2) for v in (values or {}).values() for m in _URL_PASSWORD.finditer(v or "") if len(m.group(2)) >= 4
     }
     return found
+
+
+def secret_build_args(build_args: Mapping[str, str]) -> dict[str, str]:
+    """The build args whose names look secret and that have a value, each with the one warning
+    about it (said at the ini line by the pytest layer, or at the build by the library)."""
+    return {
+        name: f"build arg {name} looks secret: build arg values are stored in the image's history (docker history "
+        "shows them); pass secrets as BuildKit build secrets instead (--dockapp-secret, RUN --mount=type=secret)"
+        for name, value in sorted(build_args.items())
+        if value and looks_secret(name)
+    }

@@ -21,7 +21,7 @@ from pytest_dockapp.builds.pipeline import Builds
 from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
 from pytest_dockapp.builds.reuse import BuildCache
 from pytest_dockapp.core.errors import DockappError, DockappWarning, EngineUnavailableError
-from pytest_dockapp.core.redact import looks_secret, secret_values
+from pytest_dockapp.core.redact import secret_build_args, secret_values
 from pytest_dockapp.engine import cleanup
 from pytest_dockapp.engine.client import (
     Builder,
@@ -182,17 +182,10 @@ class AppManager:
         if known is not None:
             return known  # its secrets were read and its build args warned about the first time
         self.secrets |= known_secrets(spec.build_args, spec.secrets)
-        secretive = (k for k, v in spec.build_args.items() if v and looks_secret(k))
-        for name in sorted(k for k in secretive if k not in self.warned_args):
-            self.warned_args.add(name)
-            warnings.warn(
-                DockappWarning(
-                    f"build arg {name} looks secret: build arg values are stored in the image's history "
-                    "(docker history shows them); pass secrets as BuildKit build secrets instead "
-                    "(RUN --mount=type=secret)"
-                ),
-                stacklevel=2,
-            )
+        for name, warning in secret_build_args(spec.build_args).items():
+            if name not in self.warned_args:  # the pytest layer warned at the ini line already
+                self.warned_args.add(name)
+                warnings.warn(DockappWarning(warning), stacklevel=2)
         self.start_sweep()
         try:
             with engine_phase(f"building {spec.context}", self.endpoint):
