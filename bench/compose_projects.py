@@ -19,15 +19,12 @@ same run. Needs compose v1 (``apt-get install docker-compose``) and the local ba
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from services import session, table  # the same session timing and table as V1
+from services import compose, session, table  # the same timing, readiness loop and table as V1
 
 DOCKERFILE = """FROM dockapp-test/busybox:1
 RUN mkdir -p /www && echo hello > /www/index.html
@@ -81,30 +78,6 @@ networks:
 """,
 }
 TEST = "def test_first(dockapp):\n    assert dockapp.get('/').status_code == 200\n"
-
-
-def compose(folder: Path, n: int) -> float:
-    """``up -d --build``, every health check healthy and the app answering, ``down -v -t 0``."""
-    project = ["docker-compose", "-p", f"bench-{folder.name}-{n}"]
-    begin = time.perf_counter()
-    subprocess.run([*project, "up", "-d", "--build"], cwd=folder, check=True, capture_output=True)
-    try:
-        while True:
-            ids = subprocess.check_output([*project, "ps", "-q"], cwd=folder, text=True).split()
-            health = subprocess.check_output(
-                ["docker", "inspect", "-f", "{{if .State.Health}}{{.State.Health.Status}}{{end}}", *ids], text=True
-            ).split()
-            port = subprocess.check_output([*project, "port", "web", "80"], cwd=folder, text=True).strip()
-            if health and all(h == "healthy" for h in health) and port:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port.rsplit(':', 1)[-1]}/", timeout=2)
-                    break
-                except OSError:
-                    pass
-            time.sleep(0.1)
-    finally:
-        subprocess.run([*project, "down", "-v", "-t", "0"], cwd=folder, check=True, capture_output=True)
-    return time.perf_counter() - begin
 
 
 def write(folder: Path, compose_file: str, ours: bool) -> Path:

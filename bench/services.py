@@ -103,7 +103,8 @@ def session(python: str, folder: Path, *args: str) -> tuple[float, str]:
 
 
 def compose(folder: Path, n: int) -> float:
-    project = ["docker-compose", "-p", f"bench-services-{n}"]
+    """``up -d --build``, every health check healthy and the app answering, ``down -v -t 0``."""
+    project = ["docker-compose", "-p", f"bench-{folder.parent.name}-{folder.name}-{n}"]
     begin = time.perf_counter()
     subprocess.run([*project, "up", "-d", "--build"], cwd=folder, check=True, capture_output=True)
     try:
@@ -113,7 +114,7 @@ def compose(folder: Path, n: int) -> float:
                 ["docker", "inspect", "-f", "{{if .State.Health}}{{.State.Health.Status}}{{end}}", *ids], text=True
             ).split()
             port = subprocess.check_output([*project, "port", "web", "80"], cwd=folder, text=True).strip()
-            if health == ["healthy", "healthy"] and port:
+            if health and all(h == "healthy" for h in health) and port:  # every health check passes
                 try:
                     urllib.request.urlopen(f"http://127.0.0.1:{port.rsplit(':', 1)[-1]}/", timeout=2)
                     break

@@ -306,18 +306,7 @@ class AppRunner:
         main, publish = self._ports()
         begin = time.perf_counter()
         try:
-            with self.creation(f"container {self.name}"):
-                self.container_id = self._create(publish)
-                self.created = True
-            self._copy_files()
-            for join in self.joins:
-                self.client.api.connect_container_to_network(
-                    self.container_id,
-                    join.network,
-                    aliases=list(join.aliases) or None,
-                    ipv4_address=join.ipv4_address,
-                    ipv6_address=join.ipv6_address,
-                )
+            self._prepare(publish)
             self._run()
             if self.on_started is not None:
                 self.on_started()
@@ -364,29 +353,18 @@ class AppRunner:
         job, such as a migration a compose service waits for with ``service_completed_successfully``."""
         _, publish = self._ports()
         try:
-            with self.creation(f"container {self.name}"):
-                self.container_id = self._create(publish)
-                self.created = True
-            self._copy_files()
-            for join in self.joins:
-                self.client.api.connect_container_to_network(
-                    self.container_id,
-                    join.network,
-                    aliases=list(join.aliases) or None,
-                    ipv4_address=join.ipv4_address,
-                    ipv6_address=join.ipv6_address,
-                )
+            container_id = self._prepare(publish)
             self._run()
             begin = time.perf_counter()
             try:
-                code = int(self.client.api.wait(self.container_id, timeout=self.timeout)["StatusCode"])
+                code = int(self.client.api.wait(container_id, timeout=self.timeout)["StatusCode"])
             except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
                 # urllib3 raises a read timeout inside the response as a ConnectionError
                 if not isinstance(exc, requests.exceptions.ReadTimeout) and "timed out" not in str(exc).lower():
                     raise
                 raise ReadinessTimeoutError(
                     f"{self.name} did not finish within {self.timeout:g}s",
-                    evidence=tail(log_tail(self.client, self.container_id), 30),
+                    evidence=tail(log_tail(self.client, container_id), 30),
                     evidence_title="container log (last lines)",
                     hint="a service others wait for with service_completed_successfully must exit; raise "
                     "dockapp_timeout if it is just slow",
@@ -466,6 +444,23 @@ class AppRunner:
                 ) from None
             raise
         return str(created["Id"])
+
+    def _prepare(self, publish: list[tuple[int, str]]) -> str:
+        """Create the container, copy its files in and join its other networks: all that comes
+        before the start. Returns the container's ID."""
+        with self.creation(f"container {self.name}"):
+            self.container_id = container_id = self._create(publish)
+            self.created = True
+        self._copy_files()
+        for join in self.joins:
+            self.client.api.connect_container_to_network(
+                self.container_id,
+                join.network,
+                aliases=list(join.aliases) or None,
+                ipv4_address=join.ipv4_address,
+                ipv6_address=join.ipv6_address,
+            )
+        return container_id
 
     def _copy_files(self) -> None:
         """Copy the context's files (a compose service's secrets and configs) into the created
