@@ -1,11 +1,14 @@
 """The pytest plugin's entry point: options and configure, as in pytest-xdist. The fixtures,
-the cache marker, reporting, lint items and xdist support each live in a module of their own.
+the cache marker, reporting, lint items and xdist support each live in a module of their own;
+the hooks other plugins may implement are :class:`Hooks`.
 
 Everything that talks to Docker lives in the library modules; they are imported lazily, so
 that a pytest run that uses no dockapp fixture pays nothing for them.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,9 +18,47 @@ from pytest_dockapp.lint_items import LintCollector
 from pytest_dockapp.options import add_options, check_ini_keys, check_values, resolve
 from pytest_dockapp.plugin_state import STATE, PluginState
 
-pytest_plugins = ["pytest_dockapp.fixtures", "pytest_dockapp.marker", "pytest_dockapp.reporting"]
+if TYPE_CHECKING:
+    from pytest_dockapp.builds.record import BuildRecord
+    from pytest_dockapp.cache.check import CacheReport
+    from pytest_dockapp.run.app import DockApp
+
+pytest_plugins = [
+    "pytest_dockapp.fixtures",
+    "pytest_dockapp.clean",
+    "pytest_dockapp.marker",
+    "pytest_dockapp.reporting",
+]
 
 _GUARD = pytest.StashKey[TerminationGuard]()
+
+
+class Hooks:
+    """Hooks that other plugins and ``conftest.py`` files can implement, e.g. to push build
+    timings to a dashboard or seed an app with data::
+
+        def pytest_dockapp_app_ready(app):
+            app.post("/fixtures", json={"users": 3})
+    """
+
+    @pytest.hookspec
+    def pytest_dockapp_build_finished(self, config: pytest.Config, record: BuildRecord) -> None:
+        """An image of this session was built, or reused (``record.reused``): its per-step record."""
+
+    @pytest.hookspec
+    def pytest_dockapp_app_ready(self, config: pytest.Config, app: DockApp) -> None:
+        """An app is running and ready, before any test gets it. An exception here fails the fixture
+        that started it (and the app is still removed)."""
+
+    @pytest.hookspec
+    def pytest_dockapp_cache_checked(self, config: pytest.Config, item: pytest.Item, report: CacheReport) -> None:
+        """A ``dockapp_cache`` check of ``item`` ran, before its verdict fails or passes the test.
+
+        ``report.steps``: the rebuild's steps (``index``, ``stage``, ``line``, ``text``, ``cached``,
+        ``cacheable``); ``report.allowed``: those the Dockerfile lets miss after the change;
+        ``report.demanded``: those ``cached=`` requires that missed; ``report.ok`` and
+        ``report.summary()``: the verdict; ``report.warm.tag``: the warm image; ``report.advice``:
+        the fix of a failing check (``.text``, ``.dockerfile``, ``.verified``)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,9 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from pytest_dockapp import hookspecs
-
-    pluginmanager.add_hookspecs(hookspecs)
+    pluginmanager.add_hookspecs(Hooks)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -98,6 +98,8 @@ class ServiceDef:
     #: The stack networks it joins, in the order compose joins them.
     networks: dict[str, Attachment] = field(default_factory=dict)
     network_mode: str | None = None  # none | host | bridge | service:<name>
+    #: How dockapp_clean puts it back as seeded (``x-dockapp: {state: ...}``); None: by its image.
+    state: str | None = None
     #: ``links``: (the linked service, the alias it gets).
     links: list[tuple[str, str]] = field(default_factory=list)
     profiles: list[str] = field(default_factory=list)
@@ -151,6 +153,7 @@ def parse_service(name: str, body: Any, scope: Scope, findings: Findings) -> Ser
     where = scope.where
     if not isinstance(body, dict):
         raise ComposeError(f"{where}: service {name} is not a mapping")
+    ours = body.get("x-dockapp") or {}
     body = {k: v for k, v in body.items() if not str(k).startswith("x-")}
     for key in list(body):
         if key in scope.ignore or f"{name}.{key}" in scope.ignore:
@@ -165,6 +168,9 @@ def parse_service(name: str, body: Any, scope: Scope, findings: Findings) -> Ser
         elif key in ACCEPTED and key != "container_name":  # container_name is an alias: it does something
             findings.accept(key, name)
     svc = ServiceDef(name)
+    if not isinstance(ours, dict) or set(ours) - {"state"}:
+        raise ComposeError(f"{where}: service {name}: x-dockapp takes state: postgres | redis | none")
+    svc.state = str(ours["state"]) if ours.get("state") else None
     if "build" in body:
         svc.build = _build(name, body["build"], scope, findings)
     svc.image = str(body["image"]) if body.get("image") else None

@@ -1,0 +1,66 @@
+"""A clean, seeded database for every test: ``dockapp_seed`` (overridden in a ``conftest.py``)
+prepares the data once; ``dockapp_clean`` puts every stateful service of the session's stack
+back as seeded before each test, in place (see :mod:`pytest_dockapp.services.state`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_dockapp.core.errors import DockappError
+from pytest_dockapp.plugin_state import fail_on, pick, state_of, told_once
+
+if TYPE_CHECKING:
+    from pytest_dockapp.run.app import DockApp
+    from pytest_dockapp.services.state import StackState
+
+
+@pytest.fixture(scope="session")
+def dockapp_seed() -> Any:
+    """The data every ``dockapp_clean`` test starts from, prepared once per stack. Override it
+    in a ``conftest.py`` (it may request ``dockapp`` or ``dockapp_services``): run migrations,
+    load fixtures, apply a SQL file. The default seeds nothing."""
+    return None
+
+
+@pytest.fixture(scope="session")
+def dockapp_clean_state(request: pytest.FixtureRequest, dockapp_seed: Any) -> StackState | None:
+    """The snapshot of the session stack's stateful services, taken once, right after the seed;
+    None without a compose stack (``dockapp_clean`` then gives each test a fresh app)."""
+    __tracebackhide__ = True
+    state = state_of(request.config)
+    if not pick(state, "compose", request.getfixturevalue("dockapp_compose")):
+        return None
+    stack = request.getfixturevalue("dockapp_services")
+    if stack.shared_owner is not None or stack.attached:
+        pytest.fail(
+            "dockapp_clean under pytest-xdist with dockapp_compose_scope = session: every worker uses the one "
+            "shared stack, so one worker's restore would wipe another's rows in the middle of its test\n"
+            "hint: set dockapp_compose_scope = worker, so that each worker's stack is seeded and restored on its own",
+            pytrace=False,
+        )
+    from pytest_dockapp.services.state import StackState
+
+    with told_once("the seeded snapshot"):
+        try:
+            return StackState.capture(stack)
+        except DockappError as exc:
+            fail_on(exc, state)
+
+
+@pytest.fixture
+def dockapp_clean(request: pytest.FixtureRequest, dockapp_clean_state: StackState | None) -> DockApp:
+    """The app, like ``dockapp``, with every stateful service of its stack (PostgreSQL, Redis)
+    put back exactly as ``dockapp_seed`` left it, before this test. Without a compose stack, an
+    app of this test's own (``dockapp_fresh``)."""
+    __tracebackhide__ = True
+    if dockapp_clean_state is None:
+        app: DockApp = request.getfixturevalue("dockapp_fresh")
+        return app
+    try:
+        dockapp_clean_state.restore()
+    except DockappError as exc:
+        fail_on(exc, state_of(request.config))
+    main: DockApp = request.getfixturevalue("dockapp")
+    return main

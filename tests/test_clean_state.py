@@ -1,0 +1,119 @@
+"""A clean, seeded database for every test (``dockapp_seed`` and ``dockapp_clean``), as a user's
+suite uses it: a real PostgreSQL and Redis from a compose file."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from .helpers import App
+
+COMPOSE = """
+services:
+  web:
+    build: .
+    depends_on:
+      db: {condition: service_healthy}
+      cache: {condition: service_started}
+  db:
+    image: POSTGRES
+    healthcheck: {test: "pg_isready -h 127.0.0.1", interval: 1s, retries: 30}
+  cache:
+    image: REDIS
+"""
+
+CONFTEST = """
+import pytest
+
+def psql(db, sql, database="app"):
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-At"]
+    code, out = db.exec([*psql, "-d", database, "-c", sql])
+    assert code == 0, out
+    return out.strip()
+
+@pytest.fixture(scope="session")
+def dockapp_seed(dockapp_services):
+    db, cache = dockapp_services["db"], dockapp_services["cache"]
+    psql(db, "CREATE DATABASE app", database="postgres")
+    psql(db, "CREATE TABLE items (n int); INSERT INTO items SELECT generate_series(1, 1000)")
+    cache.exec(["redis-cli", "SET", "greeting", "hello"])
+    cache.exec(["redis-cli", "SET", "session", "abc", "PX", "600000"])
+    cache.exec(["redis-cli", "-n", "2", "RPUSH", "queue", "a", "b"])
+"""
+
+TESTS = """
+import pytest
+from conftest import psql
+
+@pytest.mark.parametrize("n", range(3))
+def test_each_test_sees_only_the_seed(dockapp_clean, dockapp_services, n):
+    db, cache = dockapp_services["db"], dockapp_services["cache"]
+    assert psql(db, "SELECT count(*) FROM items") == "1000"
+    psql(db, "INSERT INTO items VALUES (-1)")
+    # a connection the app left open: the next restore ends it
+    sleep = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "app", "-c", "SELECT pg_sleep(600)"]
+    db.container.exec_run(sleep, detach=True)
+    assert cache.exec(["redis-cli", "DBSIZE"])[1] == "2\\n"
+    assert cache.exec(["redis-cli", "GET", "greeting"])[1] == "hello\\n"
+    assert 0 < int(cache.exec(["redis-cli", "PTTL", "session"])[1]) <= 600000
+    assert cache.exec(["redis-cli", "-n", "2", "LRANGE", "queue", "0", "-1"])[1] == "a\\nb\\n"
+    cache.exec(["redis-cli", "SET", f"written-{n}", "1"])
+    cache.exec(["redis-cli", "-n", "2", "RPUSH", "queue", "c"])
+    assert dockapp_clean.get("/").text == "hello\\n"
+"""
+
+
+def test_every_test_starts_from_the_seed_in_postgres_and_redis(
+    app: App, pytester: pytest.Pytester, redis_base: str, postgres_base: str
+) -> None:
+    app.httpd()
+    compose = textwrap.dedent(COMPOSE).replace("POSTGRES", postgres_base).replace("REDIS", redis_base)
+    (pytester.path / "compose.yaml").write_text(compose)
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_clean=TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
+def test_a_service_whose_data_cannot_be_put_back_is_named_with_what_to_do(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    (pytester.path / "compose.yaml").write_text(
+        f"services:\n  web: {{build: .}}\n  queue: {{image: {app.busybox}, command: [sleep, '600'], "
+        "volumes: [data:/data]}\nvolumes: {data: {}}\n"
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makepyfile("def test_one(dockapp_clean):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*service queue keeps data (a volume), and dockapp_clean can put back only PostgreSQL and Redis*",
+            "*mark it x-dockapp: {state: none} in the compose file*",
+        ]
+    )
+    # marked as holding nothing the tests care about, the stack's other services are restored as usual
+    compose = (
+        (pytester.path / "compose.yaml")
+        .read_text()
+        .replace("volumes: [data:/data]}", "volumes: [data:/data], x-dockapp: {state: none}}")
+    )
+    (pytester.path / "compose.yaml").write_text(compose)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_without_a_stack_each_test_gets_an_app_of_its_own(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile(
+        """
+        seen = []
+
+        def test_one(dockapp_clean):
+            seen.append(dockapp_clean.container.id)
+
+        def test_two(dockapp_clean):
+            assert dockapp_clean.container.id not in seen
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
