@@ -57,10 +57,10 @@ import pytest
 from conftest import psql
 
 @pytest.mark.parametrize("n", range({tests}))
-def test_write(request, {fixture}, dockapp_services, n):
+def test_write({fixtures}, n):
     db = dockapp_services["db"] if "{fixture}" != "dockapp_fresh" else {fixture}.services["db"]
     if "{fixture}" == "dockapp_fresh":
-        request.getfixturevalue("dockapp_seed")  # the session stack's; a fresh one seeds itself
+        # a stack of the test's own: seeded here (dockapp_seed seeds the session's)
         psql(db, "CREATE DATABASE app", database="postgres")
         psql(db, "CREATE TABLE items (n int); INSERT INTO items SELECT generate_series(1, {rows})")
     psql(db, "INSERT INTO items VALUES (-1)")
@@ -76,7 +76,13 @@ def project(root: Path, name: str, fixture: str, tests: int, rows: int) -> Path:
     (folder / "compose.yaml").write_text(COMPOSE)
     (folder / "pytest.ini").write_text("[pytest]\ndockapp_compose = compose.yaml\ndockapp_service = web\n")
     (folder / "conftest.py").write_text(CONFTEST.replace("{rows}", str(rows)))
-    body = TEST.replace("{fixture}", fixture).replace("{tests}", str(tests)).replace("{rows}", str(rows))
+    fixtures = ", ".join(dict.fromkeys([fixture, "dockapp_services", "dockapp_seed"]))
+    body = (
+        TEST.replace("{fixtures}", fixtures)
+        .replace("{fixture}", fixture)
+        .replace("{tests}", str(tests))
+        .replace("{rows}", str(rows))
+    )
     (folder / "test_clean.py").write_text(body)
     return folder
 

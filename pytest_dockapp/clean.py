@@ -4,6 +4,7 @@ back as seeded before each test, in place (see :mod:`pytest_dockapp.services.sta
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,13 +26,14 @@ def dockapp_seed() -> Any:
 
 
 @pytest.fixture(scope="session")
-def dockapp_clean_state(request: pytest.FixtureRequest, dockapp_seed: Any) -> StackState | None:
+def dockapp_clean_state(request: pytest.FixtureRequest, dockapp_seed: Any) -> Iterator[StackState | None]:
     """The snapshot of the session stack's stateful services, taken once, right after the seed;
     None without a compose stack (``dockapp_clean`` then gives each test a fresh app)."""
     __tracebackhide__ = True
     state = state_of(request.config)
     if not pick(state, "compose", request.getfixturevalue("dockapp_compose")):
-        return None
+        yield None
+        return
     stack = request.getfixturevalue("dockapp_services")
     if stack.shared_owner is not None or stack.attached:
         pytest.fail(
@@ -44,9 +46,11 @@ def dockapp_clean_state(request: pytest.FixtureRequest, dockapp_seed: Any) -> St
 
     with told_once("the seeded snapshot"):
         try:
-            return StackState.capture(stack)
+            snapshot = StackState.capture(stack)
         except DockappError as exc:
             fail_on(exc, state)
+    yield snapshot
+    snapshot.close()
 
 
 @pytest.fixture
