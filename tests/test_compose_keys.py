@@ -454,3 +454,9 @@ def test_a_runtime_or_platform_the_engine_lacks_is_named_before_anything_starts(
         result = pytester.runpytest("-p", "no:cacheprovider")
         result.assert_outcomes(errors=1)
         result.stdout.fnmatch_lines([line, f"*dockapp_compose_ignore = {key.split(':')[0]}*"])
+
+
+def test_label_files_give_labels_and_the_labels_key_wins(tmp_path: Path) -> None:
+    (tmp_path / "team.labels").write_text("team=payments\ntier=backend\n")
+    path = write(tmp_path, "services:\n  web: {image: web, label_file: team.labels, labels: {tier: api}}\n")
+    assert load_project([path], env={}).services["web"].labels == {"team": "payments", "tier": "api"}
