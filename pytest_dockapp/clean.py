@@ -51,6 +51,9 @@ def dockapp_clean_state(request: pytest.FixtureRequest, dockapp_seed: Any) -> It
             fail_on(exc, state)
     yield snapshot
     snapshot.close()
+    line = snapshot.summary()
+    if line:
+        state.add_clean_line(line)
 
 
 @pytest.fixture

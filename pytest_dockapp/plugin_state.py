@@ -53,6 +53,7 @@ class PluginState:
         self.worker_lines: list[str] = []
         self.worker_summary: list[str] = []  # the workers' summaries, merged (distributed.merge_summaries)
         self.removed_images: list[str] = []
+        self._clean_lines: list[str] = []  # what dockapp_clean's restores took, one line per stack
         self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps
         self.teardown_error: str | None = None
         self.progress = Progress(config)
@@ -62,6 +63,14 @@ class PluginState:
         self.session_compose: list[str] | None = None
         self._connecting = threading.Lock()
         self._noticed: set[str] = set()
+
+    def add_clean_line(self, line: str) -> None:
+        """A line for the terminal summary about a stack's clean-state restores."""
+        self._clean_lines.append(line)
+
+    @property
+    def clean_lines(self) -> list[str]:
+        return list(self._clean_lines)
 
     def notice_once(self, message: str) -> None:
         """A notice line, said once per run however often its cause comes back."""

@@ -254,6 +254,7 @@ def _summary_lines(state: PluginState) -> list[str]:
             f"rebuild {report.rebuild.summary()}: {report.summary()}"
         )
     lines += [figures.line() for figures in state.figures.values()]
+    lines += state.clean_lines
     lines += state.removed_images
     if state.teardown_error is not None:
         lines.append(f"teardown failed: {state.teardown_error}")

@@ -199,8 +199,11 @@ class PostgresState:
         sql.append(
             "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity "
             f"WHERE datname IN ({names}) AND pid <> pg_backend_pid(); "
-            "FOR i IN 1..2500 LOOP EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity "
-            f"WHERE datname IN ({names}) AND pid <> pg_backend_pid()); PERFORM pg_sleep(0.002); END LOOP; END $$;"
+            # pg_stat_activity is read once per transaction unless its snapshot is cleared: without
+            # that, the loop saw the ended backends for its whole 5 s (measured: 5.3 s a restore).
+            "FOR i IN 1..2500 LOOP PERFORM pg_stat_clear_snapshot(); EXIT WHEN NOT EXISTS (SELECT 1 FROM "
+            f"pg_stat_activity WHERE datname IN ({names}) AND pid <> pg_backend_pid()); PERFORM pg_sleep(0.002); "
+            "END LOOP; END $$;"
         )
         for name, _ in self.databases:
             _, ready, old = self._names(name)
@@ -397,6 +400,19 @@ class StackState:
         self.last_seconds = time.perf_counter() - began
         self.seconds.append(self.last_seconds)
         return self.last_seconds
+
+    def summary(self) -> str | None:
+        """One line for the terminal summary: how many restores, of what, how long on the tests' path."""
+        if not self.seconds:
+            return None
+        ms = sorted(s * 1000 for s in self.seconds)
+        kinds = ", ".join(
+            f"{s.name} ({'postgres' if isinstance(s, PostgresState) else 'redis'})" for s in self.services
+        )
+        return (
+            f"clean state: {len(ms)} restores of {kinds or 'nothing stateful'}: median {ms[len(ms) // 2]:.0f} ms, "
+            f"max {ms[-1]:.0f} ms on the tests' path"
+        )
 
     def close(self) -> None:
         """End what runs between restores (the next clones being made, the psql sessions)."""
