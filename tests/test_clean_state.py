@@ -118,3 +118,37 @@ def test_without_a_stack_each_test_gets_an_app_of_its_own(app: App, pytester: py
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_under_xdist_each_workers_stack_is_restored_on_its_own_and_a_shared_one_is_refused(
+    app: App, pytester: pytest.Pytester, redis_base: str
+) -> None:
+    app.httpd()
+    compose = f"services:\n  web: {{build: ., depends_on: [cache]}}\n  cache: {{image: {redis_base}}}\n"
+    (pytester.path / "compose.yaml").write_text(compose)
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def dockapp_seed(dockapp_services):
+            dockapp_services["cache"].exec(["redis-cli", "SET", "seeded", "1"])
+        """
+    )
+    pytester.makepyfile(
+        test_clean="""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_write(dockapp_clean, dockapp_services, n):
+            cache = dockapp_services["cache"]
+            assert cache.exec(["redis-cli", "DBSIZE"])[1] == "1\\n"
+            cache.exec(["redis-cli", "SET", f"written-{n}", "1"])
+        """
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_compose_scope = worker\n")
+    pytester.runpytest("-p", "no:cacheprovider", "-n", "2").assert_outcomes(passed=4)
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_compose_scope = session\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*hint: set dockapp_compose_scope = worker*"])
