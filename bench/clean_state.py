@@ -22,11 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-DOCKERFILE = """FROM dockapp-test/busybox:1
-RUN mkdir -p /www && echo hello > /www/index.html
-EXPOSE 80
-CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
-"""
+sys.path.insert(0, str(Path(__file__).parent))
+from services import DOCKERFILE  # V1's app: a busybox httpd
+
 COMPOSE = """services:
   web:
     build: .

@@ -24,13 +24,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from services import compose, session, table  # the same timing, readiness loop and table as V1
+from services import DOCKERFILE, compose, session, table  # V1's app, timing, readiness loop and table
 
-DOCKERFILE = """FROM dockapp-test/busybox:1
-RUN mkdir -p /www && echo hello > /www/index.html
-EXPOSE 80
-CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
-"""
 PROJECTS = {
     "secrets": """services:
   web:
