@@ -244,10 +244,11 @@ def _resolve_paths(data: dict[str, Any], directory: Path) -> None:
             value = svc.get(key)
             if isinstance(value, (str, list)):
                 svc[key] = [_file_entry(i, directory) for i in ([value] if isinstance(value, str) else value)]
-        if isinstance(svc.get("extends"), dict) and svc["extends"].get("file"):
-            svc["extends"]["file"] = _absolute(directory, svc["extends"]["file"])
-        elif isinstance(svc.get("extends"), (str, dict)):
-            svc["extends"] = {**({"service": svc["extends"]} if isinstance(svc["extends"], str) else svc["extends"])}
+        extends = svc.get("extends")
+        if isinstance(extends, str):
+            svc["extends"] = {"service": extends}
+        elif isinstance(extends, dict) and extends.get("file"):
+            svc["extends"] = {**extends, "file": _absolute(directory, extends["file"])}
         if isinstance(svc.get("volumes"), list):
             svc["volumes"] = [_bind_path(v, directory) for v in svc["volumes"]]
     for key in ("secrets", "configs"):
