@@ -158,8 +158,8 @@ def parse_bytes(value: Any, where: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def _map(value: Any) -> dict[str, str]:
-    """A list of KEY=VALUE (or KEY:VALUE for extra_hosts) or a mapping, as strings."""
+def str_map(value: Any) -> dict[str, str]:
+    """A list of KEY=VALUE or a mapping, as strings (a KEY alone, or a null value: "")."""
     if isinstance(value, Mapping):
         return {str(k): "" if v is None else str(v) for k, v in value.items()}
     out = {}
@@ -258,7 +258,7 @@ def engine_args(body: Mapping[str, Any], where: str) -> EngineArgs:
     if body.get("cpuset") is not None:
         host["cpuset_cpus"] = str(body["cpuset"])
     if body.get("sysctls"):
-        host["sysctls"] = _map(body["sysctls"])
+        host["sysctls"] = str_map(body["sysctls"])
     if body.get("ulimits"):
         host["ulimits"] = _ulimits(body["ulimits"], where)
     if body.get("extra_hosts"):
@@ -266,7 +266,7 @@ def engine_args(body: Mapping[str, Any], where: str) -> EngineArgs:
     if body.get("devices"):
         host["devices"] = _devices(body["devices"])
     if body.get("storage_opt"):
-        host["storage_opt"] = _map(body["storage_opt"])
+        host["storage_opt"] = str_map(body["storage_opt"])
     if body.get("cgroup_parent"):
         host["cgroup_parent"] = str(body["cgroup_parent"])
     namespaces = (

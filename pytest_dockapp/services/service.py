@@ -15,7 +15,7 @@ from pytest_dockapp.builds.registry import RegistryCache, check_reference
 from pytest_dockapp.core.errors import ComposeError, ConfigurationError
 from pytest_dockapp.run.options import InjectedFile
 from pytest_dockapp.services.interpolate import read_env_file
-from pytest_dockapp.services.keys import ACCEPTED, REFUSED, SERVICE_KEYS, EngineArgs, engine_args
+from pytest_dockapp.services.keys import ACCEPTED, REFUSED, SERVICE_KEYS, EngineArgs, engine_args, str_map
 from pytest_dockapp.services.shapes import SERVICE_SHAPES, check_shapes
 
 _BUILD = {"context", "dockerfile", "args", "target", "secrets", "cache_from", "cache_to"}
@@ -181,7 +181,7 @@ def parse_service(name: str, body: Any, scope: Scope, findings: Findings) -> Ser
     svc.working_dir, svc.user, svc.hostname = body.get("working_dir"), body.get("user"), body.get("hostname")
     svc.init = body.get("init")
     svc.tmpfs = _list(body.get("tmpfs"))
-    svc.labels = {**_label_files(name, body.get("label_file"), scope), **_str_map(body.get("labels"), "labels")}
+    svc.labels = {**_label_files(name, body.get("label_file"), scope), **str_map(body.get("labels"))}
     svc.mounts = [_mount(name, v, scope) for v in body.get("volumes") or []]
     svc.ports = [p for v in body.get("ports") or [] for p in _ports(name, v, where)]
     svc.expose = [p for v in body.get("expose") or [] for p in _ports(name, str(v).split(":")[-1], where)]
@@ -201,10 +201,6 @@ def parse_service(name: str, body: Any, scope: Scope, findings: Findings) -> Ser
     svc.files += _files(name, body.get("configs"), scope.configs, "config", "/", where)
     svc.engine = engine_args(body, f"{where}: service {name}")
     return svc
-
-
-def _str_map(value: Any, key: str) -> dict[str, str]:
-    return {k: "" if v is None else str(v) for k, v in as_map(value or {}, key).items()}
 
 
 def _label_files(name: str, raw: Any, scope: Scope) -> dict[str, str]:
@@ -263,7 +259,7 @@ def _build(name: str, raw: Any, scope: Scope, findings: Findings) -> BuildDef:
         if sid not in secrets or secrets[sid].kind == "content":
             raise ComposeError(f"{where}: service {name}: build secret {sid!r} is not a top-level secret")
         wanted.append(sid)
-    args = {k: "" if v is None else str(v) for k, v in as_map(body.get("args") or {}, "args").items()}
+    args = str_map(body.get("args"))
     return BuildDef(
         (directory / context).resolve(),
         str(body["dockerfile"]) if body.get("dockerfile") else None,
