@@ -35,7 +35,7 @@ def dockapp_clean_state(request: pytest.FixtureRequest, dockapp_seed: Any) -> It
         yield None
         return
     stack = request.getfixturevalue("dockapp_services")
-    if stack.shared_owner is not None or stack.attached:
+    if (stack.shared_owner is not None or stack.attached) and not stack.reused:
         pytest.fail(
             "dockapp_clean under pytest-xdist with dockapp_compose_scope = session: every worker uses the one "
             "shared stack, so one worker's restore would wipe another's rows in the middle of its test\n"

@@ -77,7 +77,8 @@ class XdistController:
             if age is None:
                 return  # --dockapp-sweep-age off: the user asked for no sweep at all
             with contextlib.suppress(DockappError):
-                cleanup.sweep(connect(), cleanup.Owner(), age, kept=self.state.settings.sweep_kept)
+                s = self.state.settings
+                cleanup.sweep(connect(), cleanup.Owner(), age, kept=s.sweep_kept, reuse_ttl=s.reuse_ttl)
 
     def _remove_shared_stacks(self) -> None:
         """The compose stack the workers shared (dockapp_compose_scope = session): removed once

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
     from pytest_dockapp.run.manager import Image
     from pytest_dockapp.run.options import AppOptions
+    from pytest_dockapp.services.reuse import Reuse
     from pytest_dockapp.services.stack import Stack
 
 
@@ -96,6 +97,13 @@ def _build(
     return image
 
 
+def session_budget(state: PluginState, image: Image, kinds: Sequence[str]) -> None:
+    __tracebackhide__ = True
+    from pytest_dockapp.marker import session_budget as check  # a plugin module: pytest imports it first
+
+    check(state, image, kinds)
+
+
 @pytest.fixture(scope="session")
 def dockapp_image(
     request: pytest.FixtureRequest,
@@ -117,25 +125,8 @@ def dockapp_image(
         with told_once("the session build"):
             image = _session_image(state, dockapp_context, dockapp_dockerfile, dockapp_build_args, dockapp_target)
     with told_once("the session image's budget"):
-        _session_budget(state, image, ("size", "layers", "wasted", "build"))
+        session_budget(state, image, ("size", "layers", "wasted", "build"))
     return image
-
-
-def _session_budget(state: PluginState, image: Image, kinds: Sequence[str]) -> None:
-    """The ``dockapp_budget_*`` settings, held against the session image (or its app)."""
-    __tracebackhide__ = True
-    given = {k: getattr(state.settings, f"budget_{k}") for k in kinds}
-    given = {k: v for k, v in given.items() if v is not None}
-    if not given:
-        return
-    from pytest_dockapp.budgets.check import Budget
-    from pytest_dockapp.core.errors import BudgetExceededError
-    from pytest_dockapp.marker import budget_report
-
-    report = budget_report(state, image, Budget.parse(given))
-    if not report.ok:
-        hint = "the dockapp_budget_* settings set these limits (ini, or --dockapp-budget-* options)"
-        fail_on(BudgetExceededError(report.explain(), hint=hint), state)
 
 
 def _session_image(
@@ -203,6 +194,19 @@ def _start_raising(
     return app
 
 
+def _reused(state: PluginState, reuse: Reuse, image: Image, options: AppOptions) -> DockApp:
+    """The session app the last run left running, or one started to be left for the next."""
+    __tracebackhide__ = True
+    from pytest_dockapp.core.errors import DockappError
+
+    try:
+        app = reuse.app(image, options)
+    except DockappError as exc:
+        fail_on(exc, state)
+    state.config.hook.pytest_dockapp_app_ready(config=state.config, app=app)
+    return app
+
+
 def _release(state: PluginState, session: pytest.Session, app: DockApp, scope: str = "session") -> None:
     if state.settings.keep and app.name in state.failed_apps:
         return  # left running on purpose; listed in the terminal summary
@@ -244,14 +248,15 @@ def dockapp(
     if request.getfixturevalue("dockapp_compose"):
         main = request.getfixturevalue("dockapp_services").main
         with told_once("the session app's budget"):
-            _session_budget(state, dockapp_image, ("ready",))
+            session_budget(state, dockapp_image, ("ready",))
         yield main  # the stack fixture removes it
         return
+    reuse = state.reuse()
     with told_once("the session app"):
-        app = _start(state, dockapp_image, options)
+        app = _start(state, dockapp_image, options) if reuse is None else _reused(state, reuse, dockapp_image, options)
     try:
         with told_once("the session app's budget"):
-            _session_budget(state, dockapp_image, ("ready",))
+            session_budget(state, dockapp_image, ("ready",))
     except BaseException:
         _release(state, request.session, app)
         raise
@@ -287,7 +292,9 @@ def dockapp_services(
     }
     with told_once("the session stack"):
         timeout = pick(state, "timeout", dockapp_timeout)
-        stack = _stack(state, files, pick(state, "service", dockapp_service), main_options, timeout, True)
+        # a reused stack is put back as it started when the session seeds it (dockapp_clean)
+        seeds = any("dockapp_clean" in getattr(i, "fixturenames", ()) for i in request.session.items)
+        stack = _stack(state, files, pick(state, "service", dockapp_service), main_options, timeout, True, seeds=seeds)
     yield stack
     _close_stack(state, stack)
 
@@ -315,6 +322,7 @@ def _stack(
     shared: bool = False,
     fresh: bool = False,
     likely: bool = False,
+    seeds: bool = False,
 ) -> Stack:
     """Load, build and start a stack (``shared``: the one all pytest-xdist workers share, under
     ``dockapp_compose_scope = session``; ``fresh``: one test's, maybe a warm spare); a library
@@ -346,8 +354,11 @@ def _stack(
             )
             state.stacks.append(stack)
             _check_builds(state, stack)
+            reuse = state.reuse() if shared else None
             if fresh:
                 state.stacks[-1] = stack = stack.start_fresh(likely)
+            elif reuse is not None:
+                state.stacks[-1] = stack = reuse.stack(stack, reset=seeds)
             else:
                 stack.start()
     except DockappError as exc:
@@ -578,7 +589,8 @@ def dockapp_network(request: pytest.FixtureRequest) -> Iterator[Any]:
     configured testcontainers yourself, Ryuk is disabled when its image is not on the
     engine, and published ports are reached through the Docker host.
     """
-    from pytest_dockapp.engine.interop import create_network, remove_network
+    from pytest_dockapp.engine.cleanup import remove_network
+    from pytest_dockapp.engine.interop import create_network
 
     apps = state_of(request.config).apps()
     network = create_network(apps.client, apps.owner)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,3 +240,19 @@ def image_figures(state: PluginState, image: Image, walk: bool = False) -> Figur
         state.figures[image.id] = known
     known.set_ready([s.ready_seconds for s in apps.apps if s.image == image.ref])  # every start so far
     return known
+
+
+def session_budget(state: PluginState, image: Image, kinds: Sequence[str]) -> None:
+    """The ``dockapp_budget_*`` settings, held against the session image (or its app)."""
+    __tracebackhide__ = True
+    given = {k: getattr(state.settings, f"budget_{k}") for k in kinds}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return
+    from pytest_dockapp.budgets.check import Budget
+    from pytest_dockapp.core.errors import BudgetExceededError
+
+    report = budget_report(state, image, Budget.parse(given))
+    if not report.ok:
+        hint = "the dockapp_budget_* settings set these limits (ini, or --dockapp-budget-* options)"
+        fail_on(BudgetExceededError(report.explain(), hint=hint), state)

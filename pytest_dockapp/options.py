@@ -97,6 +97,11 @@ def _bool(value: str | bool) -> bool:
     raise ConfigurationError(f"{value!r} is not a boolean", hint="valid: true, false, 1, 0")
 
 
+def _reuse(value: str | bool) -> bool | str:
+    """On, off, or ``force``: on in CI too."""
+    return "force" if str(value).strip().lower() == "force" else _bool(value)
+
+
 def _pair(form: str, example: str) -> Callable[[str], tuple[str, str]]:
     def parse(value: str) -> tuple[str, str]:
         key, eq, val = value.partition("=")
@@ -157,10 +162,11 @@ class Setting:
 
 
 def _defaults() -> dict[str, Any]:
+    from pytest_dockapp.engine.cleanup import DEFAULT_REUSE_TTL as REUSE_TTL
     from pytest_dockapp.engine.cleanup import DEFAULT_SWEEP_AGE
     from pytest_dockapp.run.readiness.settings import DEFAULT_TIMEOUT, READY_CHOICES
 
-    return {"timeout": DEFAULT_TIMEOUT, "sweep_age": DEFAULT_SWEEP_AGE, "ready": READY_CHOICES[0]}
+    return {"timeout": DEFAULT_TIMEOUT, "sweep_age": DEFAULT_SWEEP_AGE, "ready": READY_CHOICES[0], "ttl": REUSE_TTL}
 
 
 _D = _defaults()
@@ -344,6 +350,17 @@ SETTINGS: list[Setting] = [
         parse=_ref,
         ini=False,
     ),
+    Setting(
+        "reuse",
+        "leave the session's app or stack running for the next run, which attaches to it if nothing changed "
+        "(off where a CI variable is set, unless force)",
+        False,
+        _reuse,
+        kind="flag",
+        env="DOCKAPP_REUSE",
+    ),
+    Setting("reuse_ttl", "remove a reusable app or stack unused this long", _D["ttl"], _age, shown_default="2h"),
+    Setting("down", "remove this project's reusable apps and stacks, and run no test", False, kind="flag", ini=False),
     Setting("keep", "leave the containers of failing tests running (named *-kept)", False, kind="flag", ini=False),
     Setting("remove_images", "remove the images this session built when it ends", False, kind="flag", ini=False),
     Setting(

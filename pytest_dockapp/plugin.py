@@ -65,6 +65,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--dockapp-down``: remove this project's reusable apps and stacks, and run no test."""
+    if not config.getoption("dockapp_down"):
+        return None
+    from pytest_dockapp.core.errors import DockappError
+    from pytest_dockapp.engine.client import connect
+    from pytest_dockapp.services.reuse import down
+
+    try:
+        lines = down(connect(), config.rootpath)
+    except DockappError as exc:
+        print(f"dockapp down: {exc}")
+        return 1
+    for line in lines:
+        print(f"dockapp down: {line}")
+    return 0
+
+
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(Hooks)
 

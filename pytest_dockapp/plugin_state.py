@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pytest_dockapp.run.manager import AppManager, BuildSpec, Image
     from pytest_dockapp.run.options import AppOptions, SessionOptions
     from pytest_dockapp.services.compose import Project
+    from pytest_dockapp.services.reuse import Reuse
     from pytest_dockapp.services.stack import Stack
 
 
@@ -63,6 +64,53 @@ class PluginState:
         self.session_compose: list[str] | None = None
         self._connecting = threading.Lock()
         self._noticed: set[str] = set()
+        self._reuse: Reuse | None = None
+
+    def reuse_status(self) -> tuple[bool, str]:
+        """Whether the session's app or stack is reused across runs, and the line that says so."""
+        from pytest_dockapp.services.reuse import CI_VARIABLES, ci_variable
+
+        mode = self.settings.reuse
+        if not mode:
+            return False, ""
+        ci = ci_variable()
+        if ci is not None and mode != "force":
+            return False, (
+                f"dockapp reuse: off, because {ci} is set (read as CI: {', '.join(CI_VARIABLES)}); "
+                "DOCKAPP_REUSE=force keeps it on"
+            )
+        if getattr(self.config, "workerinput", None) is not None and self.settings.compose_scope == "session":
+            return (
+                False,
+                "dockapp reuse: off for the stack all pytest-xdist workers share (dockapp_compose_scope = session)",
+            )
+        ttl = self.settings.reuse_ttl
+        idle = "never swept" if ttl is None else f"swept once unused for {ttl / 3600:.3g} h"
+        return True, (
+            f"dockapp reuse: on; the session's app or stack stays running for the next run ({idle}; "
+            "pytest --dockapp-down removes it)"
+        )
+
+    def reuse(self) -> Reuse | None:
+        """The session's reuse across runs; None when off."""
+        if not self.reuse_status()[0]:
+            return None
+        if self._reuse is None:
+            from pytest_dockapp.services.reuse import Reuse
+
+            worker = getattr(self.config, "workerinput", {}).get("workerid", "")
+            self._reuse = Reuse(self.apps(), self.config.rootpath, worker)
+        return self._reuse
+
+    def close_reuse(self) -> None:
+        """Let the reused slots go; what they run stays up."""
+        if self._reuse is not None:
+            self._reuse.close()
+
+    @property
+    def reuse_lines(self) -> list[str]:
+        """What reuse across runs did, for the summary."""
+        return list(self._reuse.lines) if self._reuse is not None else []
 
     def add_clean_line(self, line: str) -> None:
         """A line for the terminal summary about a stack's clean-state restores."""
@@ -133,6 +181,7 @@ class PluginState:
             ready=s.ready,
             spares=s.spares,
             sweep_age=s.sweep_age,
+            reuse_ttl=s.reuse_ttl,
             shared_dir=Path(shared) if shared else None,
             builds=BuildPolicy(not s.rebuild, RegistryCache(tuple(s.cache_from), s.cache_to)),
         )

@@ -84,7 +84,8 @@ class Prestart:
         s = state.settings
         spec = None if s.image else BuildSpec(str(s.context), s.dockerfile, s.build_args, s.target, s.secrets)
         app = None
-        if any("dockapp" in getattr(i, "fixturenames", ()) for i in wanted):
+        # A reused app is attached to, not started: only its image's reuse check runs early.
+        if any("dockapp" in getattr(i, "fixturenames", ()) for i in wanted) and not state.reuse_status()[0]:
             from pytest_dockapp.run.options import AppOptions
 
             app = AppOptions.of(port=s.port, health_path=s.health_path, timeout=s.timeout, ready=s.ready)

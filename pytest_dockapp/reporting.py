@@ -36,7 +36,8 @@ def pytest_report_collectionfinish(config: pytest.Config, items: Sequence[pytest
     apps = state.started
     if apps is None:
         return [f"dockapp: no engine ({state.error.what if state.error else 'unreachable'})"]
-    return [header_line(apps)]
+    reuse = state.reuse_status()[1]
+    return [header_line(apps), reuse] if reuse else [header_line(apps)]
 
 
 def header_line(apps: AppManager) -> str:
@@ -193,6 +194,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 state.removed_images = apps.remove_built_images()
         except Exception as exc:  # the session's end never raises: it says what may be left
             state.teardown_error = state.mask(str(exc)).splitlines()[0]
+        state.close_reuse()
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["dockapp_summary"] = _summary_lines(state)
@@ -255,6 +257,7 @@ def _summary_lines(state: PluginState) -> list[str]:
         )
     lines += [figures.line() for figures in state.figures.values()]
     lines += state.clean_lines
+    lines += state.reuse_lines
     lines += state.removed_images
     if state.teardown_error is not None:
         lines.append(f"teardown failed: {state.teardown_error}")
@@ -271,6 +274,11 @@ def _summary_lines(state: PluginState) -> list[str]:
             f"swept leftovers of killed sessions: {len(swept.containers)} containers, {len(swept.networks)} "
             f"networks, {len(swept.volumes)} volumes, {len(swept.images)} images"
             + (f", {len(swept.leases)} image leases" if swept.leases else "")
+            + (
+                f"; {len(swept.reusable)} containers of reusable apps and stacks unused past dockapp_reuse_ttl"
+                if swept.reusable
+                else ""
+            )
         )
     return lines
 
@@ -309,7 +317,7 @@ def _stack_lines(state: PluginState) -> tuple[list[str], set[Any]]:
     alike: dict[tuple[str, str], list[Stack]] = {}
     for stack in state.stacks:
         files = " + ".join(str(f.name) for f in stack.project.files)
-        if stack.attached:
+        if stack.attached and not stack.reused:
             lines.append(f"stack {stack.name} ({files}): shared, started by another pytest-xdist worker")
             continue
         group = alike.setdefault((files, stack.main_name), [])
@@ -318,6 +326,8 @@ def _stack_lines(state: PluginState) -> tuple[list[str], set[Any]]:
             told |= {app.name for app in [*stack.services.values(), *stack.completed.values()]}
             continue
         shared_out = "; shared by every pytest-xdist worker" if stack.shared_owner is not None else ""
+        if stack.reused:
+            shared_out = "; reused from the last run" if stack.attached else "; left running for the next run"
         header = f"stack {stack.name} ({files}{shared_out})"
         if not stack.images:
             lines.append(f"{header}: not started (it stopped before any service was built)")

@@ -8,13 +8,17 @@ resources. Resources of another host are removed only past a maximum age.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pytest_dockapp.core.state_files import cache_file, load
 
 if TYPE_CHECKING:
     import docker
@@ -29,6 +33,15 @@ CREATED = PREFIX + "created"
 KIND = PREFIX + "kind"
 PIDNS = PREFIX + "pidns"  # inode of the owner's PID namespace: its pid means something only there
 BOOT = PREFIX + "boot-id"  # the owner's kernel boot: a pid of another boot is another process
+#: Labels of what a session left running on purpose for the next run (``--dockapp-reuse``): the
+#: slot it fills (project, kind, files, engine), the key of what it runs, the project's folder.
+REUSE = PREFIX + "reuse"
+REUSE_KEY = PREFIX + "reuse-key"
+REUSE_PROJECT = PREFIX + "reuse-project"
+#: The state file that says when each reusable slot was last used (by slot).
+REUSE_FILE = "reuse.json"
+#: How long a reusable app or stack may stay unused before the next run's sweep removes it.
+DEFAULT_REUSE_TTL = 2 * 3600.0
 KEPT = "-kept"  # name suffix of containers --dockapp-keep left running on purpose
 OWNER_VALUE = "pytest-dockapp"
 #: Repository of the temporary images of cache checks; their tags name the owning process.
@@ -170,17 +183,25 @@ class SweepReport:
     networks: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
+    reusable: list[str] = field(default_factory=list)  # reusable apps and stacks idle past their TTL
     errors: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return len(self.containers) + len(self.leases) + len(self.networks) + len(self.volumes) + len(self.images)
+        return (
+            len(self.containers)
+            + len(self.leases)
+            + len(self.networks)
+            + len(self.volumes)
+            + len(self.images)
+            + len(self.reusable)
+        )
 
 
 def is_orphan(labels: dict[str, str], owner: Owner, max_age: float) -> bool:
     """Whether a resource with ``labels`` belongs to a dead session and may be removed."""
-    if labels.get(OWNER) != OWNER_VALUE or labels.get(SESSION) == owner.id:
-        return False
+    if labels.get(OWNER) != OWNER_VALUE or labels.get(SESSION) == owner.id or REUSE in labels:
+        return False  # a reusable stack outlives its creator on purpose: see reusable_idle
     try:
         age = time.time() - float(labels.get(CREATED, "0"))
     except ValueError:
@@ -203,12 +224,50 @@ def _same_pid_space(labels: dict[str, str]) -> bool:
     return bool(ns and boot) and labels.get(PIDNS) == ns and labels.get(BOOT) == boot
 
 
+def reuse_lock(slot: str) -> Path:
+    """The lock file a run holds while it uses (or starts) the reusable app or stack of ``slot``."""
+    return cache_file(f"reuse/{slot}.lock")
+
+
+def slot_in_use(slot: str) -> bool:
+    """Whether a live run holds ``slot`` (its lock goes with the process, even on SIGKILL)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(reuse_lock(slot)), timeout=0)
+    try:
+        reuse_lock(slot).parent.mkdir(parents=True, exist_ok=True)
+        with lock:
+            return False
+    except Timeout:
+        return True
+    except OSError:
+        return False
+
+
+def reusable_idle(labels: dict[str, str], ttl: float) -> bool:
+    """Whether the reusable resource with ``labels`` went unused for longer than ``ttl``: since
+    the last run that used it ended (this machine's record), else since it was created; a slot
+    a live run holds is never idle."""
+    slot = labels.get(REUSE, "")
+    used = load(cache_file(REUSE_FILE)).get(slot, {}).get("last_used")
+    try:
+        since = float(used if used is not None else labels.get(CREATED, "0"))
+    except (TypeError, ValueError):
+        since = 0.0
+    return time.time() - since > ttl and not slot_in_use(slot)
+
+
 def sweep(
-    client: docker.DockerClient, owner: Owner, max_age: float = DEFAULT_SWEEP_AGE, *, kept: bool = False
+    client: docker.DockerClient,
+    owner: Owner,
+    max_age: float = DEFAULT_SWEEP_AGE,
+    *,
+    kept: bool = False,
+    reuse_ttl: float | None = DEFAULT_REUSE_TTL,
 ) -> SweepReport:
     """Remove containers, networks, volumes and temporary images of dead sessions. Containers
     that ``--dockapp-keep`` left on purpose (named ``*-kept``) go only past ``max_age``, or
-    with ``kept``."""
+    with ``kept``; reusable apps and stacks once unused for ``reuse_ttl`` (None: never)."""
     import docker.errors
 
     report = SweepReport()
@@ -223,9 +282,15 @@ def sweep(
         except docker.errors.APIError as exc:
             report.errors.append(f"{name}: {exc}")
 
+    def idle(labels: dict[str, str]) -> bool:
+        return REUSE in labels and reuse_ttl is not None and reusable_idle(labels, reuse_ttl)
+
     for c in client.api.containers(all=True, filters=flt):
         labels = c.get("Labels") or {}
         name = c["Names"][0].lstrip("/")
+        if idle(labels):
+            attempt(report.reusable, name, client.api.remove_container, c["Id"], force=True, v=True)
+            continue
         if name.endswith(KEPT) and not kept:
             if is_orphan({**labels, HOST: ""}, owner, max_age):  # the age rule alone
                 attempt(report.containers, name, client.api.remove_container, c["Id"], force=True, v=True)
@@ -234,10 +299,10 @@ def sweep(
             bucket = report.leases if labels.get(KIND) == "lease" else report.containers
             attempt(bucket, name, client.api.remove_container, c["Id"], force=True, v=True)
     for n in client.api.networks(filters=flt):
-        if is_orphan(n.get("Labels") or {}, owner, max_age):
+        if is_orphan(n.get("Labels") or {}, owner, max_age) or idle(n.get("Labels") or {}):
             attempt(report.networks, n["Name"], client.api.remove_network, n["Id"])
     for v in (client.api.volumes(filters=flt) or {}).get("Volumes") or []:
-        if is_orphan(v.get("Labels") or {}, owner, max_age):
+        if is_orphan(v.get("Labels") or {}, owner, max_age) or idle(v.get("Labels") or {}):
             attempt(report.volumes, v["Name"], client.api.remove_volume, v["Name"])
     for img in client.api.images(name=SCRATCH_REPO):
         for tag in img.get("RepoTags") or []:
@@ -293,6 +358,48 @@ def remove_container(client: docker.DockerClient, container_id: str) -> float:
         if "already in progress" not in str(exc):
             raise
     return time.perf_counter() - start
+
+
+def remove_network(client: docker.DockerClient, network_id: str) -> None:
+    """Disconnect whatever is still attached (fixture teardown order is not ours to choose), then remove."""
+    import docker.errors
+
+    try:
+        attrs = client.api.inspect_network(network_id)
+    except docker.errors.NotFound:
+        return
+    for container_id in attrs.get("Containers") or {}:
+        with contextlib.suppress(docker.errors.APIError):  # the container may be gone meanwhile
+            client.api.disconnect_container_from_network(container_id, network_id, force=True)
+    with contextlib.suppress(docker.errors.NotFound):
+        client.api.remove_network(network_id)
+
+
+def remove_labelled(client: docker.DockerClient, label: str) -> list[str]:
+    """Remove every container, then network, then volume with ``label`` (``key=value``): a stack
+    another process started, or a reusable one; returns the names that could not be removed."""
+    import docker.errors
+
+    flt = {"label": label}
+    failed: list[str] = []
+    for c in client.api.containers(all=True, filters=flt):
+        try:
+            remove_container(client, c["Id"])
+        except docker.errors.APIError:
+            failed.append(c["Names"][0].lstrip("/"))
+    for n in client.api.networks(filters=flt):
+        try:
+            remove_network(client, n["Id"])
+        except docker.errors.APIError:
+            failed.append(n["Name"])
+    for v in (client.api.volumes(filters=flt) or {}).get("Volumes") or []:
+        try:
+            client.api.remove_volume(v["Name"])
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError:
+            failed.append(v["Name"])
+    return failed
 
 
 def leftovers(client: docker.DockerClient, session_id: str | None = None) -> list[str]:

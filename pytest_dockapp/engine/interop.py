@@ -8,7 +8,6 @@ before we hand out a shared network we settle both, unless the user already did.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -46,18 +45,3 @@ def create_network(client: docker.DockerClient, owner: cleanup.Owner) -> Any:
     settle_testcontainers(client)
     network = Network(docker_network_kw={"labels": owner.labels("network")})
     return network.create()
-
-
-def remove_network(client: docker.DockerClient, network_id: str) -> None:
-    """Disconnect whatever is still attached (fixture teardown order is not ours to choose), then remove."""
-    import docker.errors
-
-    try:
-        attrs = client.api.inspect_network(network_id)
-    except docker.errors.NotFound:
-        return
-    for container_id in attrs.get("Containers") or {}:
-        with contextlib.suppress(docker.errors.APIError):  # the container may be gone meanwhile
-            client.api.disconnect_container_from_network(container_id, network_id, force=True)
-    with contextlib.suppress(docker.errors.NotFound):
-        client.api.remove_network(network_id)

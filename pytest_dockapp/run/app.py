@@ -177,6 +177,34 @@ class DockApp:
         oom = ", killed by the kernel: out of memory" if state.get("OOMKilled") else ""
         return f"exited with code {state.get('ExitCode')}{oom} at {state.get('FinishedAt', '?')}"
 
+    def record(self) -> dict[str, Any]:
+        """What another process needs to find this app again (:meth:`from_record`; JSON-able)."""
+        return {
+            "id": self.container.id,
+            "name": self.name,
+            "image": self.image,
+            "host": self.host,
+            "ports": {str(k): v for k, v in self.ports.items()},
+            "port": self.port,
+            "container_port": self.container_port,
+            "ready": [self.readiness.seconds, self.readiness.checks],
+        }
+
+    @classmethod
+    def from_record(cls, client: docker.DockerClient, data: Mapping[str, Any], service: str | None = None) -> DockApp:
+        """The app :meth:`record` describes, as its container is now (``NotFound`` if it is gone)."""
+        return cls(
+            container=client.containers.prepare_model(client.api.inspect_container(data["id"])),
+            image=data["image"],
+            host=data["host"],
+            ports={int(k): v for k, v in data["ports"].items()},
+            port=data["port"],
+            container_port=data["container_port"],
+            name=data["name"],
+            readiness=Readiness(*data["ready"]),
+            service=service,
+        )
+
     def _check_alive(self) -> None:
         import docker.errors
 

@@ -147,7 +147,9 @@ class AppManager:
         if self._sweep is not None or age is None:
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dockapp-sweep")
-        self._sweep = pool.submit(cleanup.sweep, self.client, self.owner, age, kept=self.sweep_kept)
+        self._sweep = pool.submit(
+            cleanup.sweep, self.client, self.owner, age, kept=self.sweep_kept, reuse_ttl=self.options.reuse_ttl
+        )
         pool.shutdown(wait=False)
 
     @property

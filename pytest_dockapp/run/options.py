@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from pytest_dockapp.engine.cleanup import DEFAULT_SWEEP_AGE
+from pytest_dockapp.engine.cleanup import DEFAULT_REUSE_TTL, DEFAULT_SWEEP_AGE
 from pytest_dockapp.run.readiness.settings import DEFAULT_TIMEOUT, parse_ready
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ class SessionOptions:
     spares: int = 2  # warm spares per image and options
     #: Sweep dead sessions' leftovers older than this (seconds) elsewhere; None: never.
     sweep_age: float | None = DEFAULT_SWEEP_AGE
+    #: The sweep removes reusable apps and stacks unused this long (seconds); None: never.
+    reuse_ttl: float | None = DEFAULT_REUSE_TTL
     #: Where pytest-xdist workers share builds (None: not shared).
     shared_dir: Path | None = None
     #: Reuse of unchanged builds and the registry cache; None: reuse on, no registry.

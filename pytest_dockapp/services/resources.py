@@ -109,7 +109,7 @@ class StackResources:
         """Remove the networks and volumes this stack made; each failure goes to ``errors``."""
         import docker.errors
 
-        from pytest_dockapp.engine.interop import remove_network
+        from pytest_dockapp.engine.cleanup import remove_network
 
         for network in self._networks:
             try:

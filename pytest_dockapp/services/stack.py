@@ -82,6 +82,7 @@ class Stack(Mapping[str, DockApp]):
         main_options: Mapping[str, Any] | None = None,
         timeout: float | None = None,
         owner: cleanup.Owner | None = None,
+        name: str | None = None,
     ):
         self.manager = manager
         #: Set for a stack that outlives this manager's session (one stack for all pytest-xdist
@@ -94,7 +95,7 @@ class Stack(Mapping[str, DockApp]):
         self.host_ports = host_ports
         self.main_options = dict(main_options or {})
         self.timeout = timeout
-        self.name = f"dockapp-{project.name[:30]}-{manager.owner.id[:8]}-{next(_counter)}"
+        self.name = name or f"dockapp-{project.name[:30]}-{manager.owner.id[:8]}-{next(_counter)}"
         self.order = start_order({n: s.depends_on for n, s in project.services.items()}, self._where)
         self.images: dict[str, Image] = {}
         self.services: dict[str, DockApp] = {}
@@ -105,6 +106,8 @@ class Stack(Mapping[str, DockApp]):
         self._cancelled = threading.Event()  # set when a start failed or was interrupted
         #: Set by :meth:`attach`: another process started this stack and removes it.
         self.attached = False
+        #: Left running for the next run (``--dockapp-reuse``): this session neither started nor removes it.
+        self.reused = False
         self._closed = False
         self._removing = threading.Lock()  # a background removal and the session's end may meet
 
@@ -195,6 +198,22 @@ class Stack(Mapping[str, DockApp]):
             self.manager, self.project, main=self.main_name, main_options=self.main_options, timeout=self.timeout
         )
         twin.images = dict(self.images)  # built once, by the stack the test asked for
+        return twin
+
+    def reusable(self, owner: cleanup.Owner, name: str) -> Stack:
+        """A twin of this stack that outlives the session (its resources labelled by ``owner``,
+        which names its slot), named ``name`` so that the next run finds it."""
+        twin = Stack(
+            self.manager,
+            self.project,
+            main=self.main_name,
+            host_ports=self.host_ports,
+            main_options=self.main_options,
+            timeout=self.timeout,
+            owner=owner,
+            name=name,
+        )
+        twin.images, twin.reused = dict(self.images), True
         return twin
 
     def start(self) -> Stack:
@@ -453,77 +472,28 @@ class Stack(Mapping[str, DockApp]):
 
     def record(self) -> dict[str, Any]:
         """What another process needs to :meth:`attach` to this running stack (JSON-able)."""
-
-        def app(a: DockApp) -> dict[str, Any]:
-            return {
-                "id": a.container.id,
-                "name": a.name,
-                "image": a.image,
-                "host": a.host,
-                "ports": {str(k): v for k, v in a.ports.items()},
-                "port": a.port,
-                "container_port": a.container_port,
-                "ready": [a.readiness.seconds, a.readiness.checks],
-            }
-
         return {
             "name": self.name,
             "main": self.main_name,
             "images": {n: [i.id, i.tag] for n, i in self.images.items()},
-            "services": {n: app(a) for n, a in self.services.items()},
-            "completed": {n: app(a) for n, a in self.completed.items()},
+            "services": {n: a.record() for n, a in self.services.items()},
+            "completed": {n: a.record() for n, a in self.completed.items()},
         }
 
     @classmethod
     def attach(cls, manager: AppManager, project: Project, data: dict[str, Any]) -> Stack:
         """The stack another process started and recorded with :meth:`record`."""
-        from pytest_dockapp.run.readiness.wait import Readiness
-
         stack = cls(manager, project, main=data["main"])
         stack.name, stack.attached = data["name"], True
         stack.images = {n: Image(i, t, prebuilt=True) for n, (i, t) in data["images"].items()}
-        client = manager.client
         for bucket, key in ((stack.services, "services"), (stack.completed, "completed")):
             for name, a in data[key].items():
-                bucket[name] = DockApp(
-                    container=client.containers.prepare_model(client.api.inspect_container(a["id"])),
-                    image=a["image"],
-                    host=a["host"],
-                    ports={int(k): v for k, v in a["ports"].items()},
-                    port=a["port"],
-                    container_port=a["container_port"],
-                    name=a["name"],
-                    readiness=Readiness(*a["ready"]),
-                    service=name,
-                    services=stack.services,
-                )
+                bucket[name] = DockApp.from_record(manager.client, a, service=name)
+                bucket[name].services = stack.services
         return stack
 
 
 def remove_stack(client: docker.DockerClient, name: str) -> list[str]:
     """Remove a stack by its label (containers, then its network, then its volumes), as the
     process that shared it out does at its end; returns what could not be removed."""
-    import docker.errors
-
-    from pytest_dockapp.engine.interop import remove_network
-
-    label = {"label": f"{STACK_LABEL}={name}"}
-    failed: list[str] = []
-    for c in client.api.containers(all=True, filters=label):
-        try:
-            cleanup.remove_container(client, c["Id"])
-        except docker.errors.APIError:
-            failed.append(c["Names"][0].lstrip("/"))
-    for n in client.api.networks(filters=label):
-        try:
-            remove_network(client, n["Id"])
-        except docker.errors.APIError:
-            failed.append(n["Name"])
-    for v in (client.api.volumes(filters=label) or {}).get("Volumes") or []:
-        try:
-            client.api.remove_volume(v["Name"])
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError:
-            failed.append(v["Name"])
-    return failed
+    return cleanup.remove_labelled(client, f"{STACK_LABEL}={name}")

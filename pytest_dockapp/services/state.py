@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 KINDS = ("postgres", "redis")
 _SEED = "_dockapp_seed"
+_BASE = "_dockapp_base"  # a database as the server started, kept for the next run of a reused stack
 
 
 class ServiceState(Protocol):
@@ -41,6 +42,10 @@ class ServiceState(Protocol):
     def snapshot(self) -> None: ...
 
     def restore(self) -> None: ...
+
+    def keep_as_started(self) -> None: ...
+
+    def back_to_start(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -218,6 +223,47 @@ class PostgresState:
         self._background = threading.Thread(target=self._prepare_next, name="dockapp-clone", daemon=True)
         self._background.start()
 
+    def keep_as_started(self) -> None:
+        """Copy every database to ``<name>_dockapp_base``, for :meth:`back_to_start` in a later run
+        that reuses this server (the copies live in the server, as long as it does)."""
+        psql = self._psql()
+        for name, owner in self._all(psql):
+            base = _sql_name(name[:48] + _BASE)
+            psql.run(
+                f"DROP DATABASE IF EXISTS {base};\n"
+                f"CREATE DATABASE {base} TEMPLATE {_sql_name(name)} OWNER {_sql_name(owner)};"
+            )
+
+    def back_to_start(self) -> None:
+        """Every database as :meth:`keep_as_started` kept it, and those made since dropped (the
+        last run's seed and its copies too), open connections ended first."""
+        psql = self._psql()
+        found = self._all(psql, copies=True)
+        stems = {n[: -len(_BASE)] for n, _ in found if n.endswith(_BASE)}
+        if not stems:
+            raise DockappError(
+                f"service {self.name}: no copy of its databases as the server started",
+                hint="the run that started this reused stack used no dockapp_clean; it is replaced",
+            )
+        sql = []
+        for name, owner in found:
+            if name.endswith(_BASE):
+                continue
+            sql.append(f"DROP DATABASE IF EXISTS {_sql_name(name)} WITH (FORCE);")
+            if name[:48] in stems and "_dockapp_" not in name:
+                base = _sql_name(name[:48] + _BASE)
+                sql.append(f"CREATE DATABASE {_sql_name(name)} TEMPLATE {base} OWNER {_sql_name(owner)};")
+        psql.run("\n".join(sql))
+
+    @staticmethod
+    def _all(psql: _Psql, copies: bool = False) -> list[tuple[str, str]]:
+        """The server's databases and owners (not ``template0``/``template1``), with our copies or not."""
+        ours = "" if copies else "AND datname NOT LIKE '%\\_dockapp\\_%'"
+        rows = psql.run(
+            f"SELECT datname || '|' || pg_get_userbyid(datdba) FROM pg_database WHERE NOT datistemplate {ours};"
+        )
+        return [(r.split("|", 1)[0], r.split("|", 1)[1]) for r in rows if "|" in r]
+
     def _prepare_next(self) -> None:
         """Drop the databases the last test used and clone the next ones, on a session of its own."""
         try:
@@ -336,6 +382,16 @@ class RedisState:
         finally:
             client.close()
 
+    def keep_as_started(self) -> None:
+        """A Redis server starts empty (its volume is the stack's own, made new with it)."""
+
+    def back_to_start(self) -> None:
+        client = self._connect()
+        try:
+            client.call([b"FLUSHALL"])
+        finally:
+            client.close()
+
     def close(self) -> None:
         """Nothing stays open between restores."""
 
@@ -364,9 +420,9 @@ class StackState:
         self.seconds: list[float] = []  # each restore's
 
     @classmethod
-    def capture(cls, stack: Stack) -> StackState:
-        """Snapshot every stateful service of ``stack``; a stateful service of no known kind is a
-        :class:`ComposeError` naming it and what to do."""
+    def of(cls, stack: Stack) -> StackState:
+        """The restorable services of ``stack`` (nothing is read yet); a stateful service of no
+        known kind is a :class:`ComposeError` naming it and what to do."""
         found: list[ServiceState] = []
         for name, app in stack.services.items():
             svc = stack.project.services[name]
@@ -388,9 +444,32 @@ class StackState:
                     hint=f"give each test a stack of its own with dockapp_fresh, or, if {name}'s data does not "
                     "matter to the tests, mark it x-dockapp: {state: none} in the compose file",
                 )
-        for service in found:
-            service.snapshot()
         return cls(found)
+
+    @classmethod
+    def capture(cls, stack: Stack) -> StackState:
+        """Snapshot every stateful service of ``stack`` (see :meth:`of`)."""
+        state = cls.of(stack)
+        for service in state.services:
+            service.snapshot()
+        return state
+
+    def keep_as_started(self) -> None:
+        """Keep each service's data as it is now, the stack just started, for :meth:`back_to_start`
+        in a later run that reuses the stack (each run then seeds it anew); its sessions end."""
+        try:
+            for service in self.services:
+                service.keep_as_started()
+        finally:
+            self.close()
+
+    def back_to_start(self) -> None:
+        """Put each service back as :meth:`keep_as_started` kept it; its sessions end."""
+        try:
+            for service in self.services:
+                service.back_to_start()
+        finally:
+            self.close()
 
     def restore(self) -> float:
         """Put every service back as seeded; the seconds it took."""

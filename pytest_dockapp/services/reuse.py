@@ -1,0 +1,376 @@
+"""The developer loop: a session's app or stack left running for the next ``pytest`` run, which
+attaches to it when nothing it runs changed.
+
+A *slot* is what one project's session runs (its folder, the app or the compose files, the
+engine, the pytest-xdist worker): one reusable thing per slot. Its *key* is what runs there: the
+image IDs, every service as the compose file defines it after interpolation, the app's resolved
+options. The same key: the next run attaches, after the same readiness check as a start. Another
+key: the old one is removed, a new one started, and what differed is said. A run holds the
+slot's lock while it uses it, so a second run at the same time starts its own instead; the lock
+goes with the process, so a run killed while attached leaves the stack reusable.
+
+>>> with AppManager.connect() as apps, Reuse(apps, Path.cwd()) as reuse:
+...     app = reuse.app(apps.image(BuildSpec(".")), AppOptions.of(health_path="/health"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pytest_dockapp.core import state_files
+from pytest_dockapp.core.errors import DockappError
+from pytest_dockapp.engine import cleanup
+from pytest_dockapp.run.app import DockApp
+from pytest_dockapp.run.options import AppOptions, RunContext
+from pytest_dockapp.run.readiness.wait import ProbeTarget, WaitPlan, wait_ready
+from pytest_dockapp.services.stack import Stack
+from pytest_dockapp.services.state import StackState
+
+if TYPE_CHECKING:
+    import docker
+    from filelock import FileLock
+
+    from pytest_dockapp.run.images import Image
+    from pytest_dockapp.run.manager import AppManager
+
+#: The environment variables read as "this is a CI job": reuse is off there unless forced.
+CI_VARIABLES = (
+    "CI",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "BUILDKITE",
+    "CIRCLECI",
+    "JENKINS_URL",
+    "TF_BUILD",
+    "TEAMCITY_VERSION",
+    "BITBUCKET_BUILD_NUMBER",
+    "CODEBUILD_BUILD_ID",
+)
+
+
+def ci_variable(environ: Mapping[str, str] | None = None) -> str | None:
+    """The first of :data:`CI_VARIABLES` set (and not ``false`` or ``0``), if any."""
+    env = os.environ if environ is None else environ
+    for name in CI_VARIABLES:
+        if env.get(name, "").strip().lower() not in ("", "0", "false", "no", "off"):
+            return name
+    return None
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ReuseKey:
+    """Where a reusable app or stack lives (``slot``), and what it runs (``inputs``)."""
+
+    slot: str
+    project: str  # the project's folder: what ``--dockapp-down`` removes
+    what: str  # as the summary names it: "app image:tag", "stack compose.yaml"
+    inputs: tuple[tuple[str, str], ...]
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.inputs).encode()).hexdigest()[:16]
+
+    def changes(self, old: Mapping[str, str]) -> list[str]:
+        """What differs from the ``old`` inputs, one short phrase each."""
+        now = dict(self.inputs)
+        return [
+            f"{name} {old.get(name) or 'none'} → {now.get(name) or 'none'}"
+            for name in sorted(set(now) | set(old))
+            if now.get(name) != old.get(name)
+        ]
+
+    def labels(self) -> dict[str, str]:
+        return {cleanup.REUSE: self.slot, cleanup.REUSE_KEY: self.key, cleanup.REUSE_PROJECT: self.project}
+
+
+def _slot(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:12]
+
+
+def _session_inputs(manager: AppManager) -> list[tuple[str, str]]:
+    o = manager.options
+    return [("engine", manager.endpoint.url), ("publish", _digest((o.host_ip, o.connect_host, o.ready)))]
+
+
+def app_key(manager: AppManager, project: Path, image: Image, options: AppOptions, worker: str = "") -> ReuseKey:
+    """The slot and key of a project's session app."""
+    slot = _slot("app", project, image.name, manager.endpoint.url, worker)
+    inputs = [("image", image.id.removeprefix("sha256:")[:12]), ("options", _digest(options))]
+    return ReuseKey(slot, str(project), f"app {image.name}", tuple(inputs + _session_inputs(manager)))
+
+
+def stack_key(manager: AppManager, project: Path, stack: Stack, worker: str = "") -> ReuseKey:
+    """The slot and key of a project's session stack (its images built)."""
+    files = [str(f) for f in stack.project.files]
+    slot = _slot("stack", project, files, stack.main_name, manager.endpoint.url, worker)
+    inputs = [("app options", _digest((sorted(stack.main_options.items()), stack.timeout, stack.host_ports)))]
+    for name, svc in sorted(stack.project.services.items()):
+        inputs.append((f"service {name}", _digest(svc)))
+        image = stack.images.get(name)
+        if image is not None:
+            inputs.append((f"image of {name}", image.id.removeprefix("sha256:")[:12]))
+    where = " + ".join(os.path.relpath(f, project) for f in files)
+    return ReuseKey(slot, str(project), f"stack {where}", tuple(inputs + _session_inputs(manager)))
+
+
+class Reuse:
+    """The reusable app and stack of one session: each slot's lock, record and replacement.
+    :attr:`lines` says what happened, for the session's summary; :meth:`close` leaves what it
+    started or attached running and records when it was last used."""
+
+    def __init__(self, manager: AppManager, project: Path, worker: str = ""):
+        self.manager = manager
+        self.project = project.resolve()
+        self.worker = worker
+        self.lines: list[str] = []
+        self._held: dict[str, FileLock] = {}
+
+    def __enter__(self) -> Reuse:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- the session app -------------------------------------------------------------------------
+
+    def app(self, image: Image, options: AppOptions) -> DockApp:
+        """The session app: attached to when the last run left one with this key, else started
+        and left running at the end (one of this run's own when another run holds the slot)."""
+        key = app_key(self.manager, self.project, image, options, self.worker)
+        if not self._acquire(key):
+            return self.manager.start(image, options)
+        record = self._usable(key)
+        if record is not None:
+            app = DockApp.from_record(self.manager.client, record["app"])
+            plan = WaitPlan(options.ready, options.health_path, options.timeout)
+            why = self._recheck([(app, plan)])
+            if why is None:
+                self._attached(key, record)
+                return app
+            self._replace(key, f"{why}, so it was replaced")
+        runner = self.manager.run(image, options, RunContext(owner=self._owner(key)), track=False)
+        app = self.manager.start_runner(runner)
+        self._save(key, {"app": app.record()})
+        return app
+
+    # -- the session stack -----------------------------------------------------------------------
+
+    def stack(self, stack: Stack, *, reset: bool = False) -> Stack:
+        """``stack`` (built, not started) as the last run left it running when its key is the
+        same, else started under the slot's name and labels and left running at the end. With
+        ``reset`` (the session seeds it: ``dockapp_clean``), its stateful services are put back
+        as they were when it started, so that each run seeds it anew."""
+        stack.build()
+        key = stack_key(self.manager, self.project, stack, self.worker)
+        if not self._acquire(key):
+            return stack.start()
+        record = self._usable(key)
+        if record is not None:
+            attached = Stack.attach(self.manager, stack.project, record["stack"])
+            attached.reused, attached.images = True, dict(stack.images)  # with this run's build records
+            why = self._recheck([(app, _plan(stack, name)) for name, app in attached.services.items()])
+            if why is None and reset:
+                why = _back_to_start(attached)
+            if why is None:
+                self._attached(key, record)
+                return attached
+            self._replace(key, f"{why}, so it was replaced")
+        reusable = stack.reusable(self._owner(key), f"dockapp-{stack.project.name[:30]}-reuse-{key.slot[:8]}")
+        try:
+            reusable.start()
+            if reset:
+                StackState.of(reusable).keep_as_started()
+        except BaseException:
+            cleanup.remove_labelled(self.manager.client, f"{cleanup.REUSE}={key.slot}")
+            raise
+        self._save(key, {"stack": reusable.record()})
+        return reusable
+
+    # -- what both share ---------------------------------------------------------------------------
+
+    def _owner(self, key: ReuseKey) -> cleanup.Owner:
+        base = self.manager.owner
+        return cleanup.Owner(extra={**base.extra, **key.labels()})
+
+    def _acquire(self, key: ReuseKey) -> bool:
+        """Take the slot's lock for the rest of the session; False when another run holds it."""
+        from filelock import FileLock, Timeout
+
+        if key.slot in self._held:
+            return True
+        path = cleanup.reuse_lock(key.slot)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(path), timeout=0)
+            lock.acquire()
+        except Timeout:
+            self.lines.append(
+                f"reuse: another pytest run is using the reusable {key.what}; this run started its own and "
+                "removes it at its end"
+            )
+            return False
+        except OSError as exc:
+            self.lines.append(f"reuse: off for the {key.what}: its lock file {path} cannot be written ({exc})")
+            return False
+        self._held[key.slot] = lock
+        return True
+
+    def _record(self, key: ReuseKey) -> dict[str, Any]:
+        entry = state_files.load(state_files.cache_file(cleanup.REUSE_FILE)).get(key.slot)
+        return entry if isinstance(entry, dict) else {}
+
+    def _usable(self, key: ReuseKey) -> dict[str, Any] | None:
+        """The slot's record if it runs ``key`` and all its containers still run; else None, with
+        the old resources removed and the reason said."""
+        record = self._record(key)
+        found = self._labelled(key)
+        if not found and not record:
+            self.lines.append(f"reuse: started the {key.what}; it stays running for the next run")
+            return None
+        if record.get("key") == key.key and found:
+            ids = [a["id"] for a in _record_apps(record).values()]
+            stopped = [c["Names"][0].lstrip("/") for c in found if c["Id"] in ids and c.get("State") != "running"]
+            missing = [i for i in ids if i not in {c["Id"] for c in found}]
+            if not stopped and not missing:
+                return record
+            why = f"{', '.join(stopped)} stopped" if stopped else "a container of it was removed"
+            self._replace(key, f"{why} since the last run, so it was replaced")
+            return None
+        if record.get("key") and found:
+            changes = key.changes(record.get("inputs") or {})
+            self._replace(key, "changed since the last run: " + ("; ".join(changes) or "its key"))
+        elif found:
+            self._replace(key, "has no record on this machine (another machine's, or the cache was cleared)")
+        else:
+            self.lines.append(f"reuse: started the {key.what} (the last one is gone); it stays running")
+        return None
+
+    def _labelled(self, key: ReuseKey) -> list[dict[str, Any]]:
+        flt = {"label": f"{cleanup.REUSE}={key.slot}"}
+        found: list[dict[str, Any]] = self.manager.client.api.containers(all=True, filters=flt)
+        return found
+
+    def _recheck(self, apps: list[tuple[DockApp, WaitPlan]]) -> str | None:
+        """Wait for each app as a start does; None when all are ready, else why not."""
+        begin = time.perf_counter()
+        for app, plan in apps:
+            try:
+                app.readiness = wait_ready(
+                    self.manager.client,
+                    app.container.id,
+                    ProbeTarget(app.host, app.port, app.container_port),
+                    plan.for_engine(podman=self.manager.podman),
+                    name=app.name,
+                )
+            except DockappError as exc:
+                return f"{app.name} is not ready ({exc.what})"
+        self._check_seconds = time.perf_counter() - begin
+        return None
+
+    def _attached(self, key: ReuseKey, record: dict[str, Any]) -> None:
+        idle = time.time() - float(record.get("last_used") or time.time())
+        self.lines.append(
+            f"reuse: attached to the {key.what} the last run left (idle {_ago(idle)}; ready check "
+            f"{self._check_seconds:.2f}s); no build, no start"
+        )
+
+    def _replace(self, key: ReuseKey, why: str) -> None:
+        self.lines.append(f"reuse: the {key.what} {why}")
+        failed = cleanup.remove_labelled(self.manager.client, f"{cleanup.REUSE}={key.slot}")
+        if failed:
+            raise DockappError(
+                f"the old reusable {key.what} could not be removed",
+                evidence="\n".join(failed),
+                hint="remove it by hand (docker rm -f), or run pytest --dockapp-down",
+            )
+
+    def _save(self, key: ReuseKey, what: dict[str, Any]) -> None:
+        entry = {"key": key.key, "inputs": dict(key.inputs), "last_used": time.time(), **what}
+        state_files.update(state_files.cache_file(cleanup.REUSE_FILE), lambda data: data.__setitem__(key.slot, entry))
+
+    def close(self) -> None:
+        """Record that each slot this session held was used until now, and let it go."""
+
+        def touch(data: dict[str, Any]) -> None:
+            for slot in self._held:
+                if isinstance(data.get(slot), dict):
+                    data[slot]["last_used"] = time.time()
+
+        if self._held:
+            state_files.update(state_files.cache_file(cleanup.REUSE_FILE), touch)
+        for lock in self._held.values():
+            lock.release()
+        self._held.clear()
+
+    _check_seconds = 0.0
+
+
+def _record_apps(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The app records of a slot's record, by name (its service's, or ``app``)."""
+    if "app" in record:
+        return {"app": record["app"]}
+    stack = record.get("stack") or {}
+    return {**(stack.get("services") or {}), **(stack.get("completed") or {})}
+
+
+def _back_to_start(stack: Stack) -> str | None:
+    """Put the stack's stateful services back as they started; None, or why that failed."""
+    try:
+        StackState.of(stack).back_to_start()
+    except DockappError as exc:
+        return f"its data could not be put back as it started ({exc.what})"
+    return None
+
+
+def _plan(stack: Stack, name: str) -> WaitPlan:
+    """The readiness a start of ``stack``'s service ``name`` waits for."""
+    main = stack.main_options if name == stack.main_name else {}
+    ready = main.get("ready") or stack.manager.options.ready
+    timeout = stack.timeout if stack.timeout is not None else WaitPlan().timeout
+    return WaitPlan(ready, main.get("health_path"), timeout)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _forget(slot: str) -> None:
+    state_files.update(state_files.cache_file(cleanup.REUSE_FILE), lambda data: data.pop(slot, None))
+
+
+def down(client: docker.DockerClient, project: Path) -> list[str]:
+    """Remove every reusable app and stack of ``project`` on this engine (``--dockapp-down``),
+    but one a live run is using; one line per slot says what happened."""
+    folder = str(project.resolve())
+    flt = {"label": f"{cleanup.REUSE_PROJECT}={folder}"}
+    slots: dict[str, list[str]] = {}
+    for c in client.api.containers(all=True, filters=flt):
+        slots.setdefault((c.get("Labels") or {}).get(cleanup.REUSE, ""), []).append(c["Names"][0].lstrip("/"))
+    for n in client.api.networks(filters=flt):
+        slots.setdefault((n.get("Labels") or {}).get(cleanup.REUSE, ""), [])
+    lines = []
+    for slot, names in sorted(slots.items()):
+        what = ", ".join(names) or "its network"
+        if cleanup.slot_in_use(slot):
+            lines.append(f"kept {what}: a pytest run is using it now")
+            continue
+        failed = cleanup.remove_labelled(client, f"{cleanup.REUSE}={slot}")
+        _forget(slot)
+        lines.append(f"removed {what}" + (f" (could not remove: {', '.join(failed)})" if failed else ""))
+    return lines or [f"no reusable app or stack of {folder} on this engine"]
