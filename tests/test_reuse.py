@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,15 @@ def test_ids(dockapp):
 
 
 @pytest.fixture
-def dev(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A developer's machine: no CI variable set."""
+def dev(app: App, pytester: pytest.Pytester, docker_client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A developer's machine: no CI variable set. Whatever a test left reusable is removed after
+    it, even when it failed (before the leak check of ``app``)."""
     for name in CI_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    yield
+    from pytest_dockapp.services.reuse import down
+
+    down(docker_client, pytester.path)
 
 
 def _ids(pytester: pytest.Pytester) -> dict[str, str]:
@@ -231,3 +237,32 @@ def test_with_dockapp_clean_each_run_of_a_reused_stack_starts_from_the_seed(
     again.stdout.fnmatch_lines(["clean state: 3 restores of *", "reuse: attached to the stack compose.yaml *"])
     _down(pytester)
     assert _reusable(docker_client, pytester.path) == []
+
+
+def test_a_changed_app_source_restarts_only_the_app_and_keeps_its_database(
+    app: App, pytester: pytest.Pytester, redis_base: str, docker_client: Any, dev: None
+) -> None:
+    app.httpd()
+    (pytester.path / "compose.yaml").write_text(
+        f"services:\n  web: {{build: ., depends_on: [cache]}}\n  cache: {{image: {redis_base}}}\n"
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_health_path = /\n")
+    pytester.makepyfile(test_ids=IDS_TEST)
+    pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse").assert_outcomes(passed=1)
+    first = _ids(pytester)
+    app.httpd(extra="RUN echo changed > /www/changed")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  service web: built * ready in *s (GET /)",  # the session's health path, as in a start
+            "reuse: the stack compose.yaml changed since the last run: image of web * → *; started web anew and kept *",
+        ]
+    )
+    second = _ids(pytester)
+    assert second["cache"] == first["cache"] and second["web"] != first["web"]
+    assert [c["Id"] for c in docker_client.api.containers(all=True, filters={"id": first["web"]})] == []
+    # and the next run attaches to the stack as it is now
+    pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse").stdout.fnmatch_lines(["reuse: attached *"])
+    assert _ids(pytester) == second
+    _down(pytester)

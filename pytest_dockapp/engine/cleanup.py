@@ -244,11 +244,17 @@ def slot_in_use(slot: str) -> bool:
         return False
 
 
-def reusable_idle(labels: dict[str, str], ttl: float) -> bool:
+def reusable_idle(labels: dict[str, str], ttl: float, owner: Owner, max_age: float = DEFAULT_SWEEP_AGE) -> bool:
     """Whether the reusable resource with ``labels`` went unused for longer than ``ttl``: since
     the last run that used it ended (this machine's record), else since it was created; a slot
-    a live run holds is never idle."""
+    a live run holds is never idle. Another host's is used where this one cannot see: it goes
+    by age alone, past ``max_age`` too (the rule for other hosts' leftovers)."""
     slot = labels.get(REUSE, "")
+    if labels.get(HOST) != owner.host:
+        try:
+            return time.time() - float(labels.get(CREATED, "0")) > max(ttl, max_age)
+        except ValueError:
+            return False
     used = load(cache_file(REUSE_FILE)).get(slot, {}).get("last_used")
     try:
         since = float(used if used is not None else labels.get(CREATED, "0"))
@@ -283,7 +289,7 @@ def sweep(
             report.errors.append(f"{name}: {exc}")
 
     def idle(labels: dict[str, str]) -> bool:
-        return REUSE in labels and reuse_ttl is not None and reusable_idle(labels, reuse_ttl)
+        return REUSE in labels and reuse_ttl is not None and reusable_idle(labels, reuse_ttl, owner, max_age)
 
     for c in client.api.containers(all=True, filters=flt):
         labels = c.get("Labels") or {}

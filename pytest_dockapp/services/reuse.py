@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -96,7 +97,8 @@ class ReuseKey:
 
 
 def _slot(*parts: object) -> str:
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:12]
+    """One slot per host too: the lock and the record of the last run are this machine's files."""
+    return hashlib.sha256(json.dumps([socket.gethostname(), *map(str, parts)]).encode()).hexdigest()[:12]
 
 
 def _session_inputs(manager: AppManager) -> list[tuple[str, str]]:
@@ -153,7 +155,7 @@ class Reuse:
         key = app_key(self.manager, self.project, image, options, self.worker)
         if not self._acquire(key):
             return self.manager.start(image, options)
-        record = self._usable(key)
+        record, _ = self._usable(key)
         if record is not None:
             app = DockApp.from_record(self.manager.client, record["app"])
             plan = WaitPlan(options.ready, options.health_path, options.timeout)
@@ -171,22 +173,31 @@ class Reuse:
 
     def stack(self, stack: Stack, *, reset: bool = False) -> Stack:
         """``stack`` (built, not started) as the last run left it running when its key is the
-        same, else started under the slot's name and labels and left running at the end. With
-        ``reset`` (the session seeds it: ``dockapp_clean``), its stateful services are put back
-        as they were when it started, so that each run seeds it anew."""
+        same; when only some services changed (a rebuilt app), those and what depends on them
+        start anew and the rest is kept; else started under the slot's name and labels. Either
+        way it is left running at the end. With ``reset`` (the session seeds it: ``dockapp_clean``),
+        its stateful services are put back as they were when it started, so each run seeds anew."""
         stack.build()
         key = stack_key(self.manager, self.project, stack, self.worker)
         if not self._acquire(key):
             return stack.start()
-        record = self._usable(key)
+        record, again = self._usable(key, lambda old: _to_restart(stack, key, old))
         if record is not None:
-            attached = Stack.attach(self.manager, stack.project, record["stack"])
-            attached.reused, attached.images = True, dict(stack.images)  # with this run's build records
-            why = self._recheck([(app, _plan(stack, name)) for name, app in attached.services.items()])
+            attached = stack.rejoin(record["stack"], self._owner(key))
+            kept = [(app, _plan(stack, name)) for name, app in attached.services.items() if name not in again]
+            why = self._recheck(kept)
             if why is None and reset:
                 why = _back_to_start(attached)
+            if why is None and again:
+                try:
+                    attached.restart(again)
+                except DockappError as exc:
+                    why = f"{', '.join(sorted(again))} could not be started in it ({exc.what})"
             if why is None:
-                self._attached(key, record)
+                if again:
+                    self._save(key, {"stack": attached.record()})
+                else:
+                    self._attached(key, record)
                 return attached
             self._replace(key, f"{why}, so it was replaced")
         reusable = stack.reusable(self._owner(key), f"dockapp-{stack.project.name[:30]}-reuse-{key.slot[:8]}")
@@ -233,31 +244,41 @@ class Reuse:
         entry = state_files.load(state_files.cache_file(cleanup.REUSE_FILE)).get(key.slot)
         return entry if isinstance(entry, dict) else {}
 
-    def _usable(self, key: ReuseKey) -> dict[str, Any] | None:
-        """The slot's record if it runs ``key`` and all its containers still run; else None, with
-        the old resources removed and the reason said."""
+    def _usable(
+        self, key: ReuseKey, partly: Callable[[Mapping[str, str]], set[str] | None] = lambda old: None
+    ) -> tuple[dict[str, Any] | None, set[str]]:
+        """The slot's record, if all its containers run and it runs ``key`` (or, by ``partly``, the
+        key of a stack whose changed services can start anew alone), with those services; else
+        None, with the old resources removed and the reason said."""
         record = self._record(key)
         found = self._labelled(key)
         if not found and not record:
             self.lines.append(f"reuse: started the {key.what}; it stays running for the next run")
-            return None
-        if record.get("key") == key.key and found:
-            ids = [a["id"] for a in _record_apps(record).values()]
-            stopped = [c["Names"][0].lstrip("/") for c in found if c["Id"] in ids and c.get("State") != "running"]
-            missing = [i for i in ids if i not in {c["Id"] for c in found}]
-            if not stopped and not missing:
-                return record
+            return None, set()
+        if not found:
+            self.lines.append(f"reuse: started the {key.what} (the last one is gone); it stays running")
+            return None, set()
+        if not record.get("key"):
+            self._replace(key, "has no record on this machine (another machine's, or the cache was cleared)")
+            return None, set()
+        ids = [a["id"] for a in _record_apps(record).values()]
+        stopped = [c["Names"][0].lstrip("/") for c in found if c["Id"] in ids and c.get("State") != "running"]
+        if stopped or any(i not in {c["Id"] for c in found} for i in ids):
             why = f"{', '.join(stopped)} stopped" if stopped else "a container of it was removed"
             self._replace(key, f"{why} since the last run, so it was replaced")
-            return None
-        if record.get("key") and found:
-            changes = key.changes(record.get("inputs") or {})
-            self._replace(key, "changed since the last run: " + ("; ".join(changes) or "its key"))
-        elif found:
-            self._replace(key, "has no record on this machine (another machine's, or the cache was cleared)")
-        else:
-            self.lines.append(f"reuse: started the {key.what} (the last one is gone); it stays running")
-        return None
+            return None, set()
+        if record["key"] == key.key:
+            return record, set()
+        changes = "; ".join(key.changes(record.get("inputs") or {})) or "its key"
+        again = partly(record.get("inputs") or {})
+        if again is not None:
+            self.lines.append(
+                f"reuse: the {key.what} changed since the last run: {changes}; started {', '.join(sorted(again))} "
+                "anew and kept the rest running"
+            )
+            return record, again
+        self._replace(key, f"changed since the last run: {changes}")
+        return None, set()
 
     def _labelled(self, key: ReuseKey) -> list[dict[str, Any]]:
         flt = {"label": f"{cleanup.REUSE}={key.slot}"}
@@ -327,6 +348,33 @@ def _record_apps(record: Mapping[str, Any]) -> dict[str, Any]:
     return {**(stack.get("services") or {}), **(stack.get("completed") or {})}
 
 
+def _to_restart(stack: Stack, key: ReuseKey, old: Mapping[str, str]) -> set[str] | None:
+    """The services of ``stack`` to start anew when its inputs were ``old``: those that changed
+    and those that depend on them; None when all must (the engine, the publish address, or
+    every service changed)."""
+    now = dict(key.inputs)
+    names: set[str] = set()
+    for item in (n for n in set(now) | set(old) if now.get(n) != old.get(n)):
+        if item.startswith("service ") and item[8:] in stack.project.services:
+            names.add(item[8:])
+        elif item.startswith("image of ") and item[9:] in stack.project.services:
+            names.add(item[9:])
+        elif item == "app options":
+            names.add(stack.main_name)
+        else:
+            return None
+    grew = True
+    while grew:  # and what depends on them, or shares their network namespace
+        more = {
+            n
+            for n, svc in stack.project.services.items()
+            if n not in names and (names & set(svc.depends_on) or (svc.network_mode or "")[8:] in names)
+        }
+        names |= more
+        grew = bool(more)
+    return names if names and names != set(stack.order) else None
+
+
 def _back_to_start(stack: Stack) -> str | None:
     """Put the stack's stateful services back as they started; None, or why that failed."""
     try:
@@ -360,11 +408,17 @@ def down(client: docker.DockerClient, project: Path) -> list[str]:
     folder = str(project.resolve())
     flt = {"label": f"{cleanup.REUSE_PROJECT}={folder}"}
     slots: dict[str, list[str]] = {}
+    here, elsewhere = socket.gethostname(), 0
     for c in client.api.containers(all=True, filters=flt):
-        slots.setdefault((c.get("Labels") or {}).get(cleanup.REUSE, ""), []).append(c["Names"][0].lstrip("/"))
+        labels = c.get("Labels") or {}
+        if labels.get(cleanup.HOST) != here:
+            elsewhere += 1  # another machine's, which may be using it: its own --dockapp-down removes it
+            continue
+        slots.setdefault(labels.get(cleanup.REUSE, ""), []).append(c["Names"][0].lstrip("/"))
     for n in client.api.networks(filters=flt):
-        slots.setdefault((n.get("Labels") or {}).get(cleanup.REUSE, ""), [])
-    lines = []
+        if (n.get("Labels") or {}).get(cleanup.HOST) == here:
+            slots.setdefault((n.get("Labels") or {}).get(cleanup.REUSE, ""), [])
+    lines = [f"kept {elsewhere} containers another host left for reuse"] if elsewhere else []
     for slot, names in sorted(slots.items()):
         what = ", ".join(names) or "its network"
         if cleanup.slot_in_use(slot):

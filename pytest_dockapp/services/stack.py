@@ -238,9 +238,31 @@ class Stack(Mapping[str, DockApp]):
     def _creation_of_shared(self, what: str) -> contextlib.AbstractContextManager[None]:
         return self.manager.creation(what)
 
-    def _start_all(self) -> None:
+    def restart(self, names: set[str]) -> None:
+        """Start the services ``names`` anew in this running stack (their containers removed
+        first; what they depend on keeps running): a reused stack whose app changed keeps its
+        database. On a failure, what was started here is removed."""
+        for name in names:
+            app = self.services.pop(name, None) or self.completed.pop(name, None)
+            if app is not None:
+                cleanup.remove_container(self.manager.client, app.container.id)
+        try:
+            self._start_all(names)
+            self._check_still_running()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                for runner in self._runners:
+                    runner.close()
+            raise
+
+    def _start_all(self, only: set[str] | None = None) -> None:
+        """Start every service (or those in ``only``; the others run already), each once what it
+        depends on is started, ready or done."""
         started = {n: threading.Event() for n in self.order}
         ready = {n: threading.Event() for n in self.order}
+        for name in set(self.order) - (set(self.order) if only is None else only):
+            started[name].set()
+            ready[name].set()
         failed = threading.Event()
         errors: dict[str, BaseException] = {}
 
@@ -261,8 +283,8 @@ class Stack(Mapping[str, DockApp]):
                 errors[name] = exc
                 failed.set()
 
-        pool = ThreadPoolExecutor(max_workers=len(self.order), thread_name_prefix="dockapp-stack")
-        futures = [pool.submit(run, n) for n in self.order]
+        pool = ThreadPoolExecutor(max_workers=len(only or self.order), thread_name_prefix="dockapp-stack")
+        futures = [pool.submit(run, n) for n in self.order if only is None or n in only]
         try:
             while not all(f.done() for f in futures) and not failed.wait(0.05):
                 pass
@@ -421,6 +443,8 @@ class Stack(Mapping[str, DockApp]):
             other = mode.partition(":")[2]
             name = container_name(self.name, other)
             started = [r.container_id for r in self._runners if r.name == name and r.container_id]
+            if not started and other in self.services:  # a reused stack's, kept running
+                started = [self.services[other].container.id]
             if not started:
                 raise ComposeError(
                     f"{self._where}: service {svc.name} joins {other}'s network, and {other} is not running"
@@ -483,14 +507,36 @@ class Stack(Mapping[str, DockApp]):
     @classmethod
     def attach(cls, manager: AppManager, project: Project, data: dict[str, Any]) -> Stack:
         """The stack another process started and recorded with :meth:`record`."""
-        stack = cls(manager, project, main=data["main"])
-        stack.name, stack.attached = data["name"], True
+        stack = cls(manager, project, main=data["main"], name=data["name"])
         stack.images = {n: Image(i, t, prebuilt=True) for n, (i, t) in data["images"].items()}
-        for bucket, key in ((stack.services, "services"), (stack.completed, "completed")):
-            for name, a in data[key].items():
-                bucket[name] = DockApp.from_record(manager.client, a, service=name)
-                bucket[name].services = stack.services
+        stack._adopt(data)
         return stack
+
+    def rejoin(self, data: dict[str, Any], owner: cleanup.Owner) -> Stack:
+        """A twin of this stack (built, not started) that is the running one an earlier run
+        recorded with :meth:`record` and left for reuse: what :meth:`restart` starts in it has this
+        stack's settings and ``owner``'s labels, and this run's build records stay."""
+        twin = Stack(
+            self.manager,
+            self.project,
+            main=self.main_name,
+            host_ports=self.host_ports,
+            main_options=self.main_options,
+            timeout=self.timeout,
+            owner=owner,
+            name=data["name"],
+        )
+        twin.images, twin.reused = dict(self.images), True
+        twin._adopt(data)
+        return twin
+
+    def _adopt(self, data: dict[str, Any]) -> None:
+        """Take the running services of a recorded stack as this one's."""
+        self.attached = True
+        for bucket, key in ((self.services, "services"), (self.completed, "completed")):
+            for name, a in data[key].items():
+                bucket[name] = DockApp.from_record(self.manager.client, a, service=name)
+                bucket[name].services = self.services
 
 
 def remove_stack(client: docker.DockerClient, name: str) -> list[str]:
