@@ -143,6 +143,7 @@ def measure(folder: Path, path: str, runs: int, env: dict[str, str]) -> None:
     run(folder, "--dockapp-reuse", env=env)
     times: dict[str, list[float]] = {k: [] for k in ("floor", "reuse", "no reuse", "edit, reuse", "edit, no reuse")}
     for n in range(runs):
+        run(folder, "--dockapp-reuse", env=env)  # untimed: the reused stack takes the last edit's app
         floor, url = floor_folder(folder, path)  # an edit run started the app anew, on another port
         times["floor"].append(run(floor, "-p", "no:dockapp", env=env | {"APP_URL": url}))
         times["reuse"].append(run(folder, "--dockapp-reuse", env=env))

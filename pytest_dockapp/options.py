@@ -361,6 +361,10 @@ SETTINGS: list[Setting] = [
     ),
     Setting("reuse_ttl", "remove a reusable app or stack unused this long", _D["ttl"], _age, shown_default="2h"),
     Setting("down", "remove this project's reusable apps and stacks, and run no test", False, kind="flag", ini=False),
+    Setting(
+        "cov", "measure the coverage of the app's own code inside its containers (Node)", False, _bool, kind="flag"
+    ),
+    Setting("cov_lcov", "also write the app's coverage as an LCOV file here", metavar="PATH"),
     Setting("keep", "leave the containers of failing tests running (named *-kept)", False, kind="flag", ini=False),
     Setting("remove_images", "remove the images this session built when it ends", False, kind="flag", ini=False),
     Setting(

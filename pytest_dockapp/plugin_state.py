@@ -15,6 +15,7 @@ from pytest_dockapp.options import Settings
 from pytest_dockapp.progress import Progress
 
 if TYPE_CHECKING:
+    from pytest_dockapp.appcov.collect import AppCoverage
     from pytest_dockapp.budgets.check import Figures
     from pytest_dockapp.cache.check import CacheReport
     from pytest_dockapp.core.errors import DockappError
@@ -65,6 +66,7 @@ class PluginState:
         self._connecting = threading.Lock()
         self._noticed: set[str] = set()
         self._reuse: Reuse | None = None
+        self.coverage: AppCoverage | None = None  # with --dockapp-cov, once connected
 
     def reuse_status(self) -> tuple[bool, str]:
         """Whether the session's app or stack is reused across runs, and the line that says so."""
@@ -79,6 +81,8 @@ class PluginState:
                 f"dockapp reuse: off, because {ci} is set (read as CI: {', '.join(CI_VARIABLES)}); "
                 "DOCKAPP_REUSE=force keeps it on"
             )
+        if self.settings.cov:
+            return False, "dockapp reuse: off with --dockapp-cov (each run measures the apps it starts)"
         if getattr(self.config, "workerinput", None) is not None and self.settings.compose_scope == "session":
             return (
                 False,
@@ -162,6 +166,11 @@ class PluginState:
                 )
                 s = self.settings
                 self._apps.settings(sweep_kept=s.sweep_kept, warned_args=s.build_args)  # warned at configure
+                if s.cov:
+                    from pytest_dockapp.appcov.collect import AppCoverage
+
+                    self.coverage = AppCoverage()
+                    self._apps.watch(self.coverage)
             except DockappError as exc:
                 self.error = exc
 

@@ -195,9 +195,33 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         except Exception as exc:  # the session's end never raises: it says what may be left
             state.teardown_error = state.mask(str(exc)).splitlines()[0]
         state.close_reuse()
+        _write_lcov(state)
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["dockapp_summary"] = _summary_lines(state)
+
+
+def _write_lcov(state: PluginState) -> None:
+    """``--dockapp-cov-lcov PATH``: the app's coverage for CI services, once every app is gone."""
+    path = state.settings.cov_lcov
+    if state.coverage is None or not path:
+        return
+    from pytest_dockapp.appcov.v8 import lcov
+
+    target = state.config.rootpath / path
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(lcov(state.coverage.files))
+    except OSError as exc:
+        state.coverage.problems.append(f"the LCOV file {target} could not be written ({exc})")
+
+
+def _feature_lines(state: PluginState) -> list[str]:
+    """What clean state, reuse across runs and app coverage did."""
+    lines = state.clean_lines + state.reuse_lines
+    if state.coverage is not None:
+        lines += state.coverage.summary(state.config.rootpath)
+    return lines
 
 
 def _summary_lines(state: PluginState) -> list[str]:
@@ -256,8 +280,7 @@ def _summary_lines(state: PluginState) -> list[str]:
             f"rebuild {report.rebuild.summary()}: {report.summary()}"
         )
     lines += [figures.line() for figures in state.figures.values()]
-    lines += state.clean_lines
-    lines += state.reuse_lines
+    lines += _feature_lines(state)
     lines += state.removed_images
     if state.teardown_error is not None:
         lines.append(f"teardown failed: {state.teardown_error}")

@@ -23,6 +23,7 @@ LAYERS = {
     "run": {"core", "engine", "builds", "run"},
     "services": {"core", "engine", "builds", "run", "services"},
     "budgets": {"core", "engine", "builds", "budgets"},
+    "appcov": {"core", "engine", "builds", "run", "appcov"},
 }
 MAX_MODULES, MAX_LINES, MAX_FUNCTION = 12, 600, 80
 

@@ -289,6 +289,9 @@ class AppRunner:
         self.files = context.files
         self.joins = context.networks
         self.on_started = context.on_started
+        self.instrument = context.instrument if context.build is not None else None
+        self._instrumented = False
+        self._image_attrs: dict[str, Any] = {}
         name = options.name
         # Named after the tag (``display``) when the image is run by ID.
         slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", self.display.split("/")[-1].split(":")[0])[:30] or "app"
@@ -427,6 +430,7 @@ class AppRunner:
                 hint="something removed it since it was built or named (docker rmi, a prune, another "
                 "session's cleanup); rerun, or build or load it again",
             ) from None
+        self._image_attrs = attrs
         exposed = sorted(
             {parse_port(p) for p in (attrs.get("Config") or {}).get("ExposedPorts") or {}} | set(self.publish)
         )
@@ -476,6 +480,12 @@ class AppRunner:
     def _prepare(self, publish: list[tuple[int, str]]) -> str:
         """Create the container, copy its files in and join its other networks: all that comes
         before the start. Returns the container's ID."""
+        if self.instrument is not None and self.build is not None and not self._instrumented:
+            prepared = self.instrument.prepare(self.name, self.build, self._image_attrs, self.env)
+            if prepared is not None:
+                self.env.update(prepared.env)
+                self.files = (*self.files, *prepared.files)
+                self._instrumented = True
         with self.creation(f"container {self.name}"):
             self.container_id = container_id = self._create(publish)
             self.created = True
@@ -563,6 +573,8 @@ class AppRunner:
         """Remove the container and its anonymous volumes (idempotent). When the engine does not
         answer, the container is recorded in :attr:`left_behind` and the error raised."""
         if self.container_id is not None:
+            if self._instrumented and self.instrument is not None:
+                self.instrument.collect(self.client, self.container_id, self.name)  # it tells its own failures
             try:
                 self.teardown_seconds = cleanup.remove_container(self.client, self.container_id)
             except Exception as exc:

@@ -67,6 +67,7 @@ class Apps:
             creation=extra.creation or session.creation,
             display=extra.display or (image.name if isinstance(image, Image) else None),
             build=image.record if isinstance(image, Image) else None,
+            instrument=session.instrument,
         )
         runner = AppRunner(self.client, image.ref if isinstance(image, Image) else image, options, context)
         runner.podman = self._podman()

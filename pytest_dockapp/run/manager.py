@@ -36,7 +36,7 @@ from pytest_dockapp.engine.endpoint import Endpoint, resolve_endpoint
 from pytest_dockapp.run.app import AppRunner, DockApp
 from pytest_dockapp.run.apps import Apps, AppStat
 from pytest_dockapp.run.images import Image, Images
-from pytest_dockapp.run.options import AppOptions, RunContext, SessionOptions
+from pytest_dockapp.run.options import AppOptions, Instrument, RunContext, SessionOptions
 from pytest_dockapp.run.spares import Spares
 
 if TYPE_CHECKING:
@@ -95,6 +95,11 @@ class AppManager:
         #: Called first by :meth:`close`: what owns more than containers (a compose stack's
         #: network and volumes) removes it in order.
         self.closers: list[Callable[[], None]] = []
+        self._instrument: Instrument | None = None
+
+    def watch(self, instrument: Instrument) -> None:
+        """Have ``instrument`` watch every app built from the project's Dockerfiles (coverage)."""
+        self._instrument = instrument
 
     @property
     def builds(self) -> list[BuildRecord]:
@@ -256,6 +261,7 @@ class AppManager:
             endpoint=self.endpoint,
             on_notice=self.on_notice,
             creation=self.creation,
+            instrument=self._instrument,
         )
 
     def run(

@@ -8,13 +8,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from pytest_dockapp.engine.cleanup import DEFAULT_REUSE_TTL, DEFAULT_SWEEP_AGE
 from pytest_dockapp.run.readiness.settings import DEFAULT_TIMEOUT, parse_ready
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import docker
 
     from pytest_dockapp.builds.pipeline import BuildPolicy
     from pytest_dockapp.builds.record import BuildRecord
@@ -180,3 +182,25 @@ class RunContext:
     #: More networks to join between the create call and the start (the create call takes one).
     networks: tuple[NetworkJoin, ...] = ()
     on_started: Callable[[], None] | None = None
+    #: What watches the app from inside its container (coverage): only an image built from the
+    #: project's Dockerfile is given to it, never a service the user did not write.
+    instrument: Instrument | None = None
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What an :class:`Instrument` adds to a container before it starts."""
+
+    env: tuple[tuple[str, str], ...] = ()
+    files: tuple[InjectedFile, ...] = ()
+
+
+class Instrument(Protocol):
+    """Watches apps from inside their containers: :meth:`prepare` before the start (None: not
+    this app), :meth:`collect` before the container is removed (or after it exited)."""
+
+    def prepare(
+        self, name: str, build: BuildRecord, image: Mapping[str, Any], env: Mapping[str, str]
+    ) -> Preparation | None: ...
+
+    def collect(self, client: docker.DockerClient, container_id: str, name: str) -> None: ...

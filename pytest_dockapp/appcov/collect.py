@@ -1,0 +1,186 @@
+"""Coverage of the app's own code, from inside its containers, without changing the image.
+
+Only apps built from the project's Dockerfiles are watched (the manager gives no other to an
+instrument): PostgreSQL and Redis never are. Before an app starts, what its language needs is
+copied in (a copy works on a remote engine, where a bind mount would not); before its container
+is removed, the app is asked to write what it ran, which is copied out and mapped back to the
+repository's files by the Dockerfile's ``COPY`` lines.
+
+* **Node**: ``NODE_V8_COVERAGE`` and a ``--require``'d hook that, when a trigger file appears,
+  writes the coverage so far (``v8.takeCoverage()``); a process that exits writes its own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import tarfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_dockapp.appcov import v8
+from pytest_dockapp.appcov.paths import PathMap
+from pytest_dockapp.core.errors import DockappError
+from pytest_dockapp.run.options import InjectedFile, Preparation
+
+if TYPE_CHECKING:
+    import docker
+
+    from pytest_dockapp.builds.record import BuildRecord
+
+#: In the container: what is copied in, the trigger, and what the app writes.
+HOME = "/tmp/.dockapp-cov"
+_NODE_HOOK = """// pytest-dockapp: write V8's coverage so far when the trigger file changes.
+const fs = require("fs"), path = require("path"), v8 = require("v8");
+const home = path.dirname(process.env.NODE_V8_COVERAGE);
+let seen = 0;
+setInterval(() => {
+  let mtime;
+  try { mtime = fs.statSync(path.join(home, "flush")).mtimeMs; } catch { return; }
+  if (mtime <= seen) return;
+  seen = mtime;
+  v8.takeCoverage();
+  fs.writeFileSync(path.join(home, `flushed-${process.pid}-${Math.round(mtime)}`), "");
+}, 50).unref();
+"""
+#: How long the app has to write its coverage once asked (a takeCoverage of a small app: ms).
+FLUSH_WAIT = 5.0
+
+
+class CoverageError(DockappError):
+    """The app's coverage cannot be measured as it is."""
+
+
+def language(image: Mapping[str, Any]) -> str | None:
+    """``node`` or None, by the image's command and environment."""
+    config = image.get("Config") or {}
+    words = [posixpath.basename(str(w)) for w in [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]]
+    env = {str(e).partition("=")[0] for e in config.get("Env") or []}
+    if any(w in ("node", "nodejs", "npm", "npx", "yarn") or w.startswith("node ") for w in words):
+        return "node"
+    if "NODE_VERSION" in env:
+        return "node"
+    return None
+
+
+class AppCoverage:
+    """The session's coverage of its apps' own code: :meth:`prepare` and :meth:`collect` per
+    container (an :class:`~pytest_dockapp.run.options.Instrument`), then the counts per file of
+    the repository in :attr:`files`; :attr:`problems` says what could not be measured."""
+
+    def __init__(self) -> None:
+        self.files: dict[Path, v8.Hits] = {}
+        self.problems: list[str] = []
+        self.containers = 0
+        self.seconds = 0.0  # spent taking coverage out of containers
+        self._watched: dict[str, tuple[str, PathMap]] = {}  # by container name: language and map
+        self._lock = threading.Lock()
+
+    def prepare(
+        self, name: str, build: BuildRecord, image: Mapping[str, Any], env: Mapping[str, str]
+    ) -> Preparation | None:
+        kind = language(image)
+        if kind is None:
+            config = image.get("Config") or {}
+            raise CoverageError(
+                f"cannot tell the language of image {build.tag or build.image_id[:19]}, so its coverage cannot be "
+                "measured",
+                evidence=f"ENTRYPOINT {config.get('Entrypoint')}, CMD {config.get('Cmd')}",
+                evidence_title="the image runs",
+                hint="coverage is measured for Node apps (a CMD or ENTRYPOINT that runs node, npm or yarn); "
+                "drop --dockapp-cov for this app",
+            )
+        paths = PathMap.read(build.dockerfile, build.context, build.target, build.build_args)
+        node_options = " ".join(filter(None, [env.get("NODE_OPTIONS", ""), f"--require {HOME}/hook.js"]))
+        prepared = Preparation(
+            env=(("NODE_V8_COVERAGE", f"{HOME}/v8"), ("NODE_OPTIONS", node_options)),
+            files=(InjectedFile(f"{HOME}/hook.js", "content", _NODE_HOOK, mode=0o444),),
+        )
+        with self._lock:
+            self._watched[name] = (kind, paths)
+        return prepared
+
+    def collect(self, client: docker.DockerClient, container_id: str, name: str) -> None:
+        began = time.perf_counter()
+        try:
+            found = self._take(client, container_id)
+        except Exception as exc:  # the app's teardown goes on: the summary says what is missing
+            with self._lock:
+                self.problems.append(f"{name}: its coverage could not be taken out ({type(exc).__name__}: {exc})")
+            return
+        with self._lock:
+            _, paths = self._watched.pop(name)
+            self.containers += 1
+            self.seconds += time.perf_counter() - began
+            for url_path, functions in found:
+                repo = paths.to_repo(url_path)
+                if repo is None:
+                    continue
+                try:
+                    text = repo.read_text(encoding="utf-8", errors="replace")
+                except OSError:
+                    continue
+                v8.add(self.files, repo, v8.line_hits(text, functions))
+
+    def _take(self, client: docker.DockerClient, container_id: str) -> list[tuple[str, list[Any]]]:
+        """Ask a running app to write its coverage, wait for it, and read every file it wrote."""
+        running = bool(client.api.inspect_container(container_id)["State"].get("Running"))
+        if running:
+            before = _names(client, container_id)
+            stamp = io.BytesIO()
+            with tarfile.open(fileobj=stamp, mode="w") as archive:
+                info = tarfile.TarInfo("flush")
+                info.mtime, info.mode = int(time.time()) + 1, 0o644
+                archive.addfile(info, io.BytesIO(b""))
+            client.api.put_archive(container_id, HOME, stamp.getvalue())
+            deadline = time.monotonic() + FLUSH_WAIT
+            while time.monotonic() < deadline:
+                if any(n.startswith("flushed-") for n in _names(client, container_id) - before):
+                    break
+                time.sleep(0.05)
+        out = []
+        for member, data in _files(client, container_id, f"{HOME}/v8"):
+            if not member.endswith(".json"):
+                continue
+            for script in json.loads(data).get("result") or []:
+                path = v8.script_path(str(script.get("url") or ""))
+                if path is not None:
+                    out.append((path, script.get("functions") or []))
+        return out
+
+    def summary(self, root: Path) -> list[str]:
+        """``app coverage: server.js 87 % (missed 40-44)``, one line per file, and the problems."""
+        lines = []
+        for path, hits in sorted(self.files.items()):
+            missed = [n for n, c in hits.items() if c == 0]
+            percent = 100.0 * (len(hits) - len(missed)) / len(hits) if hits else 100.0
+            name = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+            lines.append(f"app coverage: {name} {percent:.0f} %" + (f" (missed {v8.ranges(missed)})" if missed else ""))
+        if self.containers == 0 and not self.problems:
+            lines.append("app coverage: no watched app ran (only apps built from the project's Dockerfiles are)")
+        return lines + [f"app coverage: {p}" for p in self.problems]
+
+
+def _names(client: docker.DockerClient, container_id: str) -> set[str]:
+    return {posixpath.basename(name) for name, _ in _files(client, container_id, HOME, data=False)}
+
+
+def _files(client: docker.DockerClient, container_id: str, path: str, data: bool = True) -> list[tuple[str, bytes]]:
+    """The regular files under ``path`` in the container, with their content."""
+    import docker.errors
+
+    try:
+        stream, _ = client.api.get_archive(container_id, path)
+    except docker.errors.NotFound:
+        return []
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream)), mode="r") as archive:
+        for member in archive.getmembers():
+            if member.isfile():
+                extracted = archive.extractfile(member) if data else None
+                out.append((member.name, extracted.read() if extracted is not None else b""))
+    return out

@@ -1,0 +1,70 @@
+"""Coverage of the app's own code from inside its container (``--dockapp-cov``), as a user runs
+it: a Node app, its lines mapped back to the repository by the Dockerfile's COPY lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import App
+
+SERVER = """const http = require("http");
+const server = http.createServer((req, res) => {
+  if (req.url === "/a") {
+    res.end("a\\n");
+    return;
+  }
+  if (req.url === "/b") {
+    res.end("b\\n");
+    return;
+  }
+  res.end("root\\n");
+});
+server.listen(80);
+"""
+
+DOCKERFILE = """FROM {node}
+WORKDIR /srv
+COPY src/server.js ./app/
+EXPOSE 80
+CMD ["node", "app/server.js"]
+"""
+
+
+def _lcov(text: str) -> dict[int, int]:
+    return {int(n): int(c) for n, c in (line[3:].split(",") for line in text.splitlines() if line.startswith("DA:"))}
+
+
+def test_a_node_apps_lines_are_covered_by_the_routes_its_tests_hit_and_no_others(
+    app: App, pytester: pytest.Pytester, node_base: str
+) -> None:
+    (pytester.path / "src").mkdir()
+    (pytester.path / "src" / "server.js").write_text(SERVER)
+    (pytester.path / "Dockerfile").write_text(DOCKERFILE.format(node=node_base))
+    pytester.makepyfile(
+        """
+        def test_a(dockapp):
+            assert dockapp.get("/a").text == "a\\n"
+
+        def test_root_on_a_fresh_app(dockapp_fresh):
+            assert dockapp_fresh.get("/").text == "root\\n"
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-cov", "--dockapp-cov-lcov=cov/lcov.info")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["app coverage: src/server.js * % (missed 8-10)"])
+    lcov = (pytester.path / "cov" / "lcov.info").read_text()
+    assert f"SF:{pytester.path / 'src' / 'server.js'}" in lcov
+    hits = _lcov(lcov)
+    assert hits[4] > 0, "the /a route the session app served"
+    assert hits[11] > 0, "the root route the fresh app served: each container's data is kept"
+    assert hits[8] == 0, "the /b route no test asked for"
+
+
+def test_an_app_whose_language_cannot_be_told_is_an_error_that_says_so(app: App, pytester: pytest.Pytester) -> None:
+    app.httpd()
+    pytester.makepyfile("def test_home(dockapp):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-cov")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*cannot tell the language of image *, so its coverage cannot be measured*", "*hint: coverage is measured*"]
+    )
