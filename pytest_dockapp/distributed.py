@@ -61,6 +61,7 @@ class XdistController:
         output = getattr(node, "workeroutput", None) or {}
         worker = node.gateway.id
         self.summaries[worker] = list(output.get("dockapp_summary", []))
+        self.state.take_coverage(output.get("dockapp_cov"))
         self.state.worker_summary = merge_summaries(self.summaries)
         self.crashed = self.crashed or error is not None
 

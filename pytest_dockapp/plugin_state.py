@@ -111,6 +111,16 @@ class PluginState:
         if self._reuse is not None:
             self._reuse.close()
 
+    def take_coverage(self, data: dict[str, Any] | None) -> None:
+        """A pytest-xdist worker's app coverage (:meth:`AppCoverage.to_json`), added to the run's."""
+        if not data:
+            return
+        if self.coverage is None:
+            from pytest_dockapp.appcov.collect import AppCoverage
+
+            self.coverage = AppCoverage()
+        self.coverage.merge(data)
+
     @property
     def reuse_lines(self) -> list[str]:
         """What reuse across runs did, for the summary."""

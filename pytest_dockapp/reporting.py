@@ -195,10 +195,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         except Exception as exc:  # the session's end never raises: it says what may be left
             state.teardown_error = state.mask(str(exc)).splitlines()[0]
         state.close_reuse()
-        _write_lcov(state)
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["dockapp_summary"] = _summary_lines(state)
+        if state.coverage is not None:  # the controller combines every worker's once
+            workeroutput["dockapp_cov"] = state.coverage.to_json()
+    else:
+        _write_lcov(state)
 
 
 def _write_lcov(state: PluginState) -> None:
@@ -217,11 +220,15 @@ def _write_lcov(state: PluginState) -> None:
 
 
 def _feature_lines(state: PluginState) -> list[str]:
-    """What clean state, reuse across runs and app coverage did."""
-    lines = state.clean_lines + state.reuse_lines
-    if state.coverage is not None:
-        lines += state.coverage.summary(state.config.rootpath)
-    return lines
+    """What clean state and reuse across runs did."""
+    return state.clean_lines + state.reuse_lines
+
+
+def _coverage_lines(state: PluginState) -> list[str]:
+    """The app's coverage, told once: by the session, or by the pytest-xdist controller for all workers."""
+    if state.coverage is None or hasattr(state.config, "workerinput"):
+        return []
+    return state.coverage.summary(state.config.rootpath)
 
 
 def _summary_lines(state: PluginState) -> list[str]:
@@ -406,7 +413,7 @@ def _folded_stacks(files: str, stacks: Sequence[Stack], stats: Mapping[str, AppS
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     state = state_of(terminalreporter.config)
-    lines = _summary_lines(state) + state.worker_summary + state.worker_lines
+    lines = _summary_lines(state) + state.worker_summary + state.worker_lines + _coverage_lines(state)
     if lines:
         terminalreporter.write_sep("-", "dockapp")
         for line in lines:

@@ -58,6 +58,13 @@ def test_a_node_apps_lines_are_covered_by_the_routes_its_tests_hit_and_no_others
     assert hits[4] > 0, "the /a route the session app served"
     assert hits[11] > 0, "the root route the fresh app served: each container's data is kept"
     assert hits[8] == 0, "the /b route no test asked for"
+    # under pytest-xdist: every worker's data, combined once by the controller
+    (pytester.path / "cov" / "lcov.info").unlink()
+    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "--dockapp-cov", "--dockapp-cov-lcov=cov/lcov.info")
+    result.assert_outcomes(passed=2)
+    assert result.stdout.str().count("app coverage: src/server.js") == 1, result.stdout.str()
+    hits = _lcov((pytester.path / "cov" / "lcov.info").read_text())
+    assert hits[4] > 0 and hits[11] > 0 and hits[8] == 0
 
 
 def test_an_app_whose_language_cannot_be_told_is_an_error_that_says_so(app: App, pytester: pytest.Pytester) -> None:

@@ -152,6 +152,20 @@ class AppCoverage:
                     out.append((path, script.get("functions") or []))
         return out
 
+    def to_json(self) -> dict[str, Any]:
+        """What :meth:`merge` takes (a pytest-xdist worker's coverage, sent to the controller)."""
+        with self._lock:
+            files = {str(p): {str(n): c for n, c in hits.items()} for p, hits in self.files.items()}
+            return {"files": files, "problems": list(self.problems), "containers": self.containers}
+
+    def merge(self, data: Mapping[str, Any]) -> None:
+        """Add another session's coverage (:meth:`to_json`) to this one's."""
+        with self._lock:
+            for path, hits in (data.get("files") or {}).items():
+                v8.add(self.files, Path(path), {int(n): int(c) for n, c in hits.items()})
+            self.problems += list(data.get("problems") or [])
+            self.containers += int(data.get("containers") or 0)
+
     def summary(self, root: Path) -> list[str]:
         """``app coverage: server.js 87 % (missed 40-44)``, one line per file, and the problems."""
         lines = []
