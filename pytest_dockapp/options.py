@@ -97,8 +97,7 @@ def _bool(value: str | bool) -> bool:
     raise ConfigurationError(f"{value!r} is not a boolean", hint="valid: true, false, 1, 0")
 
 
-def _reuse(value: str | bool) -> bool | str:
-    """On, off, or ``force``: on in CI too."""
+def _reuse(value: str | bool) -> bool | str:  # on, off, or force: on in CI too
     return "force" if str(value).strip().lower() == "force" else _bool(value)
 
 
@@ -112,8 +111,7 @@ def _pair(form: str, example: str) -> Callable[[str], tuple[str, str]]:
     return parse
 
 
-def _key_value(value: str) -> tuple[str, str]:
-    return _pair("KEY=VALUE", "BASE_IMAGE=node:20")(value)
+_key_value = _pair("KEY=VALUE", "BASE_IMAGE=node:20")
 
 
 def _secret(value: str) -> tuple[str, str]:
@@ -362,7 +360,13 @@ SETTINGS: list[Setting] = [
     Setting("reuse_ttl", "remove a reusable app or stack unused this long", _D["ttl"], _age, shown_default="2h"),
     Setting("down", "remove this project's reusable apps and stacks, and run no test", False, kind="flag", ini=False),
     Setting(
-        "cov", "measure the coverage of the app's own code inside its containers (Node)", False, _bool, kind="flag"
+        "cov",
+        "measure the app's own code inside its containers (Node, Python); false turns off the automatic one",
+        None,
+        _bool,
+        kind="flag",
+        env="DOCKAPP_COV",
+        shown_default="on with pytest-cov's --cov",
     ),
     Setting("cov_lcov", "also write the app's coverage as an LCOV file here", metavar="PATH"),
     Setting("keep", "leave the containers of failing tests running (named *-kept)", False, kind="flag", ini=False),
@@ -553,31 +557,6 @@ def warn_at_ini(config: pytest.Config, message: str, key: str, *, from_cli: bool
     for record in records:
         config.hook.pytest_warning_recorded.call_historic(
             kwargs={"warning_message": record, "when": "config", "nodeid": "", "location": (filename, line, key)}
-        )
-
-
-#: A sweep age below this may remove a live run's resources: see :func:`check_values`.
-SAFE_SWEEP_AGE = 600.0
-
-
-def check_values(config: pytest.Config, settings: Settings) -> None:
-    """Warn about values that are valid but do something the user may not expect, at the line
-    of the ini file (or the command line) that gave them."""
-    from pytest_dockapp.core.redact import secret_build_args
-
-    for name, warning in secret_build_args(settings.build_args).items():
-        from_cli = name in settings.from_cli.get("build_args", {})
-        warn_at_ini(config, warning, "dockapp_build_args", from_cli=from_cli)
-    age = settings.sweep_age
-    if age is not None and age < SAFE_SWEEP_AGE:
-        warn_at_ini(
-            config,
-            f"dockapp_sweep_age {age:g}s is shorter than {SAFE_SWEEP_AGE / 60:g} minutes: leftovers whose owner "
-            "cannot be checked from here (another host, another PID namespace) are removed by age alone, so this "
-            "may remove the containers of a run that is still live on another host or in another PID namespace "
-            "sharing this engine; use an age longer than your longest session",
-            "dockapp_sweep_age",
-            from_cli="sweep_age" in settings.from_cli,
         )
 
 

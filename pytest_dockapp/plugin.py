@@ -15,7 +15,7 @@ import pytest
 from pytest_dockapp.distributed import XdistController, xdist_loaded
 from pytest_dockapp.engine.signals import TerminationGuard  # standard library only: cheap to load with the plugin
 from pytest_dockapp.lint_items import LintCollector
-from pytest_dockapp.options import add_options, check_ini_keys, check_values, resolve
+from pytest_dockapp.options import Settings, add_options, check_ini_keys, resolve, warn_at_ini
 from pytest_dockapp.plugin_state import STATE, PluginState
 
 if TYPE_CHECKING:
@@ -129,3 +129,28 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     guard = config.stash.get(_GUARD, None)
     if guard is not None:
         guard.reraise()  # a SIGTERM/SIGHUP run ends with that signal, after its teardown
+
+
+#: A sweep age below this may remove a live run's resources: see :func:`check_values`.
+SAFE_SWEEP_AGE = 600.0
+
+
+def check_values(config: pytest.Config, settings: Settings) -> None:
+    """Warn about values that are valid but do something the user may not expect, at the line
+    of the ini file (or the command line) that gave them."""
+    from pytest_dockapp.core.redact import secret_build_args
+
+    for name, warning in secret_build_args(settings.build_args).items():
+        from_cli = name in settings.from_cli.get("build_args", {})
+        warn_at_ini(config, warning, "dockapp_build_args", from_cli=from_cli)
+    age = settings.sweep_age
+    if age is not None and age < SAFE_SWEEP_AGE:
+        warn_at_ini(
+            config,
+            f"dockapp_sweep_age {age:g}s is shorter than {SAFE_SWEEP_AGE / 60:g} minutes: leftovers whose owner "
+            "cannot be checked from here (another host, another PID namespace) are removed by age alone, so this "
+            "may remove the containers of a run that is still live on another host or in another PID namespace "
+            "sharing this engine; use an age longer than your longest session",
+            "dockapp_sweep_age",
+            from_cli="sweep_age" in settings.from_cli,
+        )

@@ -4,6 +4,7 @@ what to report, and the helpers every fixture uses."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,13 +177,24 @@ class PluginState:
                 )
                 s = self.settings
                 self._apps.settings(sweep_kept=s.sweep_kept, warned_args=s.build_args)  # warned at configure
-                if s.cov:
-                    from pytest_dockapp.appcov.collect import AppCoverage
-
-                    self.coverage = AppCoverage()
-                    self._apps.watch(self.coverage)
+                self._watch_coverage(self._apps)
             except DockappError as exc:
                 self.error = exc
+
+    def _watch_coverage(self, apps: AppManager) -> None:
+        """``--dockapp-cov``, or pytest-cov's ``--cov`` unless turned off: the apps' own code is
+        measured, and with pytest-cov, its data goes where pytest-cov combines its own."""
+        plugin = self.config.pluginmanager.get_plugin("_cov")
+        controller = getattr(plugin, "cov_controller", None) if plugin is not None else None
+        cov = getattr(controller, "cov", None)
+        if self.settings.cov is False or (self.settings.cov is None and cov is None):
+            return
+        from pytest_dockapp.appcov.collect import AppCoverage, CoverageOptions
+
+        data = os.path.abspath(cov.config.data_file) if cov is not None else None
+        branch = bool(cov.config.branch) if cov is not None else False
+        self.coverage = AppCoverage(CoverageOptions(self.settings.cov is True, data, branch))
+        apps.watch(self.coverage)
 
     def session_options(self) -> SessionOptions:
         """The session's side of every build and app, from the settings."""

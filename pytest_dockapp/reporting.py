@@ -181,6 +181,17 @@ def _image_properties(item: pytest.Item, app: DockApp) -> list[tuple[str, str]]:
     return figures.properties()
 
 
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
+    """With app coverage, the apps of the last tests are removed (their coverage taken) before
+    pytest-cov, whose wrapper is outside this one, combines its data."""
+    result = yield
+    state = state_of(session.config)
+    if state.coverage is not None and state.started is not None:
+        state.started.settle()
+    return result
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     state = state_of(config)

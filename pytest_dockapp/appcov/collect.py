@@ -8,21 +8,26 @@ repository's files by the Dockerfile's ``COPY`` lines.
 
 * **Node**: ``NODE_V8_COVERAGE`` and a ``--require``'d hook that, when a trigger file appears,
   writes the coverage so far (``v8.takeCoverage()``); a process that exits writes its own.
+* **Python**: this machine's coverage.py, copied in and started by a ``sitecustomize``
+  (:mod:`pytest_dockapp.appcov.python`); its data also goes where pytest-cov combines its own,
+  so that ``pytest --cov`` reports the app's lines.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
 import tarfile
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_dockapp.appcov import v8
+from pytest_dockapp.appcov import python, v8
 from pytest_dockapp.appcov.paths import PathMap
 from pytest_dockapp.core.errors import DockappError
 from pytest_dockapp.run.options import InjectedFile, Preparation
@@ -34,7 +39,7 @@ if TYPE_CHECKING:
 
 #: In the container: what is copied in, the trigger, and what the app writes.
 HOME = "/tmp/.dockapp-cov"
-_NODE_HOOK = """// pytest-dockapp: write V8's coverage so far when the trigger file changes.
+HOOK = """// pytest-dockapp: write V8's coverage so far when the trigger file changes.
 const fs = require("fs"), path = require("path"), v8 = require("v8");
 const home = path.dirname(process.env.NODE_V8_COVERAGE);
 let seen = 0;
@@ -56,15 +61,25 @@ class CoverageError(DockappError):
 
 
 def language(image: Mapping[str, Any]) -> str | None:
-    """``node`` or None, by the image's command and environment."""
+    """``node``, ``python`` or None, by the image's command and environment."""
     config = image.get("Config") or {}
     words = [posixpath.basename(str(w)) for w in [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]]
     env = {str(e).partition("=")[0] for e in config.get("Env") or []}
-    if any(w in ("node", "nodejs", "npm", "npx", "yarn") or w.startswith("node ") for w in words):
+    if any(w in ("node", "nodejs", "npm", "npx", "yarn") for w in words) or "NODE_VERSION" in env:
         return "node"
-    if "NODE_VERSION" in env:
-        return "node"
+    if python.is_python(words, env):
+        return "python"
     return None
+
+
+@dataclass(frozen=True)
+class CoverageOptions:
+    """How the session measures: ``strict`` (asked for: an app of an unknown language is an
+    error, not a line of the summary), and pytest-cov's data file and branch setting, if it runs."""
+
+    strict: bool = True
+    pytest_cov_data: str | None = None
+    branch: bool = False
 
 
 class AppCoverage:
@@ -72,13 +87,15 @@ class AppCoverage:
     container (an :class:`~pytest_dockapp.run.options.Instrument`), then the counts per file of
     the repository in :attr:`files`; :attr:`problems` says what could not be measured."""
 
-    def __init__(self) -> None:
+    def __init__(self, options: CoverageOptions | None = None) -> None:
+        self.options = options or CoverageOptions()
         self.files: dict[Path, v8.Hits] = {}
         self.problems: list[str] = []
         self.containers = 0
         self.seconds = 0.0  # spent taking coverage out of containers
         self._watched: dict[str, tuple[str, PathMap]] = {}  # by container name: language and map
         self._lock = threading.Lock()
+        self._written = 0  # data files given to pytest-cov
 
     def prepare(
         self, name: str, build: BuildRecord, image: Mapping[str, Any], env: Mapping[str, str]
@@ -86,71 +103,74 @@ class AppCoverage:
         kind = language(image)
         if kind is None:
             config = image.get("Config") or {}
+            what = f"cannot tell the language of image {build.tag or build.image_id[:19]}"
+            if not self.options.strict:
+                with self._lock:
+                    self.problems.append(f"{name}: {what}; not measured")
+                return None
             raise CoverageError(
-                f"cannot tell the language of image {build.tag or build.image_id[:19]}, so its coverage cannot be "
-                "measured",
+                f"{what}, so its coverage cannot be measured",
                 evidence=f"ENTRYPOINT {config.get('Entrypoint')}, CMD {config.get('Cmd')}",
                 evidence_title="the image runs",
-                hint="coverage is measured for Node apps (a CMD or ENTRYPOINT that runs node, npm or yarn); "
-                "drop --dockapp-cov for this app",
+                hint="coverage is measured for Node apps (a CMD or ENTRYPOINT that runs node, npm or yarn) and "
+                "Python apps (python, gunicorn, uvicorn...); drop --dockapp-cov for this app",
             )
         paths = PathMap.read(build.dockerfile, build.context, build.target, build.build_args)
-        node_options = " ".join(filter(None, [env.get("NODE_OPTIONS", ""), f"--require {HOME}/hook.js"]))
-        prepared = Preparation(
-            env=(("NODE_V8_COVERAGE", f"{HOME}/v8"), ("NODE_OPTIONS", node_options)),
-            files=(InjectedFile(f"{HOME}/hook.js", "content", _NODE_HOOK, mode=0o444),),
-        )
+        if kind == "python":
+            prepared = python.preparation(HOME, env, python.env_of(image), self.options.branch)
+        else:
+            node_options = " ".join(filter(None, [env.get("NODE_OPTIONS", ""), f"--require {HOME}/hook.js"]))
+            # the app's user may be anyone: it writes its coverage and the flush markers in HOME
+            files = (InjectedFile(HOME, "folder", "", mode=0o777), InjectedFile(f"{HOME}/hook.js", "content", HOOK))
+            prepared = Preparation(
+                env=(("NODE_V8_COVERAGE", f"{HOME}/v8"), ("NODE_OPTIONS", node_options)), files=files
+            )
         with self._lock:
             self._watched[name] = (kind, paths)
         return prepared
 
     def collect(self, client: docker.DockerClient, container_id: str, name: str) -> None:
+        with self._lock:
+            kind, paths = self._watched.pop(name, ("", PathMap(Path("."), ())))
+        if not kind:
+            return
         began = time.perf_counter()
         try:
-            found = self._take(client, container_id)
+            _flush(client, container_id)
+            if kind == "node":
+                found = _node(client, container_id, paths)
+            else:
+                found = self._python(client, container_id, paths, name)
         except Exception as exc:  # the app's teardown goes on: the summary says what is missing
             with self._lock:
                 self.problems.append(f"{name}: its coverage could not be taken out ({type(exc).__name__}: {exc})")
             return
         with self._lock:
-            _, paths = self._watched.pop(name)
             self.containers += 1
             self.seconds += time.perf_counter() - began
-            for url_path, functions in found:
-                repo = paths.to_repo(url_path)
-                if repo is None:
-                    continue
-                try:
-                    text = repo.read_text(encoding="utf-8", errors="replace")
-                except OSError:
-                    continue
-                v8.add(self.files, repo, v8.line_hits(text, functions))
+            for path, hits in found.items():
+                v8.add(self.files, path, hits)
 
-    def _take(self, client: docker.DockerClient, container_id: str) -> list[tuple[str, list[Any]]]:
-        """Ask a running app to write its coverage, wait for it, and read every file it wrote."""
-        running = bool(client.api.inspect_container(container_id)["State"].get("Running"))
-        if running:
-            before = _names(client, container_id)
-            stamp = io.BytesIO()
-            with tarfile.open(fileobj=stamp, mode="w") as archive:
-                info = tarfile.TarInfo("flush")
-                info.mtime, info.mode = int(time.time()) + 1, 0o644
-                archive.addfile(info, io.BytesIO(b""))
-            client.api.put_archive(container_id, HOME, stamp.getvalue())
-            deadline = time.monotonic() + FLUSH_WAIT
-            while time.monotonic() < deadline:
-                if any(n.startswith("flushed-") for n in _names(client, container_id) - before):
-                    break
-                time.sleep(0.05)
-        out = []
-        for member, data in _files(client, container_id, f"{HOME}/v8"):
-            if not member.endswith(".json"):
-                continue
-            for script in json.loads(data).get("result") or []:
-                path = v8.script_path(str(script.get("url") or ""))
-                if path is not None:
-                    out.append((path, script.get("functions") or []))
-        return out
+    def _python(self, client: docker.DockerClient, container_id: str, paths: PathMap, name: str) -> dict[Path, v8.Hits]:
+        blobs, error = [], None
+        for member, blob in _files(client, container_id, HOME):
+            base = posixpath.basename(member)
+            if base == "error":
+                error = blob
+            elif base.startswith(".coverage."):
+                blobs.append(blob)
+        if error is not None:
+            with self._lock:
+                self.problems.append(f"{name}: {python.failure(error)}")
+        data = python.remap(blobs, paths) if blobs else None
+        if data is None:
+            return {}
+        if self.options.pytest_cov_data:
+            with self._lock:
+                self._written += 1
+                suffix = f"dockapp.{os.getpid()}.{self._written}"
+            python.write_for_pytest_cov(data, self.options.pytest_cov_data, suffix)
+        return python.line_hits(data)
 
     def to_json(self) -> dict[str, Any]:
         """What :meth:`merge` takes (a pytest-xdist worker's coverage, sent to the controller)."""
@@ -177,6 +197,44 @@ class AppCoverage:
         if self.containers == 0 and not self.problems:
             lines.append("app coverage: no watched app ran (only apps built from the project's Dockerfiles are)")
         return lines + [f"app coverage: {p}" for p in self.problems]
+
+
+def _node(client: docker.DockerClient, container_id: str, paths: PathMap) -> dict[Path, v8.Hits]:
+    """The V8 coverage files the app wrote, as lines of the repository's files."""
+    found: dict[Path, v8.Hits] = {}
+    for member, data in _files(client, container_id, f"{HOME}/v8"):
+        if not member.endswith(".json"):
+            continue
+        for script in json.loads(data).get("result") or []:
+            path = v8.script_path(str(script.get("url") or ""))
+            repo = paths.to_repo(path) if path is not None else None
+            if repo is None:
+                continue
+            try:
+                text = repo.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            v8.add(found, repo, v8.line_hits(text, script.get("functions") or []))
+    return found
+
+
+def _flush(client: docker.DockerClient, container_id: str) -> None:
+    """Ask a running app to write what it ran so far (the hooks watch a trigger file), and wait
+    until it says it did; an app that ended wrote its own at its exit."""
+    if not client.api.inspect_container(container_id)["State"].get("Running"):
+        return
+    before = _names(client, container_id)
+    stamp = io.BytesIO()
+    with tarfile.open(fileobj=stamp, mode="w") as archive:
+        info = tarfile.TarInfo("flush")
+        info.mtime, info.mode = int(time.time()) + 1, 0o644
+        archive.addfile(info, io.BytesIO(b""))
+    client.api.put_archive(container_id, HOME, stamp.getvalue())
+    deadline = time.monotonic() + FLUSH_WAIT
+    while time.monotonic() < deadline:
+        if any(n.startswith("flushed-") or n == "error" for n in _names(client, container_id) - before):
+            return
+        time.sleep(0.05)
 
 
 def _names(client: docker.DockerClient, container_id: str) -> set[str]:

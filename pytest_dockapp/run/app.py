@@ -518,6 +518,8 @@ class AppRunner:
                 data = item.content()
                 info = tarfile.TarInfo(item.path.lstrip("/"))
                 info.size, info.mode, info.uid, info.gid = len(data), item.mode, item.uid, item.gid
+                if item.kind == "folder":
+                    info.type = tarfile.DIRTYPE
                 info.mtime = int(time.time())
                 archive.addfile(info, io.BytesIO(data))
         try:

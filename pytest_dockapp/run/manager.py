@@ -97,6 +97,10 @@ class AppManager:
         self.closers: list[Callable[[], None]] = []
         self._instrument: Instrument | None = None
 
+    def settle(self) -> None:
+        """Wait for the removals running in the background (of earlier tests' apps)."""
+        self.running.finish_removals()
+
     def watch(self, instrument: Instrument) -> None:
         """Have ``instrument`` watch every app built from the project's Dockerfiles (coverage)."""
         self._instrument = instrument

@@ -108,7 +108,7 @@ class InjectedFile:
     environment variable's name, or inline content; never a secret's value), its mode and owner."""
 
     path: str
-    kind: str  # file | environment | content
+    kind: str  # file | environment | content | folder (made with its mode; ref unused)
     ref: str
     mode: int = 0o444
     uid: int = 0
@@ -122,6 +122,8 @@ class InjectedFile:
         from pytest_dockapp.core.errors import ComposeError
 
         what = "secret" if self.secret else "config"
+        if self.kind == "folder":
+            return b""
         if self.kind == "content":
             return self.ref.encode()
         if self.kind == "environment":
