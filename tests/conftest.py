@@ -21,6 +21,7 @@ from .helpers import (
     ENGINE_IS_LOCAL,
     NODE_BASE,
     POSTGRES_BASE,
+    PYTHON_BASE,
     REDIS_BASE,
     ROOT,
     SUITE_RUN_LABEL,
@@ -185,6 +186,12 @@ def redis_base(docker_client: Any) -> str:
 def postgres_base(docker_client: Any) -> str:
     """A local PostgreSQL 15 base (mmdebstrap, built once when missing)."""
     return _ensure_base(docker_client, POSTGRES_BASE, "postgres")
+
+
+@pytest.fixture(scope="session")
+def python_base(docker_client: Any) -> str:
+    """A local python3 (3.11) base (mmdebstrap, built once when missing)."""
+    return _ensure_base(docker_client, PYTHON_BASE, "python")
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "dockapp-test/busybox:1"
 REDIS_BASE = "dockapp-test/redis:bookworm"
 POSTGRES_BASE = "dockapp-test/postgres:bookworm"
+PYTHON_BASE = "dockapp-test/python:bookworm"
 NODE_BASE = os.environ.get("DOCKAPP_TEST_NODE_BASE", "dockapp-test/node:bookworm")
 
 #: The engine this suite runs against, and where its published ports are dialled.

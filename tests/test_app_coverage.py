@@ -3,9 +3,15 @@ it: a Node app, its lines mapped back to the repository by the Dockerfile's COPY
 
 from __future__ import annotations
 
+import re
+import shlex
+import subprocess
+import sys
+from typing import Any
+
 import pytest
 
-from .helpers import App
+from .helpers import ROOT, App
 
 SERVER = """const http = require("http");
 const server = http.createServer((req, res) => {
@@ -60,7 +66,9 @@ def test_a_node_apps_lines_are_covered_by_the_routes_its_tests_hit_and_no_others
     assert hits[8] == 0, "the /b route no test asked for"
     # under pytest-xdist: every worker's data, combined once by the controller
     (pytester.path / "cov" / "lcov.info").unlink()
-    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "--dockapp-cov", "--dockapp-cov-lcov=cov/lcov.info")
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "-n", "2", "--dockapp-cov", "--dockapp-cov-lcov=cov/lcov.info"
+    )
     result.assert_outcomes(passed=2)
     assert result.stdout.str().count("app coverage: src/server.js") == 1, result.stdout.str()
     hits = _lcov((pytester.path / "cov" / "lcov.info").read_text())
@@ -75,3 +83,23 @@ def test_an_app_whose_language_cannot_be_told_is_an_error_that_says_so(app: App,
     result.stdout.fnmatch_lines(
         ["*cannot tell the language of image *, so its coverage cannot be measured*", "*hint: coverage is measured*"]
     )
+
+
+def test_a_python_apps_own_lines_show_in_pytest_covs_report_as_its_readme_runs_it(
+    python_base: str, docker_client: Any
+) -> None:
+    readme = (ROOT / "example-python-app" / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if "BASE_IMAGE=dockapp-test/python:bookworm" in x)
+    words = shlex.split(line.replace("dockapp-test/python:bookworm", python_base))
+    cmd = [sys.executable, "-m", *words, "-p", "no:cacheprovider"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = re.search(r"^example-python-app/app\.py\s+(\d+)\s+(\d+)\s+(\d+)%\s*(.*)$", out.stdout, re.M)
+    assert report is not None, out.stdout
+    missed = report.group(4)
+    source = (ROOT / "example-python-app" / "app.py").read_text().splitlines()
+    not_found = next(n for n, text in enumerate(source, 1) if '"not found"' in text)
+    hello = next(n for n, text in enumerate(source, 1) if '"hello": name' in text)
+    assert str(not_found) in missed.replace("-", " ").split(), out.stdout  # the route no test asks for
+    assert str(hello) not in missed, out.stdout  # the route a test asked for, inside the container
+    assert not list(ROOT.glob(".coverage.dockapp.*")), "pytest-cov combined (and removed) the app's data"

@@ -148,6 +148,11 @@ class AppCoverage:
         with self._lock:
             self.containers += 1
             self.seconds += time.perf_counter() - began
+            if not found:
+                self.problems.append(
+                    f"{name}: no file it ran maps to one of the repository by the Dockerfile's COPY lines "
+                    f"({', '.join(f'{a} <- {b}' for a, b in paths.copies) or 'none from the context'})"
+                )
             for path, hits in found.items():
                 v8.add(self.files, path, hits)
 

@@ -33,14 +33,17 @@ class PathMap:
         stage = df.target_stage(target)
         scopes = df.scopes(build_args)
         copies: list[tuple[str, str]] = []
+        folders = {"/"}  # known to be folders in the image: every WORKDIR made one
         for ins in stage.instructions:
+            scope = scopes[ins.key]
+            folders.add(scope.workdir)
             sources = copy_sources(ins)
             if not sources:
                 continue
-            scope = scopes[ins.key]
             dest_word = expand(split_words(ins.args)[-1], scope.variables)
             dest = posixpath.normpath(posixpath.join(scope.workdir, dest_word))
-            into_folder = dest_word.endswith("/") or len(sources) > 1
+            # as the builder decides: a destination ending in "/" (or ".") or an existing folder
+            into_folder = dest_word.endswith(("/", ".")) or len(sources) > 1 or dest in folders
             for source in sources:
                 src = normalize_source(expand(source, scope.variables))
                 if src is None or any(ch in src for ch in "*?["):
