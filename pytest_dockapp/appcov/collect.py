@@ -181,7 +181,12 @@ class AppCoverage:
         """What :meth:`merge` takes (a pytest-xdist worker's coverage, sent to the controller)."""
         with self._lock:
             files = {str(p): {str(n): c for n, c in hits.items()} for p, hits in self.files.items()}
-            return {"files": files, "problems": list(self.problems), "containers": self.containers}
+            return {
+                "files": files,
+                "problems": list(self.problems),
+                "containers": self.containers,
+                "seconds": self.seconds,
+            }
 
     def merge(self, data: Mapping[str, Any]) -> None:
         """Add another session's coverage (:meth:`to_json`) to this one's."""
@@ -190,6 +195,7 @@ class AppCoverage:
                 v8.add(self.files, Path(path), {int(n): int(c) for n, c in hits.items()})
             self.problems += list(data.get("problems") or [])
             self.containers += int(data.get("containers") or 0)
+            self.seconds += float(data.get("seconds") or 0.0)
 
     def summary(self, root: Path) -> list[str]:
         """``app coverage: server.js 87 % (missed 40-44)``, one line per file, and the problems."""
@@ -201,6 +207,9 @@ class AppCoverage:
             lines.append(f"app coverage: {name} {percent:.0f} %" + (f" (missed {v8.ranges(missed)})" if missed else ""))
         if self.containers == 0 and not self.problems:
             lines.append("app coverage: no watched app ran (only apps built from the project's Dockerfiles are)")
+        elif self.containers:
+            many = "s" if self.containers != 1 else ""
+            lines.append(f"app coverage: taken from {self.containers} container{many} in {self.seconds:.2f}s in all")
         return lines + [f"app coverage: {p}" for p in self.problems]
 
 
