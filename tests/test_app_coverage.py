@@ -137,3 +137,19 @@ def test_a_python_in_the_image_that_cannot_run_coverage_is_named_with_both_versi
     result.stdout.fnmatch_lines(
         [f"app coverage: *: the image's Python 3.* could not start this machine's coverage.py {coverage.__version__} *"]
     )
+
+
+def test_a_read_only_service_is_an_error_that_says_why_its_coverage_cannot_be_measured(
+    app: App, pytester: pytest.Pytester, node_base: str
+) -> None:
+    (pytester.path / "src").mkdir()
+    (pytester.path / "src" / "server.js").write_text(SERVER)
+    (pytester.path / "Dockerfile").write_text(DOCKERFILE.format(node=node_base))
+    (pytester.path / "compose.yaml").write_text("services:\n  web: {build: ., read_only: true}\n")
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makepyfile("def test_up(dockapp):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-cov")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*web from * has a read-only root filesystem, so its coverage cannot be measured*", "*drop read_only*"]
+    )

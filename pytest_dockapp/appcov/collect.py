@@ -98,22 +98,28 @@ class AppCoverage:
         self._written = 0  # data files given to pytest-cov
 
     def prepare(
-        self, name: str, build: BuildRecord, image: Mapping[str, Any], env: Mapping[str, str]
+        self, name: str, build: BuildRecord, image: Mapping[str, Any], env: Mapping[str, str], read_only: bool
     ) -> Preparation | None:
         kind = language(image)
-        if kind is None:
+        image_name = build.tag or build.image_id[:19]
+        if kind is None or read_only:
             config = image.get("Config") or {}
-            what = f"cannot tell the language of image {build.tag or build.image_id[:19]}"
+            if kind is None:
+                what = f"cannot tell the language of image {image_name}"
+                evidence = f"ENTRYPOINT {config.get('Entrypoint')}, CMD {config.get('Cmd')}"
+                hint = "coverage is measured for Node apps (a CMD or ENTRYPOINT that runs node, npm or yarn) and "
+                hint += "Python apps (python, gunicorn, uvicorn...); drop --dockapp-cov for this app"
+            else:
+                what = f"{name} from {image_name} has a read-only root filesystem"
+                evidence = "read_only: true"
+                hint = "what coverage needs is copied into the container before it starts, and the engine copies "
+                hint += "nothing into a read-only one: drop read_only for the coverage run, or --dockapp-cov"
             if not self.options.strict:
                 with self._lock:
                     self.problems.append(f"{name}: {what}; not measured")
                 return None
             raise CoverageError(
-                f"{what}, so its coverage cannot be measured",
-                evidence=f"ENTRYPOINT {config.get('Entrypoint')}, CMD {config.get('Cmd')}",
-                evidence_title="the image runs",
-                hint="coverage is measured for Node apps (a CMD or ENTRYPOINT that runs node, npm or yarn) and "
-                "Python apps (python, gunicorn, uvicorn...); drop --dockapp-cov for this app",
+                f"{what}, so its coverage cannot be measured", evidence=evidence, evidence_title="the app", hint=hint
             )
         paths = PathMap.read(build.dockerfile, build.context, build.target, build.build_args)
         if kind == "python":

@@ -481,7 +481,8 @@ class AppRunner:
         """Create the container, copy its files in and join its other networks: all that comes
         before the start. Returns the container's ID."""
         if self.instrument is not None and self.build is not None and not self._instrumented:
-            prepared = self.instrument.prepare(self.name, self.build, self._image_attrs, self.env)
+            read_only = bool(self.host_options.get("read_only"))
+            prepared = self.instrument.prepare(self.name, self.build, self._image_attrs, self.env, read_only)
             if prepared is not None:
                 self.env.update(prepared.env)
                 self.files = (*self.files, *prepared.files)

@@ -202,7 +202,7 @@ class Instrument(Protocol):
     this app), :meth:`collect` before the container is removed (or after it exited)."""
 
     def prepare(
-        self, name: str, build: BuildRecord, image: Mapping[str, Any], env: Mapping[str, str]
+        self, name: str, build: BuildRecord, image: Mapping[str, Any], env: Mapping[str, str], read_only: bool
     ) -> Preparation | None: ...
 
     def collect(self, client: docker.DockerClient, container_id: str, name: str) -> None: ...
