@@ -40,6 +40,12 @@ CMD ["node", "app/server.js"]
 """
 
 
+def _node_app(pytester: pytest.Pytester, node_base: str) -> None:
+    (pytester.path / "src").mkdir()
+    (pytester.path / "src" / "server.js").write_text(SERVER)
+    (pytester.path / "Dockerfile").write_text(DOCKERFILE.format(node=node_base))
+
+
 def _lcov(text: str) -> dict[int, int]:
     return {int(n): int(c) for n, c in (line[3:].split(",") for line in text.splitlines() if line.startswith("DA:"))}
 
@@ -47,9 +53,7 @@ def _lcov(text: str) -> dict[int, int]:
 def test_a_node_apps_lines_are_covered_by_the_routes_its_tests_hit_and_no_others(
     app: App, pytester: pytest.Pytester, node_base: str
 ) -> None:
-    (pytester.path / "src").mkdir()
-    (pytester.path / "src" / "server.js").write_text(SERVER)
-    (pytester.path / "Dockerfile").write_text(DOCKERFILE.format(node=node_base))
+    _node_app(pytester, node_base)
     pytester.makepyfile(
         """
         def test_a(dockapp):
@@ -142,9 +146,7 @@ def test_a_python_in_the_image_that_cannot_run_coverage_is_named_with_both_versi
 def test_a_read_only_service_is_an_error_that_says_why_its_coverage_cannot_be_measured(
     app: App, pytester: pytest.Pytester, node_base: str
 ) -> None:
-    (pytester.path / "src").mkdir()
-    (pytester.path / "src" / "server.js").write_text(SERVER)
-    (pytester.path / "Dockerfile").write_text(DOCKERFILE.format(node=node_base))
+    _node_app(pytester, node_base)
     (pytester.path / "compose.yaml").write_text("services:\n  web: {build: ., read_only: true}\n")
     pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
     pytester.makepyfile("def test_up(dockapp):\n    pass\n")

@@ -62,6 +62,16 @@ def _reusable(client: Any, project: Path) -> list[str]:
     return sorted(c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters=flt))
 
 
+def _web_and_redis(app: App, pytester: pytest.Pytester, redis_base: str, ini: str = "") -> None:
+    """A web app and its Redis from a compose file, and a test that writes the IDs it was handed."""
+    app.httpd()
+    (pytester.path / "compose.yaml").write_text(
+        f"services:\n  web: {{build: ., depends_on: [cache]}}\n  cache: {{image: {redis_base}}}\n"
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n" + ini)
+    pytester.makepyfile(test_ids=IDS_TEST)
+
+
 def _down(pytester: pytest.Pytester) -> pytest.RunResult:
     result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-down")
     assert result.ret == 0, result.stdout.str()
@@ -72,12 +82,7 @@ def _down(pytester: pytest.Pytester) -> pytest.RunResult:
 def test_a_second_run_attaches_to_the_stack_the_first_left_running(
     app: App, pytester: pytest.Pytester, redis_base: str, docker_client: Any, dev: None
 ) -> None:
-    app.httpd()
-    (pytester.path / "compose.yaml").write_text(
-        f"services:\n  web: {{build: ., depends_on: [cache]}}\n  cache: {{image: {redis_base}}}\n"
-    )
-    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
-    pytester.makepyfile(test_ids=IDS_TEST)
+    _web_and_redis(app, pytester, redis_base)
     first = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse")
     first.assert_outcomes(passed=1)
     first.stdout.fnmatch_lines(["dockapp reuse: on;*", "reuse: started the stack compose.yaml; it stays running*"])
@@ -242,12 +247,7 @@ def test_with_dockapp_clean_each_run_of_a_reused_stack_starts_from_the_seed(
 def test_a_changed_app_source_restarts_only_the_app_and_keeps_its_database(
     app: App, pytester: pytest.Pytester, redis_base: str, docker_client: Any, dev: None
 ) -> None:
-    app.httpd()
-    (pytester.path / "compose.yaml").write_text(
-        f"services:\n  web: {{build: ., depends_on: [cache]}}\n  cache: {{image: {redis_base}}}\n"
-    )
-    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_health_path = /\n")
-    pytester.makepyfile(test_ids=IDS_TEST)
+    _web_and_redis(app, pytester, redis_base, "dockapp_health_path = /\n")
     pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse").assert_outcomes(passed=1)
     first = _ids(pytester)
     app.httpd(extra="RUN echo changed > /www/changed")

@@ -138,6 +138,7 @@ class Reuse:
         self.worker = worker
         self.lines: list[str] = []
         self._held: dict[str, FileLock] = {}
+        self._check_seconds = 0.0  # the last readiness check of what was attached to
 
     def __enter__(self) -> Reuse:
         return self
@@ -336,8 +337,6 @@ class Reuse:
         for lock in self._held.values():
             lock.release()
         self._held.clear()
-
-    _check_seconds = 0.0
 
 
 def _record_apps(record: Mapping[str, Any]) -> dict[str, Any]:

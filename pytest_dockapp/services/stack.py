@@ -193,16 +193,8 @@ class Stack(Mapping[str, DockApp]):
                 return f"service {name} {status}"
         return None
 
-    def _twin(self) -> Stack:
-        twin = Stack(
-            self.manager, self.project, main=self.main_name, main_options=self.main_options, timeout=self.timeout
-        )
-        twin.images = dict(self.images)  # built once, by the stack the test asked for
-        return twin
-
-    def reusable(self, owner: cleanup.Owner, name: str) -> Stack:
-        """A twin of this stack that outlives the session (its resources labelled by ``owner``,
-        which names its slot), named ``name`` so that the next run finds it."""
+    def _twin(self, owner: cleanup.Owner | None = None, name: str | None = None) -> Stack:
+        """A stack like this one, with its images (built once, by the stack the test asked for)."""
         twin = Stack(
             self.manager,
             self.project,
@@ -213,7 +205,14 @@ class Stack(Mapping[str, DockApp]):
             owner=owner,
             name=name,
         )
-        twin.images, twin.reused = dict(self.images), True
+        twin.images = dict(self.images)
+        return twin
+
+    def reusable(self, owner: cleanup.Owner, name: str) -> Stack:
+        """A twin of this stack that outlives the session (its resources labelled by ``owner``,
+        which names its slot), named ``name`` so that the next run finds it."""
+        twin = self._twin(owner, name)
+        twin.reused = True
         return twin
 
     def start(self) -> Stack:
@@ -516,17 +515,7 @@ class Stack(Mapping[str, DockApp]):
         """A twin of this stack (built, not started) that is the running one an earlier run
         recorded with :meth:`record` and left for reuse: what :meth:`restart` starts in it has this
         stack's settings and ``owner``'s labels, and this run's build records stay."""
-        twin = Stack(
-            self.manager,
-            self.project,
-            main=self.main_name,
-            host_ports=self.host_ports,
-            main_options=self.main_options,
-            timeout=self.timeout,
-            owner=owner,
-            name=data["name"],
-        )
-        twin.images, twin.reused = dict(self.images), True
+        twin = self.reusable(owner, data["name"])
         twin._adopt(data)
         return twin
 
