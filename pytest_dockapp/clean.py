@@ -49,6 +49,7 @@ def dockapp_clean_state(request: pytest.FixtureRequest, dockapp_seed: Any) -> It
             snapshot = StackState.capture(stack)
         except DockappError as exc:
             fail_on(exc, state)
+    state.watch_clean_state(snapshot, stack)
     yield snapshot
     snapshot.close()
     line = snapshot.summary()

@@ -97,13 +97,6 @@ def _build(
     return image
 
 
-def session_budget(state: PluginState, image: Image, kinds: Sequence[str]) -> None:
-    __tracebackhide__ = True
-    from pytest_dockapp.marker import session_budget as check  # a plugin module: pytest imports it first
-
-    check(state, image, kinds)
-
-
 @pytest.fixture(scope="session")
 def dockapp_image(
     request: pytest.FixtureRequest,
@@ -118,6 +111,8 @@ def dockapp_image(
     ``dockapp_compose``, the image of the app's service."""
     __tracebackhide__ = True
     state = state_of(pytestconfig)
+    from pytest_dockapp.marker import session_budget  # a plugin module: imported here once pytest has
+
     if dockapp_compose:  # with --dockapp-image too: the stack's app service runs it
         stack = request.getfixturevalue("dockapp_services")
         image: Image = stack.images[stack.main_name]
@@ -245,6 +240,8 @@ def dockapp(
         timeout=pick(state, "timeout", dockapp_timeout),
         ready=pick(state, "ready", dockapp_ready),
     )
+    from pytest_dockapp.marker import session_budget
+
     if request.getfixturevalue("dockapp_compose"):
         main = request.getfixturevalue("dockapp_services").main
         with told_once("the session app's budget"):
@@ -296,6 +293,9 @@ def dockapp_services(
         seeds = any("dockapp_clean" in getattr(i, "fixturenames", ()) for i in request.session.items)
         stack = _stack(state, files, pick(state, "service", dockapp_service), main_options, timeout, True, seeds=seeds)
     yield stack
+    if state.keeps(stack):  # --dockapp-keep kept a failing test's database in it: it stays, renamed *-kept
+        state.failed_apps.update(app.name for app in stack.leave())
+        return
     _close_stack(state, stack)
 
 

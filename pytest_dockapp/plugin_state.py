@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pytest_dockapp.services.compose import Project
     from pytest_dockapp.services.reuse import Reuse
     from pytest_dockapp.services.stack import Stack
+    from pytest_dockapp.services.state import StackState
 
 
 class EarlyStart(Protocol):
@@ -57,6 +58,8 @@ class PluginState:
         self.worker_summary: list[str] = []  # the workers' summaries, merged (distributed.merge_summaries)
         self.removed_images: list[str] = []
         self._clean_lines: list[str] = []  # what dockapp_clean's restores took, one line per stack
+        self._clean: tuple[StackState, Stack] | None = None  # the session stack's snapshot, once taken
+        self._kept_data: list[tuple[str, Stack, str, str]] = []  # (test, stack, service, database)
         self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps
         self.teardown_error: str | None = None
         self.progress = Progress(config)
@@ -126,6 +129,39 @@ class PluginState:
     def reuse_lines(self) -> list[str]:
         """What reuse across runs did, for the summary."""
         return list(self._reuse.lines) if self._reuse is not None else []
+
+    def watch_clean_state(self, snapshot: StackState, stack: Stack) -> None:
+        """The session stack's snapshot, so that a failing test's data can be kept (``--dockapp-keep``)."""
+        self._clean = (snapshot, stack)
+
+    def keep_clean_data(self, nodeid: str) -> None:
+        """``--dockapp-keep``: what the failing test ``nodeid`` left in its databases is kept
+        under new names (the next test gets the seed), and its stack left running at the end."""
+        if self._clean is None:
+            return
+        from pytest_dockapp.core.errors import DockappError
+
+        snapshot, stack = self._clean
+        try:
+            kept = snapshot.keep()
+        except DockappError as exc:
+            self._clean_lines.append(f"the databases {nodeid} wrote could not be kept: {exc.what}")
+            return
+        self._kept_data += [(nodeid, stack, service.name, database) for service, database in kept]
+
+    def keeps(self, stack: Stack) -> bool:
+        """Whether a failing test's data was kept in ``stack``: it stays running at the end."""
+        return any(kept is stack for _, kept, _, _ in self._kept_data)
+
+    def kept_data_lines(self) -> list[str]:
+        """Where each kept database is, and the command that connects to it."""
+        from pytest_dockapp.services.state import connect_command
+
+        return [
+            f"kept the database {nodeid} left: {database} in {stack[service].name}; "
+            f"connect: {connect_command(stack, service, database)}"
+            for nodeid, stack, service, database in self._kept_data
+        ]
 
     def add_clean_line(self, line: str) -> None:
         """A line for the terminal summary about a stack's clean-state restores."""

@@ -69,6 +69,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         since = item.stash.get(ITEM_START, None)
         state = state_of(item.config)
         state.failed_apps.update(a.name for a in from_fixtures + apps)
+        if report.when == "call" and state.settings.keep and "dockapp_clean" in getattr(item, "fixturenames", ()):
+            state.keep_clean_data(item.nodeid)
         from pytest_dockapp.core.errors import cap
         from pytest_dockapp.run.readiness.logs import probes_note, without_probes
 
@@ -231,8 +233,8 @@ def _write_lcov(state: PluginState) -> None:
 
 
 def _feature_lines(state: PluginState) -> list[str]:
-    """What clean state and reuse across runs did."""
-    return state.clean_lines + state.reuse_lines
+    """What clean state (and the databases kept for failing tests) and reuse across runs did."""
+    return state.clean_lines + state.kept_data_lines() + state.reuse_lines
 
 
 def _coverage_lines(state: PluginState) -> list[str]:

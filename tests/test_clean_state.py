@@ -3,9 +3,15 @@ suite uses it: a real PostgreSQL and Redis from a compose file."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 import textwrap
+from typing import Any
 
 import pytest
+
+from pytest_dockapp.engine import cleanup
+from pytest_dockapp.services.resources import STACK_LABEL
 
 from .helpers import App
 
@@ -152,3 +158,44 @@ def test_under_xdist_each_workers_stack_is_restored_on_its_own_and_a_shared_one_
     result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2")
     result.assert_outcomes(errors=4)
     result.stdout.fnmatch_lines(["*hint: set dockapp_compose_scope = worker*"])
+
+
+def test_with_keep_a_failing_tests_database_is_kept_with_the_command_that_opens_it(
+    app: App, pytester: pytest.Pytester, postgres_base: str, docker_client: Any
+) -> None:
+    app.httpd()
+    compose = "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n  db:\n"
+    compose += f"    image: {postgres_base}\n"
+    compose += '    healthcheck: {test: "pg_isready -h 127.0.0.1", interval: 1s, retries: 30}\n'
+    (pytester.path / "compose.yaml").write_text(compose)
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    seed_db_only = CONFTEST.split("    cache.exec")[0]
+    pytester.makeconftest(
+        seed_db_only.replace(
+            'db, cache = dockapp_services["db"], dockapp_services["cache"]', 'db = dockapp_services["db"]'
+        )
+    )
+    pytester.makepyfile(
+        test_keep="""
+        from conftest import psql
+
+        def test_writes_and_fails(dockapp_clean, dockapp_services):
+            psql(dockapp_services["db"], "INSERT INTO items VALUES (-1)")
+            assert False, "a bug"
+
+        def test_the_next_one_sees_the_seed(dockapp_clean, dockapp_services):
+            assert psql(dockapp_services["db"], "SELECT count(*) FROM items") == "1000"
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-keep")
+    kept = [c for c in docker_client.api.containers(all=True) if c["Names"][0].endswith("-db-kept")]
+    try:
+        result.assert_outcomes(passed=1, failed=1)
+        line = next(x for x in result.outlines if x.startswith("kept the database test_keep.py::test_writes_and_fails"))
+        assert " app_kept_1 in " in line and "-db-kept; connect: docker exec -it " in line, line
+        command = [w for w in shlex.split(line.split("connect: ", 1)[1]) if w != "-it"]
+        out = subprocess.run([*command, "-Atc", "SELECT count(*) FROM items"], capture_output=True, text=True)
+        assert out.stdout.strip() == "1001", out  # what the failing test left, to look at
+    finally:
+        for container in kept:  # this session's kept stack, by its label
+            cleanup.remove_labelled(docker_client, f"{STACK_LABEL}={container['Labels'][STACK_LABEL]}")

@@ -462,6 +462,13 @@ class Stack(Mapping[str, DockApp]):
         else:
             self.manager.running.later(self._remove, [r.name for r in self._runners])
 
+    def leave(self) -> list[DockApp]:
+        """Leave the stack running past the session (``--dockapp-keep``): its containers, returned,
+        go as the session's kept apps do (renamed ``*-kept``), its network and volumes stay with them."""
+        self.manager.forget_close(self.close)
+        self._closed = True
+        return [*self.services.values(), *self.completed.values()]
+
     def _remove(self) -> None:
         with self._removing:
             self._remove_once()

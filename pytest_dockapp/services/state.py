@@ -41,7 +41,7 @@ class ServiceState(Protocol):
 
     def snapshot(self) -> None: ...
 
-    def restore(self) -> None: ...
+    def restore(self, keep_as: str | None = None) -> list[str]: ...
 
     def keep_as_started(self) -> None: ...
 
@@ -194,11 +194,13 @@ class PostgresState:
             )
         self._clean_at = psql.run("SELECT pg_current_wal_lsn();")[0]
 
-    def restore(self) -> None:
+    def restore(self, keep_as: str | None = None) -> list[str]:
+        """Swap the clean clones in; with ``keep_as``, what a test left is kept under that name
+        (``app_kept_1``), not dropped. Returns the databases kept."""
         self._wait_background()
         psql = self._psql()
         if not self.databases or psql.run("SELECT pg_current_wal_lsn();")[0] == self._clean_at:
-            return  # nothing was written since the databases were as seeded
+            return []  # nothing was written since the databases were as seeded
         names = ", ".join(_sql_text(name) for name, _ in self.databases)
         sql = [f"ALTER DATABASE {_sql_name(name)} ALLOW_CONNECTIONS false;" for name, _ in self.databases]
         sql.append(
@@ -210,18 +212,25 @@ class PostgresState:
             f"pg_stat_activity WHERE datname IN ({names}) AND pid <> pg_backend_pid()); PERFORM pg_sleep(0.002); "
             "END LOOP; END $$;"
         )
+        kept = []
         for name, _ in self.databases:
             _, ready, old = self._names(name)
+            if keep_as:
+                old = f"{name[:48]}_{keep_as}"
+                kept.append(old)
             sql += [
                 f"ALTER DATABASE {_sql_name(name)} RENAME TO {_sql_name(old)};",
                 f"ALTER DATABASE {_sql_name(ready)} RENAME TO {_sql_name(name)};",
             ]
+            if keep_as:  # closed to the app for the swap; open to whoever looks at it now
+                sql.append(f"ALTER DATABASE {_sql_name(old)} ALLOW_CONNECTIONS true;")
         # The position right after the swap: the clone work of the background moves it on, so a
         # test is taken as clean only when nothing at all was written since (never one that wrote
         # while the next clone was being made).
         self._clean_at = psql.run("\n".join([*sql, "SELECT pg_current_wal_lsn();"]))[-1]
         self._background = threading.Thread(target=self._prepare_next, name="dockapp-clone", daemon=True)
         self._background.start()
+        return kept
 
     def keep_as_started(self) -> None:
         """Copy every database to ``<name>_dockapp_base``, for :meth:`back_to_start` in a later run
@@ -371,7 +380,8 @@ class RedisState:
         finally:
             client.close()
 
-    def restore(self) -> None:
+    def restore(self, keep_as: str | None = None) -> list[str]:
+        """``FLUSHALL`` and the seeded keys back; nothing is kept (``keep_as`` is PostgreSQL's)."""
         commands: list[list[bytes]] = [[b"FLUSHALL"]]
         for db, keys in self.keys.items():
             commands.append([b"SELECT", str(db).encode()])
@@ -381,6 +391,7 @@ class RedisState:
             client.call(*commands)
         finally:
             client.close()
+        return []
 
     def keep_as_started(self) -> None:
         """A Redis server starts empty (its volume is the stack's own, made new with it)."""
@@ -418,6 +429,7 @@ class StackState:
         self.services = services
         self.last_seconds = 0.0
         self.seconds: list[float] = []  # each restore's
+        self.kept = 0  # databases kept for failing tests (--dockapp-keep)
 
     @classmethod
     def of(cls, stack: Stack) -> StackState:
@@ -480,6 +492,12 @@ class StackState:
         self.seconds.append(self.last_seconds)
         return self.last_seconds
 
+    def keep(self) -> list[tuple[ServiceState, str]]:
+        """Keep what a failing test left in each PostgreSQL database (``<db>_kept_<n>``) and put
+        the seed back for the next test; the services and databases kept."""
+        self.kept += 1
+        return [(svc, db) for svc in self.services for db in svc.restore(keep_as=f"kept_{self.kept}")]
+
     def summary(self) -> str | None:
         """One line for the terminal summary: how many restores, of what, how long on the tests' path."""
         if not self.seconds:
@@ -498,3 +516,10 @@ class StackState:
         for service in self.services:
             with contextlib.suppress(Exception):  # the stack may be gone already
                 service.close()
+
+
+def connect_command(stack: Stack, service: str, database: str) -> str:
+    """The command that opens ``database`` of ``stack``'s PostgreSQL service ``service``."""
+    svc = stack.project.services[service]
+    user = svc.environment.get("POSTGRES_USER") or "postgres"
+    return f"docker exec -it {stack[service].name} psql -h 127.0.0.1 -U {user} -d {database}"
