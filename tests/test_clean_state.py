@@ -4,6 +4,7 @@ suite uses it: a real PostgreSQL and Redis from a compose file."""
 from __future__ import annotations
 
 import shlex
+import signal
 import subprocess
 import textwrap
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from pytest_dockapp.engine import cleanup
 from pytest_dockapp.services.resources import STACK_LABEL
 
-from .helpers import App
+from .helpers import App, pytest_cmd, wait_for
 
 COMPOSE = """
 services:
@@ -199,3 +200,40 @@ def test_with_keep_a_failing_tests_database_is_kept_with_the_command_that_opens_
     finally:
         for container in kept:  # this session's kept stack, by its label
             cleanup.remove_labelled(docker_client, f"{STACK_LABEL}={container['Labels'][STACK_LABEL]}")
+
+
+def test_sigterm_while_the_next_clone_is_made_removes_the_whole_stack(
+    app: App, pytester: pytest.Pytester, postgres_base: str, docker_client: Any
+) -> None:
+    app.httpd()
+    compose = "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n  db:\n"
+    compose += f"    image: {postgres_base}\n"
+    compose += '    healthcheck: {test: "pg_isready -h 127.0.0.1", interval: 1s, retries: 30}\n'
+    (pytester.path / "compose.yaml").write_text(compose)
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    seed_db_only = CONFTEST.split("    cache.exec")[0]
+    both = 'db, cache = dockapp_services["db"], dockapp_services["cache"]'
+    pytester.makeconftest(seed_db_only.replace(both, 'db = dockapp_services["db"]'))
+    pytester.makepyfile(
+        test_hold="""
+        import time
+        from conftest import psql
+
+        def test_writes(dockapp_clean, dockapp_services):
+            psql(dockapp_services["db"], "INSERT INTO items SELECT generate_series(1, 50000)")
+
+        def test_held_while_the_next_clone_is_made(dockapp_clean):
+            open("in-test", "w").close()  # the restore before this test started the next clone
+            time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen(
+        pytest_cmd("test_hold.py"), cwd=pytester.path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    wait_for(pytester.path / "in-test", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, out
+    flt = {"label": f"org.pytest-dockapp.pid={proc.pid}"}
+    assert docker_client.api.containers(all=True, filters=flt) == [], out  # the database and its clones with it
+    assert docker_client.api.volumes(filters=flt).get("Volumes") in (None, []), out

@@ -266,3 +266,27 @@ def test_a_changed_app_source_restarts_only_the_app_and_keeps_its_database(
     pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse").stdout.fnmatch_lines(["reuse: attached *"])
     assert _ids(pytester) == second
     _down(pytester)
+
+
+def test_under_xdist_each_worker_reuses_its_own_stack(
+    app: App, pytester: pytest.Pytester, redis_base: str, docker_client: Any, dev: None
+) -> None:
+    _web_and_redis(app, pytester, redis_base, "dockapp_compose_scope = worker\n")
+    pytester.makepyfile(
+        test_ids="""
+        import json, os, pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_ids(dockapp_services, n):
+            worker = os.environ["PYTEST_XDIST_WORKER"]
+            with open(f"ids-{worker}.json", "w") as fh:
+                json.dump({name: a.container.id for name, a in dockapp_services.items()}, fh)
+        """
+    )
+    pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "--dockapp-reuse").assert_outcomes(passed=4)
+    first = {p.name: p.read_text() for p in pytester.path.glob("ids-*.json")}
+    assert len(first) == 2 and len(set(first.values())) == 2  # a stack per worker
+    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "--dockapp-reuse")
+    result.assert_outcomes(passed=4)
+    assert {p.name: p.read_text() for p in pytester.path.glob("ids-*.json")} == first
+    assert len(_reusable(docker_client, pytester.path)) == 4
