@@ -8,6 +8,7 @@ app, ``dockapp-test/node:bookworm``; ``.ci/make-bases`` builds both when missing
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,11 @@ from .helpers import (
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Launched as a background job of a shell without job control (`cmd &` in a script), this
+    # process, and every session the suite starts, would ignore SIGINT: the Ctrl-C tests would
+    # see sessions that cannot be interrupted. A handler here is reset to the default at exec.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Every session the suite starts (in-process or as a subprocess) inherits this.
     labels = [os.environ.get("DOCKAPP_LABELS", ""), SUITE_RUN_LABEL]
     os.environ["DOCKAPP_LABELS"] = ",".join(filter(None, labels))
