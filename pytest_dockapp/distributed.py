@@ -67,6 +67,9 @@ class XdistController:
 
     def pytest_sessionfinish(self) -> None:
         self._remove_shared_stacks()
+        from pytest_dockapp.reporting import write_lcov
+
+        write_lcov(self.state)  # the workers' coverage and the shared stack's, once
         # A crashed worker ran no teardown: its pid is gone now, so the sweep takes what it left.
         # Workers that finished cleaned up after themselves: no need to make the run wait.
         if self.crashed:
@@ -102,7 +105,12 @@ class XdistController:
         except DockappError as exc:
             self.state.worker_lines.append(f"shared stacks {', '.join(names)} not removed: {exc.what}")
             return
+        coverage = self.state.coverage_of_shared()
         for name in names:
+            if coverage is not None:  # the shared stack's apps: measured before they go
+                from pytest_dockapp.services.resources import STACK_LABEL
+
+                coverage.collect_labelled(client, f"{STACK_LABEL}={name}")
             left = remove_stack(client, name)
             self.state.worker_lines.append(
                 f"removed {name}, the stack the workers shared" + (f"; left: {' '.join(left)}" if left else "")

@@ -125,6 +125,17 @@ class PluginState:
             self.coverage = AppCoverage()
         self.coverage.merge(data)
 
+    def coverage_of_shared(self) -> AppCoverage | None:
+        """On the pytest-xdist controller: the run's app coverage, to which the stack the workers
+        shared adds its own before it is removed (None: coverage is off)."""
+        if self.coverage is None and self.settings.cov is not False:
+            plugin = self.config.pluginmanager.get_plugin("_cov")
+            if self.settings.cov or plugin is not None:
+                from pytest_dockapp.appcov.collect import AppCoverage, CoverageOptions
+
+                self.coverage = AppCoverage(CoverageOptions(strict=False))
+        return self.coverage
+
     @property
     def reuse_lines(self) -> list[str]:
         """What reuse across runs did, for the summary."""

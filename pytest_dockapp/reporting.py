@@ -213,11 +213,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         workeroutput["dockapp_summary"] = _summary_lines(state)
         if state.coverage is not None:  # the controller combines every worker's once
             workeroutput["dockapp_cov"] = state.coverage.to_json()
-    else:
-        _write_lcov(state)
+    elif not config.pluginmanager.has_plugin("dockapp-xdist-controller"):  # it writes the workers' once
+        write_lcov(state)
 
 
-def _write_lcov(state: PluginState) -> None:
+def write_lcov(state: PluginState) -> None:
     """``--dockapp-cov-lcov PATH``: the app's coverage for CI services, once every app is gone."""
     path = state.settings.cov_lcov
     if state.coverage is None or not path:

@@ -20,6 +20,7 @@ from .helpers import (
     BUSYBOX,
     ENDPOINT,
     ENGINE_IS_LOCAL,
+    MARIADB_BASE,
     NODE_BASE,
     POSTGRES_BASE,
     PYTHON_BASE,
@@ -192,6 +193,12 @@ def redis_base(docker_client: Any) -> str:
 def postgres_base(docker_client: Any) -> str:
     """A local PostgreSQL 15 base (mmdebstrap, built once when missing)."""
     return _ensure_base(docker_client, POSTGRES_BASE, "postgres")
+
+
+@pytest.fixture(scope="session")
+def mariadb_base(docker_client: Any) -> str:
+    """A local MariaDB 10.11 base (mmdebstrap, built once when missing)."""
+    return _ensure_base(docker_client, MARIADB_BASE, "mariadb")
 
 
 @pytest.fixture(scope="session")

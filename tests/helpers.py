@@ -24,6 +24,7 @@ BUSYBOX = "dockapp-test/busybox:1"
 REDIS_BASE = "dockapp-test/redis:bookworm"
 POSTGRES_BASE = "dockapp-test/postgres:bookworm"
 PYTHON_BASE = "dockapp-test/python:bookworm"
+MARIADB_BASE = "dockapp-test/mariadb:bookworm"
 NODE_BASE = os.environ.get("DOCKAPP_TEST_NODE_BASE", "dockapp-test/node:bookworm")
 
 #: The engine this suite runs against, and where its published ports are dialled.

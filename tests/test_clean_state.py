@@ -97,7 +97,7 @@ def test_a_service_whose_data_cannot_be_put_back_is_named_with_what_to_do(app: A
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
-            "*service queue keeps data (a volume), and dockapp_clean can put back only PostgreSQL and Redis*",
+            "*service queue keeps data (a volume), and dockapp_clean can put back only PostgreSQL, MariaDB (MySQL) *",
             "*mark it x-dockapp: {state: none} in the compose file*",
         ]
     )
@@ -237,3 +237,49 @@ def test_sigterm_while_the_next_clone_is_made_removes_the_whole_stack(
     flt = {"label": f"org.pytest-dockapp.pid={proc.pid}"}
     assert docker_client.api.containers(all=True, filters=flt) == [], out  # the database and its clones with it
     assert docker_client.api.volumes(filters=flt).get("Volumes") in (None, []), out
+
+
+MARIADB_CONFTEST = """
+import pytest
+
+def sql(db, statement):
+    code, out = db.exec(["mariadb", "-uroot", "--batch", "--skip-column-names", "-e", statement])
+    assert code == 0, out
+    return out.strip()
+
+@pytest.fixture(scope="session")
+def dockapp_seed(dockapp_services):
+    schema = "CREATE DATABASE shop; CREATE TABLE shop.items (id INT AUTO_INCREMENT PRIMARY KEY, n INT);"
+    sql(dockapp_services["db"], schema + "INSERT INTO shop.items (n) SELECT seq FROM shop.seq_1_to_1000")
+"""
+
+MARIADB_TESTS = """
+import pytest
+from conftest import sql
+
+@pytest.mark.parametrize("n", range(3))
+def test_each_test_sees_only_the_seed(dockapp_clean, dockapp_services, n):
+    db = dockapp_services["db"]
+    assert sql(db, "SELECT count(*) FROM shop.items") == "1000"
+    assert sql(db, "SHOW TABLES FROM shop") == "items"  # the table the test before made is gone
+    sql(db, "INSERT INTO shop.items (n) VALUES (-1)")
+    assert sql(db, "SELECT max(id) FROM shop.items") == "1001"  # AUTO_INCREMENT as seeded
+    sql(db, f"CREATE TABLE shop.scratch_{n} (x INT)")
+    # a connection the app left open, in a transaction that locks every row: the restore ends it
+    lock = "BEGIN; SELECT count(*) FROM shop.items FOR UPDATE; SELECT SLEEP(600)"
+    db.container.exec_run(["mariadb", "-uroot", "-e", lock], detach=True)
+"""
+
+
+def test_every_test_starts_from_the_seed_in_mariadb(app: App, pytester: pytest.Pytester, mariadb_base: str) -> None:
+    app.httpd()
+    compose = "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n  db:\n"
+    compose += f"    image: {mariadb_base}\n"
+    compose += "    healthcheck: {test: [CMD, mariadb-admin, ping], interval: 1s, retries: 60}\n"
+    (pytester.path / "compose.yaml").write_text(compose)
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makeconftest(MARIADB_CONFTEST)
+    pytester.makepyfile(test_clean=MARIADB_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["clean state: 3 restores of db (mariadb): median * ms, max * ms on the tests' path"])

@@ -15,6 +15,7 @@ repository's files by the Dockerfile's ``COPY`` lines.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 #: In the container: what is copied in, the trigger, and what the app writes.
 HOME = "/tmp/.dockapp-cov"
+#: On a watched container: its language and path map, for a process that did not prepare it.
+LABEL = "org.pytest-dockapp.cov"
 HOOK = """// pytest-dockapp: write V8's coverage so far when the trigger file changes.
 const fs = require("fs"), path = require("path"), v8 = require("v8");
 const home = path.dirname(process.env.NODE_V8_COVERAGE);
@@ -133,7 +136,8 @@ class AppCoverage:
             )
         with self._lock:
             self._watched[name] = (kind, paths)
-        return prepared
+        label = json.dumps({"kind": kind, "context": str(paths.context), "copies": paths.copies})
+        return dataclasses.replace(prepared, labels=((LABEL, label),))
 
     def collect(self, client: docker.DockerClient, container_id: str, name: str) -> None:
         with self._lock:
@@ -161,6 +165,20 @@ class AppCoverage:
                 )
             for path, hits in found.items():
                 v8.add(self.files, path, hits)
+
+    def collect_labelled(self, client: docker.DockerClient, label: str) -> None:
+        """Take out the coverage of the watched containers with ``label`` that another process
+        prepared (the stack the pytest-xdist workers share, before the controller removes it)."""
+        for c in client.api.containers(all=True, filters={"label": [label, LABEL]}):
+            try:
+                data = json.loads((c.get("Labels") or {})[LABEL])
+                paths = PathMap(Path(data["context"]), tuple((a, b) for a, b in data["copies"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            name = c["Names"][0].lstrip("/")
+            with self._lock:
+                self._watched[name] = (str(data.get("kind") or ""), paths)
+            self.collect(client, c["Id"], name)
 
     def _python(self, client: docker.DockerClient, container_id: str, paths: PathMap, name: str) -> dict[Path, v8.Hits]:
         blobs, error = [], None

@@ -486,6 +486,7 @@ class AppRunner:
             if prepared is not None:
                 self.env.update(prepared.env)
                 self.files = (*self.files, *prepared.files)
+                self.options["labels"] = {**self.options.get("labels", {}), **dict(prepared.labels)}
                 self._instrumented = True
         with self.creation(f"container {self.name}"):
             self.container_id = container_id = self._create(publish)

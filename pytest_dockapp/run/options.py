@@ -195,6 +195,8 @@ class Preparation:
 
     env: tuple[tuple[str, str], ...] = ()
     files: tuple[InjectedFile, ...] = ()
+    #: What another process needs to take it out later (a stack the pytest-xdist workers share).
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 class Instrument(Protocol):

@@ -1,0 +1,153 @@
+"""MariaDB and MySQL put back as seeded, table by table.
+
+After the seed, every table of every user database is copied into ``<db>_dockapp_seed``
+(``CREATE TABLE ... LIKE`` and ``INSERT ... SELECT``). A restore ends the app's connections,
+then, with foreign key checks off, empties each table and copies its seed rows back
+(``TRUNCATE`` keeps the table, so the app's prepared statements and grants stay), and drops the
+tables a test created. One ``mariadb`` client session, kept open in the container, does it all.
+The server has no template databases as PostgreSQL has, and a copy of the whole schema per
+test would pay for every table of every database; the tables' rows are what tests change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pytest_dockapp.core.errors import DockappError
+from pytest_dockapp.services.state.session import DONE, SqlSession
+
+if TYPE_CHECKING:
+    from pytest_dockapp.run.app import DockApp
+
+_SEED = "_dockapp_seed"
+_BASE = "_dockapp_base"
+_SYSTEM = ("information_schema", "mysql", "performance_schema", "sys")
+
+
+def _name(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _text(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+@dataclass
+class MariaDBState:
+    """The user databases of one MariaDB (or MySQL) server, by their tables."""
+
+    name: str
+    app: DockApp
+    user: str = "root"
+    password: str | None = None
+    tables: dict[str, list[str]] = field(default_factory=dict)  # database -> its tables, as seeded
+    _session: SqlSession | None = None
+
+    def _open(self) -> SqlSession:
+        if self._session is None:
+            client = "mariadb" if self.app.exec(["sh", "-c", "command -v mariadb"])[0] == 0 else "mysql"
+            cmd = [client, "-u", self.user, "--batch", "--skip-column-names", "--force", "--unbuffered"]
+            if self.password:
+                cmd.append(f"-p{self.password}")
+            hint = f"the seed's tables must stay writable by {self.user} (set MARIADB_ROOT_PASSWORD if it has one)"
+            self._session = SqlSession(
+                self.app, cmd, done=f"SELECT '{DONE}';", errors=r"^ERROR \d+", quit="quit\n", hint=hint
+            )
+        return self._session
+
+    def _user_tables(self, sql: SqlSession) -> dict[str, list[str]]:
+        """Every user database (ours too) with its tables."""
+        excluded = ", ".join(_text(s) for s in _SYSTEM)
+        rows = sql.run(
+            f"SELECT schema_name, '' FROM information_schema.schemata WHERE schema_name NOT IN ({excluded});\n"
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+            f"AND table_schema NOT IN ({excluded}) ORDER BY 1, 2;"
+        )
+        found: dict[str, list[str]] = {}
+        for row in rows:
+            db, _, table = row.partition("\t")
+            found.setdefault(db, [])
+            if table:
+                found[db].append(table)
+        return found
+
+    @staticmethod
+    def _copies(tables: dict[str, list[str]], suffix: str) -> list[str]:
+        """Statements that copy each database's tables into ``<db><suffix>``."""
+        statements = []
+        for db, names in tables.items():
+            copy = _name(db[:48] + suffix)
+            statements += [f"DROP DATABASE IF EXISTS {copy};", f"CREATE DATABASE {copy};"]
+            for table in names:
+                statements += [
+                    f"CREATE TABLE {copy}.{_name(table)} LIKE {_name(db)}.{_name(table)};",
+                    f"INSERT INTO {copy}.{_name(table)} SELECT * FROM {_name(db)}.{_name(table)};",
+                ]
+        return statements
+
+    def snapshot(self) -> None:
+        sql = self._open()
+        self.tables = {db: t for db, t in self._user_tables(sql).items() if "_dockapp_" not in db}
+        sql.run("\n".join(self._copies(self.tables, _SEED)))
+
+    def restore(self, keep_as: str | None = None) -> list[str]:
+        """Every seeded table's rows back, and the tables a test made dropped; nothing is kept
+        (``keep_as`` is PostgreSQL's). A connection that opens while it runs and takes a lock makes
+        it wait at most 3 s; then the connections are ended again and the whole restore (each
+        table emptied and filled) runs again."""
+        if not self.tables:
+            return []
+        sql = self._open()
+        for attempt in range(3):
+            try:
+                sql.run("\n".join(self._restore_statements(sql)))
+                break
+            except DockappError as exc:
+                if "Lock wait timeout" not in (exc.evidence or "") or attempt == 2:
+                    raise
+        return []
+
+    def _restore_statements(self, sql: SqlSession) -> list[str]:
+        now = self._user_tables(sql)
+        sessions = sql.run(
+            "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() AND command <> 'Daemon';"
+        )
+        statements = ["SET SESSION lock_wait_timeout = 3, innodb_lock_wait_timeout = 3;"]
+        statements += [f"KILL {line};" for line in sessions if line.isdigit()]
+        statements.append("SET FOREIGN_KEY_CHECKS = 0;")
+        for db, tables in self.tables.items():
+            seed = _name(db[:48] + _SEED)
+            statements += [f"DROP TABLE {_name(db)}.{_name(t)};" for t in now.get(db, []) if t not in tables]
+            for table in tables:
+                target = f"{_name(db)}.{_name(table)}"
+                source = f"{seed}.{_name(table)}"
+                statements += [f"TRUNCATE TABLE {target};", f"INSERT INTO {target} SELECT * FROM {source};"]
+        statements.append("SET FOREIGN_KEY_CHECKS = 1;")
+        return statements
+
+    def keep_as_started(self) -> None:
+        """Copy every database as the server started to ``<db>_dockapp_base``, for :meth:`back_to_start`."""
+        sql = self._open()
+        sql.run("\n".join(self._copies(self._user_tables(sql), _BASE)))
+
+    def back_to_start(self) -> None:
+        """Every database as :meth:`keep_as_started` kept it; those made since (the last run's seed
+        and its copies) dropped."""
+        sql = self._open()
+        now = self._user_tables(sql)
+        bases = {db[: -len(_BASE)]: tables for db, tables in now.items() if db.endswith(_BASE)}
+        if not bases:
+            raise DockappError(f"service {self.name}: no copy of its databases as the server started")
+        statements = [f"DROP DATABASE {_name(db)};" for db in now if not db.endswith(_BASE)]
+        for db, tables in bases.items():
+            statements.append(f"CREATE DATABASE {_name(db)};")
+            for table in tables:
+                base, target = f"{_name(db + _BASE)}.{_name(table)}", f"{_name(db)}.{_name(table)}"
+                statements += [f"CREATE TABLE {target} LIKE {base};", f"INSERT INTO {target} SELECT * FROM {base};"]
+        sql.run("\n".join(statements))
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
