@@ -268,6 +268,8 @@ def test_each_test_sees_only_the_seed(dockapp_clean, dockapp_services, n):
     # a connection the app left open, in a transaction that locks every row: the restore ends it
     lock = "BEGIN; SELECT count(*) FROM shop.items FOR UPDATE; SELECT SLEEP(600)"
     db.container.exec_run(["mariadb", "-uroot", "-e", lock], detach=True)
+    while sql(db, "SELECT count(*) FROM information_schema.processlist WHERE info LIKE 'SELECT SLEEP%'") == "0":
+        pass  # holding its locks before the test ends, as an app's connection would
 """
 
 
