@@ -161,9 +161,8 @@ def test_under_xdist_each_workers_stack_is_restored_on_its_own_and_a_shared_one_
     result.stdout.fnmatch_lines(["*hint: set dockapp_compose_scope = worker*"])
 
 
-def test_with_keep_a_failing_tests_database_is_kept_with_the_command_that_opens_it(
-    app: App, pytester: pytest.Pytester, postgres_base: str, docker_client: Any
-) -> None:
+def _postgres_alone(app: App, pytester: pytest.Pytester, postgres_base: str) -> None:
+    """The web app and its PostgreSQL (no Redis), seeded as :data:`CONFTEST` seeds it."""
     app.httpd()
     compose = "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n  db:\n"
     compose += f"    image: {postgres_base}\n"
@@ -171,11 +170,14 @@ def test_with_keep_a_failing_tests_database_is_kept_with_the_command_that_opens_
     (pytester.path / "compose.yaml").write_text(compose)
     pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
     seed_db_only = CONFTEST.split("    cache.exec")[0]
-    pytester.makeconftest(
-        seed_db_only.replace(
-            'db, cache = dockapp_services["db"], dockapp_services["cache"]', 'db = dockapp_services["db"]'
-        )
-    )
+    both = 'db, cache = dockapp_services["db"], dockapp_services["cache"]'
+    pytester.makeconftest(seed_db_only.replace(both, 'db = dockapp_services["db"]'))
+
+
+def test_with_keep_a_failing_tests_database_is_kept_with_the_command_that_opens_it(
+    app: App, pytester: pytest.Pytester, postgres_base: str, docker_client: Any
+) -> None:
+    _postgres_alone(app, pytester, postgres_base)
     pytester.makepyfile(
         test_keep="""
         from conftest import psql
@@ -205,15 +207,7 @@ def test_with_keep_a_failing_tests_database_is_kept_with_the_command_that_opens_
 def test_sigterm_while_the_next_clone_is_made_removes_the_whole_stack(
     app: App, pytester: pytest.Pytester, postgres_base: str, docker_client: Any
 ) -> None:
-    app.httpd()
-    compose = "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n  db:\n"
-    compose += f"    image: {postgres_base}\n"
-    compose += '    healthcheck: {test: "pg_isready -h 127.0.0.1", interval: 1s, retries: 30}\n'
-    (pytester.path / "compose.yaml").write_text(compose)
-    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
-    seed_db_only = CONFTEST.split("    cache.exec")[0]
-    both = 'db, cache = dockapp_services["db"], dockapp_services["cache"]'
-    pytester.makeconftest(seed_db_only.replace(both, 'db = dockapp_services["db"]'))
+    _postgres_alone(app, pytester, postgres_base)
     pytester.makepyfile(
         test_hold="""
         import time
