@@ -85,6 +85,73 @@ def test_every_test_starts_from_the_seed_in_postgres_and_redis(
     result.stdout.fnmatch_lines(["clean state: 3 restores of * (*), * (*): median * ms, max * ms on the tests' path"])
 
 
+ROWS_SEED = """
+@pytest.fixture(scope="session")
+def dockapp_seed(dockapp_services):
+    psql(dockapp_services["db"], "CREATE DATABASE app", database="postgres")
+    psql(dockapp_services["db"], \"\"\"
+        CREATE TABLE items (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int,
+                            doubled int GENERATED ALWAYS AS (n * 2) STORED);
+        CREATE TABLE refs (id serial PRIMARY KEY, item int REFERENCES items (id));
+        CREATE TABLE events (at int, what text) PARTITION BY RANGE (at);
+        CREATE TABLE events_low PARTITION OF events FOR VALUES FROM (0) TO (100);
+        CREATE SEQUENCE tickets;
+        INSERT INTO items (n) SELECT generate_series(1, 1000);
+        INSERT INTO refs (item) SELECT generate_series(1, 1000, 10);
+        INSERT INTO events VALUES (1, 'seeded');
+        SELECT nextval('tickets');
+    \"\"\")
+
+SEEDED = "1000|1001|100|1001000|1|2|3|t"
+
+def state(db):
+    return psql(db, \"\"\"WITH i AS (INSERT INTO items (n) VALUES (0) RETURNING id)
+        SELECT concat_ws('|', (SELECT count(*) FROM items), (SELECT id FROM i), (SELECT count(*) FROM refs),
+        (SELECT sum(doubled) FROM items), (SELECT count(*) FROM events), nextval('tickets'),
+        (SELECT count(*) FROM information_schema.columns WHERE table_name = 'items'),
+        to_regclass('scratch') IS NULL)\"\"\")
+"""
+
+ROWS_TESTS = """
+import pytest
+from conftest import SEEDED, psql, state
+
+@pytest.mark.parametrize("n", range(2))
+def test_writes_rows(dockapp_clean, dockapp_services, n):
+    db = dockapp_services["db"]
+    assert state(db) == SEEDED
+    psql(db, "INSERT INTO refs (item) VALUES (2); DELETE FROM refs WHERE item = 1; UPDATE items SET n = -n")
+    psql(db, "INSERT INTO events VALUES (5, 'written'); SELECT nextval('tickets')")
+
+def test_changes_the_schema(dockapp_clean, dockapp_services):
+    db = dockapp_services["db"]
+    assert state(db) == SEEDED
+    psql(db, "ALTER TABLE items ADD COLUMN extra int; CREATE TABLE scratch (x int); DELETE FROM refs")
+
+def test_empties_a_table(dockapp_clean, dockapp_services):
+    db = dockapp_services["db"]
+    assert state(db) == SEEDED
+    psql(db, "TRUNCATE items CASCADE")
+
+def test_sees_the_seed(dockapp_clean, dockapp_services):
+    assert state(dockapp_services["db"]) == SEEDED
+"""
+
+
+def test_the_rows_a_test_changed_are_put_back_in_place_and_a_schema_change_takes_a_clone(
+    app: App, pytester: pytest.Pytester, postgres_base: str
+) -> None:
+    _postgres_alone(app, pytester, postgres_base)
+    conftest = (pytester.path / "conftest.py").read_text()
+    pytester.makeconftest(conftest.split("@pytest.fixture")[0] + textwrap.dedent(ROWS_SEED))
+    pytester.makepyfile(test_rows=ROWS_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(
+        ["clean state: * restores of db (postgres: app by rows put back (rows * ms, clone * ms at the snapshot)):*"]
+    )
+
+
 def test_a_service_whose_data_cannot_be_put_back_is_named_with_what_to_do(app: App, pytester: pytest.Pytester) -> None:
     app.httpd()
     (pytester.path / "compose.yaml").write_text(
@@ -214,7 +281,8 @@ def test_sigterm_while_the_next_clone_is_made_removes_the_whole_stack(
         from conftest import psql
 
         def test_writes(dockapp_clean, dockapp_services):
-            psql(dockapp_services["db"], "INSERT INTO items SELECT generate_series(1, 50000)")
+            # a new table: only a clone undoes that, and the next one is made in the background
+            psql(dockapp_services["db"], "CREATE TABLE more AS SELECT generate_series(1, 50000)")
 
         def test_held_while_the_next_clone_is_made(dockapp_clean):
             open("in-test", "w").close()  # the restore before this test started the next clone

@@ -1,9 +1,9 @@
 """A stack's stateful services put back as they were seeded, before each test, in place:
 
-* **PostgreSQL**: after the seed, each database is copied to a template (``<name>_dockapp_seed``);
-  a restore drops the database (``WITH (FORCE)``: the app's open connections end first) and
-  creates it again from its template, under the name the app already uses. One ``psql`` run
-  inside the container does all databases.
+* **PostgreSQL**: after the seed, each database's tables are copied inside it, and the database
+  to a template and a ready clone; a restore puts back the rows of the tables a test changed, or,
+  after a change of the schema (or where a clone was faster), swaps the clone in under the name
+  the app already uses (:mod:`~pytest_dockapp.services.state.postgres`).
 * **MariaDB** (and MySQL): each table's rows copied after the seed, and put back per test
   (:mod:`~pytest_dockapp.services.state.mariadb`).
 * **Redis** (and Valkey): after the seed, every key of every logical database is dumped with its
@@ -38,6 +38,11 @@ KINDS = ("postgres", "redis", "mariadb")
 
 class ServiceState(Protocol):
     name: str
+
+    @property
+    def how(self) -> str:
+        """How a restore puts it back, where it chose ("" where there is one way)."""
+        ...
 
     def snapshot(self) -> None: ...
 
@@ -162,7 +167,10 @@ class StackState:
         if not self.seconds:
             return None
         ms = sorted(s * 1000 for s in self.seconds)
-        kinds = ", ".join(f"{s.name} ({type(s).__name__.removesuffix('State').lower()})" for s in self.services)
+        kinds = ", ".join(
+            f"{s.name} ({type(s).__name__.removesuffix('State').lower()}{': ' + s.how if s.how else ''})"
+            for s in self.services
+        )
         return (
             f"clean state: {len(ms)} restores of {kinds or 'nothing stateful'}: median {ms[len(ms) // 2]:.0f} ms, "
             f"max {ms[-1]:.0f} ms on the tests' path"

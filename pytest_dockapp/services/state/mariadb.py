@@ -37,6 +37,8 @@ def _text(text: str) -> str:
 class MariaDBState:
     """The user databases of one MariaDB (or MySQL) server, by their tables."""
 
+    how = ""  # one way
+
     name: str
     app: DockApp
     user: str = "root"

@@ -59,6 +59,8 @@ class _Redis:
 class RedisState:
     """Every key of every logical database of one Redis server, dumped once and restored."""
 
+    how = ""  # one way
+
     name: str
     app: DockApp
     port: int = 6379

@@ -1,0 +1,150 @@
+"""One PostgreSQL database put back as seeded table by table, in place: the rows of each table a
+test changed emptied and copied back from a copy taken after the seed.
+
+Measured on fuse-overlayfs (PostgreSQL 15): with 10,000 seeded rows, copying the changed table back
+takes 5-15 ms on the tests' path, while cloning the whole database from a template takes
+100-300 ms of the engine's disk (and a drop 130 ms more), a cost that tests shorter than it wait
+for. Which tables changed comes from the server's own counters (``pg_stat_user_tables``), read
+after the connections of the database have ended (a backend hands its counts in as it exits). A
+change of the schema (``CREATE``, ``ALTER``, ``DROP``, ``REFRESH``, noticed by an event trigger)
+cannot be undone row by row: the caller swaps a whole clone in instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_dockapp.services.state.session import SqlSession
+
+SCHEMA = "_dockapp_seed"  # the seed's copies, the schema-change flag and its event trigger
+
+_USER_TABLES = (
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+    f"AND c.relpersistence <> 't' AND n.nspname NOT IN ('information_schema', '{SCHEMA}') "
+    "AND n.nspname NOT LIKE 'pg\\_%'"
+)
+_COUNTS = (
+    "SELECT 'n|' || relid || '|' || concat_ws(',', n_tup_ins, n_tup_upd, n_tup_del, n_live_tup, n_dead_tup) "
+    f"FROM pg_stat_user_tables WHERE schemaname <> '{SCHEMA}';"
+)
+_FLAG = f"""CREATE TABLE {SCHEMA}.ddl (at timestamptz);
+CREATE FUNCTION {SCHEMA}.ddl() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog AS $$
+BEGIN
+  IF TG_EVENT = 'sql_drop' THEN
+    IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() WHERE NOT is_temporary) THEN
+      INSERT INTO {SCHEMA}.ddl VALUES (now());
+    END IF;
+  ELSIF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands()
+                WHERE schema_name IS NULL OR schema_name NOT LIKE 'pg\\_temp%') THEN
+    INSERT INTO {SCHEMA}.ddl VALUES (now());
+  END IF;
+EXCEPTION WHEN OTHERS THEN NULL;  -- never the app's DDL failing for our bookkeeping
+END $$;
+CREATE EVENT TRIGGER {SCHEMA}_ddl ON ddl_command_end EXECUTE FUNCTION {SCHEMA}.ddl();
+CREATE EVENT TRIGGER {SCHEMA}_drop ON sql_drop EXECUTE FUNCTION {SCHEMA}.ddl();"""
+# Ends every other connection of the database and waits until they are gone: a backend's counts
+# reach pg_stat_user_tables as it exits, and pg_stat_activity is read once per transaction unless
+# its snapshot is cleared.
+_END_CONNECTIONS = (
+    "DO $$ BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid(); "
+    "FOR i IN 1..2500 LOOP PERFORM pg_stat_clear_snapshot(); EXIT WHEN NOT EXISTS (SELECT 1 FROM "
+    "pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()); "
+    "PERFORM pg_sleep(0.002); END LOOP; END $$;"
+)
+
+
+@dataclass
+class RowCopies:
+    """The seed's rows of every table of one database, and what a restore needs to put them back:
+    each table's columns (generated ones left out), which tables refer to which (a table emptied
+    takes those that refer to it along), and the sequences' values."""
+
+    tables: dict[str, tuple[str, str]] = field(default_factory=dict)  # oid: (qualified name, columns)
+    referrers: dict[str, set[str]] = field(default_factory=dict)  # oid: the oids of tables referring to it
+    sequences: str = ""  # one SELECT of setval() calls
+    counts: dict[str, str] = field(default_factory=dict)  # oid: the server's counters at the last restore
+
+    @classmethod
+    def take(cls, psql: SqlSession) -> RowCopies:
+        """Copy every table of the database ``psql`` is connected to into :data:`SCHEMA`, and
+        install the event trigger that flags a change of the schema."""
+        psql.run(
+            f"DROP EVENT TRIGGER IF EXISTS {SCHEMA}_ddl; DROP EVENT TRIGGER IF EXISTS {SCHEMA}_drop;\n"
+            f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA};"
+        )
+        rows = psql.run(
+            "SELECT 't|' || c.oid || '|' || format('%I.%I', n.nspname, c.relname) || '|' || coalesce(("
+            "SELECT string_agg(quote_ident(a.attname), ',' ORDER BY a.attnum) FROM pg_attribute a "
+            "WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '') "
+            f"{_USER_TABLES};\n"
+            # A partitioned table's rows are in its leaves (a table of no partitions has no tree).
+            "WITH leaves AS (SELECT c.oid AS top, coalesce(t.relid::oid, c.oid) AS leaf FROM pg_class c "
+            "LEFT JOIN LATERAL pg_partition_tree(c.oid) t ON t.isleaf WHERE c.relkind IN ('r', 'p')) "
+            "SELECT 'f|' || l.leaf || '|' || r.leaf FROM pg_constraint k JOIN leaves l ON l.top = k.conrelid "
+            "JOIN leaves r ON r.top = k.confrelid WHERE k.contype = 'f';\n"
+            "SELECT 's|' || coalesce(string_agg(format('setval(%L, %s, %s)', format('%I.%I', schemaname, "
+            "sequencename), coalesce(last_value, start_value), (last_value IS NOT NULL)::text), ', '), '') "
+            f"FROM pg_sequences WHERE schemaname <> '{SCHEMA}';"
+        )
+        copies = cls()
+        for kind, *parts in (row.split("|") for row in rows if row[1:2] == "|"):
+            if kind == "t" and parts[2]:  # a table with no column but generated ones has no rows to keep
+                copies.tables[parts[0]] = (parts[1], parts[2])
+            elif kind == "f":
+                copies.referrers.setdefault(parts[1], set()).add(parts[0])
+            elif kind == "s" and parts[0]:
+                copies.sequences = f"SELECT {parts[0]};"
+        psql.run(
+            "\n".join(
+                f"CREATE TABLE {SCHEMA}.t{oid} AS SELECT {cols} FROM ONLY {table};"
+                for oid, (table, cols) in copies.tables.items()
+            )
+            + "\n"
+            + _FLAG
+        )
+        return copies
+
+    def restore(self, psql: SqlSession) -> bool:
+        """Put back the tables changed since the last restore; False (nothing done) when the schema
+        changed, which only a clone of the whole database undoes."""
+        rows = psql.run(f"{_END_CONNECTIONS}\nSELECT 'd|' || count(*) FROM {SCHEMA}.ddl;\n{_COUNTS}")
+        if "d|0" not in rows:
+            return False
+        now = dict(row[2:].split("|", 1) for row in rows if row.startswith("n|"))
+        changed = {oid for oid in self.tables if now.get(oid) != self.counts.get(oid)}
+        self.put_back(psql, changed)
+        return True
+
+    def put_back(self, psql: SqlSession, changed: set[str]) -> None:
+        """Empty ``changed`` and the tables that refer to them, copy their seed rows back, set every
+        sequence as seeded, and note the counters as they are after it."""
+        emptied, todo = set(), list(changed)
+        while todo:
+            oid = todo.pop()
+            if oid in self.tables and oid not in emptied:
+                emptied.add(oid)
+                todo += self.referrers.get(oid, ())
+        sql = []
+        if emptied:
+            # Replica role: the copies go in without firing the app's triggers or checking foreign
+            # keys (the seed satisfied them); the restore need not reach the disk before the test.
+            sql += [
+                "BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = off;",
+                "TRUNCATE " + ", ".join(f"ONLY {self.tables[oid][0]}" for oid in sorted(emptied)) + ";",
+                *(
+                    f"INSERT INTO {self.tables[oid][0]} ({self.tables[oid][1]}) OVERRIDING SYSTEM VALUE "
+                    f"SELECT {self.tables[oid][1]} FROM {SCHEMA}.t{oid};"
+                    for oid in sorted(emptied)
+                ),
+                f"{self.sequences} COMMIT;",
+            ]
+        else:
+            sql.append(self.sequences)
+        # Our own counts are handed in at once, so that the counters read next include them.
+        sql += ["SELECT pg_stat_force_next_flush();", _COUNTS]
+        rows = psql.run("\n".join(s for s in sql if s))
+        self.counts = dict(row[2:].split("|", 1) for row in rows if row.startswith("n|"))
