@@ -133,6 +133,9 @@ def test_empties_a_table(dockapp_clean, dockapp_services):
     assert state(db) == SEEDED
     psql(db, "TRUNCATE items CASCADE")
 
+def test_only_draws_a_ticket(dockapp_clean, dockapp_services):
+    psql(dockapp_services["db"], "SELECT nextval('tickets')")  # a sequence logs ahead: no WAL
+
 def test_sees_the_seed(dockapp_clean, dockapp_services):
     assert state(dockapp_services["db"]) == SEEDED
 """
@@ -146,7 +149,7 @@ def test_the_rows_a_test_changed_are_put_back_in_place_and_a_schema_change_takes
     pytester.makeconftest(conftest.split("@pytest.fixture")[0] + textwrap.dedent(ROWS_SEED))
     pytester.makepyfile(test_rows=ROWS_TESTS)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(
         ["clean state: * restores of db (postgres: app by rows put back (rows * ms, clone * ms at the snapshot)):*"]
     )

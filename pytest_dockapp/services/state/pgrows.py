@@ -29,10 +29,13 @@ _USER_TABLES = (
     "AND n.nspname NOT LIKE 'pg\\_%'"
 )
 # A TRUNCATE moves no counter of a table whose counters are all zero (a clone's start at zero):
-# it gives the table a new file, though.
+# it gives the table a new file, though. A sequence's value is on its page at every nextval()
+# (its WAL only every 32nd time), so the sequences are compared as values.
 _COUNTS = (
     "SELECT 'n|' || relid || '|' || concat_ws(',', n_tup_ins, n_tup_upd, n_tup_del, n_live_tup, n_dead_tup, "
-    f"pg_relation_filenode(relid)) FROM pg_stat_user_tables WHERE schemaname <> '{SCHEMA}';"
+    f"pg_relation_filenode(relid)) FROM pg_stat_user_tables WHERE schemaname <> '{SCHEMA}';\n"
+    "SELECT 'n|sequences|' || coalesce(string_agg(coalesce(last_value::text, '-'), ',' "
+    f"ORDER BY schemaname, sequencename), '') FROM pg_sequences WHERE schemaname <> '{SCHEMA}';"
 )
 _FLAG = f"""CREATE TABLE {SCHEMA}.ddl (at timestamptz);
 CREATE FUNCTION {SCHEMA}.ddl() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
@@ -94,6 +97,7 @@ class RowCopies:
     sequences: str = ""  # one SELECT of setval() calls
     counts: dict[str, str] = field(default_factory=dict)  # oid: the server's counters at the last restore
     counted: bool = True  # the server counts writes (track_counts); else every table is put back
+    stamp: str = ""  # the transaction of ours whose rows the templates hold
 
     @classmethod
     def take(cls, psql: SqlSession) -> RowCopies:
@@ -141,17 +145,23 @@ class RowCopies:
             + "\n"
             + _FLAG
         )
+        # Every row now carries a transaction of ours, and so do the templates copied from it next:
+        # a clone swapped in later has the rows a restore of ours wrote.
+        copies.put_back(psql, set(copies.tables))
+        copies.stamp = copies.tables[next(iter(copies.tables))].ours[-1] if copies.tables else ""
         return copies
 
     def restore(self, psql: SqlSession) -> bool:
-        """Put back the tables changed since the last restore; False (nothing done) when the schema
-        changed, which only a clone of the whole database undoes."""
+        """Put back the tables and sequences changed since the last restore (one round trip when
+        nothing was); False (nothing done) when the schema changed, which only a clone of the
+        whole database undoes."""
         rows = psql.run(f"{_END_CONNECTIONS}\nSELECT 'd|' || count(*) FROM {SCHEMA}.ddl;\n{_COUNTS}")
         if "d|0" not in rows:
             return False
         now = dict(row[2:].split("|", 1) for row in rows if row.startswith("n|"))
         changed = {oid for oid in self.tables if now.get(oid) != self.counts.get(oid) or not self.counted}
-        self.put_back(psql, changed)
+        if changed or now.get("sequences") != self.counts.get("sequences"):
+            self.put_back(psql, changed)
         return True
 
     def put_back(self, psql: SqlSession, changed: set[str]) -> None:
@@ -191,6 +201,6 @@ class RowCopies:
         xid = next((row[2:] for row in rows if row.startswith("x|")), None)
         if xid is not None:
             for oid in emptied:
-                self.tables[oid].ours = [xid]
+                self.tables[oid].ours = list(dict.fromkeys(x for x in (self.stamp, xid) if x))
             for oid in undone:
                 self.tables[oid].ours.append(xid)

@@ -131,9 +131,9 @@ class PostgresState:
     def _choose(self, name: str, copies: RowCopies, clone_seconds: float) -> None:
         """Restore ``name`` row by row when putting every table back took no longer than a clone."""
         session = self._in[name]
-        began = time.perf_counter()
         session.run(f"\\c {_sql_name(name)}")
-        copies.put_back(session, set(copies.tables))
+        began = time.perf_counter()
+        copies.put_back(session, set(copies.tables))  # what a test that wrote to every table costs
         self.timings[name] = (time.perf_counter() - began, clone_seconds)
         if self.timings[name][0] <= clone_seconds:
             self._rows[name] = copies
@@ -144,15 +144,24 @@ class PostgresState:
         """Put each database back as seeded, row by row or by a clone; with ``keep_as``, what a
         test left is kept under that name (``app_kept_1``), not dropped. Returns the databases kept."""
         self._wait_background()
+        if not self.databases:
+            return []
         psql = self._open()
-        if not self.databases or psql.run("SELECT pg_current_wal_lsn();")[0] == self._clean_at:
-            return []  # nothing was written since the databases were as seeded
-        swap = [db for db in self.databases if keep_as or not self._put_back(db[0])]
+        clones = [db for db in self.databases if db[0] not in self._rows]
+        # Nothing at all was written since the restore before (the server's WAL position is where
+        # it left it): a clone is not needed. Known only where clones are used (the last restore
+        # then noted the position).
+        unchanged = bool(self._clean_at) and psql.run("SELECT pg_current_wal_lsn();")[0] == self._clean_at
+        if keep_as:
+            swap = [] if unchanged else list(self.databases)
+        else:
+            swap = [] if unchanged else clones
+            swap += [db for db in self.databases if db[0] in self._rows and not self._put_back(db[0])]
         kept = self._swap(swap, keep_as) if swap else []
         # The position right after the restore: the clone work of the background moves it on, so
         # a test is taken as clean only when nothing at all was written since (never one that
         # wrote while the next clone was being made).
-        self._clean_at = psql.run("SELECT pg_current_wal_lsn();")[0]
+        self._clean_at = psql.run("SELECT pg_current_wal_lsn();")[0] if clones or swap else ""
         if swap:
             self._background = threading.Thread(
                 target=self._prepare_next, args=(swap,), name="dockapp-clone", daemon=True
