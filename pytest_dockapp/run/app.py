@@ -395,7 +395,7 @@ class AppRunner:
                     raise
                 raise ReadinessTimeoutError(
                     f"{self.name} did not finish within {self.timeout:g}s",
-                    evidence=tail(log_tail(self.client, container_id), 30),
+                    evidence=log_tail(self.client, container_id, 30),
                     evidence_title="container log (last lines)",
                     hint="a service others wait for with service_completed_successfully must exit; raise "
                     "dockapp_timeout if it is just slow",

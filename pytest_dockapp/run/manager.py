@@ -281,7 +281,8 @@ class AppManager:
 
     def start(self, image: Image | str, options: AppOptions | None = None) -> DockApp:
         """Start an app and wait until it is ready; it stays up until :meth:`stop` or :meth:`close`."""
-        return self.start_runner(self.run(image, options))
+        runner = self.run(image, options)
+        return self.start_runner(runner)
 
     def start_fresh(self, image: Image | str, options: AppOptions, *, likely: bool = False) -> DockApp:
         """As :meth:`start`, for an app of one test: taken from a warm spare when one is there, and

@@ -11,7 +11,6 @@ from pytest_dockapp.core.errors import (
     ConfigurationError,
     ContainerGoneError,
     ReadinessTimeoutError,
-    tail,
 )
 from pytest_dockapp.run.readiness.healthcheck import HealthcheckRun, healthcheck_command
 from pytest_dockapp.run.readiness.logs import log_tail
@@ -99,27 +98,19 @@ class ReadyWait:
                 f"dockapp_ready = healthcheck, but the image of {self.label} has no HEALTHCHECK",
                 hint="add a HEALTHCHECK to the Dockerfile, or choose auto, listen or http",
             )
-        path = {"auto": health_path, "http": health_path or "/"}.get(mode)
-        self.table = socket_table(client, attrs)
-        self.watch = ContainerWatch(
-            client,
-            container_id,
-            self.label,
-            attrs.get("State") or {},
-            self.table,
-            self.start,
-            config.get("Image") or "",
-        )
-        self.port = (
-            PortCheck(self.table, target.host, target.host_port, target.container_port, path, interval)
-            if target.host_port is not None and target.container_port is not None
-            else None
-        )
         self.health: HealthcheckRun | None = None
         if health_cmd:
             # The engine gives each run the HEALTHCHECK's --timeout (default 30 s); so do we.
             seconds = ((config.get("Healthcheck") or {}).get("Timeout") or 30_000_000_000) / 1e9
             self.health = HealthcheckRun(client, container_id, health_cmd, seconds, plan.exec_every, plan.exec_growth)
+        path = {"auto": health_path, "http": health_path or "/"}.get(mode)
+        self.table = socket_table(client, attrs)
+        self._state, self._image = attrs.get("State") or {}, config.get("Image") or ""
+        self.port = (
+            PortCheck(self.table, target.host, target.host_port, target.container_port, path, interval)
+            if target.host_port is not None and target.container_port is not None
+            else None
+        )
         self.health_cmd = health_cmd
         self.path = path
         self._client_error_since: float | None = None
@@ -129,6 +120,10 @@ class ReadyWait:
         return (["HEALTHCHECK"] if self.health else []) + ([self.port.name] if self.port else [])
 
     def run(self) -> Readiness:
+        # The watch starts with the wait, from the state the caller just inspected.
+        self.watch = ContainerWatch(
+            self.client, self.container_id, self.label, self._state, self.table, self.start, self._image
+        )
         deadline = self.start + self.timeout
         last_error = "no check has run yet"
         port_was_down = False
@@ -187,7 +182,7 @@ class ReadyWait:
             f"container {self.label} did not become ready within {self.timeout:g}s "
             f"(status {state.get('Status')}, health {self.watch.health}; "
             f"waited for: {', '.join(self.checks)})\nlast probe error: {last_error}",
-            evidence=tail(log_tail(self.client, self.container_id), 30),
+            evidence=log_tail(self.client, self.container_id, 30),
             evidence_title="container log (last lines)",
             hint=_timeout_hint(
                 last_error, self.port.container_port if self.port else None, self.path, self.label, self.health_cmd

@@ -9,7 +9,6 @@ from pytest_dockapp.core.errors import (
     ContainerExitedError,
     ContainerGoneError,
     UnhealthyError,
-    tail,
 )
 from pytest_dockapp.run.readiness.healthcheck import health_log
 from pytest_dockapp.run.readiness.logs import log_tail
@@ -67,7 +66,7 @@ class ContainerWatch:
                 f"container {self.label} exited with code {state.get('ExitCode')}{oom} "
                 f"{time.perf_counter() - self.start:.2f}s after start, before it became ready"
                 + (f"; engine error: {state['Error']}" if state.get("Error") else ""),
-                evidence=tail(log_tail(self.client, self.container_id), 30),
+                evidence=log_tail(self.client, self.container_id, 30),
                 evidence_title="container log (last lines)",
                 hint=f"run the image by hand (docker run --rm -it {self.image or self.container_id[:12]}) to see why "
                 "its command stops",
@@ -76,9 +75,7 @@ class ContainerWatch:
             raise UnhealthyError(
                 f"container {self.label} is unhealthy: its HEALTHCHECK failed "
                 f"{(state.get('Health') or {}).get('FailingStreak', '?')} times in a row",
-                evidence=health_log(state)
-                + "\n--- container log ---\n"
-                + tail(log_tail(self.client, self.container_id), 20),
+                evidence=health_log(state) + "\n--- container log ---\n" + log_tail(self.client, self.container_id, 20),
                 evidence_title="health log",
                 hint="run the HEALTHCHECK command in the container (docker exec) to see why it fails",
             )
