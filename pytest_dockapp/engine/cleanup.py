@@ -22,6 +22,7 @@ from pytest_dockapp.core.state_files import cache_file, load
 
 if TYPE_CHECKING:
     import docker
+    from filelock import FileLock
 
 PREFIX = "org.pytest-dockapp."
 OWNER = PREFIX + "owner"
@@ -229,14 +230,21 @@ def reuse_lock(slot: str) -> Path:
     return cache_file(f"reuse/{slot}.lock")
 
 
+def slot_lock(slot: str) -> FileLock:
+    """The lock of ``slot``, taken at once or not at all (``Timeout``); its folder made (``OSError``)."""
+    from filelock import FileLock
+
+    path = reuse_lock(slot)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), timeout=0)
+
+
 def slot_in_use(slot: str) -> bool:
     """Whether a live run holds ``slot`` (its lock goes with the process, even on SIGKILL)."""
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
-    lock = FileLock(str(reuse_lock(slot)), timeout=0)
     try:
-        reuse_lock(slot).parent.mkdir(parents=True, exist_ok=True)
-        with lock:
+        with slot_lock(slot):
             return False
     except Timeout:
         return True
@@ -244,18 +252,27 @@ def slot_in_use(slot: str) -> bool:
         return False
 
 
-def reusable_idle(labels: dict[str, str], ttl: float, owner: Owner, max_age: float = DEFAULT_SWEEP_AGE) -> bool:
+def reusable_idle(
+    labels: dict[str, str],
+    ttl: float,
+    owner: Owner,
+    max_age: float = DEFAULT_SWEEP_AGE,
+    records: dict[str, Any] | None = None,
+) -> bool:
     """Whether the reusable resource with ``labels`` went unused for longer than ``ttl``: since
-    the last run that used it ended (this machine's record), else since it was created; a slot
-    a live run holds is never idle. Another host's is used where this one cannot see: it goes
-    by age alone, past ``max_age`` too (the rule for other hosts' leftovers)."""
+    the last run that used it ended (this machine's record, ``records`` where read already),
+    else since it was created; a slot a live run holds is never idle. Another host's is used
+    where this one cannot see: it goes by age alone, past ``max_age`` too (the rule for other
+    hosts' leftovers)."""
     slot = labels.get(REUSE, "")
     if labels.get(HOST) != owner.host:
         try:
             return time.time() - float(labels.get(CREATED, "0")) > max(ttl, max_age)
         except ValueError:
             return False
-    used = load(cache_file(REUSE_FILE)).get(slot, {}).get("last_used")
+    records = load(cache_file(REUSE_FILE)) if records is None else records
+    entry = records.get(slot)
+    used = entry.get("last_used") if isinstance(entry, dict) else None
     try:
         since = float(used if used is not None else labels.get(CREATED, "0"))
     except (TypeError, ValueError):
@@ -288,8 +305,14 @@ def sweep(
         except docker.errors.APIError as exc:
             report.errors.append(f"{name}: {exc}")
 
+    records: list[dict[str, Any]] = []  # this machine's record of reusable slots, read once per sweep
+
     def idle(labels: dict[str, str]) -> bool:
-        return REUSE in labels and reuse_ttl is not None and reusable_idle(labels, reuse_ttl, owner, max_age)
+        if REUSE not in labels or reuse_ttl is None:
+            return False
+        if not records:
+            records.append(load(cache_file(REUSE_FILE)))
+        return reusable_idle(labels, reuse_ttl, owner, max_age, records[0])
 
     for c in client.api.containers(all=True, filters=flt):
         labels = c.get("Labels") or {}

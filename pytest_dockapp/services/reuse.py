@@ -138,7 +138,6 @@ class Reuse:
         self.worker = worker
         self.lines: list[str] = []
         self._held: dict[str, FileLock] = {}
-        self._check_seconds = 0.0  # the last readiness check of what was attached to
 
     def __enter__(self) -> Reuse:
         return self
@@ -160,9 +159,9 @@ class Reuse:
         if record is not None:
             app = DockApp.from_record(self.manager.client, record["app"])
             plan = WaitPlan(options.ready, options.health_path, options.timeout)
-            why = self._recheck([(app, plan)])
+            why, seconds = self._recheck([(app, plan)])
             if why is None:
-                self._attached(key, record)
+                self._attached(key, record, seconds)
                 return app
             self._replace(key, f"{why}, so it was replaced")
         runner = self.manager.run(image, options, RunContext(owner=self._owner(key)), track=False)
@@ -186,7 +185,7 @@ class Reuse:
         if record is not None:
             attached = stack.rejoin(record["stack"], self._owner(key))
             kept = [(app, _plan(stack, name)) for name, app in attached.services.items() if name not in again]
-            why = self._recheck(kept)
+            why, seconds = self._recheck(kept)
             if why is None and reset:
                 why = _back_to_start(attached)
             if why is None and again:
@@ -198,7 +197,7 @@ class Reuse:
                 if again:
                     self._save(key, {"stack": attached.record()})
                 else:
-                    self._attached(key, record)
+                    self._attached(key, record, seconds)
                 return attached
             self._replace(key, f"{why}, so it was replaced")
         reusable = stack.reusable(self._owner(key), f"dockapp-{stack.project.name[:30]}-reuse-{key.slot[:8]}")
@@ -220,14 +219,13 @@ class Reuse:
 
     def _acquire(self, key: ReuseKey) -> bool:
         """Take the slot's lock for the rest of the session; False when another run holds it."""
-        from filelock import FileLock, Timeout
+        from filelock import Timeout
 
         if key.slot in self._held:
             return True
         path = cleanup.reuse_lock(key.slot)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(path), timeout=0)
+            lock = cleanup.slot_lock(key.slot)
             lock.acquire()
         except Timeout:
             self.lines.append(
@@ -286,8 +284,8 @@ class Reuse:
         found: list[dict[str, Any]] = self.manager.client.api.containers(all=True, filters=flt)
         return found
 
-    def _recheck(self, apps: list[tuple[DockApp, WaitPlan]]) -> str | None:
-        """Wait for each app as a start does; None when all are ready, else why not."""
+    def _recheck(self, apps: list[tuple[DockApp, WaitPlan]]) -> tuple[str | None, float]:
+        """Wait for each app as a start does: why one is not ready (None when all are), and the seconds it took."""
         begin = time.perf_counter()
         for app, plan in apps:
             try:
@@ -299,15 +297,14 @@ class Reuse:
                     name=app.name,
                 )
             except DockappError as exc:
-                return f"{app.name} is not ready ({exc.what})"
-        self._check_seconds = time.perf_counter() - begin
-        return None
+                return f"{app.name} is not ready ({exc.what})", time.perf_counter() - begin
+        return None, time.perf_counter() - begin
 
-    def _attached(self, key: ReuseKey, record: dict[str, Any]) -> None:
+    def _attached(self, key: ReuseKey, record: dict[str, Any], seconds: float) -> None:
         idle = time.time() - float(record.get("last_used") or time.time())
         self.lines.append(
             f"reuse: attached to the {key.what} the last run left (idle {_ago(idle)}; ready check "
-            f"{self._check_seconds:.2f}s); no build, no start"
+            f"{seconds:.2f}s); no build, no start"
         )
 
     def _replace(self, key: ReuseKey, why: str) -> None:
