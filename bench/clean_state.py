@@ -159,11 +159,10 @@ def session(folder: Path, args: list[str]) -> tuple[float, float, float | None]:
 
 def janitor_server() -> tuple[str, str]:
     """A PostgreSQL of the same image, run by hand: its container ID and published port."""
-    cid = subprocess.run(["docker", "run", "-d", "--rm", "--label", "org.pytest-dockapp.bench=clean_state", "-p",
-                          "127.0.0.1::5432", POSTGRES], check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
-    for _ in range(300):
-        if subprocess.run(["docker", "exec", cid, "pg_isready", "-h", "127.0.0.1"], capture_output=True).returncode == 0:
-            break
+    run = ["docker", "run", "-d", "--rm", "--label", "org.pytest-dockapp.bench=clean_state", "-p", "127.0.0.1::5432"]
+    cid = subprocess.run([*run, POSTGRES], check=True, capture_output=True, text=True).stdout.strip()
+    ready = ["docker", "exec", cid, "pg_isready", "-h", "127.0.0.1"]
+    while subprocess.run(ready, capture_output=True).returncode != 0:
         time.sleep(0.1)
     port = subprocess.run(["docker", "port", cid, "5432"], check=True, capture_output=True, text=True).stdout
     return cid, port.splitlines()[0].rsplit(":", 1)[1]
@@ -184,10 +183,13 @@ def main() -> None:
             root = Path(tmp)
             variants: dict[tuple[int, str], tuple[Path, list[str]]] = {}
             for rows in args.rows:
-                variants[rows, "floor (shared, no reset)"] = (project(root, f"f{rows}", "dockapp_services", 100, rows), [])
-                variants[rows, "dockapp_clean"] = (project(root, f"c{rows}", "dockapp_clean", 100, rows), [])
-                variants[rows, "pytest-postgresql janitor"] = (project(root, f"j{rows}", "postgresql", 100, rows), janitor_args)
-                variants[rows, "dockapp_fresh"] = (project(root, f"x{rows}", "dockapp_fresh", k, rows), [])
+                for name, fixture, tests, extra in (
+                    ("floor (shared, no reset)", "dockapp_services", 100, []),
+                    ("dockapp_clean", "dockapp_clean", 100, []),
+                    ("pytest-postgresql janitor", "postgresql", 100, janitor_args),
+                    ("dockapp_fresh", "dockapp_fresh", k, []),
+                ):
+                    variants[rows, name] = (project(root, f"{fixture}{rows}", fixture, tests, rows), extra)
                 if n:
                     for name, fixture in (("floor", "dockapp_services"), ("dockapp_clean", "dockapp_clean")):
                         folder = project(root, f"{name}{rows}n", fixture, 100, rows, scope="worker")
