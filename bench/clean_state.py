@@ -177,7 +177,7 @@ def main() -> None:
     args = parser.parse_args()
     cid, port = janitor_server()
     janitor_args = ["--postgresql-host=127.0.0.1", f"--postgresql-port={port}", "--postgresql-user=postgres"]
-    k, n = args.fresh_tests, args.workers
+    k, n = max(2, args.fresh_tests), args.workers  # each test's time needs a second test
     try:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
