@@ -101,8 +101,15 @@ def dockapp_seed(dockapp_services):
         INSERT INTO events VALUES (1, 'seeded');
         SELECT nextval('tickets');
     \"\"\")
+    # the app's transaction left open on a seeded table: the snapshot must not wait for it
+    hold = "BEGIN; LOCK TABLE refs IN ROW SHARE MODE; SELECT pg_sleep(600)"
+    dockapp_services["db"].container.exec_run([*PSQL, "-d", "app", "-c", hold], detach=True)
+    held = "SELECT count(*) FROM pg_locks WHERE relation = 'refs'::regclass AND mode = 'RowShareLock'"
+    while psql(dockapp_services["db"], held) == "0":
+        time.sleep(0.05)
 
 SEEDED = "1000|1001|100|1001000|1|2|3|t"
+PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres"]
 
 def state(db):
     return psql(db, \"\"\"WITH i AS (INSERT INTO items (n) VALUES (0) RETURNING id)
@@ -146,9 +153,9 @@ def test_the_rows_a_test_changed_are_put_back_in_place_and_a_schema_change_takes
 ) -> None:
     _postgres_alone(app, pytester, postgres_base)
     conftest = (pytester.path / "conftest.py").read_text()
-    pytester.makeconftest(conftest.split("@pytest.fixture")[0] + textwrap.dedent(ROWS_SEED))
+    pytester.makeconftest("import time\n" + conftest.split("@pytest.fixture")[0] + textwrap.dedent(ROWS_SEED))
     pytester.makepyfile(test_rows=ROWS_TESTS)
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
     result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(
         ["clean state: * restores of db (postgres: app by rows put back (rows * ms, clone * ms at the snapshot)):*"]

@@ -104,6 +104,9 @@ class RowCopies:
         """Copy every table of the database ``psql`` is connected to into :data:`SCHEMA`, and
         install the event trigger that flags a change of the schema."""
         psql.run(
+            # An app's transaction left open would hold the tables that the copies read and the
+            # first restore empties.
+            f"{_END_CONNECTIONS}\n"
             f"DROP EVENT TRIGGER IF EXISTS {SCHEMA}_ddl; DROP EVENT TRIGGER IF EXISTS {SCHEMA}_drop;\n"
             f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA};"
         )

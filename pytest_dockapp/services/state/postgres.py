@@ -45,9 +45,9 @@ class PostgresState:
     connections, ends those open, and swaps the clone in by two renames (measured: 7-14 ms in
     all, on one psql session kept open); the old database is dropped and the next clone made in
     the background while the test runs (on fuse-overlayfs a clone takes 100-300 ms and a drop
-    130 ms). A restore after a test that wrote nothing since the last one (the server's WAL
-    position has not moved) is one query. The ``postgres`` maintenance database is left alone
-    when the seed put no table in it."""
+    130 ms). A restore after a test that wrote nothing since the last one is one query (the
+    server's counters, or, where clones are used, its WAL position). The ``postgres`` maintenance
+    database is left alone when the seed put no table in it."""
 
     name: str
     app: DockApp
