@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pytest_dockapp.core.errors import DockappError
+
 if TYPE_CHECKING:
     from pytest_dockapp.services.state.session import SqlSession
 
@@ -157,14 +159,22 @@ class RowCopies:
     def restore(self, psql: SqlSession) -> bool:
         """Put back the tables and sequences changed since the last restore (one round trip when
         nothing was); False (nothing done) when the schema changed, which only a clone of the
-        whole database undoes."""
-        rows = psql.run(f"{_END_CONNECTIONS}\nSELECT 'd|' || count(*) FROM {SCHEMA}.ddl;\n{_COUNTS}")
-        if "d|0" not in rows:
-            return False
-        now = dict(row[2:].split("|", 1) for row in rows if row.startswith("n|"))
-        changed = {oid for oid in self.tables if now.get(oid) != self.counts.get(oid) or not self.counted}
-        if changed or now.get("sequences") != self.counts.get("sequences"):
-            self.put_back(psql, changed)
+        whole database undoes. A connection that opens meanwhile and holds a lock makes it wait
+        at most 3 s; then the connections are ended again, twice at most."""
+        for attempt in range(3):
+            rows = psql.run(f"{_END_CONNECTIONS}\nSELECT 'd|' || count(*) FROM {SCHEMA}.ddl;\n{_COUNTS}")
+            if "d|0" not in rows:
+                return False
+            now = dict(row[2:].split("|", 1) for row in rows if row.startswith("n|"))
+            changed = {oid for oid in self.tables if now.get(oid) != self.counts.get(oid) or not self.counted}
+            if not changed and now.get("sequences") == self.counts.get("sequences"):
+                return True
+            try:
+                self.put_back(psql, changed)
+                return True
+            except DockappError as exc:  # the transaction was rolled back: nothing is half done
+                if "lock timeout" not in (exc.evidence or "") or attempt == 2:
+                    raise
         return True
 
     def put_back(self, psql: SqlSession, changed: set[str]) -> None:
@@ -183,7 +193,10 @@ class RowCopies:
         if emptied or undone:
             # Replica role: the copies go in without firing the app's triggers or checking foreign
             # keys (the seed satisfied them); the restore need not reach the disk before the test.
-            sql.append("BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = off;")
+            sql.append(
+                "BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = off; "
+                "SET LOCAL lock_timeout = '3s';"
+            )
             if emptied:
                 sql.append("TRUNCATE " + ", ".join(f"ONLY {self.tables[oid].name}" for oid in sorted(emptied)) + ";")
             for oid in sorted(emptied):
