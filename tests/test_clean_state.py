@@ -342,6 +342,22 @@ def test_each_test_sees_only_the_seed(dockapp_clean, dockapp_services, n):
     db.container.exec_run(["mariadb", "-uroot", "-e", lock], detach=True)
     while sql(db, "SELECT count(*) FROM information_schema.processlist WHERE info LIKE 'SELECT SLEEP%'") == "0":
         pass  # holding its locks before the test ends, as an app's connection would
+
+def test_only_reads_but_leaves_its_transaction_open(dockapp_clean, dockapp_services):
+    db = dockapp_services["db"]
+    assert sql(db, "SELECT count(*) FROM shop.items") == "1000"
+    lock = "BEGIN; SELECT count(*) FROM shop.items FOR UPDATE; SELECT SLEEP(600)"
+    db.container.exec_run(["mariadb", "-uroot", "-e", lock], detach=True)
+    while sql(db, "SELECT count(*) FROM information_schema.processlist WHERE info LIKE 'SELECT SLEEP%'") == "0":
+        pass
+
+def test_only_reads(dockapp_clean, dockapp_services):
+    assert sql(dockapp_services["db"], "SELECT count(*) FROM shop.items") == "1000"
+
+def test_writes_after_tests_that_only_read(dockapp_clean, dockapp_services):
+    db = dockapp_services["db"]
+    sql(db, "SET SESSION innodb_lock_wait_timeout = 5; UPDATE shop.items SET n = 0 WHERE id = 1")  # no lock left
+    assert sql(db, "SELECT count(*) FROM shop.items WHERE n = 0") == "1"
 """
 
 
@@ -355,5 +371,5 @@ def test_every_test_starts_from_the_seed_in_mariadb(app: App, pytester: pytest.P
     pytester.makeconftest(MARIADB_CONFTEST)
     pytester.makepyfile(test_clean=MARIADB_TESTS)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["clean state: 3 restores of db (mariadb): median * ms, max * ms on the tests' path"])
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["clean state: 6 restores of db (mariadb): median * ms, max * ms on the tests' path"])
