@@ -238,14 +238,18 @@ def test_under_xdist_each_workers_stack_is_restored_on_its_own_and_a_shared_one_
     result.stdout.fnmatch_lines(["*hint: set dockapp_compose_scope = worker*"])
 
 
-def _postgres_alone(app: App, pytester: pytest.Pytester, postgres_base: str) -> None:
-    """The web app and its PostgreSQL (no Redis), seeded as :data:`CONFTEST` seeds it."""
+def _web_and_db(app: App, pytester: pytest.Pytester, image: str, healthcheck: str) -> None:
+    """The web app waiting for one database service, ``db``, in the compose file the ini names."""
     app.httpd()
     compose = "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n  db:\n"
-    compose += f"    image: {postgres_base}\n"
-    compose += '    healthcheck: {test: "pg_isready -h 127.0.0.1", interval: 1s, retries: 30}\n'
+    compose += f"    image: {image}\n    healthcheck: {healthcheck}\n"
     (pytester.path / "compose.yaml").write_text(compose)
     pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+
+
+def _postgres_alone(app: App, pytester: pytest.Pytester, postgres_base: str) -> None:
+    """The web app and its PostgreSQL (no Redis), seeded as :data:`CONFTEST` seeds it."""
+    _web_and_db(app, pytester, postgres_base, '{test: "pg_isready -h 127.0.0.1", interval: 1s, retries: 30}')
     seed_db_only = CONFTEST.split("    cache.exec")[0]
     both = 'db, cache = dockapp_services["db"], dockapp_services["cache"]'
     pytester.makeconftest(seed_db_only.replace(both, 'db = dockapp_services["db"]'))
@@ -362,12 +366,7 @@ def test_writes_after_tests_that_only_read(dockapp_clean, dockapp_services):
 
 
 def test_every_test_starts_from_the_seed_in_mariadb(app: App, pytester: pytest.Pytester, mariadb_base: str) -> None:
-    app.httpd()
-    compose = "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n  db:\n"
-    compose += f"    image: {mariadb_base}\n"
-    compose += "    healthcheck: {test: [CMD, mariadb-admin, ping], interval: 1s, retries: 60}\n"
-    (pytester.path / "compose.yaml").write_text(compose)
-    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    _web_and_db(app, pytester, mariadb_base, "{test: [CMD, mariadb-admin, ping], interval: 1s, retries: 60}")
     pytester.makeconftest(MARIADB_CONFTEST)
     pytester.makepyfile(test_clean=MARIADB_TESTS)
     result = pytester.runpytest("-p", "no:cacheprovider")
