@@ -67,6 +67,11 @@ _END_CONNECTIONS = (
 )
 
 
+def _counters(rows: list[str]) -> dict[str, str]:
+    """What :data:`_COUNTS` printed: each table's counters by oid, and the sequences' values."""
+    return dict(row[2:].split("|", 1) for row in rows if row.startswith("n|"))
+
+
 @dataclass
 class _Table:
     name: str  # schema-qualified, quoted
@@ -152,8 +157,7 @@ class RowCopies:
         )
         # Every row now carries a transaction of ours, and so do the templates copied from it next:
         # a clone swapped in later has the rows a restore of ours wrote.
-        copies.put_back(psql, set(copies.tables))
-        copies.stamp = copies.tables[next(iter(copies.tables))].ours[-1] if copies.tables else ""
+        copies.stamp = copies.put_back(psql, set(copies.tables)) or ""
         return copies
 
     def restore(self, psql: SqlSession) -> bool:
@@ -165,7 +169,7 @@ class RowCopies:
             rows = psql.run(f"{_END_CONNECTIONS}\nSELECT 'd|' || count(*) FROM {SCHEMA}.ddl;\n{_COUNTS}")
             if "d|0" not in rows:
                 return False
-            now = dict(row[2:].split("|", 1) for row in rows if row.startswith("n|"))
+            now = _counters(rows)
             changed = {oid for oid in self.tables if now.get(oid) != self.counts.get(oid) or not self.counted}
             if not changed and now.get("sequences") == self.counts.get("sequences"):
                 return True
@@ -177,10 +181,11 @@ class RowCopies:
                     raise
         return True
 
-    def put_back(self, psql: SqlSession, changed: set[str]) -> None:
+    def put_back(self, psql: SqlSession, changed: set[str]) -> str | None:
         """Undo what was written to ``changed`` (emptied and filled again where a table has no
         primary key, or none or too many of our transactions; those that refer to it with it), set
-        every sequence as seeded, and note the counters as they are after it."""
+        every sequence as seeded, and note the counters as they are after it. Returns the
+        transaction that wrote (None when no table changed)."""
         emptied: set[str] = set()
         todo = [oid for oid in changed if not self.tables[oid].key or not 0 < len(self.tables[oid].ours) < _MAX_OURS]
         while todo:
@@ -213,10 +218,11 @@ class RowCopies:
         # Our own counts are handed in at once, so that the counters read next include them.
         sql += ["SELECT pg_stat_force_next_flush();", _COUNTS]
         rows = psql.run("\n".join(s for s in sql if s))
-        self.counts = dict(row[2:].split("|", 1) for row in rows if row.startswith("n|"))
+        self.counts = _counters(rows)
         xid = next((row[2:] for row in rows if row.startswith("x|")), None)
         if xid is not None:
             for oid in emptied:
                 self.tables[oid].ours = list(dict.fromkeys(x for x in (self.stamp, xid) if x))
             for oid in undone:
                 self.tables[oid].ours.append(xid)
+        return xid
