@@ -143,6 +143,11 @@ def test_empties_a_table(dockapp_clean, dockapp_services):
 def test_only_draws_a_ticket(dockapp_clean, dockapp_services):
     psql(dockapp_services["db"], "SELECT nextval('tickets')")  # a sequence logs ahead: no WAL
 
+def test_only_inserts_and_only_deletes(dockapp_clean, dockapp_services):
+    db = dockapp_services["db"]
+    assert state(db) == SEEDED  # a row into items, nothing else there
+    psql(db, "DELETE FROM refs WHERE item = 11")  # and only a seeded row out of refs
+
 def test_sees_the_seed(dockapp_clean, dockapp_services):
     assert state(dockapp_services["db"]) == SEEDED
 """
@@ -156,7 +161,7 @@ def test_the_rows_a_test_changed_are_put_back_in_place_and_a_schema_change_takes
     pytester.makeconftest("import time\n" + conftest.split("@pytest.fixture")[0] + textwrap.dedent(ROWS_SEED))
     pytester.makepyfile(test_rows=ROWS_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(
         ["clean state: * restores of db (postgres: app by rows put back (rows * ms, clone * ms at the snapshot)):*"]
     )
