@@ -17,6 +17,7 @@ clone in instead.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,14 +38,74 @@ _USER_TABLES = (
 # every table: 0.6 ms here, against 0.2). A TRUNCATE moves no counter: it gives the table a new
 # file, though. A sequence's value is on its page at every nextval() (its WAL only every 32nd
 # time), so the sequences are compared as values.
-_COUNT_TABLE = (
+# One statement, with the schema-change flag: each statement costs a turn between psql and the
+# server (0.15-0.3 ms here).
+_COUNTING = (
+    f"SELECT 'd|' || count(*) FROM {SCHEMA}.ddl UNION ALL "
     "SELECT 'n|' || r || '|' || concat_ws(',', pg_stat_get_tuples_inserted(r), pg_stat_get_tuples_updated(r), "
-    "pg_stat_get_tuples_deleted(r), pg_relation_filenode(r)) FROM unnest('{{{oids}}}'::oid[]) r;"
-)
-_COUNT_SEQUENCES = (
+    "pg_stat_get_tuples_deleted(r), pg_relation_filenode(r)) FROM unnest('{{{tables}}}'::oid[]) r UNION ALL "
     "SELECT 'n|sequences|' || coalesce(string_agg(coalesce(pg_sequence_last_value(q)::text, '-'), ',' "
-    "ORDER BY q), '') FROM unnest('{{{oids}}}'::oid[]) q;"
+    "ORDER BY q), '') FROM unnest('{{{sequences}}}'::oid[]) q;"
 )
+# A whole restore in one statement, so one round trip and one transaction (rolled back whole on
+# an error): end the connections, read each table's counters, and, for those that moved since
+# ``before``, run the statements the plan gives (each table's own; those a table emptied takes
+# along first). The copies go in without firing the app's triggers or checking foreign keys
+# (replica role: the seed satisfied them), need not reach the disk before the test, and wait at
+# most 3 s for a lock. Our own counts are handed in as the statement ends, so that the counters
+# read next include them. Measured at 10,000 rows: two round trips of two statements each took
+# 2.3-2.7 ms a restore of a one-row insert, this one ... ms.
+_RESTORE = f"""CREATE FUNCTION {SCHEMA}.restore(plan jsonb) RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+  t jsonb; now text; b text[]; n text[]; todo jsonb := '[]'; emptied oid[] := '{{}}';
+  seq jsonb := plan->'sequences'; seqs text;
+BEGIN
+  PERFORM {SCHEMA}.end_connections();
+  IF NOT (plan->>'everything')::boolean AND EXISTS (SELECT 1 FROM {SCHEMA}.ddl) THEN
+    RETURN NEXT 'd|1';
+    RETURN;
+  END IF;
+  FOR t IN SELECT jsonb_array_elements(plan->'tables') LOOP
+    now := concat_ws(',', pg_stat_get_tuples_inserted((t->>'oid')::oid), pg_stat_get_tuples_updated((t->>'oid')::oid),
+      pg_stat_get_tuples_deleted((t->>'oid')::oid), pg_relation_filenode((t->>'oid')::oid));
+    CONTINUE WHEN now = t->>'before';
+    b := string_to_array(t->>'before', ',');
+    n := string_to_array(now, ',');
+    IF b IS NULL OR b[2] <> n[2] OR b[4] <> n[4] THEN  -- updated, or emptied: both ways
+      t := t || '{{"out": true, "in": true}}';
+    ELSE
+      t := t || jsonb_build_object('out', b[1] <> n[1], 'in', b[3] <> n[3]);
+    END IF;
+    IF t ? 'group' THEN
+      emptied := emptied || ARRAY(SELECT jsonb_array_elements_text(t->'group')::oid);
+    END IF;
+    todo := todo || jsonb_build_array(t);
+  END LOOP;
+  SELECT coalesce(string_agg(coalesce(pg_sequence_last_value(q)::text, '-'), ',' ORDER BY q), '') INTO seqs
+    FROM jsonb_array_elements_text(seq->'oids') e, LATERAL (SELECT e::oid AS q) x;
+  IF jsonb_array_length(todo) = 0 AND seqs = seq->>'before' THEN
+    RETURN;
+  END IF;
+  PERFORM set_config('session_replication_role', 'replica', true), set_config('synchronous_commit', 'off', true),
+    set_config('lock_timeout', '3s', true);
+  IF cardinality(emptied) > 0 THEN
+    EXECUTE 'TRUNCATE ' || (SELECT string_agg('ONLY ' || (x->>'name'), ', ') FROM jsonb_array_elements(plan->'tables') x
+      WHERE (x->>'oid')::oid = ANY(emptied));
+    FOR t IN SELECT x FROM jsonb_array_elements(plan->'tables') x WHERE (x->>'oid')::oid = ANY(emptied) LOOP
+      EXECUTE t->>'fill';
+      RETURN NEXT 'e|' || (t->>'oid');
+    END LOOP;
+  END IF;
+  FOR t IN SELECT x FROM jsonb_array_elements(todo) x WHERE NOT (x->>'oid')::oid = ANY(emptied) LOOP
+    IF (t->>'out')::boolean THEN EXECUTE t->>'delete'; END IF;
+    IF (t->>'in')::boolean THEN EXECUTE t->>'insert'; END IF;
+    RETURN NEXT 'u|' || (t->>'oid') || '|' || (t->>'in');
+  END LOOP;
+  IF seq->>'set' <> '' THEN EXECUTE seq->>'set'; END IF;
+  PERFORM pg_stat_force_next_flush();
+  RETURN NEXT 'x|' || pg_current_xact_id()::xid;
+END $$;
+"""
 _FLAG = f"""CREATE TABLE {SCHEMA}.ddl (at timestamptz);
 CREATE FUNCTION {SCHEMA}.ddl() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog AS $$
@@ -75,31 +136,15 @@ _ENDING = (
 )
 _END_CONNECTIONS = f"DO $$ {_ENDING} $$;"
 # The same, compiled once (a DO block is compiled at every call: 0.3 ms here).
-# Before the event triggers, which would take it for the app's change of the schema.
-_FLAG = f"CREATE FUNCTION {SCHEMA}.end_connections() RETURNS void LANGUAGE plpgsql AS $$ {_ENDING} $$;\n{_FLAG}"
+# Before the event triggers, which would take them for the app's change of the schema.
+_FLAG = (
+    f"CREATE FUNCTION {SCHEMA}.end_connections() RETURNS void LANGUAGE plpgsql AS $$ {_ENDING} $$;\n{_RESTORE}{_FLAG}"
+)
 
 
 def _counters(rows: list[str]) -> dict[str, str]:
     """What the counting printed: each table's counters by oid, and the sequences' values."""
     return dict(row[2:].split("|", 1) for row in rows if row.startswith("n|"))
-
-
-Undo = tuple[bool, bool]  # a table's rows a test wrote to delete; the seed's rows it removed to bring back
-EVERYTHING: Undo = (True, True)
-
-
-def _undo(before: str | None, now: str | None) -> Undo | None:
-    """What a restore must do to a table whose counters were ``before`` and are ``now`` (None: nothing).
-    Inserted rows are deleted; deleted ones brought back; an updated row is both; a table
-    emptied (a new file) has only its seed's rows to bring back, and nothing is known without counts."""
-    if before == now and before is not None:
-        return None
-    if before is None or now is None:
-        return EVERYTHING
-    (ins, upd, dele, node), (ins2, upd2, dele2, node2) = before.split(","), now.split(",")
-    if node != node2 or upd != upd2:
-        return EVERYTHING
-    return ins != ins2, dele != dele2
 
 
 @dataclass
@@ -109,22 +154,31 @@ class _Table:
     key: str = ""  # the primary key's columns
     ours: list[str] = field(default_factory=list)  # our restores' transactions: the seed's rows carry them
 
-    def undo(self, oid: str, undo: Undo) -> list[str]:
-        """Remove the rows that none of our restores wrote, and bring back the seed's rows missing by
-        key, as far as ``undo`` says a test did either (the bringing back costs 1.5 ms at 10,000
-        rows, the removing 0.5)."""
+    def plan(self, oid: str, before: str | None, group: list[str] | None) -> dict[str, object]:
+        """What a restore does to this table when its counters moved from ``before``: the rows that
+        none of our restores wrote go (where rows came in), the seed's rows missing by key come
+        back (where rows went; 1.5 ms at 10,000 rows, the removing 0.5); or, with ``group``, those
+        tables are emptied and filled again."""
         key = ", ".join(f"t.{k}" for k in self.key.split(","))
         seed_key = ", ".join(f"s.{k}" for k in self.key.split(","))
-        delete, insert = undo
-        return [
-            f"DELETE FROM ONLY {self.name} WHERE xmin NOT IN ({', '.join(f'{x!r}::xid' for x in self.ours)});"
-            if delete
-            else "",
-            f"INSERT INTO {self.name} ({self.columns}) OVERRIDING SYSTEM VALUE SELECT {self.columns} "
-            f"FROM {SCHEMA}.t{oid} s WHERE NOT EXISTS (SELECT 1 FROM ONLY {self.name} t WHERE ({key}) = ({seed_key}));"
-            if insert
-            else "",
-        ]
+        step: dict[str, object] = {
+            "oid": oid,
+            "name": self.name,
+            "before": before,
+            "fill": f"INSERT INTO {self.name} ({self.columns}) OVERRIDING SYSTEM VALUE "
+            f"SELECT {self.columns} FROM {SCHEMA}.t{oid}",
+        }
+        if group is not None:
+            step["group"] = group
+        else:
+            step["delete"] = (
+                f"DELETE FROM ONLY {self.name} WHERE xmin NOT IN ({', '.join(f'{x!r}::xid' for x in self.ours)})"
+            )
+            step["insert"] = (
+                f"INSERT INTO {self.name} ({self.columns}) OVERRIDING SYSTEM VALUE SELECT {self.columns} FROM "
+                f"{SCHEMA}.t{oid} s WHERE NOT EXISTS (SELECT 1 FROM ONLY {self.name} t WHERE ({key}) = ({seed_key}))"
+            )
+        return step
 
 
 _MAX_OURS = 16  # then a table is emptied and filled again, which leaves one transaction to know
@@ -139,7 +193,8 @@ class RowCopies:
     tables: dict[str, _Table] = field(default_factory=dict)  # by oid
     referrers: dict[str, set[str]] = field(default_factory=dict)  # oid: the oids of tables referring to it
     sequences: str = ""  # one SELECT of setval() calls
-    counting: str = ""  # the query of every table's counters and every sequence's value
+    sequence_oids: list[str] = field(default_factory=list)
+    counting: str = ""  # the query of the schema-change flag, every table's counters, every sequence's value
     counts: dict[str, str] = field(default_factory=dict)  # oid: the server's counters at the last restore
     counted: bool = True  # the server counts writes (track_counts); else every table is put back
     stamp: str = ""  # the transaction of ours whose rows the templates hold
@@ -186,10 +241,10 @@ class RowCopies:
             elif kind == "c":
                 copies.counted = parts[0] == "on"
             elif kind == "s" and parts[0]:
-                copies.sequences = f"SELECT {parts[0]};"
+                copies.sequences = f"SELECT {parts[0]}"
             elif kind == "q":
-                copies.counting = _COUNT_SEQUENCES.format(oids=parts[0])
-        copies.counting = _COUNT_TABLE.format(oids=",".join(copies.tables)) + "\n" + copies.counting
+                copies.sequence_oids = [q for q in parts[0].split(",") if q]
+                copies.counting = _COUNTING.format(tables=",".join(copies.tables), sequences=parts[0])
         psql.run(
             "\n".join(
                 f"CREATE TABLE {SCHEMA}.t{oid} AS SELECT {table.columns} FROM ONLY {table.name};"
@@ -200,80 +255,72 @@ class RowCopies:
         )
         # Every row now carries a transaction of ours, and so do the templates copied from it next:
         # a clone swapped in later has the rows a restore of ours wrote.
-        copies.stamp = copies.put_back(psql, copies.everything()) or ""
+        copies.stamp = copies.put_back(psql) or ""
         return copies
 
-    def everything(self) -> dict[str, Undo]:
-        """Every table, to put back whatever was done to it."""
-        return dict.fromkeys(self.tables, EVERYTHING)
+    def _plan(self, everything: bool) -> str:
+        """The argument of the server's ``restore()``: each table's counters at the last restore and
+        what to run when they moved (with ``everything``, every table as if they had)."""
+        groups: dict[str, list[str]] = {}
+        for oid, table in self.tables.items():
+            if table.key and 0 < len(table.ours) < _MAX_OURS:
+                continue
+            group, todo = [], [oid]  # emptied with the tables that refer to it
+            while todo:
+                other = todo.pop()
+                if other in self.tables and other not in group:
+                    group.append(other)
+                    todo += self.referrers.get(other, ())
+            groups[oid] = group
+        counted = self.counted and not everything
+        plan = {
+            "everything": everything,
+            "tables": [
+                table.plan(oid, self.counts.get(oid) if counted else None, groups.get(oid))
+                for oid, table in self.tables.items()
+            ],
+            "sequences": {
+                "oids": self.sequence_oids,
+                "before": self.counts.get("sequences") if counted else None,
+                "set": self.sequences,
+            },
+        }
+        return "'" + json.dumps(plan).replace("'", "''") + "'"
 
     def restore(self, psql: SqlSession) -> bool:
-        """Put back the tables and sequences changed since the last restore (one round trip when
-        nothing was); False (nothing done) when the schema changed, which only a clone of the
-        whole database undoes. A connection that opens meanwhile and holds a lock makes it wait
-        at most 3 s; then the connections are ended again, twice at most."""
+        """Put back the tables and sequences changed since the last restore (one round trip);
+        False (nothing done) when the schema changed, which only a clone of the whole database
+        undoes. A connection that opens meanwhile and holds a lock makes it wait at most 3 s; then
+        the connections are ended again, twice at most."""
         for attempt in range(3):
-            rows = psql.run(
-                f"SELECT {SCHEMA}.end_connections();\nSELECT 'd|' || count(*) FROM {SCHEMA}.ddl;\n{self.counting}"
-            )
-            if "d|0" not in rows:
-                return False
-            now = _counters(rows) if self.counted else {}
-            changed = {oid: undo for oid in self.tables if (undo := _undo(self.counts.get(oid), now.get(oid)))}
-            if not changed and now.get("sequences") == self.counts.get("sequences"):
-                return True
             try:
-                self.put_back(psql, changed)
-                return True
+                return self._run(psql, everything=False) is not False
             except DockappError as exc:  # the transaction was rolled back: nothing is half done
                 if "lock timeout" not in (exc.evidence or "") or attempt == 2:
                     raise
         return True
 
-    def put_back(self, psql: SqlSession, changed: dict[str, Undo]) -> str | None:
-        """Undo what was written to ``changed`` as each's :data:`Undo` says (emptied and filled
-        again where a table has no primary key, or none or too many of our transactions; those that
-        refer to it with it), set
-        every sequence as seeded, and note the counters as they are after it. Returns the
-        transaction that wrote (None when no table changed)."""
-        emptied: set[str] = set()
-        todo = [oid for oid in changed if not self.tables[oid].key or not 0 < len(self.tables[oid].ours) < _MAX_OURS]
-        while todo:
-            oid = todo.pop()
-            if oid in self.tables and oid not in emptied:
-                emptied.add(oid)
-                todo += self.referrers.get(oid, ())
-        undone = sorted(set(changed) - emptied)
-        sql = []
-        if emptied or undone:
-            # Replica role: the copies go in without firing the app's triggers or checking foreign
-            # keys (the seed satisfied them); the restore need not reach the disk before the test.
-            sql.append(
-                "BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = off; "
-                "SET LOCAL lock_timeout = '3s';"
-            )
-            if emptied:
-                sql.append("TRUNCATE " + ", ".join(f"ONLY {self.tables[oid].name}" for oid in sorted(emptied)) + ";")
-            for oid in sorted(emptied):
-                table = self.tables[oid]
-                sql.append(
-                    f"INSERT INTO {table.name} ({table.columns}) OVERRIDING SYSTEM VALUE "
-                    f"SELECT {table.columns} FROM {SCHEMA}.t{oid};"
-                )
-            for oid in undone:
-                sql += self.tables[oid].undo(oid, changed[oid])
-            sql += [self.sequences, "SELECT 'x|' || pg_current_xact_id()::xid;", "COMMIT;"]
-        else:
-            sql.append(self.sequences)
-        # Our own counts are handed in at once, so that the counters read next include them.
-        sql += ["SELECT pg_stat_force_next_flush();", self.counting]
-        rows = psql.run("\n".join(s for s in sql if s))
+    def put_back(self, psql: SqlSession) -> str | None:
+        """Put back every table and sequence, whatever was done to them; the transaction that wrote."""
+        xid = self._run(psql, everything=True)  # the schema-change flag is not read: never False
+        return xid if isinstance(xid, str) and xid else None
+
+    def recount(self, psql: SqlSession) -> None:
+        """Note the counters as they are now (a clone swapped in starts its own at zero)."""
+        self.counts = _counters(psql.run(self.counting))
+
+    def _run(self, psql: SqlSession, everything: bool) -> str | bool:
+        """One restore on the server, and the counters after it; False when the schema changed,
+        else the transaction that wrote ("" when nothing was written)."""
+        rows = psql.run(f"SELECT {SCHEMA}.restore({self._plan(everything)}::jsonb);\n{self.counting}")
+        if "d|1" in rows:
+            return False
         self.counts = _counters(rows)
-        xid = next((row[2:] for row in rows if row.startswith("x|")), None)
-        if xid is not None:
-            for oid in emptied:
-                self.tables[oid].ours = list(dict.fromkeys(x for x in (self.stamp, xid) if x))
-            for oid in undone:
-                if changed[oid][1]:  # rows of ours only where the seed's came back
-                    self.tables[oid].ours.append(xid)
+        xid = next((row[2:] for row in rows if row.startswith("x|")), "")
+        for row in rows:
+            kind, _, rest = row.partition("|")
+            if kind == "e":  # emptied and filled: only the seed's transaction and this one's rows
+                self.tables[rest].ours = list(dict.fromkeys(x for x in (self.stamp, xid) if x))
+            elif kind == "u" and rest.endswith("|true"):  # rows of ours only where the seed's came back
+                self.tables[rest.split("|")[0]].ours.append(xid)
         return xid

@@ -133,7 +133,7 @@ class PostgresState:
         session = self._in[name]
         session.run(f"\\c {_sql_name(name)}")
         began = time.perf_counter()
-        copies.put_back(session, copies.everything())  # what a test that wrote to every table costs
+        copies.put_back(session)  # what a test that wrote to every table costs
         self.timings[name] = (time.perf_counter() - began, clone_seconds)
         if self.timings[name][0] <= clone_seconds:
             self._rows[name] = copies
@@ -212,7 +212,7 @@ class PostgresState:
         self._open().run("\n".join(sql))
         for name in moved:  # the clone's own counters start at zero
             self._in[name].run(f"\\c {_sql_name(name)}")
-            self._rows[name].put_back(self._in[name], {})
+            self._rows[name].recount(self._in[name])
         return kept
 
     def keep_as_started(self) -> None:
