@@ -49,10 +49,9 @@ COMPOSE = f"""services:
 SEED = "CREATE TABLE items (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int); "
 SEED += "INSERT INTO items (n) SELECT generate_series(1, {rows});"
 # Each test's time: from the second test's start to the last test's call (per xdist worker).
-WINDOW = """
+TIMING = """
 import os, time
 from pathlib import Path
-import psycopg
 import pytest
 
 _seen = []
@@ -68,10 +67,16 @@ def pytest_sessionfinish(session):
     if len(_seen) > 3:  # a start and a call per test
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         Path(f"window-{worker}.txt").write_text(f"{_seen[-1] - _seen[2]} {len(_seen) // 2 - 1}")
+"""
+WINDOW = (
+    TIMING
+    + """
+import psycopg
 
 def connect(app, dbname="app"):
     return psycopg.connect(host=app.host, port=app.port, user="postgres", dbname=dbname, autocommit=True)
 """
+)
 DOCKAPP_SEED = """
 @pytest.fixture(scope="session")
 def dockapp_seed(dockapp_services):

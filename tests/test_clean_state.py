@@ -331,7 +331,10 @@ def sql(db, statement):
 @pytest.fixture(scope="session")
 def dockapp_seed(dockapp_services):
     schema = "CREATE DATABASE shop; CREATE TABLE shop.items (id INT AUTO_INCREMENT PRIMARY KEY, n INT);"
+    # rows a cascade deletes fire no trigger and move no count of their table
+    schema += "CREATE TABLE shop.notes (id INT PRIMARY KEY, item INT REFERENCES shop.items (id) ON DELETE CASCADE);"
     sql(dockapp_services["db"], schema + "INSERT INTO shop.items (n) SELECT seq FROM shop.seq_1_to_1000")
+    sql(dockapp_services["db"], "INSERT INTO shop.notes SELECT seq, seq FROM shop.seq_1_to_100")
 """
 
 MARIADB_TESTS = """
@@ -342,7 +345,7 @@ from conftest import sql
 def test_each_test_sees_only_the_seed(dockapp_clean, dockapp_services, n):
     db = dockapp_services["db"]
     assert sql(db, "SELECT count(*) FROM shop.items") == "1000"
-    assert sql(db, "SHOW TABLES FROM shop") == "items"  # the table the test before made is gone
+    assert sql(db, "SHOW TABLES FROM shop").split() == ["items", "notes"]  # the table the test before made is gone
     sql(db, "INSERT INTO shop.items (n) VALUES (-1)")
     assert sql(db, "SELECT max(id) FROM shop.items") == "1001"  # AUTO_INCREMENT as seeded
     sql(db, f"CREATE TABLE shop.scratch_{n} (x INT)")
@@ -367,6 +370,19 @@ def test_writes_after_tests_that_only_read(dockapp_clean, dockapp_services):
     db = dockapp_services["db"]
     sql(db, "SET SESSION innodb_lock_wait_timeout = 5; UPDATE shop.items SET n = 0 WHERE id = 1")  # no lock left
     assert sql(db, "SELECT count(*) FROM shop.items WHERE n = 0") == "1"
+
+def test_changes_rows_but_no_table(dockapp_clean, dockapp_services):
+    db = dockapp_services["db"]
+    assert sql(db, "SELECT count(*), sum(n) FROM shop.items") == "1000\t500500"
+    sql(db, "UPDATE shop.items SET n = -n WHERE id <= 10; DELETE FROM shop.items WHERE id BETWEEN 20 AND 29")
+    sql(db, "INSERT INTO shop.items (n) VALUES (7), (8)")
+
+def test_sees_the_seed_after_rows_changed(dockapp_clean, dockapp_services):
+    db = dockapp_services["db"]
+    assert sql(db, "SELECT count(*), sum(n) FROM shop.items") == "1000\t500500"
+    assert sql(db, "SELECT count(*) FROM shop.notes") == "100"
+    sql(db, "INSERT INTO shop.items (n) VALUES (-1)")
+    assert sql(db, "SELECT max(id) FROM shop.items") == "1001"  # AUTO_INCREMENT as seeded
 """
 
 
@@ -375,5 +391,7 @@ def test_every_test_starts_from_the_seed_in_mariadb(app: App, pytester: pytest.P
     pytester.makeconftest(MARIADB_CONFTEST)
     pytester.makepyfile(test_clean=MARIADB_TESTS)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines(["clean state: 6 restores of db (mariadb): median * ms, max * ms on the tests' path"])
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(
+        ["clean state: 8 restores of db (mariadb: the tables a test wrote put back row by row*): median * ms*"]
+    )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pytest_dockapp.core.errors import DockappError
+from pytest_dockapp.services.state.myrows import RowTables
 from pytest_dockapp.services.state.session import DONE, SqlSession
 
 if TYPE_CHECKING:
@@ -31,10 +32,8 @@ _WRITES = (
     "SHOW GLOBAL STATUS WHERE Variable_name REGEXP '^(Com_(insert|update|delete|replace|load|truncate|"
     "create_|drop_|alter_|rename_|call_procedure|xa_commit)|Innodb_rows_(inserted|updated|deleted))';"
 )
-_SESSIONS = (
-    "SELECT CONCAT('session ', id) FROM information_schema.processlist WHERE id <> CONNECTION_ID() "
-    "AND command <> 'Daemon';"
-)
+# A change of the schema (or a bulk load) is undone by the whole restore, never row by row.
+_DDL = ("Com_create_", "Com_drop_", "Com_alter_", "Com_rename_", "Com_truncate", "Com_load")
 
 
 def _counts(lines: list[str]) -> list[str]:
@@ -53,8 +52,6 @@ def _text(text: str) -> str:
 class MariaDBState:
     """The user databases of one MariaDB (or MySQL) server, by their tables."""
 
-    how = ""  # one way
-
     name: str
     app: DockApp
     user: str = "root"
@@ -62,6 +59,15 @@ class MariaDBState:
     tables: dict[str, list[str]] = field(default_factory=dict)  # database -> its tables, as seeded
     _session: SqlSession | None = None
     _written: list[str] = field(default_factory=list)  # the write counters after the last restore
+    rows: RowTables | None = None  # where the server counts each table's changed rows
+    _rows_at: dict[str, str] = field(default_factory=dict)  # those counts after the last restore
+    _own: str = ""  # our session's connection ID
+
+    @property
+    def how(self) -> str:
+        if self.rows is None:
+            return "every table emptied and filled (the server counts no table's changed rows: no userstat)"
+        return "the tables a test wrote put back row by row (the server's per-table counts, userstat)"
 
     def _open(self) -> SqlSession:
         if self._session is None:
@@ -70,9 +76,12 @@ class MariaDBState:
             if self.password:
                 cmd.append(f"-p{self.password}")
             hint = f"the seed's tables must stay writable by {self.user} (set MARIADB_ROOT_PASSWORD if it has one)"
+            # A connection that ended between the reading of the sessions and their KILL is no failure.
             self._session = SqlSession(
-                self.app, cmd, done=f"SELECT '{DONE}';", errors=r"^ERROR \d+", quit="quit\n", hint=hint
+                self.app, cmd, done=f"SELECT '{DONE}';", errors=r"^ERROR (?!1094\b)\d+", quit="quit\n", hint=hint
             )
+            # Our own writes are no test's: the triggers that note the keys a test wrote skip them.
+            self._own = self._session.run("SET @_dockapp_restoring = 1;\nSELECT CONNECTION_ID();")[0].strip()
         return self._session
 
     def _user_tables(self, sql: SqlSession) -> dict[str, list[str]]:
@@ -109,36 +118,66 @@ class MariaDBState:
         sql = self._open()
         self.tables = {db: t for db, t in self._user_tables(sql).items() if "_dockapp_" not in db}
         sql.run("\n".join(self._copies(self.tables, _SEED)))
+        self.rows = RowTables.take(sql, self.tables, {db: db[:48] + _SEED for db in self.tables})
+        if self.rows is not None:
+            sql.run("\n".join(self.rows.watch()))
         # Put back once right away: the tables are then as every restore leaves them (an
         # AUTO_INCREMENT an INSERT ... SELECT left at 1024 is 1001 again), whether or not the
         # first test writes.
-        self._written = _counts(sql.run("\n".join([*self._restore_statements(sql), _WRITES])))
+        self._put_back(sql, self._restore_statements(sql))
+        if self.rows is not None:
+            self.rows.seeded(self._rows_at)
+
+    def _put_back(self, sql: SqlSession, statements: list[str]) -> None:
+        """Run a restore's statements, and note the counters as they are after it."""
+        after = sql.run("\n".join([*statements, _WRITES, self.rows.counting if self.rows else ""]))
+        self._written = _counts(after)
+        self._rows_at = RowTables.read(after)
 
     def restore(self, keep_as: str | None = None) -> list[str]:
         """Every seeded table's rows back, and the tables a test made dropped; nothing is kept
-        (``keep_as`` is PostgreSQL's). A connection that opens while it runs and takes a lock makes
-        it wait at most 3 s; then the connections are ended again and the whole restore (each
-        table emptied and filled) runs again. After a test that wrote nothing, only the
-        connections are ended."""
+        (``keep_as`` is PostgreSQL's). The app's connections end first. Where the server counts
+        each table's changed rows, and the test changed no schema, only the tables it wrote are
+        put back, row by row; else every table is emptied and filled. A connection that opens
+        while it runs and takes a lock makes it wait at most 3 s; then the connections are ended
+        again and it runs again. After a test that wrote nothing, only the connections are ended."""
         if not self.tables:
             return []
         sql = self._open()
-        now = sql.run(f"{_WRITES}\n{_SESSIONS}")
+        now = sql.run(f"{_WRITES}\nSHOW PROCESSLIST;\n{self.rows.counting if self.rows else ''}")
+        kill = [f"KILL {line.split()[0]};" for line in now if self._other_session(line)]
         if self._written and _counts(now) == self._written:
             # Nothing to put back; the connections end all the same (a transaction left open may
             # hold locks the next test would wait for; INNODB_TRX lags up to 0.1 s behind).
-            kill = [f"KILL {line.split()[1]};" for line in now if line.startswith("session ")]
             if kill:
                 sql.run("\n".join(kill))
             return []
+        before = dict(line.split("\t", 1) for line in self._written)
+        moved = {name for name, value in (line.split("\t", 1) for line in _counts(now)) if before.get(name) != value}
         for attempt in range(3):
             try:
-                self._written = _counts(sql.run("\n".join([*self._restore_statements(sql), _WRITES])))
+                if self.rows is not None and self._written and not any(m.startswith(_DDL) for m in moved):
+                    undo = self.rows.undo(self._rows_at, RowTables.read(now))
+                    settings = (
+                        "SET SESSION lock_wait_timeout = 3, innodb_lock_wait_timeout = 3, FOREIGN_KEY_CHECKS = 0;"
+                    )
+                    self._put_back(sql, [settings, *kill, *undo, "SET FOREIGN_KEY_CHECKS = 1;"])
+                else:
+                    rewatch = self.rows.watch(self.rows.unwatched(sql)) if self.rows is not None else []
+                    self._put_back(sql, [*self._restore_statements(sql), *rewatch])
                 break
             except DockappError as exc:
                 if "Lock wait timeout" not in (exc.evidence or "") or attempt == 2:
                     raise
+                kill = [
+                    f"KILL {line.split()[0]};" for line in sql.run("SHOW PROCESSLIST;") if self._other_session(line)
+                ]
         return []
+
+    def _other_session(self, line: str) -> bool:
+        """Whether a line of ``SHOW PROCESSLIST`` is a client's connection other than ours."""
+        fields = line.split("\t")
+        return len(fields) > 4 and fields[0].isdigit() and fields[0] != self._own and fields[4] != "Daemon"
 
     def _restore_statements(self, sql: SqlSession) -> list[str]:
         now = self._user_tables(sql)
