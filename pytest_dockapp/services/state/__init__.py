@@ -4,7 +4,8 @@
   to a template and a ready clone; a restore puts back the rows of the tables a test changed, or,
   after a change of the schema (or where a clone was faster), swaps the clone in under the name
   the app already uses (:mod:`~pytest_dockapp.services.state.postgres`).
-* **MariaDB** (and MySQL): each table's rows copied after the seed, and put back per test
+* **MariaDB** (and MySQL): each table's rows copied after the seed; per test, the rows a test
+  wrote put back where the server counts each table's writes, every table refilled otherwise
   (:mod:`~pytest_dockapp.services.state.mariadb`).
 * **Redis** (and Valkey): after the seed, every key of every logical database is dumped with its
   time to live; a restore is ``FLUSHALL`` and the keys ``RESTORE``d, pipelined in one round

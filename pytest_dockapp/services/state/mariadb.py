@@ -1,13 +1,15 @@
 """MariaDB and MySQL put back as seeded, table by table.
 
 After the seed, every table of every user database is copied into ``<db>_dockapp_seed``
-(``CREATE TABLE ... LIKE`` and ``INSERT ... SELECT``). A restore ends the app's connections,
-then, with foreign key checks off, empties each table and copies its seed rows back
-(``TRUNCATE`` keeps the table, so the app's prepared statements and grants stay), and drops the
-tables a test created. One ``mariadb`` client session, kept open in the container, does it all.
-The server has no template databases as PostgreSQL has, and a copy of the whole schema per
-test would pay for every table of every database; the tables' rows are what tests change. A
-test that wrote nothing (the server's counts of writing statements did not move) costs one query.
+(``CREATE TABLE ... LIKE`` and ``INSERT ... SELECT``). A restore ends the app's connections, then,
+with foreign key checks off, puts back only the rows a test wrote where the server can say which
+(:mod:`~pytest_dockapp.services.state.myrows`: MariaDB's per-table counts and our triggers), or
+else empties each table and copies its seed rows back (``TRUNCATE`` keeps the table, so the app's
+prepared statements and grants stay), and drops the tables a test created. One ``mariadb``
+client session, kept open in the container, does it all. The server has no template databases
+as PostgreSQL has, and a copy of the whole schema per test would pay for every table of every
+database; the tables' rows are what tests change. A test that wrote nothing (the server's counts
+of writing statements did not move) costs one query.
 """
 
 from __future__ import annotations
