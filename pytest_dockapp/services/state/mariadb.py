@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pytest_dockapp.core.errors import DockappError
-from pytest_dockapp.services.state.myrows import RowTables
+from pytest_dockapp.services.state.myrows import RowTables, quoted, text
 from pytest_dockapp.services.state.session import DONE, SqlSession
 
 if TYPE_CHECKING:
@@ -40,14 +40,6 @@ _DDL = ("Com_create_", "Com_drop_", "Com_alter_", "Com_rename_", "Com_truncate",
 
 def _counts(lines: list[str]) -> list[str]:
     return [line for line in lines if line.startswith(("Com_", "Innodb_"))]
-
-
-def _name(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def _text(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 @dataclass
@@ -88,7 +80,7 @@ class MariaDBState:
 
     def _user_tables(self, sql: SqlSession) -> dict[str, list[str]]:
         """Every user database (ours too) with its tables."""
-        excluded = ", ".join(_text(s) for s in _SYSTEM)
+        excluded = ", ".join(text(s) for s in _SYSTEM)
         rows = sql.run(
             f"SELECT schema_name, '' FROM information_schema.schemata WHERE schema_name NOT IN ({excluded});\n"
             "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
@@ -107,12 +99,12 @@ class MariaDBState:
         """Statements that copy each database's tables into ``<db><suffix>``."""
         statements = []
         for db, names in tables.items():
-            copy = _name(db[:48] + suffix)
+            copy = quoted(db[:48] + suffix)
             statements += [f"DROP DATABASE IF EXISTS {copy};", f"CREATE DATABASE {copy};"]
             for table in names:
                 statements += [
-                    f"CREATE TABLE {copy}.{_name(table)} LIKE {_name(db)}.{_name(table)};",
-                    f"INSERT INTO {copy}.{_name(table)} SELECT * FROM {_name(db)}.{_name(table)};",
+                    f"CREATE TABLE {copy}.{quoted(table)} LIKE {quoted(db)}.{quoted(table)};",
+                    f"INSERT INTO {copy}.{quoted(table)} SELECT * FROM {quoted(db)}.{quoted(table)};",
                 ]
         return statements
 
@@ -190,11 +182,11 @@ class MariaDBState:
         statements += [f"KILL {line};" for line in sessions if line.isdigit()]
         statements.append("SET FOREIGN_KEY_CHECKS = 0;")
         for db, tables in self.tables.items():
-            seed = _name(db[:48] + _SEED)
-            statements += [f"DROP TABLE {_name(db)}.{_name(t)};" for t in now.get(db, []) if t not in tables]
+            seed = quoted(db[:48] + _SEED)
+            statements += [f"DROP TABLE {quoted(db)}.{quoted(t)};" for t in now.get(db, []) if t not in tables]
             for table in tables:
-                target = f"{_name(db)}.{_name(table)}"
-                source = f"{seed}.{_name(table)}"
+                target = f"{quoted(db)}.{quoted(table)}"
+                source = f"{seed}.{quoted(table)}"
                 statements += [f"TRUNCATE TABLE {target};", f"INSERT INTO {target} SELECT * FROM {source};"]
         statements.append("SET FOREIGN_KEY_CHECKS = 1;")
         return statements
@@ -212,11 +204,11 @@ class MariaDBState:
         bases = {db[: -len(_BASE)]: tables for db, tables in now.items() if db.endswith(_BASE)}
         if not bases:
             raise DockappError(f"service {self.name}: no copy of its databases as the server started")
-        statements = [f"DROP DATABASE {_name(db)};" for db in now if not db.endswith(_BASE)]
+        statements = [f"DROP DATABASE {quoted(db)};" for db in now if not db.endswith(_BASE)]
         for db, tables in bases.items():
-            statements.append(f"CREATE DATABASE {_name(db)};")
+            statements.append(f"CREATE DATABASE {quoted(db)};")
             for table in tables:
-                base, target = f"{_name(db + _BASE)}.{_name(table)}", f"{_name(db)}.{_name(table)}"
+                base, target = f"{quoted(db + _BASE)}.{quoted(table)}", f"{quoted(db)}.{quoted(table)}"
                 statements += [f"CREATE TABLE {target} LIKE {base};", f"INSERT INTO {target} SELECT * FROM {base};"]
         sql.run("\n".join(statements))
 
