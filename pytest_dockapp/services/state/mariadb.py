@@ -114,7 +114,10 @@ class MariaDBState:
         sql.run("\n".join(self._copies(self.tables, _SEED)))
         self.rows = RowTables.take(sql, self.tables, {db: db[:48] + _SEED for db in self.tables})
         if self.rows is not None:
-            sql.run("\n".join(self.rows.watch()))
+            try:
+                sql.run("\n".join(self.rows.watch()))
+            except DockappError:  # a server that takes one trigger per event, and the app has one
+                self.rows = None
         # Put back once right away: the tables are then as every restore leaves them (an
         # AUTO_INCREMENT an INSERT ... SELECT left at 1024 is 1001 again), whether or not the
         # first test writes.
