@@ -60,7 +60,7 @@ class MariaDBState:
     @property
     def how(self) -> str:
         if self.rows is None:
-            return "every table emptied and filled (the server counts no table's changed rows: no userstat)"
+            return "every table emptied and filled (the server counts no table's writes, or took no triggers of ours)"
         return "the tables a test wrote put back row by row (the server's per-table counts, userstat)"
 
     def _open(self) -> SqlSession:
