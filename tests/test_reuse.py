@@ -244,6 +244,22 @@ def test_with_dockapp_clean_each_run_of_a_reused_stack_starts_from_the_seed(
     assert _reusable(docker_client, pytester.path) == []
 
 
+def test_with_dockapp_clean_a_reused_mariadb_that_started_with_no_database_starts_from_the_seed(
+    app: App, pytester: pytest.Pytester, mariadb_base: str, docker_client: Any, dev: None
+) -> None:
+    from .test_clean_state import MARIADB_CONFTEST, MARIADB_TESTS, _web_and_db
+
+    _web_and_db(app, pytester, mariadb_base, "{test: [CMD, mariadb-admin, ping], interval: 1s, retries: 60}")
+    pytester.makeconftest(MARIADB_CONFTEST)  # CREATE DATABASE shop: a second seed on the last run's data would fail
+    pytester.makepyfile(test_clean=MARIADB_TESTS)
+    pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse").assert_outcomes(passed=8)
+    again = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse")
+    again.assert_outcomes(passed=8)
+    again.stdout.fnmatch_lines(["reuse: attached to the stack compose.yaml *"])
+    _down(pytester)
+    assert _reusable(docker_client, pytester.path) == []
+
+
 def test_a_changed_app_source_restarts_only_the_app_and_keeps_its_database(
     app: App, pytester: pytest.Pytester, redis_base: str, docker_client: Any, dev: None
 ) -> None:

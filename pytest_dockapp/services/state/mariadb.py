@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _SEED = "_dockapp_seed"
 _BASE = "_dockapp_base"
+_STARTED = "_dockapp_started"  # made by keep_as_started, even when there was no database to copy
 _SYSTEM = ("information_schema", "mysql", "performance_schema", "sys")
 # The server's counts of every statement that writes or changes a schema (whatever the engine,
 # inside procedures and triggers too) and of InnoDB's rows written: when none moved since the
@@ -195,25 +196,28 @@ class MariaDBState:
         return statements
 
     def keep_as_started(self) -> None:
-        """Copy every database as the server started to ``<db>_dockapp_base``, for :meth:`back_to_start`."""
+        """Copy every database as the server started to ``<db>_dockapp_base``, for :meth:`back_to_start`;
+        a marker database says it was done (a server may start with no database of the user's)."""
         sql = self._open()
-        sql.run("\n".join(self._copies(self._user_tables(sql), _BASE)))
+        copies = self._copies(self._user_tables(sql), _BASE)
+        sql.run("\n".join([*copies, f"CREATE DATABASE IF NOT EXISTS {quoted(_STARTED)};"]))
 
     def back_to_start(self) -> None:
         """Every database as :meth:`keep_as_started` kept it; those made since (the last run's seed
         and its copies) dropped."""
         sql = self._open()
         now = self._user_tables(sql)
-        bases = {db[: -len(_BASE)]: tables for db, tables in now.items() if db.endswith(_BASE)}
-        if not bases:
+        if _STARTED not in now:
             raise DockappError(f"service {self.name}: no copy of its databases as the server started")
-        statements = [f"DROP DATABASE {quoted(db)};" for db in now if not db.endswith(_BASE)]
+        bases = {db[: -len(_BASE)]: tables for db, tables in now.items() if db.endswith(_BASE)}
+        statements = [f"DROP DATABASE {quoted(db)};" for db in now if not db.endswith(_BASE) and db != _STARTED]
         for db, tables in bases.items():
             statements.append(f"CREATE DATABASE {quoted(db)};")
             for table in tables:
                 base, target = f"{quoted(db + _BASE)}.{quoted(table)}", f"{quoted(db)}.{quoted(table)}"
                 statements += [f"CREATE TABLE {target} LIKE {base};", f"INSERT INTO {target} SELECT * FROM {base};"]
-        sql.run("\n".join(statements))
+        if statements:
+            sql.run("\n".join(statements))
 
     def close(self) -> None:
         if self._session is not None:
