@@ -89,7 +89,11 @@ class Images:
         key = resolved.key
         if key not in self._images:
             image = self._build(resolved) if self.shared_dir is None else self._build_shared(resolved)
-            if not self._lease(image):
+            if image.record is not None and image.record.reused and self.shared_dir is None:
+                # Nothing was built, and the proof inspected the image just now: its lease is made in
+                # the background, as a prebuilt image's (14 ms off a reused run's path here).
+                self._lease_later(image)
+            elif not self._lease(image):
                 image = self._build(resolved, reuse=False)  # removed since it was built: build it again
                 self._lease(image)
             self._images[key] = image
@@ -167,31 +171,42 @@ class Images:
                 ) from None
             pulled = time.perf_counter() - began
         image = Image(image_id, ref, prebuilt=True, pull_seconds=pulled)
-        if image.id not in self._leases:
-            # In the background: the session never removes a prebuilt image, so its lease only
-            # guards against others, and a stack's start need not wait for it (75-80 ms each here).
-            self._leases[image.id] = ""
-            self._pending.append(self._leasing.submit(self._lease, image, True))
+        # In the background: the session never removes a prebuilt image, so its lease only guards
+        # against others, and a stack's start need not wait for it (75-80 ms each here).
+        self._lease_later(image)
         self.prebuilt_images.append(image)
         return image
 
+    def _lease_later(self, image: Image) -> None:
+        """Lease ``image`` in the background (once)."""
+        if image.id not in self._leases:
+            self._leases[image.id] = ""
+            self._pending.append(self._leasing.submit(self._lease, image, True))
+
     def release(self, failed: Callable[[Exception], None], engine_lost: Callable[[], bool]) -> list[str]:
-        """Remove the leases; each error goes to ``failed``, and once ``engine_lost()`` no
-        further call is made. Returns the leases that could not be removed."""
-        left = []
+        """Remove the leases, all at once; each error goes to ``failed``, and when ``engine_lost()``
+        no call is made. Returns the leases that could not be removed."""
         for pending in self._pending:
             with contextlib.suppress(Exception):  # not created: the session was ending, or the image went
                 pending.result()
         self._pending.clear()
-        for lease in filter(None, self._leases.values()):
-            if engine_lost():
-                left.append(lease[:12])
-                continue
+        leases = list(filter(None, self._leases.values()))
+        self._leases.clear()
+        if not leases or engine_lost():
+            return [lease[:12] for lease in leases]
+
+        left: list[str] = []
+
+        def remove(lease: str) -> None:
             try:
                 cleanup.remove_container(self.client, lease)
             except Exception as exc:
+                left.append(lease[:12])
                 failed(exc)
-        self._leases.clear()
+
+        # All at once: three leases took 12 ms one after the other here.
+        with ThreadPoolExecutor(max_workers=min(4, len(leases)), thread_name_prefix="dockapp-unlease") as pool:
+            list(pool.map(remove, leases))
         return left
 
     def remove_built(self) -> list[str]:
