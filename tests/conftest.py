@@ -22,6 +22,7 @@ from .helpers import (
     ENGINE_IS_LOCAL,
     MARIADB_BASE,
     NODE_BASE,
+    POSTGRES13_BASE,
     POSTGRES_BASE,
     PYTHON_BASE,
     REDIS_BASE,
@@ -193,6 +194,12 @@ def redis_base(docker_client: Any) -> str:
 def postgres_base(docker_client: Any) -> str:
     """A local PostgreSQL 15 base (mmdebstrap, built once when missing)."""
     return _ensure_base(docker_client, POSTGRES_BASE, "postgres")
+
+
+@pytest.fixture(scope="session")
+def postgres13_base(docker_client: Any) -> str:
+    """A local PostgreSQL 13 base (Debian 11's, mmdebstrap, built once when missing)."""
+    return _ensure_base(docker_client, POSTGRES13_BASE, "postgres13")
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = "dockapp-test/busybox:1"
 REDIS_BASE = "dockapp-test/redis:bookworm"
 POSTGRES_BASE = "dockapp-test/postgres:bookworm"
+POSTGRES13_BASE = "dockapp-test/postgres:13-bullseye"
 PYTHON_BASE = "dockapp-test/python:bookworm"
 MARIADB_BASE = "dockapp-test/mariadb:bookworm"
 NODE_BASE = os.environ.get("DOCKAPP_TEST_NODE_BASE", "dockapp-test/node:bookworm")

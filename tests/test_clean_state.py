@@ -167,6 +167,24 @@ def test_the_rows_a_test_changed_are_put_back_in_place_and_a_schema_change_takes
     )
 
 
+def test_before_postgresql_15_each_test_gets_a_clone_and_the_summary_says_why(
+    app: App, pytester: pytest.Pytester, postgres13_base: str
+) -> None:
+    _postgres_alone(app, pytester, postgres13_base)
+    conftest = (pytester.path / "conftest.py").read_text()
+    pytester.makeconftest("import time\n" + conftest.split("@pytest.fixture")[0] + textwrap.dedent(ROWS_SEED))
+    # nothing of the row restore in the app's database: no copies, no functions, no event trigger
+    nothing = "SELECT count(*) FROM pg_namespace WHERE nspname = '_dockapp_seed'"
+    more = "\n\ndef test_nothing_of_ours(dockapp_clean, dockapp_services):\n"
+    more += f"    assert psql(dockapp_services['db'], {nothing!r}) == '0'\n"
+    pytester.makepyfile(test_rows=ROWS_TESTS + more)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(
+        ["clean state: 8 restores of db (postgres: every database by a clone (*needs PostgreSQL 15*is 13)):*"]
+    )
+
+
 def test_a_service_whose_data_cannot_be_put_back_is_named_with_what_to_do(app: App, pytester: pytest.Pytester) -> None:
     app.httpd()
     (pytester.path / "compose.yaml").write_text(

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 _SEED = "_dockapp_seed"
 _BASE = "_dockapp_base"  # a database as the server started, kept for the next run of a reused stack
+# Before 15, a backend's counts reach the statistics through a collector, up to half a second late
+# (and there is no pg_stat_force_next_flush()): rows cannot be told apart by them, clones are used.
+_ROWS_SINCE = 150000
 
 
 def _sql_name(name: str) -> str:
@@ -61,10 +64,18 @@ class PostgresState:
     _rows: dict[str, RowCopies] = field(default_factory=dict)  # the databases restored row by row
     _in: dict[str, SqlSession] = field(default_factory=dict)  # a session in each of those
     timings: dict[str, tuple[float, float]] = field(default_factory=dict)  # name: (rows, clone) seconds
+    version: int = 0  # the server's, as server_version_num
 
     @property
     def how(self) -> str:
         """Which databases go back row by row, which by a clone, and why (what each took at the snapshot)."""
+        if 0 < self.version < _ROWS_SINCE:
+            major = self.version // 10000
+            release = str(major) if major >= 10 else f"{major}.{self.version // 100 % 100}"
+            return (
+                f"every database by a clone (putting rows back needs PostgreSQL 15, which hands a backend's "
+                f"counts in at once; this server is {release})"
+            )
         parts = []
         for name, (rows, clone) in self.timings.items():
             way = "rows put back" if name in self._rows else "a clone"
@@ -88,6 +99,7 @@ class PostgresState:
             "AND datallowconn AND datname NOT LIKE '%\\_dockapp\\_%';"
         )
         self.databases = [(r.split("|", 1)[0], r.split("|", 1)[1]) for r in rows if "|" in r]
+        self.version = int(psql.run("SHOW server_version_num;")[0])
         if any(name == "postgres" for name, _ in self.databases):
             tables = psql.run(
                 "\\c postgres\nSELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -98,7 +110,7 @@ class PostgresState:
             if tables and tables[0].strip() == "0":
                 self.databases = [(n, o) for n, o in self.databases if n != "postgres"]
         for name, owner in self.databases:
-            copies = self._copy_rows(name)
+            copies = self._copy_rows(name) if self.version >= _ROWS_SINCE else None
             seed, ready, old = self._names(name)
             psql.run(
                 f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {_sql_text(name)} "
