@@ -153,14 +153,19 @@ def test_sees_the_seed(dockapp_clean, dockapp_services):
 """
 
 
+def _rows_run(app: App, pytester: pytest.Pytester, image: str, more_tests: str = "") -> pytest.RunResult:
+    """:data:`ROWS_TESTS` (and ``more_tests``) against a PostgreSQL of ``image`` seeded as :data:`ROWS_SEED`."""
+    _postgres_alone(app, pytester, image)
+    conftest = (pytester.path / "conftest.py").read_text()
+    pytester.makeconftest("import time\n" + conftest.split("@pytest.fixture")[0] + textwrap.dedent(ROWS_SEED))
+    pytester.makepyfile(test_rows=ROWS_TESTS + more_tests)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+
+
 def test_the_rows_a_test_changed_are_put_back_in_place_and_a_schema_change_takes_a_clone(
     app: App, pytester: pytest.Pytester, postgres_base: str
 ) -> None:
-    _postgres_alone(app, pytester, postgres_base)
-    conftest = (pytester.path / "conftest.py").read_text()
-    pytester.makeconftest("import time\n" + conftest.split("@pytest.fixture")[0] + textwrap.dedent(ROWS_SEED))
-    pytester.makepyfile(test_rows=ROWS_TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    result = _rows_run(app, pytester, postgres_base)
     result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(
         ["clean state: * restores of db (postgres: app by rows put back (rows * ms, clone * ms at the snapshot)):*"]
@@ -170,15 +175,11 @@ def test_the_rows_a_test_changed_are_put_back_in_place_and_a_schema_change_takes
 def test_before_postgresql_15_each_test_gets_a_clone_and_the_summary_says_why(
     app: App, pytester: pytest.Pytester, postgres13_base: str
 ) -> None:
-    _postgres_alone(app, pytester, postgres13_base)
-    conftest = (pytester.path / "conftest.py").read_text()
-    pytester.makeconftest("import time\n" + conftest.split("@pytest.fixture")[0] + textwrap.dedent(ROWS_SEED))
     # nothing of the row restore in the app's database: no copies, no functions, no event trigger
     nothing = "SELECT count(*) FROM pg_namespace WHERE nspname = '_dockapp_seed'"
     more = "\n\ndef test_nothing_of_ours(dockapp_clean, dockapp_services):\n"
     more += f"    assert psql(dockapp_services['db'], {nothing!r}) == '0'\n"
-    pytester.makepyfile(test_rows=ROWS_TESTS + more)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    result = _rows_run(app, pytester, postgres13_base, more)
     result.assert_outcomes(passed=8)
     result.stdout.fnmatch_lines(
         ["clean state: 8 restores of db (postgres: every database by a clone (*needs PostgreSQL 15*is 13)):*"]
