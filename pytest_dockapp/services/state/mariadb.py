@@ -122,7 +122,7 @@ class MariaDBState:
         # Put back once right away: the tables are then as every restore leaves them (an
         # AUTO_INCREMENT an INSERT ... SELECT left at 1024 is 1001 again), whether or not the
         # first test writes.
-        self._put_back(sql, self._restore_statements(sql))
+        self._put_back(sql, self._restore_statements(sql, self._kills(sql.run("SHOW PROCESSLIST;"))))
         if self.rows is not None:
             self.rows.seeded(self._rows_at)
 
@@ -143,7 +143,7 @@ class MariaDBState:
             return []
         sql = self._open()
         now = sql.run(f"{_WRITES}\nSHOW PROCESSLIST;\n{self.rows.counting if self.rows else ''}")
-        kill = [f"KILL {line.split()[0]};" for line in now if self._other_session(line)]
+        kill = self._kills(now)
         if self._written and _counts(now) == self._written:
             # Nothing to put back; the connections end all the same (a transaction left open may
             # hold locks the next test would wait for; INNODB_TRX lags up to 0.1 s behind).
@@ -162,28 +162,25 @@ class MariaDBState:
                     self._put_back(sql, [settings, *kill, *undo, "SET FOREIGN_KEY_CHECKS = 1;"])
                 else:
                     rewatch = self.rows.watch(self.rows.unwatched(sql)) if self.rows is not None else []
-                    self._put_back(sql, [*self._restore_statements(sql), *rewatch])
+                    self._put_back(sql, [*self._restore_statements(sql, kill), *rewatch])
                 break
             except DockappError as exc:
                 if "Lock wait timeout" not in (exc.evidence or "") or attempt == 2:
                     raise
-                kill = [
-                    f"KILL {line.split()[0]};" for line in sql.run("SHOW PROCESSLIST;") if self._other_session(line)
-                ]
+                kill = self._kills(sql.run("SHOW PROCESSLIST;"))
         return []
 
-    def _other_session(self, line: str) -> bool:
-        """Whether a line of ``SHOW PROCESSLIST`` is a client's connection other than ours."""
-        fields = line.split("\t")
-        return len(fields) > 4 and fields[0].isdigit() and fields[0] != self._own and fields[4] != "Daemon"
+    def _kills(self, lines: list[str]) -> list[str]:
+        """A ``KILL`` of each client's connection but ours that ``SHOW PROCESSLIST`` printed among ``lines``."""
+        fields = [line.split("\t") for line in lines]
+        return [
+            f"KILL {f[0]};" for f in fields if len(f) > 4 and f[0].isdigit() and f[0] != self._own and f[4] != "Daemon"
+        ]
 
-    def _restore_statements(self, sql: SqlSession) -> list[str]:
+    def _restore_statements(self, sql: SqlSession, kill: list[str]) -> list[str]:
+        """Every table emptied and filled, the tables a test made dropped, after ``kill``."""
         now = self._user_tables(sql)
-        sessions = sql.run(
-            "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() AND command <> 'Daemon';"
-        )
-        statements = ["SET SESSION lock_wait_timeout = 3, innodb_lock_wait_timeout = 3;"]
-        statements += [f"KILL {line};" for line in sessions if line.isdigit()]
+        statements = ["SET SESSION lock_wait_timeout = 3, innodb_lock_wait_timeout = 3;", *kill]
         statements.append("SET FOREIGN_KEY_CHECKS = 0;")
         for db, tables in self.tables.items():
             seed = quoted(db[:48] + _SEED)
