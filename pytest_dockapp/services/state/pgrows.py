@@ -195,7 +195,6 @@ class RowCopies:
     referrers: dict[str, set[str]] = field(default_factory=dict)  # oid: the oids of tables referring to it
     sequences: str = ""  # one SELECT of setval() calls
     sequence_oids: list[str] = field(default_factory=list)
-    counting: str = ""  # the query of the schema-change flag, every table's counters, every sequence's value
     counts: dict[str, str] = field(default_factory=dict)  # oid: the server's counters at the last restore
     counted: bool = True  # the server counts writes (track_counts); else every table is put back
     stamp: str = ""  # the transaction of ours whose rows the templates hold
@@ -245,7 +244,6 @@ class RowCopies:
                 copies.sequences = f"SELECT {parts[0]}"
             elif kind == "q":
                 copies.sequence_oids = [q for q in parts[0].split(",") if q]
-                copies.counting = _COUNTING.format(tables=",".join(copies.tables), sequences=parts[0])
         psql.run(
             "\n".join(
                 f"CREATE TABLE {SCHEMA}.t{oid} AS SELECT {table.columns} FROM ONLY {table.name};"
@@ -258,6 +256,11 @@ class RowCopies:
         # a clone swapped in later has the rows a restore of ours wrote.
         copies.stamp = copies.put_back(psql) or ""
         return copies
+
+    @property
+    def counting(self) -> str:
+        """The query of the schema-change flag, every table's counters and every sequence's value."""
+        return _COUNTING.format(tables=",".join(self.tables), sequences=",".join(self.sequence_oids))
 
     def _plan(self, everything: bool) -> str:
         """The argument of the server's ``restore()``: each table's counters at the last restore and
