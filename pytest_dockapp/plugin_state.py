@@ -74,11 +74,13 @@ class PluginState:
 
     def reuse_status(self) -> tuple[bool, str]:
         """Whether the session's app or stack is reused across runs, and the line that says so."""
-        from pytest_dockapp.services.reuse import CI_VARIABLES, ci_variable
-
         mode = self.settings.reuse
         if not mode:
             return False, ""
+        # Only here: the reuse module pulls in the whole services layer (compose, stacks, the
+        # clean-state kinds), 20-40 ms of imports that a run without reuse never needs.
+        from pytest_dockapp.services.reuse import CI_VARIABLES, ci_variable
+
         ci = ci_variable()
         if ci is not None and mode != "force":
             return False, (
@@ -166,6 +168,8 @@ class PluginState:
 
     def kept_data_lines(self) -> list[str]:
         """Where each kept database is, and the command that connects to it."""
+        if not self._kept_data:
+            return []  # without importing the clean-state kinds (about 10 ms), as most runs keep none
         from pytest_dockapp.services.state import connect_command
 
         return [

@@ -43,6 +43,23 @@ def test_a_session_without_app_tests_reaches_no_engine(
     result.stdout.no_fnmatch_line("dockapp: *")  # no header, no engine error
 
 
+def test_an_app_run_without_compose_or_reuse_never_imports_the_services_layer(
+    app: App, pytester: pytest.Pytester
+) -> None:
+    """Compose, stacks, reuse and the clean-state kinds are 35-60 ms of imports: W1 went from
+    1.05x to 1.20x the floor when the reuse status and the kept-data summary imported them."""
+    app.httpd()
+    pytester.makeconftest(
+        "import sys\n\n"
+        "def pytest_unconfigure():\n"
+        "    names = sorted(m for m in sys.modules if m.startswith('pytest_dockapp.services'))\n"
+        "    open('loaded.txt', 'w').write(' '.join(names))\n"
+    )
+    pytester.makepyfile(HOME_TEST)
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+    assert pytester.path.joinpath("loaded.txt").read_text() == ""
+
+
 def test_a_conftest_override_turns_the_early_start_off(app: App, pytester: pytest.Pytester) -> None:
     """The override is known only when its fixture runs: starting the rootdir's image early would
     build (and here fail on) what the test never asked for."""
