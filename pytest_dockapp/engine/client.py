@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -49,6 +50,9 @@ CALL_TIMEOUT = 30.0
 BUILD_TIMEOUT = 900.0
 #: How often the engine is pinged while a BuildKit CLI build runs (the CLI waits forever).
 ENGINE_WATCH_EVERY = 5.0
+
+#: Each client's first ping's headers (see :func:`engine_headers`).
+_FIRST_PING: weakref.WeakKeyDictionary[docker.DockerClient, Mapping[str, str]] = weakref.WeakKeyDictionary()
 
 
 def is_engine_failure(exc: BaseException) -> bool:
@@ -109,7 +113,9 @@ def connect(timeout: float = CALL_TIMEOUT, endpoint: Endpoint | None = None) -> 
         )
         if endpoint.scheme == "ssh":
             _one_ssh_pool(client)
-        api_version = ping(client).get("Api-Version")
+        headers = ping(client)
+        _FIRST_PING[client] = headers
+        api_version = headers.get("Api-Version")
         client.api._version = api_version or client.api._retrieve_server_version()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise EngineUnavailableError(
@@ -184,9 +190,18 @@ def endpoint_of(client: docker.DockerClient) -> Endpoint:
 def is_podman(client: docker.DockerClient) -> bool:
     """Whether the engine is podman's Docker-compatible API (its ping names ``Libpod-Api-Version``)."""
     try:
-        return "Libpod-Api-Version" in ping(client)
+        return "Libpod-Api-Version" in engine_headers(client)
     except Exception:
         return False
+
+
+def engine_headers(client: docker.DockerClient) -> Mapping[str, str]:
+    """The headers of the engine's first ``/_ping`` answer to ``client`` (what it is, its API
+    version): asked once per client, not by each question (three pings per session before)."""
+    headers = _FIRST_PING.get(client)
+    if headers is None:
+        headers = _FIRST_PING[client] = ping(client)
+    return headers
 
 
 def ping(client: docker.DockerClient) -> Mapping[str, str]:
@@ -372,7 +387,7 @@ def engine_version(client: docker.DockerClient) -> str:
     """``"Docker 20.10.24 (linux)"`` or what the engine says of itself."""
     try:
         # "Server: Docker/20.10.24 (linux)" comes with every ping; /version is slower to answer.
-        server = ping(client).get("Server", "")
+        server = engine_headers(client).get("Server", "")
         name, _, rest = server.partition("/")
         if name and rest:
             return f"{'podman' if name == 'Libpod' else name} {rest}"
