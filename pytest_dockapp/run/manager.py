@@ -255,6 +255,10 @@ class AppManager:
         """An image that was built elsewhere (an earlier CI stage); it must be on the engine."""
         return self.images.prebuilt(ref)
 
+    def pinned_by_containers(self, images: Iterable[Image]) -> None:
+        """``images`` run in containers that outlive the session (reused): their leases can go now."""
+        self.images.unlease_later(images)
+
     def _run_context(self) -> RunContext:
         """What every start of this session shares: the publish address, where ports are dialled,
         the engine, the notice line, and the guard that a session's end takes."""

@@ -33,7 +33,6 @@ from pytest_dockapp.run.app import DockApp
 from pytest_dockapp.run.options import AppOptions, RunContext
 from pytest_dockapp.run.readiness.wait import ProbeTarget, WaitPlan, wait_ready
 from pytest_dockapp.services.stack import Stack
-from pytest_dockapp.services.state import StackState
 
 if TYPE_CHECKING:
     import docker
@@ -162,6 +161,7 @@ class Reuse:
             why, seconds = self._recheck([(app, plan)])
             if why is None:
                 self._attached(key, record, seconds)
+                self.manager.pinned_by_containers([image])
                 return app
             self._replace(key, f"{why}, so it was replaced")
         runner = self.manager.run(image, options, RunContext(owner=self._owner(key)), track=False)
@@ -198,12 +198,15 @@ class Reuse:
                     self._save(key, {"stack": attached.record()})
                 else:
                     self._attached(key, record, seconds)
+                self.manager.pinned_by_containers(stack.images.values())
                 return attached
             self._replace(key, f"{why}, so it was replaced")
         reusable = stack.reusable(self._owner(key), f"dockapp-{stack.project.name[:30]}-reuse-{key.slot[:8]}")
         try:
             reusable.start()
             if reset:
+                from pytest_dockapp.services.state import StackState  # the clean-state kinds: 10 ms of imports
+
                 StackState.of(reusable).keep_as_started()
         except BaseException:
             cleanup.remove_labelled(self.manager.client, f"{cleanup.REUSE}={key.slot}")
@@ -383,6 +386,8 @@ def _to_restart(stack: Stack, key: ReuseKey, old: Mapping[str, str]) -> set[str]
 
 def _back_to_start(stack: Stack) -> str | None:
     """Put the stack's stateful services back as they started; None, or why that failed."""
+    from pytest_dockapp.services.state import StackState
+
     try:
         StackState.of(stack).back_to_start()
     except DockappError as exc:
