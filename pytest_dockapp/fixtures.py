@@ -353,12 +353,13 @@ def _stack(
                 timeout=timeout,
             )
             state.stacks.append(stack)
-            _check_builds(state, stack)
             reuse = state.reuse() if shared else None
+            if reuse is None:
+                _check_builds(state, stack)
             if fresh:
                 state.stacks[-1] = stack = stack.start_fresh(likely)
             elif reuse is not None:
-                state.stacks[-1] = stack = reuse.stack(stack, reset=seeds)
+                state.stacks[-1] = stack = reuse.stack(stack, reset=seeds, check=lambda s: _check_builds(state, s))
             else:
                 stack.start()
     except DockappError as exc:

@@ -88,12 +88,25 @@ def test_a_second_run_attaches_to_the_stack_the_first_left_running(
     first.stdout.fnmatch_lines(["dockapp reuse: on;*", "reuse: started the stack compose.yaml; it stays running*"])
     started = _ids(pytester)
     assert len(_reusable(docker_client, pytester.path)) == 2
+    since = time.time()
     second = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse")
     second.assert_outcomes(passed=1)
     second.stdout.fnmatch_lines(
         ["reuse: attached to the stack compose.yaml the last run left (idle *; no build, no start"]
     )
     assert _ids(pytester) == started
+    # The attached stack's running containers pin its images: no lease is made (each cost 25-45 ms).
+    leases = docker_client.events(
+        since=f"{since:.6f}",
+        until=f"{time.time() + 1:.6f}",
+        decode=True,
+        filters={
+            "type": "container",
+            "event": "create",
+            "label": [f"{cleanup.KIND}=lease", f"{cleanup.PID}={os.getpid()}"],
+        },
+    )
+    assert [e["Actor"]["Attributes"]["name"] for e in leases] == []
     down = _down(pytester)
     down.stdout.fnmatch_lines(["dockapp down: removed *web*"])
     assert _reusable(docker_client, pytester.path) == []

@@ -259,6 +259,17 @@ class AppManager:
         """``images`` run in containers that outlive the session (reused): their leases can go now."""
         self.images.unlease_later(images)
 
+    @contextlib.contextmanager
+    def leases_held(self) -> Iterator[list[Image]]:
+        """Inside, images are leased only at the end, and not those added to the list it gives:
+        running containers that outlive the session (a reused stack's) pin them."""
+        pinned: list[Image] = []
+        self.images.hold_leases()
+        try:
+            yield pinned
+        finally:
+            self.images.resume_leases(pinned)
+
     def _run_context(self) -> RunContext:
         """What every start of this session shares: the publish address, where ports are dialled,
         the engine, the notice line, and the guard that a session's end takes."""

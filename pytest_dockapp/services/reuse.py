@@ -171,12 +171,21 @@ class Reuse:
 
     # -- the session stack -----------------------------------------------------------------------
 
-    def stack(self, stack: Stack, *, reset: bool = False) -> Stack:
+    def stack(self, stack: Stack, *, reset: bool = False, check: Callable[[Stack], object] = Stack.build) -> Stack:
         """``stack`` (built, not started) as the last run left it running when its key is the
         same; when only some services changed (a rebuilt app), those and what depends on them
         start anew and the rest is kept; else started under the slot's name and labels. Either
         way it is left running at the end. With ``reset`` (the session seeds it: ``dockapp_clean``),
-        its stateful services are put back as they were when it started, so each run seeds anew."""
+        its stateful services are put back as they were when it started, so each run seeds anew.
+        ``check`` builds it (and may hold its images to more, as ``--dockapp-expect-cached`` does)."""
+        with self.manager.leases_held() as pinned:
+            check(stack)
+            reused = self._stack(stack, reset)
+            if reused is not stack:  # the reusable one runs on after the session: it pins the images
+                pinned += stack.images.values()
+            return reused
+
+    def _stack(self, stack: Stack, reset: bool) -> Stack:
         stack.build()
         key = stack_key(self.manager, self.project, stack, self.worker)
         if not self._acquire(key):
@@ -198,7 +207,6 @@ class Reuse:
                     self._save(key, {"stack": attached.record()})
                 else:
                     self._attached(key, record, seconds)
-                self.manager.pinned_by_containers(stack.images.values())
                 return attached
             self._replace(key, f"{why}, so it was replaced")
         reusable = stack.reusable(self._owner(key), f"dockapp-{stack.project.name[:30]}-reuse-{key.slot[:8]}")
