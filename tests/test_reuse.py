@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,3 +320,29 @@ def test_under_xdist_each_worker_reuses_its_own_stack(
     result.assert_outcomes(passed=4)
     assert {p.name: p.read_text() for p in pytester.path.glob("ids-*.json")} == first
     assert len(_reusable(docker_client, pytester.path)) == 4
+
+
+def test_a_slot_lock_keeps_a_second_holder_out_until_released_or_its_process_dies(tmp_path: Path) -> None:
+    from pytest_dockapp.core.locks import FileLock, LockTimeout
+
+    path = tmp_path / "slot.lock"
+    with FileLock(path, timeout=0), pytest.raises(LockTimeout):
+        FileLock(path, timeout=0.1).acquire()
+    FileLock(path, timeout=0).acquire().release()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pytest_dockapp.core.locks import FileLock; "
+            "FileLock(sys.argv[1]).acquire(); print(1, flush=True); input()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"1"
+    with pytest.raises(LockTimeout):
+        FileLock(path, timeout=0).acquire()
+    holder.kill()
+    holder.wait()
+    assert FileLock(path, timeout=5).acquire().held

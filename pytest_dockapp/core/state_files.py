@@ -35,9 +35,9 @@ def load(path: Path) -> dict[str, Any]:
 def update(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
     """Apply ``change`` to the file's object under a lock, so that concurrent sessions lose
     none of each other's entries. Errors (no lock in time, unwritable folder) are ignored."""
-    from filelock import FileLock, Timeout
+    from pytest_dockapp.core.locks import FileLock
 
-    with contextlib.suppress(OSError, Timeout):
+    with contextlib.suppress(OSError):  # a LockTimeout is one
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT):
             data = load(path)

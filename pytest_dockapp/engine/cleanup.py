@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_dockapp.core.locks import FileLock, LockTimeout
 from pytest_dockapp.core.state_files import cache_file, load
 
 if TYPE_CHECKING:
     import docker
-    from filelock import FileLock
 
 PREFIX = "org.pytest-dockapp."
 OWNER = PREFIX + "owner"
@@ -231,9 +231,7 @@ def reuse_lock(slot: str) -> Path:
 
 
 def slot_lock(slot: str) -> FileLock:
-    """The lock of ``slot``, taken at once or not at all (``Timeout``); its folder made (``OSError``)."""
-    from filelock import FileLock
-
+    """The lock of ``slot``, taken at once or not at all (``LockTimeout``); its folder made (``OSError``)."""
     path = reuse_lock(slot)
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path), timeout=0)
@@ -241,12 +239,10 @@ def slot_lock(slot: str) -> FileLock:
 
 def slot_in_use(slot: str) -> bool:
     """Whether a live run holds ``slot`` (its lock goes with the process, even on SIGKILL)."""
-    from filelock import Timeout
-
     try:
         with slot_lock(slot):
             return False
-    except Timeout:
+    except LockTimeout:
         return True
     except OSError:
         return False

@@ -129,7 +129,8 @@ class Images:
 
     def _build_shared(self, spec: ResolvedSpec) -> Image:
         import docker.errors
-        from filelock import FileLock
+
+        from pytest_dockapp.core.locks import FileLock
 
         assert self.shared_dir is not None
         self.shared_dir.mkdir(parents=True, exist_ok=True)

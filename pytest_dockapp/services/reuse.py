@@ -36,8 +36,8 @@ from pytest_dockapp.services.stack import Stack
 
 if TYPE_CHECKING:
     import docker
-    from filelock import FileLock
 
+    from pytest_dockapp.core.locks import FileLock
     from pytest_dockapp.run.images import Image
     from pytest_dockapp.run.manager import AppManager
 
@@ -230,7 +230,7 @@ class Reuse:
 
     def _acquire(self, key: ReuseKey) -> bool:
         """Take the slot's lock for the rest of the session; False when another run holds it."""
-        from filelock import Timeout
+        from pytest_dockapp.core.locks import LockTimeout
 
         if key.slot in self._held:
             return True
@@ -238,7 +238,7 @@ class Reuse:
         try:
             lock = cleanup.slot_lock(key.slot)
             lock.acquire()
-        except Timeout:
+        except LockTimeout:
             self.lines.append(
                 f"reuse: another pytest run is using the reusable {key.what}; this run started its own and "
                 "removes it at its end"

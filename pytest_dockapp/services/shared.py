@@ -36,7 +36,7 @@ def shared_stack(
     """The stack of ``project`` in ``folder``: started here (its resources labelled with
     ``owner``, the process that removes it), or attached to when another process started it.
     A start that failed fails every process the same way, without a second try."""
-    from filelock import FileLock
+    from pytest_dockapp.core.locks import FileLock
 
     key = hashlib.sha1(json.dumps([str(f) for f in project.files] + [main]).encode()).hexdigest()[:12]
     record = folder / f"stack-{key}.json"
