@@ -265,3 +265,29 @@ def test_reading_a_compose_file_needs_nothing_the_package_does_not_install() -> 
 
     runtime = [r for r in requires("pytest-dockapp") or [] if "extra ==" not in r]
     assert any(re.match(r"(?i)pyyaml\b", r) for r in runtime), runtime
+
+
+def test_a_compose_file_read_before_is_read_again_without_pyyaml(tmp_path: Path) -> None:
+    """PyYAML's import and parse were 15-20 ms of every run; the parse of unchanged text is kept."""
+    import subprocess
+    import sys
+
+    write(tmp_path, "services:\n  web: {image: app, environment: {DEBUG: yes, ON: true}}\n")
+    code = (
+        "import sys; from pytest_dockapp.services.compose import load_project; "
+        "env = load_project([sys.argv[1]]).services['web'].environment; "
+        "print('yaml' in sys.modules, env['DEBUG'], env['ON'])"
+    )
+    env = {"PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "compose.yaml")], env=env, capture_output=True, text=True
+        )
+        for _ in range(2)
+    ]
+    assert [r.stdout.split() for r in runs] == [["True", "yes", "true"], ["False", "yes", "true"]], runs[0].stderr
+    write(tmp_path, "services:\n  web: {image: app, environment: {DEBUG: no, ON: true}}\n")  # changed: parsed again
+    again = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "compose.yaml")], env=env, capture_output=True, text=True
+    )
+    assert again.stdout.split() == ["True", "no", "true"]

@@ -8,11 +8,18 @@ under a file lock, and every write replaces the whole file atomically.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+#: The most values a kept parse may hold: more is no file a person wrote (or an alias bomb,
+#: whose JSON would be its whole expansion).
+MEMO_VALUES = 20_000
+#: Parses kept per kind; the oldest go first.
+MEMO_KEEP = 64
 
 #: How long a writer waits for another session's write (each takes about a millisecond).
 LOCK_TIMEOUT = 10.0
@@ -54,3 +61,34 @@ def _replace(path: Path, data: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def memo(kind: str, text: str, make: Callable[[str], Any]) -> Any:
+    """``make(text)``, kept as JSON under the text's digest for the next session, which reads it
+    instead (a compose file parsed by PyYAML: its import and parse, 15-20 ms, against 0.2 ms). A
+    value that JSON does not give back as it was, or that is too large, is not kept."""
+    path = cache_file(f"{kind}/{hashlib.sha256(text.encode()).hexdigest()[:32]}.json")
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(path.read_text())
+    value = make(text)
+    with contextlib.suppress(OSError, TypeError, ValueError, RecursionError):
+        if _small(value, [MEMO_VALUES]) and json.loads(dumped := json.dumps(value)) == value:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(dumped)
+            os.replace(tmp, path)
+            kept = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
+            for old in kept[:-MEMO_KEEP]:
+                old.unlink(missing_ok=True)
+    return value
+
+
+def _small(value: Any, budget: list[int]) -> bool:
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    if isinstance(value, dict):
+        return all(_small(v, budget) for v in value.values())
+    if isinstance(value, list):
+        return all(_small(v, budget) for v in value)
+    return True

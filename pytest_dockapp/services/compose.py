@@ -19,7 +19,7 @@ from typing import Any
 from pytest_dockapp.core.errors import ComposeError
 from pytest_dockapp.services.interpolate import interpolate_tree, read_env_file
 from pytest_dockapp.services.service import Findings, Scope, ServiceDef, Source, as_map, parse_service
-from pytest_dockapp.services.shapes import TOP_SHAPES, check_shapes
+from pytest_dockapp.services.shapes import TOP_SHAPES, check_shapes, key_line, read_yaml
 
 __all__ = ["Project", "ServiceDef", "load_project", "with_image"]
 
@@ -205,18 +205,9 @@ def _include(
 
 def _read(path: Path) -> dict[str, Any]:
     """One compose file's YAML, ``x-`` fields left out."""
-    import yaml
-
     if not path.is_file():
         raise ComposeError(f"compose file {path} does not exist", hint="check dockapp_compose (ini or option)")
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8", errors="replace"), Loader=_loader()) or {}
-    except yaml.YAMLError as exc:
-        raise ComposeError(f"{path} is not valid YAML", evidence=str(exc), evidence_title="YAML said") from None
-    except RecursionError:  # PyYAML composes nested nodes recursively
-        raise ComposeError(
-            f"{path} nests deeper than YAML can be read", hint="no compose key nests this deep"
-        ) from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ComposeError(f"{path} is not a mapping of top-level keys", hint="it starts with services:")
     return {k: v for k, v in raw.items() if not str(k).startswith("x-")}
@@ -314,25 +305,6 @@ def _clone(value: Any) -> Any:
     if isinstance(value, list):
         return [_clone(v) for v in value]
     return value
-
-
-def _loader() -> Any:
-    """PyYAML's safe loader, with YAML 1.2's booleans (compose-go reads YAML 1.2): ``yes``,
-    ``no``, ``on`` and ``off`` stay strings, so ``DEBUG: yes`` is ``yes`` as in compose."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    resolvers = {
-        first: [(tag, rx) for tag, rx in found if tag != "tag:yaml.org,2002:bool"]
-        for first, found in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    Loader.yaml_implicit_resolvers = resolvers
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-    )
-    return Loader
 
 
 def _project(
@@ -442,38 +414,6 @@ def _refusal(findings: Findings, paths: Sequence[Path]) -> ComposeError:
         hint="do what each line says, or skip the keys in the tests (an override file cannot remove a key): "
         f"dockapp_compose_ignore = {' '.join(keys)}",
     )
-
-
-def key_line(paths: Sequence[Path], service: str, key: str) -> str:
-    """``file:line`` of ``services.<service>.<key>`` in the last of ``paths`` that has it."""
-    import yaml
-
-    found = str(paths[-1].name)
-    for path in paths:
-        try:
-            root = yaml.compose(path.read_text(encoding="utf-8", errors="replace"), Loader=_loader())
-        except yaml.YAMLError:
-            continue
-        node = _child(_child(root, "services"), service)
-        key_node = _child_key(node, key)
-        if key_node is not None:
-            found = f"{path.name}:{key_node.start_mark.line + 1}"
-    return found
-
-
-def _child(node: Any, name: str) -> Any:
-    key = _child_key(node, name)
-    if key is None:
-        return None
-    return next(v for k, v in node.value if k is key)
-
-
-def _child_key(node: Any, name: str) -> Any:
-    import yaml
-
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    return next((k for k, _ in node.value if getattr(k, "value", None) == name), None)
 
 
 def _volumes(data: dict[str, Any], where: str) -> tuple[set[str], dict[str, str]]:

@@ -1,12 +1,16 @@
-"""The shape each compose key takes, as the Compose Specification's schema says, so that a
-value of the wrong shape is one error naming the key, the shape and the file (a list where a
-mapping belongs was an AttributeError, a mapping of volumes ran as anonymous volumes)."""
+"""A compose file as YAML, and the shape each compose key takes, as the Compose Specification's
+schema says, so that a value of the wrong shape is one error naming the key, the shape and the
+file (a list where a mapping belongs was an AttributeError, a mapping of volumes ran as
+anonymous volumes)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from pytest_dockapp.core import state_files
 from pytest_dockapp.core.errors import ComposeError
 
 #: The shape each key takes, as the Compose Specification's schema says: (types, how it reads).
@@ -59,3 +63,75 @@ def check_shapes(
             f"{where}: {what}{key} is {kind}, but must be {shape[1]}",
             hint="compare it with the Compose Specification's form of that key",
         )
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML of ``path`` as compose reads it (YAML 1.2's booleans); the parse of the same text
+    is kept for the next session, which then imports no PyYAML."""
+    return state_files.memo(
+        "compose-yaml", path.read_text(encoding="utf-8", errors="replace"), lambda t: _parse(t, path)
+    )
+
+
+def _parse(text: str, path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_loader())
+    except yaml.YAMLError as exc:
+        raise ComposeError(f"{path} is not valid YAML", evidence=str(exc), evidence_title="YAML said") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ComposeError(
+            f"{path} nests deeper than YAML can be read", hint="no compose key nests this deep"
+        ) from None
+
+
+def _loader() -> Any:
+    """PyYAML's safe loader, with YAML 1.2's booleans (compose-go reads YAML 1.2): ``yes``,
+    ``no``, ``on`` and ``off`` stay strings, so ``DEBUG: yes`` is ``yes`` as in compose."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    resolvers = {
+        first: [(tag, rx) for tag, rx in found if tag != "tag:yaml.org,2002:bool"]
+        for first, found in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.yaml_implicit_resolvers = resolvers
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    return Loader
+
+
+def key_line(paths: Sequence[Path], service: str, key: str) -> str:
+    """``file:line`` of ``services.<service>.<key>`` in the last of ``paths`` that has it."""
+    import yaml
+
+    found = str(paths[-1].name)
+    for path in paths:
+        try:
+            root = yaml.compose(path.read_text(encoding="utf-8", errors="replace"), Loader=_loader())
+        except yaml.YAMLError:
+            continue
+        node = _child(_child(root, "services"), service)
+        key_node = _child_key(node, key)
+        if key_node is not None:
+            found = f"{path.name}:{key_node.start_mark.line + 1}"
+    return found
+
+
+def _child(node: Any, name: str) -> Any:
+    key = _child_key(node, name)
+    if key is None:
+        return None
+    return next(v for k, v in node.value if k is key)
+
+
+def _child_key(node: Any, name: str) -> Any:
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((k for k, _ in node.value if getattr(k, "value", None) == name), None)
