@@ -41,12 +41,17 @@ _USER_TABLES = (
 # time), so the sequences are compared as values.
 # One statement, with the schema-change flag: each statement costs a turn between psql and the
 # server (0.15-0.3 ms here).
+# The server's restore() compares what these two expressions give with what the last restore
+# read through _COUNTING: one text each, written once, for both.
+_COUNTERS = (
+    "concat_ws(',', pg_stat_get_tuples_inserted({r}), pg_stat_get_tuples_updated({r}), "
+    "pg_stat_get_tuples_deleted({r}), pg_relation_filenode({r}))"
+)
+_SEQUENCE_VALUES = "coalesce(string_agg(coalesce(pg_sequence_last_value(q)::text, '-'), ',' ORDER BY q), '')"
 _COUNTING = (
     f"SELECT 'd|' || count(*) FROM {SCHEMA}.ddl UNION ALL "
-    "SELECT 'n|' || r || '|' || concat_ws(',', pg_stat_get_tuples_inserted(r), pg_stat_get_tuples_updated(r), "
-    "pg_stat_get_tuples_deleted(r), pg_relation_filenode(r)) FROM unnest('{{{tables}}}'::oid[]) r UNION ALL "
-    "SELECT 'n|sequences|' || coalesce(string_agg(coalesce(pg_sequence_last_value(q)::text, '-'), ',' "
-    "ORDER BY q), '') FROM unnest('{{{sequences}}}'::oid[]) q;"
+    f"SELECT 'n|' || r || '|' || {_COUNTERS.format(r='r')} FROM unnest('{{{{{{tables}}}}}}'::oid[]) r UNION ALL "
+    f"SELECT 'n|sequences|' || {_SEQUENCE_VALUES} FROM unnest('{{{{{{sequences}}}}}}'::oid[]) q;"
 )
 # A whole restore in one statement, so one round trip and one transaction (rolled back whole on
 # an error): end the connections, read each table's counters, and, for those that moved since
@@ -67,8 +72,7 @@ BEGIN
     RETURN;
   END IF;
   FOR t IN SELECT jsonb_array_elements(plan->'tables') LOOP
-    now := concat_ws(',', pg_stat_get_tuples_inserted((t->>'oid')::oid), pg_stat_get_tuples_updated((t->>'oid')::oid),
-      pg_stat_get_tuples_deleted((t->>'oid')::oid), pg_relation_filenode((t->>'oid')::oid));
+    now := {_COUNTERS.format(r="(t->>'oid')::oid")};
     CONTINUE WHEN now = t->>'before';
     b := string_to_array(t->>'before', ',');
     n := string_to_array(now, ',');
@@ -82,8 +86,7 @@ BEGIN
     END IF;
     todo := todo || jsonb_build_array(t);
   END LOOP;
-  SELECT coalesce(string_agg(coalesce(pg_sequence_last_value(q)::text, '-'), ',' ORDER BY q), '') INTO seqs
-    FROM jsonb_array_elements_text(seq->'oids') e, LATERAL (SELECT e::oid AS q) x;
+  SELECT {_SEQUENCE_VALUES} INTO seqs FROM jsonb_array_elements_text(seq->'oids') e, LATERAL (SELECT e::oid AS q) x;
   IF jsonb_array_length(todo) = 0 AND seqs = seq->>'before' THEN
     RETURN;
   END IF;
