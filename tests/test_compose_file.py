@@ -291,3 +291,21 @@ def test_a_compose_file_read_before_is_read_again_without_pyyaml(tmp_path: Path)
         [sys.executable, "-c", code, str(tmp_path / "compose.yaml")], env=env, capture_output=True, text=True
     )
     assert again.stdout.split() == ["True", "no", "true"]
+
+
+def test_a_compose_file_that_writes_a_password_out_is_never_copied(tmp_path: Path) -> None:
+    """The kept parse would be a second copy of the password, one the user never sees or rotates."""
+    import subprocess
+    import sys
+
+    write(tmp_path, "services:\n  db: {image: pg, environment: {POSTGRES_PASSWORD: hunter22, MODE: '${MODE:-a}'}}\n")
+    code = "import sys; from pytest_dockapp.services.compose import load_project; load_project([sys.argv[1]])"
+    env = {"PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "compose.yaml")], env=env, check=True)
+    kept = [p.read_text() for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert not any("hunter22" in text for text in kept)
+    write(tmp_path, "services:\n  db: {image: pg, environment: {POSTGRES_PASSWORD: '${PW}'}}\n")  # a reference: kept
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "compose.yaml")], env=env | {"PW": "x"}, check=True)
+    (copy,) = (tmp_path / "cache").rglob("*.json")
+    assert copy.stat().st_mode & 0o077 == 0  # its owner's only

@@ -54,3 +54,25 @@ def secret_build_args(build_args: Mapping[str, str]) -> dict[str, str]:
         for name, value in sorted(build_args.items())
         if value and looks_secret(name)
     }
+
+
+def holds_literal_secret(tree: object) -> bool:
+    """Whether a parsed file (mappings, lists, scalars) writes a secret out: a secret-looking key
+    (or ``KEY=value`` item) with a value that is not a ``$VARIABLE`` reference, or a URL with a
+    password. Such a file is never copied anywhere by the plugin."""
+    if isinstance(tree, dict):
+        return any((looks_secret(str(k)) and _literal(v)) or holds_literal_secret(v) for k, v in tree.items())
+    if isinstance(tree, list):
+        return any(holds_literal_secret(v) for v in tree)
+    if isinstance(tree, str):
+        key, eq, value = tree.partition("=")
+        return bool(eq and looks_secret(key) and _literal(value)) or any(
+            not m.group(2).startswith("$") for m in _URL_PASSWORD.finditer(tree)
+        )
+    return False
+
+
+def _literal(value: object) -> bool:
+    if value is None or isinstance(value, (bool, dict, list)):
+        return False
+    return str(value) != "" and not str(value).startswith("$")

@@ -63,19 +63,21 @@ def _replace(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def memo(kind: str, text: str, make: Callable[[str], Any]) -> Any:
+def memo(kind: str, text: str, make: Callable[[str], Any], keep: Callable[[Any], bool] = lambda v: True) -> Any:
     """``make(text)``, kept as JSON under the text's digest for the next session, which reads it
     instead (a compose file parsed by PyYAML: its import and parse, 15-20 ms, against 0.2 ms). A
-    value that JSON does not give back as it was, or that is too large, is not kept."""
+    value that ``keep`` refuses, that JSON does not give back as it was, or that is too large, is
+    not kept; what is kept is readable by its owner only."""
     path = cache_file(f"{kind}/{hashlib.sha256(text.encode()).hexdigest()[:32]}.json")
     with contextlib.suppress(OSError, ValueError):
         return json.loads(path.read_text())
     value = make(text)
     with contextlib.suppress(OSError, TypeError, ValueError, RecursionError):
-        if _small(value, [MEMO_VALUES]) and json.loads(dumped := json.dumps(value)) == value:
+        if _small(value, [MEMO_VALUES]) and keep(value) and json.loads(dumped := json.dumps(value)) == value:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(dumped)
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+                fh.write(dumped)
             os.replace(tmp, path)
             kept = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
             for old in kept[:-MEMO_KEEP]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pytest_dockapp.core import state_files
 from pytest_dockapp.core.errors import ComposeError
+from pytest_dockapp.core.redact import holds_literal_secret
 
 #: The shape each key takes, as the Compose Specification's schema says: (types, how it reads).
 _STR, _LIST, _MAP, _NUM = (str,), (list,), (dict,), (int, float)
@@ -67,9 +68,13 @@ def check_shapes(
 
 def read_yaml(path: Path) -> Any:
     """The YAML of ``path`` as compose reads it (YAML 1.2's booleans); the parse of the same text
-    is kept for the next session, which then imports no PyYAML."""
+    is kept for the next session, which then imports no PyYAML, unless the file writes a secret
+    out (a password in it stays in the user's file only)."""
     return state_files.memo(
-        "compose-yaml", path.read_text(encoding="utf-8", errors="replace"), lambda t: _parse(t, path)
+        "compose-yaml-1",
+        path.read_text(encoding="utf-8", errors="replace"),
+        lambda t: _parse(t, path),
+        keep=lambda v: not holds_literal_secret(v),
     )
 
 
