@@ -113,6 +113,11 @@ def connect(timeout: float = CALL_TIMEOUT, endpoint: Endpoint | None = None) -> 
         )
         if endpoint.scheme == "ssh":
             _one_ssh_pool(client)
+        if endpoint.scheme == "unix":
+            # No proxy or netrc applies to a socket, and requests would read them by iterating
+            # os.environ at every call: from a background thread (a removal, coverage taken out)
+            # that raced pytest's own PYTEST_CURRENT_TEST changes and failed with KeyError.
+            client.api.trust_env = False
         headers = ping(client)
         _FIRST_PING[client] = headers
         api_version = headers.get("Api-Version")
