@@ -49,13 +49,16 @@ def update(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
         with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT):
             data = load(path)
             change(data)
-            _replace(path, data)
+            _replace(path, json.dumps(data))
 
 
-def _replace(path: Path, data: dict[str, Any]) -> None:
+def _replace(path: Path, text: str, private: bool = False) -> None:
+    """Write ``text`` to ``path`` at once (a reader sees the old file or the new one); ``private``:
+    readable by its owner only."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data))
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666), "w") as fh:
+            fh.write(text)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
@@ -75,10 +78,7 @@ def memo(kind: str, text: str, make: Callable[[str], Any], keep: Callable[[Any],
     with contextlib.suppress(OSError, TypeError, ValueError, RecursionError):
         if _small(value, [MEMO_VALUES]) and keep(value) and json.loads(dumped := json.dumps(value)) == value:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-                fh.write(dumped)
-            os.replace(tmp, path)
+            _replace(path, dumped, private=True)
             kept = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
             for old in kept[:-MEMO_KEEP]:
                 old.unlink(missing_ok=True)
