@@ -186,7 +186,6 @@ class Reuse:
             return reused
 
     def _stack(self, stack: Stack, reset: bool) -> Stack:
-        stack.build()
         key = stack_key(self.manager, self.project, stack, self.worker)
         if not self._acquire(key):
             return stack.start()
