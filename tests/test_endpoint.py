@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +148,77 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+class _EnvironmentInFlux(dict[str, str]):
+    """``os.environ`` as a background thread may see it while pytest's main thread sets and
+    removes PYTEST_CURRENT_TEST: a key listed, then gone when read."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise KeyError("PYTEST_CURRENT_TEST")
+
+    def items(self):  # type: ignore[no-untyped-def]
+        raise KeyError("PYTEST_CURRENT_TEST")
+
+    def keys(self):  # type: ignore[no-untyped-def]
+        raise KeyError("PYTEST_CURRENT_TEST")
+
+
+def _fake_engine() -> tuple[str, Any]:
+    """An HTTP server on loopback that answers a ping and an empty container list, as an engine would."""
+    import http.server
+    import threading
+
+    class Engine(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"OK" if "/_ping" in self.path else b"[]"
+            self.send_response(200)
+            self.send_header("Api-Version", "1.41")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Engine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"tcp://127.0.0.1:{server.server_address[1]}", server
+
+
+@pytest.mark.parametrize("engine", ["the local socket", "tcp"])
+def test_engine_calls_never_read_the_whole_environment_so_a_background_call_cannot_race_pytest(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal, a lease or an app's coverage runs its engine calls in background threads while
+    pytest changes PYTEST_CURRENT_TEST: a call that iterated os.environ (requests does, for proxy
+    settings, at every call) failed with KeyError. The settings are read once, at connect."""
+    from pytest_dockapp.engine.client import connect
+
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "DOCKER_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    url, server = _fake_engine()
+    try:
+        endpoint = Endpoint(url, "DOCKER_HOST", environ={"DOCKER_HOST": url}) if engine == "tcp" else None
+        client = connect(endpoint=endpoint)
+        monkeypatch.setattr("os.environ", _EnvironmentInFlux(os.environ))
+        assert isinstance(client.api.containers(limit=1), list)
+    finally:
+        server.shutdown()
+
+
+def test_a_tcp_engine_is_reached_through_the_proxy_the_environment_names_at_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_dockapp.engine.client import connect
+
+    url, server = _fake_engine()
+    try:
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.setenv("HTTP_PROXY", url.replace("tcp://", "http://"))  # the fake engine is its own proxy
+        engine = "tcp://engine.invalid:2375"
+        client = connect(endpoint=Endpoint(engine, "DOCKER_HOST", environ={"DOCKER_HOST": engine}))
+        assert client.api.containers() == []  # engine.invalid resolves nowhere: the proxy answered
+    finally:
+        server.shutdown()

@@ -113,11 +113,7 @@ def connect(timeout: float = CALL_TIMEOUT, endpoint: Endpoint | None = None) -> 
         )
         if endpoint.scheme == "ssh":
             _one_ssh_pool(client)
-        if endpoint.scheme == "unix":
-            # No proxy or netrc applies to a socket, and requests would read them by iterating
-            # os.environ at every call: from a background thread (a removal, coverage taken out)
-            # that raced pytest's own PYTEST_CURRENT_TEST changes and failed with KeyError.
-            client.api.trust_env = False
+        _read_environment_once(client.api)
         headers = ping(client)
         _FIRST_PING[client] = headers
         api_version = headers.get("Api-Version")
@@ -130,6 +126,27 @@ def connect(timeout: float = CALL_TIMEOUT, endpoint: Endpoint | None = None) -> 
             hint="start the engine (dockerd / Docker Desktop) or point DOCKER_HOST at a running one",
         ) from None
     return client
+
+
+def _read_environment_once(api: docker.APIClient) -> None:
+    """Settle the proxy and CA bundle that requests would take from the environment, now, for
+    every later call. With ``trust_env`` on, requests reads them by iterating os.environ at every
+    call; from a background thread (a removal, a lease, an app's coverage taken out) that raced
+    pytest's own PYTEST_CURRENT_TEST changes and failed with KeyError. A socket (unix, ssh) has no
+    proxy; a tcp:// engine keeps the one the environment names for it, as the docker CLI does."""
+    import requests.utils
+
+    if api.base_url.startswith(("http://", "https://")):
+        for attempt in range(3):
+            try:  # read here too, maybe off the main thread (the early start): again if it moved
+                api.proxies = requests.utils.get_environ_proxies(api.base_url)
+                break
+            except (KeyError, RuntimeError):
+                if attempt == 2:
+                    raise
+        if api.verify is True:
+            api.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    api.trust_env = False
 
 
 def import_sdk(ssh: bool) -> None:
