@@ -236,6 +236,12 @@ def test_containers_are_unprivileged_and_published_on_one_address(app: App, pyte
 def test_sigkilled_session_is_swept_by_the_next(app: App, pytester: pytest.Pytester, docker_client: Any) -> None:
     app.httpd()
     proc = start_holder(pytester, "a")
+    # The image's lease is made in the background beside the app's start: killed before it, a
+    # session leaves none (seen once under -n 2), and this test is about sweeping both.
+    leases = {"label": [f"org.pytest-dockapp.pid={proc.pid}", "org.pytest-dockapp.kind=lease"]}
+    deadline = time.monotonic() + 30
+    while not docker_client.containers.list(all=True, filters=leases) and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     flt = {"label": [f"org.pytest-dockapp.pid={proc.pid}", "org.pytest-dockapp.kind=container"]}
