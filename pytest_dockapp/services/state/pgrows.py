@@ -53,6 +53,12 @@ _COUNTING = (
     f"SELECT 'n|' || r || '|' || {_COUNTERS.format(r='r')} FROM unnest('{{{{{{tables}}}}}}'::oid[]) r UNION ALL "
     f"SELECT 'n|sequences|' || {_SEQUENCE_VALUES} FROM unnest('{{{{{{sequences}}}}}}'::oid[]) q;"
 )
+# Where a table's rows end, after a restore: the rows a test then inserts land there or past it,
+# unless the free space map points an insert at a page before it (space that deleted or updated
+# rows left, once vacuumed). The rows a test only inserted are looked for there first (a few
+# pages, 0.1 ms), and in the whole table (a scan: 1.0-1.2 ms at 10,000 rows) only when fewer were
+# found there than the counters say came in. A TID range scan: PostgreSQL 14 and later.
+_LAST_BLOCK = "greatest(pg_relation_size({r}) / current_setting('block_size')::int - 1, 0)"
 # A whole restore in one statement, so one round trip and one transaction (rolled back whole on
 # an error): end the connections, read each table's counters, and, for those that moved since
 # ``before``, run the statements the plan gives (each table's own; those a table emptied takes
@@ -104,17 +110,32 @@ BEGIN
         counts := counts || jsonb_build_object(t->>'oid', concat_ws(',', n[1]::bigint + added, n[2], n[3],
           pg_relation_filenode((t->>'oid')::oid)));
         RETURN NEXT 'e|' || (t->>'oid');
+        RETURN NEXT 'w|' || (t->>'oid') || '|' || {_LAST_BLOCK.format(r="(t->>'oid')::oid")};
       END LOOP;
     END IF;
     FOR t IN SELECT x FROM jsonb_array_elements(todo) x WHERE NOT (x->>'oid')::oid = ANY(emptied) LOOP
       added := 0;
       gone := 0;
-      IF (t->>'out')::boolean THEN EXECUTE t->>'delete'; GET DIAGNOSTICS gone = ROW_COUNT; END IF;
-      IF (t->>'in')::boolean THEN EXECUTE t->>'insert'; GET DIAGNOSTICS added = ROW_COUNT; END IF;
       n := string_to_array(counts->>(t->>'oid'), ',');
+      IF (t->>'out')::boolean AND NOT (t->>'in')::boolean AND t ? 'tail_delete' THEN
+        -- rows only came in: first where the table ended, then all of it if some were elsewhere
+        EXECUTE t->>'tail_delete';
+        GET DIAGNOSTICS gone = ROW_COUNT;
+        IF gone < n[1]::bigint - (string_to_array(t->>'before', ','))[1]::bigint THEN
+          EXECUTE t->>'delete';
+          GET DIAGNOSTICS added = ROW_COUNT;
+          gone := gone + added;
+          added := 0;
+        END IF;
+      ELSIF (t->>'out')::boolean THEN
+        EXECUTE t->>'delete';
+        GET DIAGNOSTICS gone = ROW_COUNT;
+      END IF;
+      IF (t->>'in')::boolean THEN EXECUTE t->>'insert'; GET DIAGNOSTICS added = ROW_COUNT; END IF;
       counts := counts || jsonb_build_object(t->>'oid', concat_ws(',', n[1]::bigint + added, n[2],
         n[3]::bigint + gone, n[4]));
       RETURN NEXT 'u|' || (t->>'oid') || '|' || (t->>'in');
+      RETURN NEXT 'w|' || (t->>'oid') || '|' || {_LAST_BLOCK.format(r="(t->>'oid')::oid")};
     END LOOP;
     IF seq->>'set' <> '' THEN EXECUTE seq->>'set'; END IF;
     PERFORM pg_stat_force_next_flush();
@@ -178,6 +199,7 @@ class _Table:
     columns: str  # all but the generated ones
     key: str = ""  # the primary key's columns
     ours: list[str] = field(default_factory=list)  # our restores' transactions: the seed's rows carry them
+    tail: int | None = None  # the table's last page after the last restore
 
     def plan(self, oid: str, before: str | None, group: list[str] | None) -> dict[str, object]:
         """What a restore does to this table when its counters moved from ``before``: the rows that
@@ -196,9 +218,10 @@ class _Table:
         if group is not None:
             step["group"] = group
         else:
-            step["delete"] = (
-                f"DELETE FROM ONLY {self.name} WHERE xmin NOT IN ({', '.join(f'{x!r}::xid' for x in self.ours)})"
-            )
+            mine = f"xmin NOT IN ({', '.join(f'{x!r}::xid' for x in self.ours)})"
+            step["delete"] = f"DELETE FROM ONLY {self.name} WHERE {mine}"
+            if self.tail is not None:
+                step["tail_delete"] = f"DELETE FROM ONLY {self.name} WHERE ctid >= '({self.tail},0)'::tid AND {mine}"
             step["insert"] = (
                 f"INSERT INTO {self.name} ({self.columns}) OVERRIDING SYSTEM VALUE SELECT {self.columns} FROM "
                 f"{SCHEMA}.t{oid} s WHERE NOT EXISTS (SELECT 1 FROM ONLY {self.name} t WHERE ({key}) = ({seed_key}))"
@@ -351,4 +374,7 @@ class RowCopies:
                 self.tables[rest].ours = list(dict.fromkeys(x for x in (self.stamp, xid) if x))
             elif kind == "u" and rest.endswith("|true"):  # rows of ours only where the seed's came back
                 self.tables[rest.split("|")[0]].ours.append(xid)
+            elif kind == "w":
+                oid, _, block = rest.partition("|")
+                self.tables[oid].tail = int(block)
         return xid
