@@ -155,20 +155,27 @@ def test_sees_the_seed(dockapp_clean, dockapp_services):
 
 def _rows_run(app: App, pytester: pytest.Pytester, image: str, more_tests: str = "") -> pytest.RunResult:
     """:data:`ROWS_TESTS` (and ``more_tests``) against a PostgreSQL of ``image`` seeded as :data:`ROWS_SEED`."""
-    _postgres_alone(app, pytester, image)
+    if not (pytester.path / "compose.yaml").exists():
+        _postgres_alone(app, pytester, image)
     conftest = (pytester.path / "conftest.py").read_text()
     pytester.makeconftest("import time\n" + conftest.split("@pytest.fixture")[0] + textwrap.dedent(ROWS_SEED))
     pytester.makepyfile(test_rows=ROWS_TESTS + more_tests)
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
 
 
+@pytest.mark.parametrize("way", ["psql in the container", "psycopg"])
 def test_the_rows_a_test_changed_are_put_back_in_place_and_a_schema_change_takes_a_clone(
-    app: App, pytester: pytest.Pytester, postgres_base: str
+    app: App, pytester: pytest.Pytester, postgres_base: str, way: str
 ) -> None:
+    """Over psycopg where the tests' environment has it (the port is published), else through psql
+    in the container: the same restores (a schema change swaps a clone in; the session follows)."""
+    _postgres_alone(app, pytester, postgres_base)
+    if way != "psycopg":
+        pytester.makepyfile(sitecustomize="import sys\nsys.modules['psycopg'] = None  # not installed\n")
     result = _rows_run(app, pytester, postgres_base)
     result.assert_outcomes(passed=7)
     result.stdout.fnmatch_lines(
-        ["clean state: * restores of db (postgres: app by rows put back (rows * ms, clone * ms at the snapshot)):*"]
+        [f"clean state: * restores of db (postgres: app by rows put back over {way} (rows * ms, clone * ms at the *"]
     )
 
 

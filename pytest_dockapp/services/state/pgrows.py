@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from pytest_dockapp.core.errors import DockappError
 
 if TYPE_CHECKING:
-    from pytest_dockapp.services.state.session import SqlSession
+    from pytest_dockapp.services.state.session import Sql
 
 SCHEMA = "_dockapp_seed"  # the seed's copies, the schema-change flag and its event trigger
 
@@ -247,7 +247,7 @@ class RowCopies:
     stamp: str = ""  # the transaction of ours whose rows the templates hold
 
     @classmethod
-    def take(cls, psql: SqlSession) -> RowCopies:
+    def take(cls, psql: Sql) -> RowCopies:
         """Copy every table of the database ``psql`` is connected to into :data:`SCHEMA`, and
         install the event trigger that flags a change of the schema."""
         psql.run(
@@ -338,7 +338,7 @@ class RowCopies:
         }
         return "'" + json.dumps(plan).replace("'", "''") + "'"
 
-    def restore(self, psql: SqlSession) -> bool:
+    def restore(self, psql: Sql) -> bool:
         """Put back the tables and sequences changed since the last restore (one round trip);
         False (nothing done) when the schema changed, which only a clone of the whole database
         undoes. A connection that opens meanwhile and holds a lock makes it wait at most 3 s; then
@@ -351,16 +351,16 @@ class RowCopies:
                     raise
         return True
 
-    def put_back(self, psql: SqlSession) -> str | None:
+    def put_back(self, psql: Sql) -> str | None:
         """Put back every table and sequence, whatever was done to them; the transaction that wrote."""
         xid = self._run(psql, everything=True)  # the schema-change flag is not read: never False
         return xid if isinstance(xid, str) and xid else None
 
-    def recount(self, psql: SqlSession) -> None:
+    def recount(self, psql: Sql) -> None:
         """Note the counters as they are now (a clone swapped in starts its own at zero)."""
         self.counts = _counters(psql.run(self.counting))
 
-    def _run(self, psql: SqlSession, everything: bool) -> str | bool:
+    def _run(self, psql: Sql, everything: bool) -> str | bool:
         """One restore on the server, and the counters after it; False when the schema changed,
         else the transaction that wrote ("" when nothing was written)."""
         rows = psql.run(f"SELECT {SCHEMA}.restore({self._plan(everything)}::jsonb);")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from pytest_dockapp.core.errors import DockappError
 from pytest_dockapp.services.state.pgrows import RowCopies
-from pytest_dockapp.services.state.session import DONE, SqlSession
+from pytest_dockapp.services.state.session import DONE, PsycopgSession, Sql, SqlSession, direct
 
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
@@ -29,12 +29,15 @@ def _sql_text(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _hint(user: str) -> str:
+    hint = "the seed's databases must stay droppable by the superuser "
+    return hint + f"({user}; set POSTGRES_USER in the service's environment if it is another)"
+
+
 def _psql(app: DockApp, user: str, database: str = "template1") -> SqlSession:
     cmd = ["psql", "-h", "127.0.0.1", "-U", user, "-d", database, "-XqAt", "-v", "ON_ERROR_STOP=0"]
-    hint = "the seed's databases must stay droppable by the superuser "
-    hint += f"({user}; set POSTGRES_USER in the service's environment if it is another)"
     return SqlSession(
-        app, cmd, done=f"\\echo {DONE}", errors=r"\b(ERROR|FATAL|PANIC)\b|^psql:", quit="\\q\n", hint=hint
+        app, cmd, done=f"\\echo {DONE}", errors=r"\b(ERROR|FATAL|PANIC)\b|^psql:", quit="\\q\n", hint=_hint(user)
     )
 
 
@@ -62,7 +65,8 @@ class PostgresState:
     _failure: DockappError | None = None
     _clean_at: str = ""  # the WAL position when the databases were last as seeded
     _rows: dict[str, RowCopies] = field(default_factory=dict)  # the databases restored row by row
-    _in: dict[str, SqlSession] = field(default_factory=dict)  # a session in each of those
+    _in: dict[str, Sql] = field(default_factory=dict)  # a session in each of those
+    _direct: set[str] = field(default_factory=set)  # those whose session is over psycopg
     timings: dict[str, tuple[float, float]] = field(default_factory=dict)  # name: (rows, clone) seconds
     version: int = 0  # the server's, as server_version_num
 
@@ -78,7 +82,9 @@ class PostgresState:
             )
         parts = []
         for name, (rows, clone) in self.timings.items():
-            way = "rows put back" if name in self._rows else "a clone"
+            way = "a clone"
+            if name in self._rows:
+                way = "rows put back over " + ("psycopg" if name in self._direct else "psql in the container")
             parts.append(f"{name} by {way} (rows {rows * 1000:.0f} ms, clone {clone * 1000:.0f} ms at the snapshot)")
         return "; ".join(parts)
 
@@ -130,7 +136,8 @@ class PostgresState:
         """The seed's rows of ``name``, copied inside it, and a session left on ``template1`` (the
         templates copy the database next, which no session may be in); None where the server
         cannot (no event triggers or partition trees: before PostgreSQL 12)."""
-        session = _psql(self.app, self.user, name)
+        # Restored before every test: over psycopg where it can (a round trip of 0.28 ms, 0.6-0.85 through psql)
+        session: Sql = direct(self.app, self.user, name, _hint(self.user)) or _psql(self.app, self.user, name)
         try:
             copies = RowCopies.take(session)
             session.run("\\c template1")
@@ -138,6 +145,8 @@ class PostgresState:
             session.close()
             return None
         self._in[name] = session
+        if isinstance(session, PsycopgSession):
+            self._direct.add(name)
         return copies
 
     def _choose(self, name: str, copies: RowCopies, clone_seconds: float) -> None:

@@ -1,11 +1,15 @@
 """One SQL client kept running in a service's container, fed through the exec's stdin: a
-statement costs a round trip, not an exec (about 60 ms here each)."""
+statement costs a round trip, not an exec (about 60 ms here each). For PostgreSQL, psycopg to the
+service's published port where the tests' environment has it: a round trip of 0.28 ms here,
+against 0.6-0.85 ms through psql in the container (the exec's stream goes through the engine and
+its shim both ways)."""
 
 from __future__ import annotations
 
 import contextlib
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_dockapp.core.errors import DockappError
 
@@ -13,6 +17,14 @@ if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
 
 DONE = "__dockapp_done__"
+
+
+class Sql(Protocol):
+    """What a restore sends SQL through: psql in the container, or psycopg to a published port."""
+
+    def run(self, sql: str) -> list[str]: ...
+
+    def close(self) -> None: ...
 
 
 class SqlSession:
@@ -64,3 +76,85 @@ class SqlSession:
                 hint=self._hint,
             )
         return out
+
+
+class PsycopgSession:
+    """:class:`SqlSession`'s :meth:`run` for PostgreSQL, over psycopg 3: the statements of one
+    call go in one message and commit together. ``\\c NAME`` moves it to that database (it
+    connects at the next statement, so that the one it leaves can be renamed meanwhile)."""
+
+    def __init__(self, connect: Callable[[str], Any], database: str, service: str, hint: str):
+        self._connect, self._database, self._service, self._hint = connect, database, service, hint
+        self._conn: Any = connect(database)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._conn is not None:
+                self._conn.close()
+        self._conn = None
+
+    def run(self, sql: str) -> list[str]:
+        """The rows of every statement of ``sql``, each row's columns joined by ``|`` as psql's
+        unaligned output has them; an error is a :class:`DockappError`, as psql's."""
+        import psycopg
+
+        if sql.startswith("\\c "):
+            self.close()
+            name = sql[3:].strip()
+            self._database = name[1:-1].replace('""', '"') if name.startswith('"') else name
+            return []
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect(self._database)
+            cursor = self._conn.cursor()
+            cursor.execute(sql)
+            out: list[str] = []
+            while True:
+                if cursor.description is not None:
+                    out += ["|".join(_text(value) for value in row) for row in cursor.fetchall()]
+                if not cursor.nextset():
+                    return out
+        except psycopg.Error as exc:
+            raise DockappError(
+                f"service {self._service}: psycopg failed while putting the database back as seeded",
+                evidence=str(exc)[-2000:],
+                evidence_title="PostgreSQL said",
+                hint=self._hint,
+            ) from None
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def direct(app: DockApp, user: str, database: str, hint: str) -> PsycopgSession | None:
+    """A :class:`PsycopgSession` on ``database`` of the PostgreSQL service ``app``; None when
+    psycopg 3.1 or later is not installed, the service publishes no port for PostgreSQL, or the
+    server refuses the connection (with the password of the service's environment, if any)."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    if tuple(int(p) for p in re.findall(r"\d+", psycopg.__version__)[:2]) < (3, 1):
+        return None  # every statement's rows of one call: psycopg 3.1
+    env = dict(e.split("=", 1) for e in (app.container.attrs.get("Config") or {}).get("Env") or [] if "=" in e)
+    if not app.port or app.container_port != int(env.get("PGPORT") or 5432):
+        return None
+    password = env.get("POSTGRES_PASSWORD")
+
+    def connect(name: str) -> Any:
+        return psycopg.connect(
+            host=app.host, port=app.port, user=user, password=password, dbname=name, autocommit=True,
+            connect_timeout=10, prepare_threshold=None, application_name="pytest-dockapp",
+        )  # fmt: skip
+
+    try:
+        return PsycopgSession(connect, database, app.service or app.name, hint)
+    except psycopg.Error:
+        return None
