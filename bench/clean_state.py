@@ -158,7 +158,7 @@ def session(folder: Path, args: list[str]) -> tuple[float, float, float | None]:
     for window in folder.glob("window-*.txt"):
         seconds, tests = window.read_text().split()
         per_test.append(float(seconds) / int(tests))
-    found = re.search(r"clean state: \d+ restores .*: median (\d+) ms", out)
+    found = re.search(r"clean state: \d+ restores .*: median ([\d.]+) ms", out)
     return wall, statistics.mean(per_test), float(found.group(1)) if found else None
 
 
@@ -217,7 +217,7 @@ def main() -> None:
             each = [r[1] * 1000 for r in runs]
             floor = floors[f", -n {n}"] if name.endswith(f"-n {n}") and n else floors[""]
             restores = [r[2] for r in runs if r[2] is not None]
-            restore = f"{statistics.median(restores):.0f}" if restores else "-"
+            restore = f"{statistics.median(restores):.1f}" if restores else "-"
             print(f"| {rows} | {name} | {statistics.median(each):.1f} ({min(each):.1f}-{max(each):.1f}) | "
                   f"{statistics.median(each) / 1000 / floor:.2f} | {restore} | "
                   f"{statistics.median(r[0] for r in runs):.1f} |")  # fmt: skip

@@ -98,7 +98,7 @@ def main() -> None:
         each = [r[1] * 1000 for r in runs]
         floor = statistics.median(r[1] for r in results[rows, "floor (shared, no reset)"]) * 1000
         restores = [r[2] for r in runs if r[2] is not None]
-        restore = f"{statistics.median(restores):.0f}" if restores else "-"
+        restore = f"{statistics.median(restores):.1f}" if restores else "-"
         print(f"| {rows} | {name} | {statistics.median(each):.1f} ({min(each):.1f}-{max(each):.1f}) | "
               f"{statistics.median(each) / floor:.2f} | {restore} |")  # fmt: skip
 

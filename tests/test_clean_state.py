@@ -412,12 +412,31 @@ def test_sees_the_seed_after_rows_changed(dockapp_clean, dockapp_services):
 """
 
 
-def test_every_test_starts_from_the_seed_in_mariadb(app: App, pytester: pytest.Pytester, mariadb_base: str) -> None:
+MARIADB_ACCOUNT = """
+
+def test_the_restore_logs_in_as_an_account_of_its_own(dockapp_clean, dockapp_services):
+    db = dockapp_services["db"]
+    assert sql(db, "SELECT user FROM mysql.user WHERE user LIKE 'dockapp%'") == "dockapp_restore"
+    assert "dockapp_restore" in sql(db, "SHOW PROCESSLIST")
+"""
+
+
+@pytest.mark.parametrize("way", ["mariadb in the container", "PyMySQL"])
+def test_every_test_starts_from_the_seed_in_mariadb(
+    app: App, pytester: pytest.Pytester, mariadb_base: str, way: str
+) -> None:
+    """Over PyMySQL where the tests' environment has it (the port is published), as an account of
+    its own that is gone at the end, else through the client in the container: the same restores."""
     _web_and_db(app, pytester, mariadb_base, "{test: [CMD, mariadb-admin, ping], interval: 1s, retries: 60}")
     pytester.makeconftest(MARIADB_CONFTEST)
-    pytester.makepyfile(test_clean=MARIADB_TESTS)
-    result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=8)
+    tests = MARIADB_TESTS
+    if way != "PyMySQL":
+        pytester.makepyfile(sitecustomize="import sys\nsys.modules['pymysql'] = None  # not installed\n")
+    else:  # the restore's account is dropped as the session ends (a reused server keeps no login of ours)
+        tests += MARIADB_ACCOUNT
+    pytester.makepyfile(test_clean=tests)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    result.assert_outcomes(passed=8 + (way == "PyMySQL"))
     result.stdout.fnmatch_lines(
-        ["clean state: 8 restores of db (mariadb: the tables a test wrote put back row by row*): median * ms*"]
+        [f"clean state: * restores of db (mariadb: the tables a test wrote put back row by row* over {way}*): median *"]
     )

@@ -267,6 +267,10 @@ def test_with_dockapp_clean_a_reused_mariadb_that_started_with_no_database_start
     pytester.makeconftest(MARIADB_CONFTEST)  # CREATE DATABASE shop: a second seed on the last run's data would fail
     pytester.makepyfile(test_clean=MARIADB_TESTS)
     pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse").assert_outcomes(passed=8)
+    project = f"{cleanup.REUSE_PROJECT}={pytester.path.resolve()}"
+    (db,) = docker_client.containers.list(filters={"label": [project, f"{cleanup.PREFIX}service=db"]})
+    accounts = db.exec_run(["mariadb", "-uroot", "-Ne", "SELECT user FROM mysql.user WHERE user LIKE 'dockapp%'"])
+    assert accounts.output == b"", accounts  # the restore's own login is gone with the session
     again = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-reuse")
     again.assert_outcomes(passed=8)
     again.stdout.fnmatch_lines(["reuse: attached to the stack compose.yaml *"])

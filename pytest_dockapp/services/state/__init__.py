@@ -173,7 +173,7 @@ class StackState:
             for s in self.services
         )
         return (
-            f"clean state: {len(ms)} restores of {kinds or 'nothing stateful'}: median {ms[len(ms) // 2]:.0f} ms, "
+            f"clean state: {len(ms)} restores of {kinds or 'nothing stateful'}: median {ms[len(ms) // 2]:.1f} ms, "
             f"max {ms[-1]:.0f} ms on the tests' path"
         )
 

@@ -6,20 +6,22 @@ with foreign key checks off, puts back only the rows a test wrote where the serv
 (:mod:`~pytest_dockapp.services.state.myrows`: MariaDB's per-table counts and our triggers), or
 else empties each table and copies its seed rows back (``TRUNCATE`` keeps the table, so the app's
 prepared statements and grants stay), and drops the tables a test created. One ``mariadb``
-client session, kept open in the container, does it all. The server has no template databases
-as PostgreSQL has, and a copy of the whole schema per test would pay for every table of every
-database; the tables' rows are what tests change. A test that wrote nothing (the server's counts
-of writing statements did not move) costs one query.
+client session, kept open in the container, does it all, or, where the tests' environment has
+PyMySQL and the server's port is published, a connection to it (a round trip of 0.2 ms here).
+The server has no template databases as PostgreSQL has, and a copy of the whole schema per test
+would pay for every table of every database; the tables' rows are what tests change. A test that
+wrote nothing (the server's counts of writing statements did not move) costs one query.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pytest_dockapp.core.errors import DockappError
 from pytest_dockapp.services.state.myrows import RowTables, quoted, text
-from pytest_dockapp.services.state.session import DONE, SqlSession
+from pytest_dockapp.services.state.session import DONE, RESTORER, MySQLSession, Sql, SqlSession, direct_mysql
 
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
@@ -36,11 +38,19 @@ _WRITES = (
     "create_|drop_|alter_|rename_|call_procedure|xa_commit)|Innodb_rows_(inserted|updated|deleted))';"
 )
 # A change of the schema (or a bulk load) is undone by the whole restore, never row by row.
-_DDL = ("Com_create_", "Com_drop_", "Com_alter_", "Com_rename_", "Com_truncate", "Com_load")
+_DDL = ("COM_CREATE_", "COM_DROP_", "COM_ALTER_", "COM_RENAME_", "COM_TRUNCATE", "COM_LOAD")
 
 
 def _counts(lines: list[str]) -> list[str]:
-    return [line for line in lines if line.startswith(("Com_", "Innodb_"))]
+    return [line for line in lines if line.upper().startswith(("COM_", "INNODB_"))]
+
+
+def _named(lines: list[str]) -> str:
+    """:data:`_WRITES` as MariaDB's ``information_schema.GLOBAL_STATUS`` reads it, by the names it
+    printed in ``lines``: 0.31 ms here against the pattern's 0.59 (which goes through every counter)."""
+    names = ", ".join(text(line.split("\t", 1)[0].upper()) for line in _counts(lines))
+    status = "information_schema.GLOBAL_STATUS"
+    return f"SELECT VARIABLE_NAME, VARIABLE_VALUE FROM {status} WHERE VARIABLE_NAME IN ({names});"
 
 
 @dataclass
@@ -52,34 +62,46 @@ class MariaDBState:
     user: str = "root"
     password: str | None = None
     tables: dict[str, list[str]] = field(default_factory=dict)  # database -> its tables, as seeded
-    _session: SqlSession | None = None
+    _session: Sql | None = None
     _written: list[str] = field(default_factory=list)  # the write counters after the last restore
     rows: RowTables | None = None  # where the server counts each table's changed rows
     _rows_at: dict[str, str] = field(default_factory=dict)  # those counts after the last restore
     _own: str = ""  # our session's connection ID
+    _client: str = "mariadb"  # the client program in the container
+    _direct: bool = False  # whether the restores go over PyMySQL
+    _writes: str = _WRITES  # the query of the write counters (by name, where the server can)
 
     @property
     def how(self) -> str:
+        over = "over PyMySQL" if self._direct else f"over {self._client} in the container"
         if self.rows is None:
-            return "every table emptied and filled (the server counts no table's writes, or took no triggers of ours)"
-        return "the tables a test wrote put back row by row (the server's per-table counts, userstat)"
+            return (
+                "every table emptied and filled (the server counts no table's writes, or took no triggers of ours) "
+                + over
+            )
+        return f"the tables a test wrote put back row by row (the server's per-table counts, userstat) {over}"
 
-    def _open(self) -> SqlSession:
+    def _open(self) -> Sql:
         if self._session is None:
-            client = "mariadb" if self.app.exec(["sh", "-c", "command -v mariadb"])[0] == 0 else "mysql"
-            cmd = [client, "-u", self.user, "--batch", "--skip-column-names", "--force", "--unbuffered"]
+            self._client = "mariadb" if self.app.exec(["sh", "-c", "command -v mariadb"])[0] == 0 else "mysql"
+            cmd = [self._client, "-u", self.user, "--batch", "--skip-column-names", "--force", "--unbuffered"]
             if self.password:
                 cmd.append(f"-p{self.password}")
             hint = f"the seed's tables must stay writable by {self.user} (set MARIADB_ROOT_PASSWORD if it has one)"
             # A connection that ended between the reading of the sessions and their KILL is no failure.
-            self._session = SqlSession(
+            client = SqlSession(
                 self.app, cmd, done=f"SELECT '{DONE}';", errors=r"^ERROR (?!1094\b)\d+", quit="quit\n", hint=hint
             )
+            # Restored before every test: over PyMySQL where it can (a round trip of 0.2 ms here).
+            self._session = direct_mysql(self.app, client, hint) or client
+            if self._session is not client:
+                client.close()
+                self._direct = True
             # Our own writes are no test's: the triggers that note the keys a test wrote skip them.
             self._own = self._session.run("SET @_dockapp_restoring = 1;\nSELECT CONNECTION_ID();")[0].strip()
         return self._session
 
-    def _user_tables(self, sql: SqlSession) -> dict[str, list[str]]:
+    def _user_tables(self, sql: Sql) -> dict[str, list[str]]:
         """Every user database (ours too) with its tables."""
         excluded = ", ".join(text(s) for s in _SYSTEM)
         rows = sql.run(
@@ -111,6 +133,10 @@ class MariaDBState:
 
     def snapshot(self) -> None:
         sql = self._open()
+        with contextlib.suppress(DockappError):  # MySQL 8 has no such table: the pattern it is
+            named = _named(sql.run(_WRITES))
+            if _counts(sql.run(named)):
+                self._writes = named
         self.tables = {db: t for db, t in self._user_tables(sql).items() if "_dockapp_" not in db}
         sql.run("\n".join(self._copies(self.tables, _SEED)))
         self.rows = RowTables.take(sql, self.tables, {db: db[:48] + _SEED for db in self.tables})
@@ -126,9 +152,9 @@ class MariaDBState:
         if self.rows is not None:
             self.rows.seeded(self._rows_at)
 
-    def _put_back(self, sql: SqlSession, statements: list[str]) -> None:
+    def _put_back(self, sql: Sql, statements: list[str]) -> None:
         """Run a restore's statements, and note the counters as they are after it."""
-        after = sql.run("\n".join([*statements, _WRITES, self.rows.counting if self.rows else ""]))
+        after = sql.run("\n".join([*statements, self._writes, self.rows.counting if self.rows else ""]))
         self._written = _counts(after)
         self._rows_at = RowTables.read(after)
 
@@ -142,7 +168,7 @@ class MariaDBState:
         if not self.tables:
             return []
         sql = self._open()
-        now = sql.run(f"{_WRITES}\nSHOW PROCESSLIST;\n{self.rows.counting if self.rows else ''}")
+        now = sql.run(f"{self._writes}\nSHOW PROCESSLIST;\n{self.rows.counting if self.rows else ''}")
         kill = self._kills(now)
         if self._written and _counts(now) == self._written:
             # Nothing to put back; the connections end all the same (a transaction left open may
@@ -154,7 +180,7 @@ class MariaDBState:
         moved = {name for name, value in (line.split("\t", 1) for line in _counts(now)) if before.get(name) != value}
         for attempt in range(3):
             try:
-                if self.rows is not None and self._written and not any(m.startswith(_DDL) for m in moved):
+                if self.rows is not None and self._written and not any(m.upper().startswith(_DDL) for m in moved):
                     undo = self.rows.undo(self._rows_at, RowTables.read(now))
                     settings = (
                         "SET SESSION lock_wait_timeout = 3, innodb_lock_wait_timeout = 3, FOREIGN_KEY_CHECKS = 0;"
@@ -177,7 +203,7 @@ class MariaDBState:
             f"KILL {f[0]};" for f in fields if len(f) > 4 and f[0].isdigit() and f[0] != self._own and f[4] != "Daemon"
         ]
 
-    def _restore_statements(self, sql: SqlSession, kill: list[str]) -> list[str]:
+    def _restore_statements(self, sql: Sql, kill: list[str]) -> list[str]:
         """Every table emptied and filled, the tables a test made dropped, after ``kill``."""
         now = self._user_tables(sql)
         statements = ["SET SESSION lock_wait_timeout = 3, innodb_lock_wait_timeout = 3;", *kill]
@@ -218,5 +244,8 @@ class MariaDBState:
 
     def close(self) -> None:
         if self._session is not None:
+            if isinstance(self._session, MySQLSession):
+                with contextlib.suppress(DockappError):  # the account the direct connection logged in with
+                    self._session.run(f"DROP USER IF EXISTS {RESTORER};")
             self._session.close()
             self._session = None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pytest_dockapp.services.state.session import SqlSession
+    from pytest_dockapp.services.state.session import Sql
 
 
 def quoted(name: str) -> str:
@@ -143,7 +143,7 @@ class RowTables:
     cascades: dict[tuple[str, str], set[tuple[str, str]]] = field(default_factory=dict)
 
     @classmethod
-    def take(cls, sql: SqlSession, tables: dict[str, list[str]], seed: dict[str, str]) -> RowTables | None:
+    def take(cls, sql: Sql, tables: dict[str, list[str]], seed: dict[str, str]) -> RowTables | None:
         """Turn the server's per-table counts on and note each table's columns, primary key and
         engine; None where the server keeps no such counts (MySQL)."""
         if not any(line.startswith("userstat") for line in sql.run("SHOW GLOBAL VARIABLES LIKE 'userstat';")):
@@ -188,7 +188,7 @@ class RowTables:
                 statements.append(f"DELETE FROM {table.keys};")
         return statements
 
-    def unwatched(self, sql: SqlSession) -> set[tuple[str, str]]:
+    def unwatched(self, sql: Sql) -> set[tuple[str, str]]:
         """The tables that lost a trigger of ours (a test dropped and made them again)."""
         dbs = ", ".join(sorted({text(db) for db, _ in self.tables}))
         found = Counter(
