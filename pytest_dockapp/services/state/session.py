@@ -239,8 +239,9 @@ def direct_mysql(app: DockApp, client: Sql, hint: str) -> MySQLSession | None:
             host=app.host, port=app.port, user="dockapp_restore", password=password, autocommit=True,
             client_flag=CLIENT.MULTI_STATEMENTS, connect_timeout=10, charset="utf8mb4",
         )  # fmt: skip
-    except (DockappError, pymysql.MySQLError):
+    except (DockappError, pymysql.MySQLError, OSError, RuntimeError):
         # What the server said may hold the password: it is not shown; the client in the container goes on.
+        # (RuntimeError: PyMySQL without the cryptography package, for MySQL 8's caching_sha2_password.)
         with contextlib.suppress(DockappError):
             client.run(f"DROP USER IF EXISTS {RESTORER};")
         return None
