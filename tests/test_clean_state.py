@@ -3,6 +3,7 @@ suite uses it: a real PostgreSQL and Redis from a compose file."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import subprocess
@@ -191,6 +192,42 @@ def test_before_postgresql_15_each_test_gets_a_clone_and_the_summary_says_why(
     result.stdout.fnmatch_lines(
         ["clean state: 8 restores of db (postgres: every database by a clone (*needs PostgreSQL 15*is 13)):*"]
     )
+
+
+def test_the_database_user_an_image_sets_in_its_environment_is_the_one_the_restore_logs_in_as(
+    app: App, pytester: pytest.Pytester, postgres_base: str
+) -> None:
+    """``POSTGRES_USER`` set by the image (its ``ENV``), not the compose file: the server has no
+    ``postgres`` role, and the snapshot and restores are made as the image's user."""
+    app.httpd()
+    cmd = "test -s $PGDATA/PG_VERSION || { initdb -A trust -U app >/dev/null && echo host all all all trust >> "
+    cmd += "$PGDATA/pg_hba.conf; }; exec postgres -c listen_addresses=* -c unix_socket_directories=/tmp"
+    (pytester.path / "Dockerfile.db").write_text(
+        f"FROM {postgres_base}\nENV POSTGRES_USER=app\nCMD {json.dumps(['sh', '-c', cmd])}\n"
+    )
+    (pytester.path / "compose.yaml").write_text(
+        "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n"
+        "  db:\n    build: {context: ., dockerfile: Dockerfile.db}\n"
+        '    healthcheck: {test: "pg_isready -h 127.0.0.1 -U app", interval: 1s, retries: 30}\n'
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_service = web\n")
+    seed_db_only = CONFTEST.split("    cache.exec")[0].replace('"-U", "postgres"', '"-U", "app"')
+    both = 'db, cache = dockapp_services["db"], dockapp_services["cache"]'
+    pytester.makeconftest(seed_db_only.replace(both, 'db = dockapp_services["db"]'))
+    pytester.makepyfile(
+        test_user="""
+        import pytest
+        from conftest import psql
+
+        @pytest.mark.parametrize("n", range(2))
+        def test_sees_the_seed(dockapp_clean, dockapp_services, n):
+            assert psql(dockapp_services["db"], "SELECT count(*) FROM items") == "1000"
+            psql(dockapp_services["db"], "INSERT INTO items VALUES (-1)")
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["clean state: 2 restores of db (postgres: *"])
 
 
 def test_a_service_whose_data_cannot_be_put_back_is_named_with_what_to_do(app: App, pytester: pytest.Pytester) -> None:

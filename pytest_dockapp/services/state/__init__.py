@@ -26,6 +26,7 @@ from pytest_dockapp.core.errors import ComposeError
 from pytest_dockapp.services.state.mariadb import MariaDBState
 from pytest_dockapp.services.state.postgres import PostgresState
 from pytest_dockapp.services.state.redis import RedisState, redis_settings
+from pytest_dockapp.services.state.session import environment
 
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
@@ -99,13 +100,13 @@ class StackState:
         for name, app in stack.services.items():
             svc = stack.project.services[name]
             kind = kind_of(svc, app)
+            env = environment(app, svc.environment)  # an image's ENV may name the user or password
             if kind == "postgres":
-                found.append(PostgresState(name, app, svc.environment.get("POSTGRES_USER") or "postgres"))
+                found.append(PostgresState(name, app, env.get("POSTGRES_USER") or "postgres"))
             elif kind == "redis":
-                port, password = redis_settings(svc, app)
+                port, password = redis_settings(app, env)
                 found.append(RedisState(name, app, port, password))
             elif kind == "mariadb":
-                env = svc.environment
                 found.append(
                     MariaDBState(name, app, "root", env.get("MARIADB_ROOT_PASSWORD") or env.get("MYSQL_ROOT_PASSWORD"))
                 )

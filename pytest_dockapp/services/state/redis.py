@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,6 @@ from pytest_dockapp.core.errors import DockappError
 
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
-    from pytest_dockapp.services.service import ServiceDef
 
 
 def _resp(*args: bytes) -> bytes:
@@ -122,12 +121,12 @@ class RedisState:
         """Nothing stays open between restores."""
 
 
-def redis_settings(svc: ServiceDef, app: DockApp) -> tuple[int, str | None]:
+def redis_settings(app: DockApp, env: Mapping[str, str]) -> tuple[int, str | None]:
     """The port and password a Redis server was started with (its command, or the environment
-    variable images such as Bitnami's read)."""
+    variable images such as Bitnami's read, in ``env``)."""
     config = app.container.attrs.get("Config") or {}
     words = [str(w) for w in [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]]
-    port, password = 6379, svc.environment.get("REDIS_PASSWORD") or None
+    port, password = 6379, env.get("REDIS_PASSWORD") or None
     for flag, value in zip(words, words[1:]):
         if flag == "--port" and value.isdigit():
             port = int(value)

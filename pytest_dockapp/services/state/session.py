@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_dockapp.core.errors import DockappError
@@ -134,6 +134,13 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def environment(app: DockApp, compose: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment ``app``'s container runs with (its image's ``ENV`` and the compose file's),
+    with ``compose`` (the service's ``environment``) over it."""
+    config = app.container.attrs.get("Config") or {}
+    return {**dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e), **(compose or {})}
+
+
 def direct(app: DockApp, user: str, database: str, hint: str) -> PsycopgSession | None:
     """A :class:`PsycopgSession` on ``database`` of the PostgreSQL service ``app``; None when
     psycopg 3.1 or later is not installed, the service publishes no port for PostgreSQL, or the
@@ -144,7 +151,7 @@ def direct(app: DockApp, user: str, database: str, hint: str) -> PsycopgSession 
         return None
     if tuple(int(p) for p in re.findall(r"\d+", psycopg.__version__)[:2]) < (3, 1):
         return None  # every statement's rows of one call: psycopg 3.1
-    env = dict(e.split("=", 1) for e in (app.container.attrs.get("Config") or {}).get("Env") or [] if "=" in e)
+    env = environment(app)
     if not app.port or app.container_port != int(env.get("PGPORT") or 5432):
         return None
     password = env.get("POSTGRES_PASSWORD")
