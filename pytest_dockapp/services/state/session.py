@@ -116,12 +116,16 @@ class PsycopgSession:
                 if not cursor.nextset():
                     return out
         except psycopg.Error as exc:
-            raise DockappError(
-                f"service {self._service}: psycopg failed while putting the database back as seeded",
-                evidence=str(exc)[-2000:],
-                evidence_title="PostgreSQL said",
-                hint=self._hint,
-            ) from None
+            raise _failed(self._service, "psycopg", exc, "PostgreSQL", self._hint) from None
+
+
+def _failed(service: str, driver: str, exc: Exception, server: str, hint: str) -> DockappError:
+    return DockappError(
+        f"service {service}: {driver} failed while putting the database back as seeded",
+        evidence=str(exc)[-2000:],
+        evidence_title=f"{server} said",
+        hint=hint,
+    )
 
 
 def _text(value: object) -> str:
@@ -205,12 +209,7 @@ class MySQLSession:
                             return out
             except pymysql.MySQLError as exc:
                 if not exc.args or exc.args[0] != _GONE:
-                    raise DockappError(
-                        f"service {self._service}: PyMySQL failed while putting the database back as seeded",
-                        evidence=str(exc)[-2000:],
-                        evidence_title="the server said",
-                        hint=self._hint,
-                    ) from None
+                    raise _failed(self._service, "PyMySQL", exc, "the server", self._hint) from None
                 statements = statements[done + 1 :]
         return out
 
