@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pytest_dockapp.services.compose import Project
     from pytest_dockapp.services.reuse import Reuse
     from pytest_dockapp.services.stack import Stack
-    from pytest_dockapp.services.state import StackState
+    from pytest_dockapp.services.state import ServiceState, StackState
 
 
 class EarlyStart(Protocol):
@@ -59,7 +59,7 @@ class PluginState:
         self.removed_images: list[str] = []
         self._clean_lines: list[str] = []  # what dockapp_clean's restores took, one line per stack
         self._clean: tuple[StackState, Stack] | None = None  # the session stack's snapshot, once taken
-        self._kept_data: list[tuple[str, Stack, str, str]] = []  # (test, stack, service, database)
+        self._kept_data: list[tuple[str, Stack, ServiceState, str]] = []  # (test, stack, service, database)
         self.failed_apps: set[str] = set()  # apps a failing test used: what --dockapp-keep keeps
         self.teardown_error: str | None = None
         self.progress = Progress(config)
@@ -160,7 +160,7 @@ class PluginState:
         except DockappError as exc:
             self._clean_lines.append(f"the databases {nodeid} wrote could not be kept: {exc.what}")
             return
-        self._kept_data += [(nodeid, stack, service.name, database) for service, database in kept]
+        self._kept_data += [(nodeid, stack, service, database) for service, database in kept]
 
     def keeps(self, stack: Stack) -> bool:
         """Whether a failing test's data was kept in ``stack``: it stays running at the end."""
@@ -168,13 +168,9 @@ class PluginState:
 
     def kept_data_lines(self) -> list[str]:
         """Where each kept database is, and the command that connects to it."""
-        if not self._kept_data:
-            return []  # without importing the clean-state kinds (about 10 ms), as most runs keep none
-        from pytest_dockapp.services.state import connect_command
-
         return [
-            f"kept the database {nodeid} left: {database} in {stack[service].name}; "
-            f"connect: {connect_command(stack, service, database)}"
+            f"kept the database {nodeid} left: {database} in {stack[service.name].name}; "
+            f"connect: {service.command(stack[service.name].name, database)}"
             for nodeid, stack, service, database in self._kept_data
         ]
 

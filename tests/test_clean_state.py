@@ -353,6 +353,40 @@ def test_with_keep_a_failing_tests_database_is_kept_with_the_command_that_opens_
             cleanup.remove_labelled(docker_client, f"{STACK_LABEL}={container['Labels'][STACK_LABEL]}")
 
 
+def test_with_keep_a_failing_tests_mariadb_tables_are_kept_with_the_command_that_opens_them(
+    app: App, pytester: pytest.Pytester, mariadb_base: str, docker_client: Any
+) -> None:
+    _web_and_db(app, pytester, mariadb_base, "{test: [CMD, mariadb-admin, ping], interval: 1s, retries: 60}")
+    pytester.makeconftest(MARIADB_CONFTEST)
+    pytester.makepyfile(
+        test_keep="""
+        from conftest import sql
+
+        def test_writes_and_fails(dockapp_clean, dockapp_services):
+            sql(dockapp_services["db"], "INSERT INTO shop.items (n) VALUES (-1); CREATE TABLE shop.scratch (x INT)")
+            assert False, "a bug"
+
+        def test_the_next_one_sees_the_seed(dockapp_clean, dockapp_services):
+            db = dockapp_services["db"]
+            assert sql(db, "SELECT count(*) FROM shop.items") == "1000"
+            assert sql(db, "SHOW TABLES FROM shop").split() == ["items", "notes"]
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-keep")
+    kept = [c for c in docker_client.api.containers(all=True) if c["Names"][0].endswith("-db-kept")]
+    try:
+        result.assert_outcomes(passed=1, failed=1)
+        line = next(x for x in result.outlines if x.startswith("kept the database test_keep.py::test_writes_and_fails"))
+        assert " shop_kept_1 in " in line and "-db-kept; connect: docker exec -it " in line, line
+        command = [w for w in shlex.split(line.split("connect: ", 1)[1]) if w != "-it"]
+        query = "SELECT count(*) FROM items; SHOW TABLES"
+        out = subprocess.run([*command, "--batch", "--skip-column-names", "-e", query], capture_output=True, text=True)
+        assert out.stdout.split() == ["1001", "items", "notes", "scratch"], out  # what the failing test left
+    finally:
+        for container in kept:  # this session's kept stack, by its label
+            cleanup.remove_labelled(docker_client, f"{STACK_LABEL}={container['Labels'][STACK_LABEL]}")
+
+
 def test_sigterm_while_the_next_clone_is_made_removes_the_whole_stack(
     app: App, pytester: pytest.Pytester, postgres_base: str, docker_client: Any
 ) -> None:

@@ -50,6 +50,10 @@ class ServiceState(Protocol):
 
     def restore(self, keep_as: str | None = None) -> list[str]: ...
 
+    def command(self, container: str, database: str) -> str:
+        """The command that opens ``database`` (one :meth:`restore` kept) in ``container``."""
+        ...
+
     def keep_as_started(self) -> None: ...
 
     def back_to_start(self) -> None: ...
@@ -159,8 +163,8 @@ class StackState:
         return self.last_seconds
 
     def keep(self) -> list[tuple[ServiceState, str]]:
-        """Keep what a failing test left in each PostgreSQL database (``<db>_kept_<n>``) and put
-        the seed back for the next test; the services and databases kept."""
+        """Keep what a failing test left in each PostgreSQL and MariaDB database (``<db>_kept_<n>``)
+        and put the seed back for the next test; the services and databases kept."""
         self.kept += 1
         return [(svc, db) for svc in self.services for db in svc.restore(keep_as=f"kept_{self.kept}")]
 
@@ -183,10 +187,3 @@ class StackState:
         for service in self.services:
             with contextlib.suppress(Exception):  # the stack may be gone already
                 service.close()
-
-
-def connect_command(stack: Stack, service: str, database: str) -> str:
-    """The command that opens ``database`` of ``stack``'s PostgreSQL service ``service``."""
-    svc = stack.project.services[service]
-    user = svc.environment.get("POSTGRES_USER") or "postgres"
-    return f"docker exec -it {stack[service].name} psql -h 127.0.0.1 -U {user} -d {database}"

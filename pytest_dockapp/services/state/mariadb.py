@@ -159,8 +159,9 @@ class MariaDBState:
         self._rows_at = RowTables.read(after)
 
     def restore(self, keep_as: str | None = None) -> list[str]:
-        """Every seeded table's rows back, and the tables a test made dropped; nothing is kept
-        (``keep_as`` is PostgreSQL's). The app's connections end first. Where the server counts
+        """Every seeded table's rows back, and the tables a test made dropped; with ``keep_as``,
+        each seeded database's tables as the test left them are copied to ``<db>_<keep_as>``
+        first (the names returned). The app's connections end first. Where the server counts
         each table's changed rows, and the test changed no schema, only the tables it wrote are
         put back, row by row; else every table is emptied and filled. A connection that opens
         while it runs and takes a lock makes it wait at most 3 s; then the connections are ended
@@ -168,6 +169,28 @@ class MariaDBState:
         if not self.tables:
             return []
         sql = self._open()
+        kept = self._keep(sql, keep_as) if keep_as else []
+        self._restore(sql)
+        return kept
+
+    def _keep(self, sql: Sql, keep_as: str) -> list[str]:
+        """Copy each seeded database's tables as they are now (those a test made too) to ``<db>_<keep_as>``."""
+        now = self._user_tables(sql)
+        tables = {db: now.get(db, []) for db in self.tables}
+        # Our session's writes note no keys (the triggers skip it), and CREATE moves the server's
+        # counts of schema changes: the restore after this one puts every table back.
+        # The app's connections end first: an open transaction's locks would hold the copy up.
+        kill = self._kills(sql.run("SHOW PROCESSLIST;"))
+        sql.run("\n".join([*kill, *self._copies(tables, f"_{keep_as}")]))
+        return [db[:48] + f"_{keep_as}" for db in tables]
+
+    def command(self, container: str, database: str) -> str:
+        """The client in the container, as the user the restores are made as (asked for its
+        password, when it has one: the command is printed)."""
+        password = " -p" if self.password else ""
+        return f"docker exec -it {container} {self._client} -u {self.user}{password} {database}"
+
+    def _restore(self, sql: Sql) -> None:
         now = sql.run(f"{self._writes}\nSHOW PROCESSLIST;\n{self.rows.counting if self.rows else ''}")
         kill = self._kills(now)
         if self._written and _counts(now) == self._written:
@@ -175,7 +198,7 @@ class MariaDBState:
             # hold locks the next test would wait for; INNODB_TRX lags up to 0.1 s behind).
             if kill:
                 sql.run("\n".join(kill))
-            return []
+            return
         before = dict(line.split("\t", 1) for line in self._written)
         moved = {name for name, value in (line.split("\t", 1) for line in _counts(now)) if before.get(name) != value}
         for attempt in range(3):
@@ -194,7 +217,6 @@ class MariaDBState:
                 if "Lock wait timeout" not in (exc.evidence or "") or attempt == 2:
                     raise
                 kill = self._kills(sql.run("SHOW PROCESSLIST;"))
-        return []
 
     def _kills(self, lines: list[str]) -> list[str]:
         """A ``KILL`` of each client's connection but ours that ``SHOW PROCESSLIST`` printed among ``lines``."""

@@ -202,6 +202,9 @@ class PostgresState:
             self._in.pop(name).close()
             return False
 
+    def command(self, container: str, database: str) -> str:
+        return f"docker exec -it {container} psql -h 127.0.0.1 -U {self.user} -d {database}"
+
     def _swap(self, databases: list[tuple[str, str]], keep_as: str | None) -> list[str]:
         """Swap the clean clones of ``databases`` in, by renames; the databases kept."""
         names = ", ".join(_sql_text(name) for name, _ in databases)

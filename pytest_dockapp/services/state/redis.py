@@ -66,6 +66,10 @@ class RedisState:
     password: str | None = None
     keys: dict[int, list[tuple[bytes, int, bytes]]] = field(default_factory=dict)  # db -> (key, ttl ms, dump)
 
+    def command(self, container: str, database: str) -> str:
+        """(A restore keeps no database of Redis: it rewrites every key.)"""
+        return f"docker exec -it {container} redis-cli -p {self.port} -n {database}"
+
     def _connect(self) -> _Redis:
         host_port = self.app.ports.get(self.port)
         if host_port is None:
