@@ -230,6 +230,46 @@ def test_the_database_user_an_image_sets_in_its_environment_is_the_one_the_resto
     result.stdout.fnmatch_lines(["clean state: 2 restores of db (postgres: *"])
 
 
+def test_sql_files_the_image_runs_at_its_first_start_are_the_seed_when_the_conftest_has_none(
+    app: App, pytester: pytest.Pytester, postgres_base: str
+) -> None:
+    """The compose file's own declarative seed: a SQL file mounted in
+    ``/docker-entrypoint-initdb.d``, which the official images run at the first start (the
+    image here does as they do). With no ``dockapp_seed`` of the conftest's, what the stack
+    started with is what every test starts from."""
+    app.httpd()
+    first_start = (
+        "test -s $PGDATA/PG_VERSION || { initdb -A trust -U postgres >/dev/null && echo host all all all trust >> "
+        "$PGDATA/pg_hba.conf && pg_ctl -w -o '-c listen_addresses= -c unix_socket_directories=/tmp' start && "
+        "for f in /docker-entrypoint-initdb.d/*.sql; do psql -h /tmp -v ON_ERROR_STOP=1 -f $f || exit 1; done && "
+        "pg_ctl -w stop; }; exec postgres -c listen_addresses=* -c unix_socket_directories=/tmp"
+    )
+    (pytester.path / "Dockerfile.db").write_text(f"FROM {postgres_base}\nCMD {json.dumps(['sh', '-c', first_start])}\n")
+    (pytester.path / "seed.sql").write_text("CREATE TABLE items (n int);\nINSERT INTO items VALUES (1), (2), (3);\n")
+    (pytester.path / "compose.yaml").write_text(
+        "services:\n  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n"
+        "  db:\n    build: {context: ., dockerfile: Dockerfile.db}\n"
+        "    volumes: [./seed.sql:/docker-entrypoint-initdb.d/seed.sql]\n"
+        '    healthcheck: {test: "pg_isready -h 127.0.0.1", interval: 1s, retries: 30}\n'
+    )
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_service = web\n")
+    pytester.makeconftest(CONFTEST.split("@pytest.fixture")[0])  # psql(), and no dockapp_seed
+    pytester.makepyfile(
+        test_seed="""
+        import pytest
+        from conftest import psql
+
+        @pytest.mark.parametrize("n", range(2))
+        def test_sees_what_the_stack_started_with(dockapp_clean, dockapp_services, n):
+            assert psql(dockapp_services["db"], "SELECT string_agg(n::text, ',') FROM items", "postgres") == "1,2,3"
+            psql(dockapp_services["db"], "INSERT INTO items VALUES (-1)", "postgres")
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["clean state: 2 restores of db (postgres: *"])
+
+
 def test_a_service_whose_data_cannot_be_put_back_is_named_with_what_to_do(app: App, pytester: pytest.Pytester) -> None:
     app.httpd()
     (pytester.path / "compose.yaml").write_text(
