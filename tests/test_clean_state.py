@@ -379,15 +379,24 @@ def test_with_keep_a_failing_tests_database_is_kept_with_the_command_that_opens_
             assert psql(dockapp_services["db"], "SELECT count(*) FROM items") == "1000"
         """
     )
+    out = _kept(pytester, docker_client, "app_kept_1", ["-Atc", "SELECT count(*) FROM items"])
+    assert out.split() == ["1001"]  # what the failing test left, to look at
+
+
+def _kept(pytester: pytest.Pytester, docker_client: Any, database: str, query: list[str]) -> str:
+    """Run ``test_keep.py`` with ``--dockapp-keep`` (one test fails, the next passes), check the
+    summary's line about the failing test's ``database``, and return what its connect command
+    prints with ``query`` appended; the kept stack is removed after."""
     result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-keep")
     kept = [c for c in docker_client.api.containers(all=True) if c["Names"][0].endswith("-db-kept")]
     try:
         result.assert_outcomes(passed=1, failed=1)
         line = next(x for x in result.outlines if x.startswith("kept the database test_keep.py::test_writes_and_fails"))
-        assert " app_kept_1 in " in line and "-db-kept; connect: docker exec -it " in line, line
+        assert f" {database} in " in line and "-db-kept; connect: docker exec -it " in line, line
         command = [w for w in shlex.split(line.split("connect: ", 1)[1]) if w != "-it"]
-        out = subprocess.run([*command, "-Atc", "SELECT count(*) FROM items"], capture_output=True, text=True)
-        assert out.stdout.strip() == "1001", out  # what the failing test left, to look at
+        out = subprocess.run([*command, *query], capture_output=True, text=True)
+        assert out.returncode == 0, out
+        return out.stdout
     finally:
         for container in kept:  # this session's kept stack, by its label
             cleanup.remove_labelled(docker_client, f"{STACK_LABEL}={container['Labels'][STACK_LABEL]}")
@@ -412,19 +421,9 @@ def test_with_keep_a_failing_tests_mariadb_tables_are_kept_with_the_command_that
             assert sql(db, "SHOW TABLES FROM shop").split() == ["items", "notes"]
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-keep")
-    kept = [c for c in docker_client.api.containers(all=True) if c["Names"][0].endswith("-db-kept")]
-    try:
-        result.assert_outcomes(passed=1, failed=1)
-        line = next(x for x in result.outlines if x.startswith("kept the database test_keep.py::test_writes_and_fails"))
-        assert " shop_kept_1 in " in line and "-db-kept; connect: docker exec -it " in line, line
-        command = [w for w in shlex.split(line.split("connect: ", 1)[1]) if w != "-it"]
-        query = "SELECT count(*) FROM items; SHOW TABLES"
-        out = subprocess.run([*command, "--batch", "--skip-column-names", "-e", query], capture_output=True, text=True)
-        assert out.stdout.split() == ["1001", "items", "notes", "scratch"], out  # what the failing test left
-    finally:
-        for container in kept:  # this session's kept stack, by its label
-            cleanup.remove_labelled(docker_client, f"{STACK_LABEL}={container['Labels'][STACK_LABEL]}")
+    query = ["--batch", "--skip-column-names", "-e", "SELECT count(*) FROM items; SHOW TABLES"]
+    out = _kept(pytester, docker_client, "shop_kept_1", query)
+    assert out.split() == ["1001", "items", "notes", "scratch"]  # what the failing test left
 
 
 def test_sigterm_while_the_next_clone_is_made_removes_the_whole_stack(
