@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from pytest_dockapp.core.errors import DockappError
 from pytest_dockapp.services.state.myrows import RowTables, quoted, text
-from pytest_dockapp.services.state.session import DONE, RESTORER, MySQLSession, Sql, SqlSession, direct_mysql
+from pytest_dockapp.services.state.session import DONE, RESTORER, Sql, SqlSession, direct_mysql
 
 if TYPE_CHECKING:
     from pytest_dockapp.run.app import DockApp
@@ -266,7 +266,7 @@ class MariaDBState:
 
     def close(self) -> None:
         if self._session is not None:
-            if isinstance(self._session, MySQLSession):
+            if self._direct:
                 with contextlib.suppress(DockappError):  # the account the direct connection logged in with
                     self._session.run(f"DROP USER IF EXISTS {RESTORER};")
             self._session.close()

@@ -174,7 +174,8 @@ def direct(app: DockApp, user: str, database: str, hint: str) -> PsycopgSession 
 
 # The server's "unknown thread": a connection that ended between the reading of the sessions and its KILL.
 _GONE = 1094
-RESTORER = "'dockapp_restore'@'%'"  # the MariaDB (MySQL) account of the restore's direct connection
+_RESTORER_USER = "dockapp_restore"
+RESTORER = f"'{_RESTORER_USER}'@'%'"  # the MariaDB (MySQL) account of the restore's direct connection
 
 
 class MySQLSession:
@@ -242,7 +243,7 @@ def direct_mysql(app: DockApp, client: Sql, hint: str) -> MySQLSession | None:
             f"GRANT ALL PRIVILEGES ON *.* TO {RESTORER} WITH GRANT OPTION;"
         )
         conn = pymysql.connect(
-            host=app.host, port=app.port, user="dockapp_restore", password=password, autocommit=True,
+            host=app.host, port=app.port, user=_RESTORER_USER, password=password, autocommit=True,
             client_flag=CLIENT.MULTI_STATEMENTS, connect_timeout=10, charset="utf8mb4",
         )  # fmt: skip
     except (DockappError, pymysql.MySQLError, OSError, RuntimeError):
