@@ -20,11 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_dockapp.builds.dockerfile import Dockerfile
-from pytest_dockapp.builds.failures import build_failure
-from pytest_dockapp.builds.mapper import StepMapper
-from pytest_dockapp.builds.output.classic import ClassicParser
-from pytest_dockapp.builds.output.plain import PlainParser
-from pytest_dockapp.builds.output.rawjson import RawJsonParser
 from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
 from pytest_dockapp.builds.registry import RegistryCache
 from pytest_dockapp.core.errors import BuildError, ConfigurationError, tail
@@ -34,6 +29,11 @@ from pytest_dockapp.engine.client import BUILD_TIMEOUT, ENGINE_WATCH_EVERY, Buil
 
 if TYPE_CHECKING:
     import docker
+
+    from pytest_dockapp.builds.mapper import StepMapper
+    from pytest_dockapp.builds.output.classic import ClassicParser
+    from pytest_dockapp.builds.output.plain import PlainParser
+    from pytest_dockapp.builds.output.rawjson import RawJsonParser
 
 
 def spec_digest(
@@ -151,6 +151,12 @@ def build_image(
 
     def mask(text: str) -> str:
         return mask_values(text, known)
+
+    # Only where something is built: 3 ms of imports a run that reuses its images does not pay.
+    from pytest_dockapp.builds.failures import build_failure
+    from pytest_dockapp.builds.output.classic import ClassicParser
+    from pytest_dockapp.builds.output.plain import PlainParser
+    from pytest_dockapp.builds.output.rawjson import RawJsonParser
 
     start = time.perf_counter()
     parser: ClassicParser | PlainParser | RawJsonParser

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pytest_dockapp.builds.image import ResolvedSpec, build_image
-from pytest_dockapp.builds.inputs import INPUTS_LABEL, Inputs, explain_misses
 from pytest_dockapp.builds.record import BuildRecord, ProgressCallback
 from pytest_dockapp.builds.registry import CacheImport, RegistryCache, pull, push
 from pytest_dockapp.builds.reuse import BuildCache, Entry, fingerprint
@@ -127,6 +126,8 @@ class Builds:
         """A build with the registry cache: import from ``cache_from`` (pulled first on the classic
         builder), count the hits that came from there, explain a miss by the inputs that differ
         from the cache image's, and push the image with its inputs to ``cache_to``."""
+        from pytest_dockapp.builds.inputs import INPUTS_LABEL, Inputs, explain_misses  # only through a registry
+
         builder = self._builder().name
         # Labelled on both sides: the classic builder makes the labels one more step, which hits the
         # cache image's only when the labels are the same (measured: a missed LABEL step costs a

@@ -306,6 +306,7 @@ class Reuse:
                     app.container.id,
                     ProbeTarget(app.host, app.port, app.container_port),
                     plan.for_engine(podman=self.manager.podman),
+                    attrs=app.container.attrs,  # inspected by the attach a moment ago: one call less each
                     name=app.name,
                 )
             except DockappError as exc:
