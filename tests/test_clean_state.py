@@ -270,19 +270,47 @@ def test_sql_files_the_image_runs_at_its_first_start_are_the_seed_when_the_conft
     result.stdout.fnmatch_lines(["clean state: 2 restores of db (postgres: *"])
 
 
-def test_a_service_whose_data_cannot_be_put_back_is_named_with_what_to_do(app: App, pytester: pytest.Pytester) -> None:
+def test_a_service_whose_data_cannot_be_put_back_gives_each_test_a_fresh_stack_unless_the_session_seeds(
+    app: App, pytester: pytest.Pytester, docker_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app.httpd()
     (pytester.path / "compose.yaml").write_text(
         f"services:\n  web: {{build: .}}\n  queue: {{image: {app.busybox}, command: [sleep, '600'], "
         "volumes: [data:/data]}\nvolumes: {data: {}}\n"
     )
     pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
-    pytester.makepyfile("def test_one(dockapp_clean):\n    pass\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(2))
+        def test_writes_to_the_queue(dockapp_clean, n):
+            queue = dockapp_clean.services["queue"]
+            assert queue.exec(["sh", "-c", "ls /data; touch /data/written"]) == (0, "")
+        """
+    )
+    # nothing seeded: a stack of its own is exactly as seeded, so each test gets one
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(errors=1)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["clean state: service queue keeps data (a volume) * each test got a fresh stack *"])
+    # the same where the session's stack is reused across runs: its reset leaves the queue's data be
+    monkeypatch.setenv("DOCKAPP_REUSE", "force")
+    try:
+        for _ in range(2):
+            pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    finally:
+        from pytest_dockapp.services.reuse import down
+
+        down(docker_client, pytester.path)
+    monkeypatch.delenv("DOCKAPP_REUSE")
+    # a seed runs once, on the session's stack: a fresh stack per test would start unseeded
+    pytester.makeconftest("import pytest\n\n@pytest.fixture(scope='session')\ndef dockapp_seed(dockapp):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
         [
-            "*service queue keeps data (a volume), and dockapp_clean can put back only PostgreSQL, MariaDB (MySQL) *",
+            "*service queue keeps data (a volume), and dockapp_clean can put back only PostgreSQL, MariaDB (MySQL) *"
+            "dockapp_seed seeds the session's stack once*",
             "*mark it x-dockapp: {state: none} in the compose file*",
         ]
     )
@@ -293,6 +321,7 @@ def test_a_service_whose_data_cannot_be_put_back_is_named_with_what_to_do(app: A
         .replace("volumes: [data:/data]}", "volumes: [data:/data], x-dockapp: {state: none}}")
     )
     (pytester.path / "compose.yaml").write_text(compose)
+    pytester.makepyfile("def test_one(dockapp_clean):\n    pass\n")
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 

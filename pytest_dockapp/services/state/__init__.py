@@ -13,7 +13,9 @@
 
 A service is recognised by its image and command, or named in the compose file
 (``x-dockapp: {state: postgres | redis | mariadb | none}``). A service that holds state the plugin
-cannot restore (a volume, and no known kind) is an error that says what to do.
+cannot restore (a volume, and no known kind) is named by :func:`unrestorable`: the pytest layer
+then gives each test a fresh stack, or, where a seed ran on the session's stack (which a fresh
+stack would not have), :meth:`StackState.of` says what to do.
 """
 
 from __future__ import annotations
@@ -33,7 +35,16 @@ if TYPE_CHECKING:
     from pytest_dockapp.services.service import ServiceDef
     from pytest_dockapp.services.stack import Stack
 
-__all__ = ["KINDS", "MariaDBState", "PostgresState", "RedisState", "ServiceState", "StackState", "kind_of"]
+__all__ = [
+    "KINDS",
+    "MariaDBState",
+    "PostgresState",
+    "RedisState",
+    "ServiceState",
+    "StackState",
+    "kind_of",
+    "unrestorable",
+]
 
 KINDS = ("postgres", "redis", "mariadb")
 
@@ -86,6 +97,17 @@ def holds_state(svc: ServiceDef, app: DockApp) -> bool:
     return bool(declared) or any(m.kind in ("volume", "anonymous") for m in svc.mounts)
 
 
+def unrestorable(stack: Stack) -> list[str]:
+    """The services of ``stack`` that keep data (a volume) of no kind a restore knows, bar the main
+    app and those marked ``x-dockapp: {state: none}``."""
+    found = []
+    for name, app in stack.services.items():
+        svc = stack.project.services[name]
+        if name != stack.main_name and svc.state is None and kind_of(svc, app) is None and holds_state(svc, app):
+            found.append(name)
+    return found
+
+
 class StackState:
     """The restorable services of a stack: :meth:`capture` after the seed, :meth:`restore`
     before each test."""
@@ -97,9 +119,10 @@ class StackState:
         self.kept = 0  # databases kept for failing tests (--dockapp-keep)
 
     @classmethod
-    def of(cls, stack: Stack) -> StackState:
+    def of(cls, stack: Stack, *, strict: bool = True) -> StackState:
         """The restorable services of ``stack`` (nothing is read yet); a stateful service of no
-        known kind is a :class:`ComposeError` naming it and what to do."""
+        known kind is a :class:`ComposeError` naming it and what to do (without ``strict``, it is
+        left out: what a reused stack's reset puts back)."""
         found: list[ServiceState] = []
         for name, app in stack.services.items():
             svc = stack.project.services[name]
@@ -119,13 +142,14 @@ class StackState:
                     f"service {name}: x-dockapp state {kind!r} is unknown",
                     hint=f"name one of: {', '.join(KINDS)}, none",
                 )
-            elif name != stack.main_name and svc.state != "none" and holds_state(svc, app):
-                raise ComposeError(
-                    f"service {name} keeps data (a volume), and dockapp_clean can put back only PostgreSQL, "
-                    "MariaDB (MySQL) and Redis as they were seeded",
-                    hint=f"give each test a stack of its own with dockapp_fresh, or, if {name}'s data does not "
-                    "matter to the tests, mark it x-dockapp: {state: none} in the compose file",
-                )
+        for name in unrestorable(stack) if strict else []:
+            raise ComposeError(
+                f"service {name} keeps data (a volume), and dockapp_clean can put back only PostgreSQL, "
+                "MariaDB (MySQL) and Redis as they were seeded; dockapp_seed seeds the session's stack once, "
+                "so a fresh stack per test would start without the seed",
+                hint=f"give each test a stack of its own with dockapp_fresh and seed it in the test, or, if {name}'s "
+                "data does not matter to the tests, mark it x-dockapp: {state: none} in the compose file",
+            )
         return cls(found)
 
     @classmethod
