@@ -47,18 +47,12 @@ def dockapp_clean_state(request: pytest.FixtureRequest, dockapp_seed: Any) -> It
         yield None
         return
     stack = request.getfixturevalue("dockapp_services")
-    if (stack.shared_owner is not None or stack.attached) and not stack.reused:
-        pytest.fail(
-            "dockapp_clean under pytest-xdist with dockapp_compose_scope = session: every worker uses the one "
-            "shared stack, so one worker's restore would wipe another's rows in the middle of its test\n"
-            "hint: set dockapp_compose_scope = worker, so that each worker's stack is seeded and restored on its own",
-            pytrace=False,
-        )
     from pytest_dockapp.services.state import StackState, unrestorable
 
     odd = unrestorable(stack) if dockapp_seed is NOTHING_SEEDED else []
     if odd:
-        # A stack of the test's own starts exactly as seeded (nothing was), whatever its services keep.
+        # A stack of the test's own starts exactly as seeded (nothing was), whatever its services
+        # keep; under pytest-xdist too, where the session's stack is shared.
         state.add_clean_line(
             f"clean state: service {', '.join(odd)} keeps data (a volume) of no kind that is put back in place, "
             "and dockapp_seed seeds nothing: each test got a fresh stack of its own (dockapp_fresh); "
@@ -66,6 +60,13 @@ def dockapp_clean_state(request: pytest.FixtureRequest, dockapp_seed: Any) -> It
         )
         yield None
         return
+    if (stack.shared_owner is not None or stack.attached) and not stack.reused:
+        pytest.fail(
+            "dockapp_clean under pytest-xdist with dockapp_compose_scope = session: every worker uses the one "
+            "shared stack, so one worker's restore would wipe another's rows in the middle of its test\n"
+            "hint: set dockapp_compose_scope = worker, so that each worker's stack is seeded and restored on its own",
+            pytrace=False,
+        )
     with told_once("the seeded snapshot"):
         try:
             snapshot = StackState.capture(stack)

@@ -303,6 +303,10 @@ def test_a_service_whose_data_cannot_be_put_back_gives_each_test_a_fresh_stack_u
 
         down(docker_client, pytester.path)
     monkeypatch.delenv("DOCKAPP_REUSE")
+    # and under pytest-xdist with the one stack all workers share: each test's stack is its own
+    pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "-o", "dockapp_compose_scope=session").assert_outcomes(
+        passed=2
+    )
     # a seed runs once, on the session's stack: a fresh stack per test would start unseeded
     pytester.makeconftest("import pytest\n\n@pytest.fixture(scope='session')\ndef dockapp_seed(dockapp):\n    pass\n")
     result = pytester.runpytest("-p", "no:cacheprovider")
