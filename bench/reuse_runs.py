@@ -1,7 +1,8 @@
 """L1: the developer loop. The second ``pytest`` run of one test with ``--dockapp-reuse`` (it
 attaches to the stack the first run left) against the same run without reuse (build reuse, a
 whole stack start), and against the floor: a pytest run (the plugin off) whose one test sends
-one HTTP request to the same app, already running, started by hand. Two stacks:
+one HTTP request to the same app, already running, started by hand; and against that run
+finding the app with the docker SDK itself (what any attach through the SDK pays). Two stacks:
 
 - the example app (``example-app/``: Node web + Redis), as its README runs it offline;
 - PostgreSQL + Redis + a busybox web app that waits for both (V1's app).
@@ -54,6 +55,27 @@ import os, requests
 
 def test_one():
     assert requests.get(os.environ["APP_URL"] + "{path}").ok
+"""
+# What any attach through the docker SDK pays: the SDK's import (without paramiko, as the plugin
+# imports it unless the engine is ssh://), one listing, one inspect, then the floor's request.
+BY_HAND = """
+import sys
+
+import pytest
+import requests
+
+@pytest.fixture(scope="session")
+def url():
+    sys.modules["docker.transport.sshconn"] = None
+    import docker
+
+    client = docker.from_env()
+    web = next(c for c in client.api.containers(filters={"label": "LABEL"}) if c["Names"][0].endswith("-web"))
+    ports = client.api.inspect_container(web["Id"])["NetworkSettings"]["Ports"]
+    return "http://127.0.0.1:" + next(b[0]["HostPort"] for b in ports.values() if b)
+
+def test_one(url):
+    assert requests.get(url + "{path}").ok
 """
 
 
@@ -116,6 +138,17 @@ def floor_folder(folder: Path, path: str) -> tuple[Path, str]:
     return floor, f"http://127.0.0.1:{port}"
 
 
+def by_hand_folder(folder: Path, path: str) -> Path:
+    """A project whose one test finds the running app with the docker SDK, by the label reuse gives it."""
+    from pytest_dockapp.engine import cleanup
+
+    hand = folder.parent / f"{folder.name}-by-hand"
+    hand.mkdir(exist_ok=True)
+    label = f"{cleanup.REUSE_PROJECT}={folder.resolve()}"
+    (hand / "test_one.py").write_text(BY_HAND.replace("LABEL", label).replace("{path}", path))
+    return hand
+
+
 def touch_source(folder: Path, n: int) -> None:
     source = folder / ("server.js" if folder.name == "example" else "Dockerfile")
     text = source.read_text().split("\n# bench edit")[0].split("\n// bench edit")[0]
@@ -141,11 +174,13 @@ def main() -> None:
 def measure(folder: Path, path: str, runs: int, env: dict[str, str]) -> None:
     run(folder, env=env)  # warm-up: the build, then one run that leaves the stack
     run(folder, "--dockapp-reuse", env=env)
-    times: dict[str, list[float]] = {k: [] for k in ("floor", "reuse", "no reuse", "edit, reuse", "edit, no reuse")}
+    variants = ("floor", "by hand, docker SDK", "reuse", "no reuse", "edit, reuse", "edit, no reuse")
+    times: dict[str, list[float]] = {k: [] for k in variants}
     for n in range(runs):
         run(folder, "--dockapp-reuse", env=env)  # untimed: the reused stack takes the last edit's app
         floor, url = floor_folder(folder, path)  # an edit run started the app anew, on another port
         times["floor"].append(run(floor, "-p", "no:dockapp", env=env | {"APP_URL": url}))
+        times["by hand, docker SDK"].append(run(by_hand_folder(folder, path), "-p", "no:dockapp", env=env))
         times["reuse"].append(run(folder, "--dockapp-reuse", env=env))
         times["no reuse"].append(run(folder, env=env))
         touch_source(folder, 2 * n)
