@@ -162,6 +162,14 @@ class PluginState:
             return
         self._kept_data += [(nodeid, stack, service, database) for service, database in kept]
 
+    def leave_failed(self, stack: Stack) -> bool:
+        """``--dockapp-keep``: a test's own stack that a failing test used stays running, renamed
+        ``*-kept`` at the end with the session's kept apps; False (nothing done) otherwise."""
+        if not self.settings.keep or not any(app.name in self.failed_apps for app in stack.services.values()):
+            return False
+        self.failed_apps.update(app.name for app in stack.leave())
+        return True
+
     def keeps(self, stack: Stack) -> bool:
         """Whether a failing test's data was kept in ``stack``: it stays running at the end."""
         return any(kept is stack for _, kept, _, _ in self._kept_data)

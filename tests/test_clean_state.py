@@ -293,6 +293,22 @@ def test_a_service_whose_data_cannot_be_put_back_gives_each_test_a_fresh_stack_u
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["clean state: service queue keeps data (a volume) * each test got a fresh stack *"])
+    # with --dockapp-keep, a failing test's own stack stays running, with what the test left in it
+    failing = pytester.makepyfile(
+        test_fails="def test_fails(dockapp_clean):\n    dockapp_clean.services['queue'].exec(['touch', '/data/left'])\n"
+        "    assert False\n"
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-keep", str(failing))
+    failing.unlink()
+    kept = [c for c in docker_client.api.containers(all=True) if c["Names"][0].endswith("-queue-kept")]
+    try:
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["kept dockapp-*-queue-kept at (no port); remove: docker rm -f *"])
+        assert docker_client.api.exec_start(docker_client.api.exec_create(kept[0]["Id"], ["ls", "/data"])) == b"left\n"
+    finally:
+        for container in kept:
+            cleanup.remove_labelled(docker_client, f"{STACK_LABEL}={container['Labels'][STACK_LABEL]}")
+    assert len(kept) == 1
     # the same where the session's stack is reused across runs: its reset leaves the queue's data be
     monkeypatch.setenv("DOCKAPP_REUSE", "force")
     try:
