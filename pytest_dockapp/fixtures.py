@@ -503,8 +503,9 @@ def dockapp_factory(
     yield factory
     for app in started:
         _release(state, request.session, app, scope="function")
-    for stack in (s for s in stacks if not state.leave_failed(s)):  # --dockapp-keep leaves a failing test's
-        _close_stack(state, stack, wait=False)  # off the test's path; the session's end waits for it
+    for stack in stacks:
+        if not state.leave_failed(stack):  # with --dockapp-keep, a failing test's stays running
+            _close_stack(state, stack, wait=False)  # off the test's path; the session's end waits for it
 
 
 def _own_stack(

@@ -142,7 +142,9 @@ class StackState:
                     f"service {name}: x-dockapp state {kind!r} is unknown",
                     hint=f"name one of: {', '.join(KINDS)}, none",
                 )
-        for name in unrestorable(stack) if strict else []:
+        odd = unrestorable(stack) if strict else []
+        if odd:
+            name = odd[0]
             raise ComposeError(
                 f"service {name} keeps data (a volume), and dockapp_clean can put back only PostgreSQL, "
                 "MariaDB (MySQL) and Redis as they were seeded; dockapp_seed seeds the session's stack once, "
