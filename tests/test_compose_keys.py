@@ -287,7 +287,9 @@ def test_a_real_stack_gets_its_secrets_configs_and_engine_keys(
           settings: {content: "[app]\\ndebug = true\\n"}
         """,
     )
-    write(root, "services:\n  base: {build: .}\n", "common.yaml")
+    # Of the platforms, the engine's is built; a local cache (buildx's) is read, not applied.
+    base = '{build: {context: ., platforms: [linux/amd64, linux/arm64], cache_from: ["type=local,src=/nowhere"]}}'
+    write(root, f"services:\n  base: {base}\n", "common.yaml")
     pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_service = web\n")
     pytester.makepyfile(
         """
@@ -320,7 +322,9 @@ def test_a_real_stack_gets_its_secrets_configs_and_engine_keys(
     output = result.stdout.str()
     assert "hunter2-db" not in output and "tok-123" not in output
     result.stdout.fnmatch_lines(["*db password is [*][*][*][*][*]*"])
-    result.stdout.fnmatch_lines(["dockapp: *compose.yaml: not applied in a test run: restart (web)"])
+    result.stdout.fnmatch_lines(
+        ["dockapp: *compose.yaml: not applied in a test run: build.cache_from type=local (web), restart (web)"]
+    )
 
 
 def test_networks_keep_services_apart_as_compose_builds_them(
@@ -409,7 +413,9 @@ def test_an_external_network_or_volume_that_does_not_exist_is_named(app: App, py
     )
 
 
-def test_a_services_build_cache_refs_are_its_own_registry_cache(tmp_path: Path) -> None:
+def test_a_services_build_cache_refs_are_its_own_registry_cache_and_buildx_caches_are_read_not_applied(
+    tmp_path: Path,
+) -> None:
     path = write(
         tmp_path,
         """
@@ -417,20 +423,24 @@ def test_a_services_build_cache_refs_are_its_own_registry_cache(tmp_path: Path) 
           web:
             build:
               context: .
-              cache_from: [reg.test:5000/web:main, "type=registry,ref=reg.test:5000/web:pr-1"]
+              cache_from: [reg.test:5000/web:main, "type=registry,ref=reg.test:5000/web:pr-1", "type=gha"]
               cache_to: ["type=registry,ref=reg.test:5000/web:pr-1,mode=max"]
-          db: {build: {context: ., cache_from: ["type=local,src=/tmp/cache"]}}
+          db: {build: {context: ., cache_from: ["type=local,src=/tmp/cache"], cache_to: ["type=local,dest=/tmp/c"]}}
         """,
     )
-    with pytest.raises(ComposeError, match=r"service db: build.cache_from 'type=local,src=/tmp/cache' is not a regis"):
-        load_project([path], env={})
-    path.write_text(
-        path.read_text().replace('  db: {build: {context: ., cache_from: ["type=local,src=/tmp/cache"]}}\n', "")
+    project = load_project([path], env={})
+    web, db = project.services["web"].build, project.services["db"].build
+    assert web is not None and web.registry is not None
+    assert web.registry.cache_from == ("reg.test:5000/web:main", "reg.test:5000/web:pr-1")
+    assert web.registry.cache_to == "reg.test:5000/web:pr-1"
+    assert db is not None and db.registry is None  # nothing of its own left: the session's registry cache
+    assert project.notice() == (
+        f"{path}: not applied in a test run: build.cache_from type=gha (web), build.cache_from type=local (db), "
+        "build.cache_to type=local (db)"
     )
-    build = load_project([path], env={}).services["web"].build
-    assert build is not None and build.registry is not None
-    assert build.registry.cache_from == ("reg.test:5000/web:main", "reg.test:5000/web:pr-1")
-    assert build.registry.cache_to == "reg.test:5000/web:pr-1"
+    path.write_text(path.read_text().replace('"type=gha"', '"type=foo,src=x"'))
+    with pytest.raises(ComposeError, match=r"service web: build.cache_from 'type=foo,src=x' is not a registry ref"):
+        load_project([path], env={})
 
 
 CORPUS = Path(__file__).parent / "compose_corpus"
@@ -457,6 +467,17 @@ def test_a_runtime_or_platform_the_engine_lacks_is_named_before_anything_starts(
         result = pytester.runpytest("-p", "no:cacheprovider")
         result.assert_outcomes(errors=1)
         result.stdout.fnmatch_lines([line, f"*dockapp_compose_ignore = {key.split(':')[0]}*"])
+    # Of build.platforms the one the service runs is built, so it must be listed (as compose requires).
+    pytester.makefile("", Dockerfile=f"FROM {app.busybox}\nCMD sleep 60\n")
+    write(pytester.path, "services:\n  web: {build: {context: ., platforms: [linux/s390x, linux/ppc64le]}}\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*service web builds for platforms linux/s390x, linux/ppc64le, and runs on linux/* (the engine's)",
+            "*add linux/* to its build.platforms*dockapp_compose_ignore = build.platforms*",
+        ]
+    )
 
 
 def test_label_files_give_labels_and_the_labels_key_wins(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """What a stack makes besides its containers: its networks and volumes. External ones are
 checked and used by name, never removed; the stack's own carry the session's labels and are
-removed with it. What the project asks of the engine (platform, runtime) is checked first."""
+removed with it. What the project asks of the engine (platforms, runtime) is checked first."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import docker
 
     from pytest_dockapp.services.compose import NetworkDef, Project
+    from pytest_dockapp.services.service import ServiceDef
 
 #: The label that names a stack on its containers, networks and volumes.
 STACK_LABEL = cleanup.PREFIX + "stack"
@@ -129,7 +130,8 @@ class StackResources:
 
 def check_engine(client: docker.DockerClient, project: Project) -> None:
     """What the project needs of the engine, checked before anything is made: its external
-    networks and volumes exist, and each service's ``platform`` and ``runtime`` are the engine's."""
+    networks and volumes exist, each service's ``platform`` and ``runtime`` are the engine's, and
+    its ``build.platforms`` hold the platform it runs."""
     import docker.errors
 
     where = " + ".join(str(f) for f in project.files)
@@ -145,7 +147,7 @@ def check_engine(client: docker.DockerClient, project: Project) -> None:
                 f"{where}: {kind} {key} is external: true, but the engine has no {kind} {name!r}",
                 hint=f"create it first (docker {kind} create {name}), or drop external: to let the stack make one",
             ) from None
-    wanted = [s for s in project.services.values() if s.engine.platform or s.engine.runtime]
+    wanted = [s for s in project.services.values() if s.engine.platform or s.engine.runtime or _platforms(s)]
     if not wanted:
         return
     info = client.info()
@@ -154,11 +156,20 @@ def check_engine(client: docker.DockerClient, project: Project) -> None:
     runtimes = sorted(info.get("Runtimes") or {})
     for svc in wanted:
         platform = (svc.engine.platform or "").lower()
-        if platform and not (engine_platform == platform or platform.startswith(engine_platform + "/")):
+        if platform and not _same_platform(platform, engine_platform):
             raise ComposeError(
                 f"{where}: service {svc.name} asks for platform {platform}, and the engine runs {engine_platform}",
                 hint="run the tests on an engine of that platform, or skip the key for the tests "
                 "(dockapp_compose_ignore = platform) to run the engine's own",
+            )
+        built = _platforms(svc)
+        runs = platform or engine_platform
+        if built and not any(_same_platform(p, runs) for p in built):
+            raise ComposeError(
+                f"{where}: service {svc.name} builds for platforms {', '.join(built)}, and runs on {runs}"
+                + ("" if platform else " (the engine's)"),
+                hint=f"add {runs} to its build.platforms (compose needs it there too, to run what it built), or skip "
+                "the key for the tests (dockapp_compose_ignore = build.platforms) to build for the engine's own",
             )
         if svc.engine.runtime and svc.engine.runtime not in runtimes:
             raise ComposeError(
@@ -166,3 +177,13 @@ def check_engine(client: docker.DockerClient, project: Project) -> None:
                 f"have (it has: {', '.join(runtimes) or 'none listed'})",
                 hint="register that runtime with the engine, or skip the key with dockapp_compose_ignore = runtime",
             )
+
+
+def _platforms(svc: ServiceDef) -> tuple[str, ...]:
+    """The service's ``build.platforms``: only the one it runs is built, so it must be among them."""
+    return svc.build.platforms if svc.build is not None else ()
+
+
+def _same_platform(wanted: str, runs: str) -> bool:
+    """Whether ``wanted`` names the platform ``runs``, a variant of it too (``linux/arm64/v8``)."""
+    return wanted == runs or wanted.startswith(runs + "/") or runs.startswith(wanted + "/")

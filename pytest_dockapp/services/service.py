@@ -18,7 +18,7 @@ from pytest_dockapp.services.interpolate import read_env_file
 from pytest_dockapp.services.keys import ACCEPTED, REFUSED, SERVICE_KEYS, EngineArgs, engine_args, str_map
 from pytest_dockapp.services.shapes import SERVICE_SHAPES, check_shapes
 
-_BUILD = {"context", "dockerfile", "args", "target", "secrets", "cache_from", "cache_to"}
+_BUILD = {"context", "dockerfile", "args", "target", "secrets", "cache_from", "cache_to", "platforms"}
 #: Build keys read but not applied, and why (README: the build keys).
 _BUILD_ACCEPTED = {
     "labels": "image labels change nothing a test can see",
@@ -31,8 +31,10 @@ _BUILD_REFUSED = {
     "ssh": "SSH agent forwarding to a build is not supported: use a build secret",
     "additional_contexts": "one context per build: COPY --from an image or stage instead",
     "dockerfile_inline": "write the Dockerfile to a file and name it in dockerfile:",
-    "platforms": "the plugin builds for the engine's own platform",
 }
+#: Caches of buildx's exporters, which these builders lack: a build without them makes the same
+#: image, only perhaps slower, so they are read and not applied (a registry ref is used).
+_BUILDX_CACHES = {"local", "gha", "s3", "azblob", "inline"}
 _HEALTH = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
 _CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
 
@@ -70,6 +72,8 @@ class BuildDef:
     secrets: dict[str, str] = field(default_factory=dict)  # id -> file path or environment variable name
     #: The service's own registry cache refs (``cache_from``, ``cache_to``); None: the session's.
     registry: RegistryCache | None = None
+    #: ``platforms``: the one the service runs must be among them, and only that one is built.
+    platforms: tuple[str, ...] = ()
 
 
 @dataclass
@@ -266,36 +270,44 @@ def _build(name: str, raw: Any, scope: Scope, findings: Findings) -> BuildDef:
         args,
         str(body["target"]) if body.get("target") else None,
         {sid: secrets[sid].ref for sid in wanted},
-        _cache_refs(name, body, where),
+        _cache_refs(name, body, where, findings),
+        tuple(p.lower() for p in _list(body.get("platforms"))),
     )
 
 
-def _cache_refs(name: str, body: dict[str, Any], where: str) -> RegistryCache | None:
+def _cache_refs(name: str, body: dict[str, Any], where: str, findings: Findings) -> RegistryCache | None:
     """``cache_from`` and ``cache_to`` as registry refs: a plain ref or ``type=registry,ref=...``.
-    Other cache types are buildx exporters that this engine's builders lack."""
+    A cache of buildx's other exporters (local, gha, s3...) is read and not applied; with none
+    left, the session's registry cache applies (None)."""
     if "cache_from" not in body and "cache_to" not in body:
         return None
 
-    def ref(item: Any, key: str) -> str:
-        text = str(item)
-        if "=" not in text:
-            return check_reference(text, tagged=key == "cache_to")
-        fields = dict(part.partition("=")[::2] for part in text.split(","))
-        if fields.get("type") != "registry" or not fields.get("ref"):
-            raise ComposeError(
-                f"{where}: service {name}: build.{key} {text!r} is not a registry ref",
-                hint="the plugin's builders take registry refs (inline cache): write type=registry,ref=REF or REF; "
-                "local, gha and s3 caches need buildx",
-            )
-        return check_reference(fields["ref"], tagged=key == "cache_to")
+    def refs(key: str) -> list[str]:
+        out = []
+        for item in _list(body.get(key)):
+            plain = {"type": "registry", "ref": item}
+            fields = dict(part.partition("=")[::2] for part in item.split(",")) if "=" in item else plain
+            kind = fields.get("type", "")
+            if kind in _BUILDX_CACHES:
+                findings.accept(f"build.{key} type={kind}", name)
+                continue
+            if kind != "registry" or not fields.get("ref"):
+                raise ComposeError(
+                    f"{where}: service {name}: build.{key} {item!r} is not a registry ref",
+                    hint="write type=registry,ref=REF or REF (type=local, gha, s3, azblob and inline are read and "
+                    "not applied: these builders lack buildx's cache exporters)",
+                )
+            try:
+                out.append(check_reference(fields["ref"], tagged=key == "cache_to"))
+            except ConfigurationError as exc:
+                raise ComposeError(f"{where}: service {name}: build.{key}: {exc.what}", hint=exc.hint) from None
+        return out
 
-    try:
-        pulled = tuple(ref(i, "cache_from") for i in _list(body.get("cache_from")))
-        pushed = [ref(i, "cache_to") for i in _list(body.get("cache_to"))]
-    except ConfigurationError as exc:
-        raise ComposeError(f"{where}: service {name}: build cache: {exc.what}", hint=exc.hint) from None
+    pulled, pushed = tuple(refs("cache_from")), refs("cache_to")
     if len(pushed) > 1:
         raise ComposeError(f"{where}: service {name}: build.cache_to names {len(pushed)} refs; one image is pushed")
+    if not pulled and not pushed:
+        return None
     return RegistryCache(pulled, pushed[0] if pushed else None)
 
 
