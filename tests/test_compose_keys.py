@@ -454,7 +454,7 @@ def test_every_shape_of_the_corpus_loads(name: str) -> None:
         assert svc.networks or svc.network_mode  # every service is somewhere
 
 
-def test_a_runtime_or_platform_the_engine_lacks_is_named_before_anything_starts(
+def test_a_runtime_platform_or_limit_the_engine_cannot_give_is_named_with_what_to_do(
     app: App, pytester: pytest.Pytester
 ) -> None:
     pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\ndockapp_service = web\n")
@@ -467,6 +467,13 @@ def test_a_runtime_or_platform_the_engine_lacks_is_named_before_anything_starts(
         result = pytester.runpytest("-p", "no:cacheprovider")
         result.assert_outcomes(errors=1)
         result.stdout.fnmatch_lines([line, f"*dockapp_compose_ignore = {key.split(':')[0]}*"])
+    # A limit above what the engine may grant (fs.nr_open: 1048576 by default) names the ulimits.
+    limits = "ulimits: {nofile: {soft: 1024, hard: 2000000}}"
+    web = f"image: {app.busybox}, command: [httpd, -f, -p, '80'], expose: ['80']"
+    write(pytester.path, f"services:\n  web: {{{web}, {limits}}}\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*rlimit*", "hint: a ulimit of the container is above what the engine may grant*"])
     # Of build.platforms the one the service runs is built, so it must be listed (as compose requires).
     pytester.makefile("", Dockerfile=f"FROM {app.busybox}\nCMD sleep 60\n")
     write(pytester.path, "services:\n  web: {build: {context: ., platforms: [linux/s390x, linux/ppc64le]}}\n")

@@ -566,11 +566,18 @@ class AppRunner:
                     hint="set dockapp_host_ip to an address of the engine's host, or 0.0.0.0 (every address: "
                     "reachable from its network); dockapp_connect_host says where to dial them from here",
                 ) from None
+            hint = "check the image's CMD/ENTRYPOINT and the command= you passed"
+            if "rlimit" in text:  # runc's words when a limit is above what the engine itself may grant
+                hint = (
+                    "a ulimit of the container is above what the engine may grant (its own hard limit, or the "
+                    "kernel's fs.nr_open): lower it (compose: ulimits), or skip it for the tests "
+                    "(dockapp_compose_ignore = ulimits)"
+                )
             raise ContainerError(
                 f"container {self.name} from {self.display} failed to start",
                 evidence=text,
                 evidence_title="engine said",
-                hint="check the image's CMD/ENTRYPOINT and the command= you passed",
+                hint=hint,
             ) from None
 
     def close(self) -> None:
