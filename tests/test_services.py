@@ -90,7 +90,12 @@ HOSTILE = {
     "a one-shot service that fails": (
         "  web: {build: ., depends_on: {migrate: {condition: service_completed_successfully}}}\n"
         "  migrate: {image: BUSYBOX, command: [sh, -c, 'echo no such table >&2; exit 3']}\n",
-        ["*service migrate exited with code 3, and others wait for it to complete successfully*", "*no such table*"],
+        [
+            "*service migrate exited with code 3, and others wait for it to complete successfully*",
+            "*no such table*",
+            "hint: run it as compose runs it, with the services it needs: docker compose -f */compose.yaml run --rm "
+            "migrate",
+        ],
     ),
     "a health check that never passes": (
         "  web: {build: ., depends_on: {db: {condition: service_healthy}}}\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+import shlex
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -367,7 +368,10 @@ class Stack(Mapping[str, DockApp]):
             f"service {name} {how}",
             evidence="\n".join(app.logs(tail=30).splitlines()[-30:]),
             evidence_title=f"{name}'s log (last lines)",
-            hint=f"run it by hand to see why: docker run --rm {self.images[name].name}",
+            # compose's own run gives it its command, environment, mounts and the services it needs
+            hint="run it as compose runs it, with the services it needs: docker compose "
+            + " ".join(f"-f {shlex.quote(str(f))}" for f in self.project.files)
+            + f" run --rm {name}",
         )
 
     def _runner_options(self, svc: ServiceDef, on_started: Callable[[], None]) -> tuple[AppOptions, RunContext]:
