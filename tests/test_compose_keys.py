@@ -443,6 +443,24 @@ def test_a_services_build_cache_refs_are_its_own_registry_cache_and_buildx_cache
         load_project([path], env={})
 
 
+def test_an_inline_dockerfile_is_built_and_the_next_run_reuses_its_build(app: App, pytester: pytest.Pytester) -> None:
+    import json
+
+    inline = f'FROM {app.busybox}\nRUN mkdir /www && echo inline > /www/index.html\nCMD ["httpd", "-f", "-h", "/www"]\n'
+    build = {"context": ".", "dockerfile_inline": inline}
+    (pytester.path / "compose.yaml").write_text(json.dumps({"services": {"web": {"build": build, "expose": [80]}}}))
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makepyfile('def test_web(dockapp):\n    assert dockapp.get("/").text == "inline\\n"\n')
+    for built in ("built", "reused"):
+        result = pytester.runpytest("-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines([f"  service web: {built} *"])
+    build["dockerfile"] = "Dockerfile"
+    (pytester.path / "compose.yaml").write_text(json.dumps({"services": {"web": {"build": build}}}))
+    with pytest.raises(ComposeError, match="service web: build has both dockerfile and dockerfile_inline"):
+        load_project([pytester.path / "compose.yaml"], env={})
+
+
 CORPUS = Path(__file__).parent / "compose_corpus"
 
 

@@ -94,3 +94,16 @@ def _small(value: Any, budget: list[int]) -> bool:
     if isinstance(value, list):
         return all(_small(v, budget) for v in value)
     return True
+
+
+def kept_text(kind: str, text: str, suffix: str = "") -> Path:
+    """``text`` in a file of its own, named by its digest, readable by its owner only: the same
+    text is the same file in every session (an inline Dockerfile, whose build is then reused)."""
+    path = cache_file(f"{kind}/{hashlib.sha256(text.encode()).hexdigest()[:32]}{suffix}")
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _replace(path, text, private=True)
+        kept = sorted(path.parent.glob(f"*{suffix}"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-MEMO_KEEP]:
+            old.unlink(missing_ok=True)
+    return path

@@ -12,13 +12,24 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dockapp.builds.registry import RegistryCache, check_reference
+from pytest_dockapp.core import state_files
 from pytest_dockapp.core.errors import ComposeError, ConfigurationError
 from pytest_dockapp.run.options import InjectedFile
 from pytest_dockapp.services.interpolate import read_env_file
 from pytest_dockapp.services.keys import ACCEPTED, REFUSED, SERVICE_KEYS, EngineArgs, engine_args, str_map
 from pytest_dockapp.services.shapes import SERVICE_SHAPES, check_shapes
 
-_BUILD = {"context", "dockerfile", "args", "target", "secrets", "cache_from", "cache_to", "platforms"}
+_BUILD = {
+    "context",
+    "dockerfile",
+    "dockerfile_inline",
+    "args",
+    "target",
+    "secrets",
+    "cache_from",
+    "cache_to",
+    "platforms",
+}
 #: Build keys read but not applied, and why (README: the build keys).
 _BUILD_ACCEPTED = {
     "labels": "image labels change nothing a test can see",
@@ -30,7 +41,6 @@ _BUILD_ACCEPTED = {
 _BUILD_REFUSED = {
     "ssh": "SSH agent forwarding to a build is not supported: use a build secret",
     "additional_contexts": "one context per build: COPY --from an image or stage instead",
-    "dockerfile_inline": "write the Dockerfile to a file and name it in dockerfile:",
 }
 #: Caches of buildx's exporters, which these builders lack: a build without them makes the same
 #: image, only perhaps slower, so they are read and not applied (a registry ref is used).
@@ -264,9 +274,16 @@ def _build(name: str, raw: Any, scope: Scope, findings: Findings) -> BuildDef:
             raise ComposeError(f"{where}: service {name}: build secret {sid!r} is not a top-level secret")
         wanted.append(sid)
     args = str_map(body.get("args"))
+    dockerfile = str(body["dockerfile"]) if body.get("dockerfile") else None
+    if body.get("dockerfile_inline") is not None:
+        if dockerfile:
+            raise ComposeError(f"{where}: service {name}: build has both dockerfile and dockerfile_inline")
+        # A file named by its text: the builders take a Dockerfile outside the context, and the
+        # next session finds the same file, so its build is reused.
+        dockerfile = str(state_files.kept_text("dockerfile-inline", str(body["dockerfile_inline"]), ".Dockerfile"))
     return BuildDef(
         (directory / context).resolve(),
-        str(body["dockerfile"]) if body.get("dockerfile") else None,
+        dockerfile,
         args,
         str(body["target"]) if body.get("target") else None,
         {sid: secrets[sid].ref for sid in wanted},
