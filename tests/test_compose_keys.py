@@ -3,7 +3,9 @@ refused all at once with its line; secrets and configs; include and extends."""
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import docker
@@ -459,6 +461,34 @@ def test_an_inline_dockerfile_is_built_and_the_next_run_reuses_its_build(app: Ap
     (pytester.path / "compose.yaml").write_text(json.dumps({"services": {"web": {"build": build}}}))
     with pytest.raises(ComposeError, match="service web: build has both dockerfile and dockerfile_inline"):
         load_project([pytester.path / "compose.yaml"], env={})
+
+
+def test_a_build_reaches_the_ssh_agent_that_build_ssh_names(
+    app: App, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    app.httpd("RUN --mount=type=ssh test -S $SSH_AUTH_SOCK && echo agent > /www/index.html")
+    write(pytester.path, "services:\n  web: {build: {context: ., ssh: [default]}}\n")
+    pytester.makeini("[pytest]\ndockapp_compose = compose.yaml\n")
+    pytester.makepyfile('def test_web(dockapp):\n    assert dockapp.get("/").text == "agent\\n"\n')
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*build.ssh default needs an SSH agent, and SSH_AUTH_SOCK is not set*"])
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline and agent.poll() is None:
+            time.sleep(0.02)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        result = pytester.runpytest("-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1)
+        result = pytester.runpytest("-p", "no:cacheprovider", "--dockapp-builder", "classic")
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(["*build.ssh (default) needs BuildKit, and the builder in use is classic*"])
+    finally:
+        agent.terminate()
+        agent.wait()
 
 
 CORPUS = Path(__file__).parent / "compose_corpus"

@@ -82,12 +82,16 @@ class BuildSpec:
     #: This build's own registry cache refs (a compose service's ``build.cache_from``/``cache_to``);
     #: None: the session's. They change where layers come from, not the image: not part of the key.
     registry: RegistryCache | None = None
+    #: What ``RUN --mount=type=ssh`` reaches (a compose service's ``build.ssh``), ``{id: key file or
+    #: agent socket}``; ``""``: the agent of ``SSH_AUTH_SOCK``. BuildKit only.
+    ssh: Mapping[str, str] = field(default_factory=dict)
 
     def resolve(self) -> ResolvedSpec:
         """The spec with its context and Dockerfile as absolute paths (a clear error when the
         context is no folder), and its key, worked out once."""
         ctx, df = resolve_paths(self.context, self.dockerfile)
-        raw = json.dumps([str(ctx), str(df), sorted(self.build_args.items()), self.target, sorted(self.secrets)])
+        parts = [str(ctx), str(df), sorted(self.build_args.items()), self.target, sorted(self.secrets)]
+        raw = json.dumps(parts + ([sorted(self.ssh)] if self.ssh else []))  # the key of a build without it as it was
         return ResolvedSpec(self, ctx, df, hashlib.sha1(raw.encode()).hexdigest()[:16])
 
     def key(self) -> str:
@@ -133,11 +137,7 @@ def build_image(
     """
     resolved = spec if isinstance(spec, ResolvedSpec) else spec.resolve()  # paths and the Dockerfile, once
     build_args, target, secrets = resolved.spec.build_args, resolved.spec.target, resolved.spec.secrets
-    if secrets and builder.name != "buildkit":
-        raise ConfigurationError(
-            f"build secrets ({', '.join(sorted(secrets))}) need BuildKit, and the builder in use is classic",
-            hint="run with --dockapp-builder buildkit (a docker CLI with buildx, or one older than 23.0)",
-        )
+    _needs_buildkit(resolved.spec, builder)
     ctx, df_path = resolved.context, resolved.dockerfile_path
     args = dict(build_args or {})
     df = with_onbuild(client, resolved.dockerfile, args)
@@ -160,7 +160,10 @@ def build_image(
 
     start = time.perf_counter()
     parser: ClassicParser | PlainParser | RawJsonParser
-    call = _Invocation(ctx, df_path, args, target, tag, dict(labels or {}), flags, dict(secrets or {}), mask)
+    labels = dict(labels or {})
+    call = _Invocation(
+        ctx, df_path, args, target, tag, labels, flags, dict(secrets or {}), mask, dict(resolved.spec.ssh)
+    )
     if builder.name == "classic":
         parser = ClassicParser(df, target, on_event, hidden_steps=len(call.labels))
         _classic(client, call, parser)
@@ -236,6 +239,39 @@ class _Invocation:
     flags: CacheFlags
     secrets: dict[str, str]
     mask: Callable[[str], str]
+    ssh: dict[str, str]
+
+
+def _needs_buildkit(spec: BuildSpec, builder: Builder) -> None:
+    """Build secrets and ``build.ssh`` reach a build through BuildKit only."""
+    if builder.name == "buildkit" or not (spec.secrets or spec.ssh):
+        return
+    what = [f"build secrets ({', '.join(sorted(spec.secrets))})"] if spec.secrets else []
+    what += [f"build.ssh ({', '.join(sorted(spec.ssh))})"] if spec.ssh else []
+    verb = "need" if spec.secrets else "needs"  # "build secrets ... need", "build.ssh ... needs"
+    raise ConfigurationError(
+        f"{' and '.join(what)} {verb} BuildKit, and the builder in use is classic",
+        hint="run with --dockapp-builder buildkit (a docker CLI with buildx, or one older than 23.0)",
+    )
+
+
+def _ssh_args(ssh: Mapping[str, str], env: Mapping[str, str]) -> list[str]:
+    """The CLI's ``--ssh`` flags; the agent or key each names must be there, or the build could
+    not reach it (the CLI's own message names neither the compose key nor what to do)."""
+    out = []
+    for sid, path in ssh.items():
+        if not path and not env.get("SSH_AUTH_SOCK"):
+            raise ConfigurationError(
+                f"build.ssh {sid} needs an SSH agent, and SSH_AUTH_SOCK is not set",
+                hint="start one and add the key the build needs (eval $(ssh-agent); ssh-add), or name the key: "
+                f"ssh: [{sid}=~/.ssh/id_ed25519]",
+            )
+        if path and not os.path.exists(path):
+            raise ConfigurationError(
+                f"build.ssh {sid}: {path} does not exist", hint="name a private key file or an agent's socket"
+            )
+        out += ["--ssh", f"{sid}={path}" if path else sid]
+    return out
 
 
 def _has_steps(mapper: StepMapper, target: str | None, builder: Builder) -> bool:
@@ -300,10 +336,11 @@ def _buildkit(builder: Builder, call: _Invocation, parser: PlainParser | RawJson
         for key, value in call.labels.items():
             cmd += ["--label", f"{key}={value}"]
         cmd += secret_args
+        env = {**(builder.endpoint.cli_env() if builder.endpoint else os.environ), "DOCKER_BUILDKIT": "1"}
+        cmd += _ssh_args(call.ssh, env)
         if builder.buildx:
             cmd.append("--load")
         cmd.append(str(call.ctx))
-        env = {**(builder.endpoint.cli_env() if builder.endpoint else os.environ), "DOCKER_BUILDKIT": "1"}
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace", bufsize=1
         )

@@ -21,8 +21,8 @@ from pytest_dockapp.core.errors import ComposeError
 
 #: Keys applied as compose applies them, and how.
 HONOURED: dict[str, str] = {
-    "build": "context, dockerfile, dockerfile_inline, args, target, secrets, cache_from, cache_to, platforms; "
-    "built by the plugin's builder",
+    "build": "context, dockerfile, dockerfile_inline, args, target, secrets, ssh, cache_from, cache_to, "
+    "platforms; built by the plugin's builder",
     "image": "run as is, pulled first when it is not on the engine (as compose does); beside `build:`, the build "
     "is run and not tagged with it",
     "command": "string or list",

@@ -29,6 +29,7 @@ _BUILD = {
     "cache_from",
     "cache_to",
     "platforms",
+    "ssh",
 }
 #: Build keys read but not applied, and why (README: the build keys).
 _BUILD_ACCEPTED = {
@@ -39,7 +40,6 @@ _BUILD_ACCEPTED = {
     "network": "build steps use the builder's default network",
 }
 _BUILD_REFUSED = {
-    "ssh": "SSH agent forwarding to a build is not supported: use a build secret",
     "additional_contexts": "one context per build: COPY --from an image or stage instead",
 }
 #: Caches of buildx's exporters, which these builders lack: a build without them makes the same
@@ -84,6 +84,9 @@ class BuildDef:
     registry: RegistryCache | None = None
     #: ``platforms``: the one the service runs must be among them, and only that one is built.
     platforms: tuple[str, ...] = ()
+    #: ``ssh``: what BuildKit's ``RUN --mount=type=ssh`` reaches, ``{id: key or agent socket}``;
+    #: ``""`` is the agent of ``SSH_AUTH_SOCK``.
+    ssh: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -289,7 +292,19 @@ def _build(name: str, raw: Any, scope: Scope, findings: Findings) -> BuildDef:
         {sid: secrets[sid].ref for sid in wanted},
         _cache_refs(name, body, where, findings),
         tuple(p.lower() for p in _list(body.get("platforms"))),
+        _ssh(body.get("ssh"), directory),
     )
+
+
+def _ssh(raw: Any, directory: Path) -> dict[str, str]:
+    """``build.ssh`` (``[default, id=path]`` or ``{id: path}``) as ``{id: path}``, a path relative
+    to the compose file; ``default`` alone is the agent of ``SSH_AUTH_SOCK`` (``""``)."""
+    items = [f"{k}={v}" if v else str(k) for k, v in raw.items()] if isinstance(raw, dict) else _list(raw)
+    out = {}
+    for item in items:
+        sid, _, path = item.partition("=")
+        out[sid] = str(directory / os.path.expanduser(path)) if path else ""
+    return out
 
 
 def _cache_refs(name: str, body: dict[str, Any], where: str, findings: Findings) -> RegistryCache | None:

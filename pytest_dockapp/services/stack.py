@@ -156,7 +156,9 @@ class Stack(Mapping[str, DockApp]):
     def _image(self, svc: ServiceDef) -> Image:
         if svc.build is not None:
             b = svc.build
-            return self.manager.image(BuildSpec(b.context, b.dockerfile, b.args, b.target, b.secrets, b.registry))
+            return self.manager.image(
+                BuildSpec(b.context, b.dockerfile, b.args, b.target, b.secrets, b.registry, b.ssh)
+            )
         assert svc.image is not None
         try:
             return self.manager.prebuilt(svc.image)
