@@ -129,7 +129,10 @@ def test_profiles_leave_out_services_unless_enabled_or_needed(tmp_path: Path) ->
     ("body", "message"),
     [
         ("    deploy: {replicas: 2}\n", r"service web: 2 replicas: a test stack runs one container per service"),
-        ("    build: {context: ., ssh: [default]}\n", r"service web: build.ssh \(compose.yaml:5\): SSH agent"),
+        (
+            "    build: {context: ., additional_contexts: {base: ../base}}\n",
+            r"service web: build.additional_contexts \(compose.yaml:5\): one context per build",
+        ),
         ("    depends_on: [nowhere]\n", r"service web depends on 'nowhere', which is not a service"),
         ("    volumes: [data:/data]\n", r"mounts volume 'data', which is not in the top-level volumes"),
         ("    ports: [http]\n", r"service web: 'http' is not a port mapping"),
