@@ -63,9 +63,11 @@ def dockapp_cache_report(
     try:
         dockerfile = kw.get("dockerfile") or (pick(state, "dockerfile", dockapp_dockerfile) if default else None)
         target = kw.get("target") or (pick(state, "target", dockapp_target) if default else None)
+        # the spec the session builds, with the marker's on top; its secrets (and a service's ssh) too
+        secrets = kw.get("secrets", state.settings.secrets)
         report = check_cache(
             apps.client,
-            BuildSpec(ctx, dockerfile, args, target),  # the spec the session builds, with the marker's on top
+            BuildSpec(ctx, dockerfile, args, target, secrets, ssh=kw.get("ssh") or {}),
             builder=apps.builder,
             change=kw.get("change"),
             cached=kw.get("cached") or (),
@@ -110,6 +112,8 @@ def _service_build(request: pytest.FixtureRequest, state: PluginState, kw: dict[
         # the compose file's with the command line's on top (load_compose), then the marker's own
         "build_args": {**build.args, **(kw.get("build_args") or {})},
         "target": kw.get("target") or build.target,
+        "secrets": build.secrets,
+        "ssh": build.ssh,
     }
 
 

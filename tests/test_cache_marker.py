@@ -487,3 +487,33 @@ def test_other_plugins_hear_of_every_cache_check(app: App, pytester: pytest.Pyte
     assert heard["warm"].startswith("pytest-dockapp/cache-warm:") and heard["advice"] is False
     assert any(text.startswith("RUN npm install") and cached for _, _, _, text, cached, _ in heard["steps"])
     assert heard["allowed"] and all(isinstance(line, int) for line in heard["allowed"])
+
+
+def test_the_cache_check_builds_with_the_sessions_build_secrets(
+    app: App, buildkit_cli: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that needs a build secret builds in the marker's copies as in the session."""
+    project(
+        app,
+        f"""
+        FROM {{BUSYBOX}}
+        RUN --mount=type=secret,id=tok test -s /run/secrets/tok && echo {uuid.uuid4().hex} > /tok-seen
+        COPY server.js /app/
+        """,
+    )
+    monkeypatch.setenv("MY_TOKEN", "s3cret-value")
+    result = run(
+        app,
+        """
+        import pytest
+
+        @pytest.mark.dockapp_cache(change=["server.js"], cached=["RUN *"])
+        def test_cached(dockapp_cache_report):
+            assert [step.text for step in dockapp_cache_report.misses] == ["COPY server.js /app/"]
+        """,
+        "--dockapp-builder=buildkit",
+        f"--dockapp-docker-cli={buildkit_cli}",
+        "--dockapp-secret=tok=MY_TOKEN",
+    )
+    result.assert_outcomes(passed=1)
+    assert "s3cret-value" not in result.stdout.str()

@@ -6,6 +6,7 @@ step by step against :mod:`.expectations`; a failing check's fix is verified by 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -234,23 +235,14 @@ def warm_tag(context: Path, dockerfile: Path, target: str | None, build_args: Ma
 
 
 def _warm_build(
-    client: docker.DockerClient,
-    copy: Path,
-    build_df: Path,
-    builder: Builder,
-    target: str | None,
-    build_args: dict[str, str],
-    tag: str,
-    cache_from: Sequence[str],
+    client: docker.DockerClient, spec: BuildSpec, builder: Builder, tag: str, cache_from: Sequence[str]
 ) -> BuildRecord:
     """The check's first build: from the local cache, and from ``cache_from`` when given (pulled
     first on the classic builder; its hits from there are counted, as for the session build)."""
     from pytest_dockapp.builds.registry import CacheImport
 
     with CacheImport.prepare(client, cache_from, builder.name) as imports:
-        warm = build_image(
-            client, BuildSpec(copy, build_df, build_args, target), builder=builder, tag=tag, cache_from=imports.refs
-        )
+        warm = build_image(client, spec, builder=builder, tag=tag, cache_from=imports.refs)
         imports.attach(warm)
     return warm
 
@@ -303,22 +295,19 @@ def check_cache(
         # The warm build is the user's own layer cache: it keeps a stable tag and stays, since
         # removing it would drop its last layer and make the next check's warm build miss there.
         # The rebuild holds the changed, never-again-useful layers: those are removed below.
+        # The copies build as the user's spec does: its build args, target, secrets and ssh.
         warm = _warm_build(
             client,
-            copy,
-            build_df,
+            dataclasses.replace(spec, context=copy, dockerfile=build_df),
             builder,
-            target,
-            base_args,
             warm_tag(ctx, df_path, target, base_args, builder.name),
             cache_from,
         )
         changed = _apply_change(copy, build_df, builder.name, sent, paths, edit)
         rebuild_tag = owner.scratch_tag(1)
         tags.append(rebuild_tag)
-        rebuild = build_image(
-            client, BuildSpec(copy, build_df, {**base_args, **arg_changes}, target), builder=builder, tag=rebuild_tag
-        )
+        rebuilt = dataclasses.replace(spec, context=copy, dockerfile=build_df, build_args={**base_args, **arg_changes})
+        rebuild = build_image(client, rebuilt, builder=builder, tag=rebuild_tag)
         expectation = expected_misses(df, changed, arg_changes, strict=strict, build_args={**base_args, **arg_changes})
         report = CacheReport(warm, rebuild, changed, arg_changes, expectation, required, df, strict)
         if not report.ok:
@@ -333,7 +322,7 @@ def check_cache(
                     build_args=base_args,
                 )
             if verify_advice and report.advice is not None and report.advice.dockerfile is not None:
-                fix = Fix(client, ctx, df_path, builder, target, base_args, arg_changes, owner)
+                fix = Fix(client, ctx, df_path, builder, spec, arg_changes, owner)
                 fix.verify(report.advice, tmp / "fix", paths, edit, tags)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -356,8 +345,7 @@ class Fix:
     context: Path
     dockerfile: Path
     builder: Builder
-    target: str | None
-    build_args: dict[str, str]
+    spec: BuildSpec  # the user's: its build args, target, secrets and ssh
     arg_changes: dict[str, str]
     owner: cleanup.Owner
 
@@ -376,11 +364,11 @@ class Fix:
             build_df = folder.parent / "fix.Dockerfile"  # the Dockerfile lives outside the context
         build_df.write_text(advice.dockerfile)
         try:
-            for n, args in ((2, self.build_args), (3, {**self.build_args, **self.arg_changes})):
+            base = dict(self.spec.build_args)
+            for n, args in ((2, base), (3, {**base, **self.arg_changes})):
                 tags.append(self.owner.scratch_tag(n))
-                record = build_image(
-                    self.client, BuildSpec(folder, build_df, args, self.target), builder=self.builder, tag=tags[-1]
-                )
+                spec = dataclasses.replace(self.spec, context=folder, dockerfile=build_df, build_args=args)
+                record = build_image(self.client, spec, builder=self.builder, tag=tags[-1])
                 if n == 2:
                     _apply_change(folder, build_df, self.builder.name, sent, paths, edit)
         except DockappError as exc:
